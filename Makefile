@@ -1,0 +1,41 @@
+# Thin wrapper around CMake; see README.md.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+ARGS ?=
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps test-deps build build-asan run test test-fast clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh build
+
+test-deps:
+	@scripts/install-deps.sh test
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DOPTIMD_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+run: build
+	$(BUILD)/server/optimd $(ARGS)
+
+# The whole suite, then the whole suite again under ASan + UBSan (+ LSan).
+test: test-deps build build-asan
+	@echo "== test suite (release build) =="
+	@ctest --test-dir $(BUILD) --output-on-failure --timeout 600
+	@echo "== test suite (AddressSanitizer + UndefinedBehaviorSanitizer) =="
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure --timeout 900
+
+# The release suite only, for quick iteration.
+test-fast: test-deps build
+	@ctest --test-dir $(BUILD) --output-on-failure --timeout 600
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,51 @@
+/*
+ * optimd wire protocol, version 1: constants shared by the daemon and the
+ * clients. docs/protocol.md is the contract; this header only names its
+ * numbers.
+ */
+#ifndef OPTIMD_PROTOCOL_H
+#define OPTIMD_PROTOCOL_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OPTIMD_PROTOCOL_VERSION 1
+
+/* Default listen address of the daemon. */
+#define OPTIMD_DEFAULT_URL "tcp://127.0.0.1:7878"
+
+/*
+ * Error codes carried in the "code" field of an error reply. Stable: a code
+ * keeps its meaning forever and is never reused.
+ */
+typedef enum optimd_error_code {
+    OPTIMD_E_MALFORMED = 1,        /* not one msgpack map */
+    OPTIMD_E_BAD_REQUEST = 2,      /* a key missing or of the wrong type */
+    OPTIMD_E_UNKNOWN_OP = 3,
+    OPTIMD_E_VERSION = 4,          /* protocol version not supported */
+    OPTIMD_E_TOO_LARGE = 5,        /* message over the daemon's size limit */
+    OPTIMD_E_UNKNOWN_PLUGIN = 10,
+    OPTIMD_E_WRONG_KIND = 11,      /* a scheduler named as optimizer or back */
+    OPTIMD_E_UNKNOWN_HPARAM = 12,
+    OPTIMD_E_BAD_HPARAM = 13,      /* wrong type, out of range, rule broken */
+    OPTIMD_E_NOT_MUTABLE = 14,
+    OPTIMD_E_UNKNOWN_SESSION = 20,
+    OPTIMD_E_BAD_TOKEN = 21,
+    OPTIMD_E_SESSION_EXISTS = 22,
+    OPTIMD_E_LIMIT = 23,           /* too many sessions or parameters */
+    OPTIMD_E_UNKNOWN_PARAM = 30,
+    OPTIMD_E_PARAM_EXISTS = 31,
+    OPTIMD_E_BAD_TENSOR = 32,      /* dtype, shape or byte length wrong */
+    OPTIMD_E_NONFINITE = 33,       /* NaN or infinity in a gradient */
+    OPTIMD_E_PLUGIN = 40,          /* the plugin refused or failed */
+    OPTIMD_E_INTERNAL = 50,
+    OPTIMD_E_NOMEM = 51,
+    OPTIMD_E_SHUTTING_DOWN = 52
+} optimd_error_code;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* OPTIMD_PROTOCOL_H */
