@@ -1,1 +1,114 @@
-int main(void) { return 0; }
+/* optimd: the daemon's entry point. The main thread runs a libuv loop that
+ * owns the process lifecycle (signals now; timers and plugin-directory
+ * watches as they come); requests are served by the transport's threads. */
+#include "compute_pool.h"
+#include "log.h"
+#include "options.h"
+#include "server.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    log_info("%s received: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    uv_stop(h->loop);
+}
+
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int write_ready_file(const char *path, const char *url)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return -1;
+    fprintf(f, "%s\n", url);
+    if (fclose(f) != 0) return -1;
+    /* Renamed into place so a reader never sees half a line. */
+    return rename(tmp, path);
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    options opts;
+    int rc = options_parse(&opts, argc, argv);
+    if (rc != 0) return rc > 0 ? 0 : 2;
+    log_set_level(opts.log_level);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (make_dirs(opts.state_dir) != 0) {
+        log_error("cannot create state directory %s: %s", opts.state_dir, strerror(errno));
+        return 1;
+    }
+
+    server srv = {.opts = &opts};
+    if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, opts.n_plugin_dirs) != 0) {
+        log_error("out of memory loading plugins");
+        return 1;
+    }
+    if (srv.plugins.count == 0)
+        log_warn("no plugins loaded: every 'open' will fail until plugins are installed");
+    session_table_init(&srv.sessions, opts.max_sessions);
+    if (compute_pool_start(&srv.pool, opts.compute_threads) != 0) {
+        log_error("cannot start compute threads");
+        return 1;
+    }
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uv_signal_t sigint, sigterm;
+    uv_signal_init(&loop, &sigint);
+    uv_signal_init(&loop, &sigterm);
+    uv_signal_start(&sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+
+    transport *t = NULL;
+    char bound[512] = "";
+    int exit_code = 0;
+    if (transport_start(&t, &srv, bound, sizeof bound) != 0) {
+        exit_code = 1;
+    } else {
+        log_info("optimd %s serving (%zu plugins, state in %s)", OPTIMD_VERSION, srv.plugins.count,
+                 opts.state_dir);
+        if (opts.ready_file && write_ready_file(opts.ready_file, bound) != 0) {
+            log_error("cannot write ready file %s: %s", opts.ready_file, strerror(errno));
+            exit_code = 1;
+        } else {
+            uv_run(&loop, UV_RUN_DEFAULT);
+        }
+        transport_stop(t);
+    }
+
+    uv_walk(&loop, close_handle, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    session_table_clear(&srv.sessions);
+    compute_pool_stop(srv.pool);
+    plugin_registry_unload(&srv.plugins);
+    log_info("stopped");
+    return exit_code;
+}

@@ -55,7 +55,9 @@ typedef enum optimd_dtype {
 /*
  * A view of a dense tensor in host memory (DLPack-like). `strides` are in
  * elements and always filled in (never NULL when ndim > 0). In ABI 1.0 every
- * tensor the host passes is C-contiguous and aligned to at least 64 bytes.
+ * tensor the host passes is C-contiguous and aligned to its element size;
+ * parameters and state slots are also aligned to 64 bytes, gradients may
+ * not be (they are read where they lie in the received message).
  */
 typedef struct optimd_tensor {
     uint32_t struct_size;

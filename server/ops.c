@@ -1,0 +1,557 @@
+/* The protocol operations of docs/protocol.md: decoding the envelope,
+ * dispatching on "op", and each op's handler. */
+#include "server.h"
+
+#include "hparams.h"
+#include "log.h"
+#include "wire.h"
+
+#include <optimd/protocol.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef OPTIMD_VERSION
+#define OPTIMD_VERSION "0.0.0"
+#endif
+
+typedef struct request {
+    server *srv;
+    const msgpack_object *root;
+    uint64_t id;
+    wire_writer *w;
+    request_error err;
+} request;
+
+/* Writes the success envelope; the handler then packs n_pairs more. */
+static msgpack_packer *reply_begin(request *r, uint32_t n_pairs)
+{
+    msgpack_packer *pk = &r->w->pk;
+    msgpack_pack_map(pk, 3 + n_pairs);
+    wire_pack_str(pk, "v");
+    msgpack_pack_int(pk, OPTIMD_PROTOCOL_VERSION);
+    wire_pack_str(pk, "id");
+    msgpack_pack_uint64(pk, r->id);
+    wire_pack_str(pk, "ok");
+    msgpack_pack_true(pk);
+    return pk;
+}
+
+static void write_error(wire_writer *w, uint64_t id, const request_error *err)
+{
+    msgpack_packer *pk = &w->pk;
+    msgpack_pack_map(pk, 6);
+    wire_pack_str(pk, "v");
+    msgpack_pack_int(pk, OPTIMD_PROTOCOL_VERSION);
+    wire_pack_str(pk, "id");
+    msgpack_pack_uint64(pk, id);
+    wire_pack_str(pk, "ok");
+    msgpack_pack_false(pk);
+    wire_pack_str(pk, "code");
+    msgpack_pack_int(pk, err->code);
+    wire_pack_str(pk, "error");
+    wire_pack_str(pk, error_code_name(err->code));
+    wire_pack_str(pk, "message");
+    wire_pack_str(pk, err->message);
+}
+
+/* The session named by the request, token checked; a new reference. */
+static session *request_session(request *r)
+{
+    const char *name, *token = NULL;
+    size_t name_len, token_len = 0;
+    if (wire_get_str(r->root, "session", true, &name, &name_len, &r->err)) return NULL;
+    if (wire_get_str(r->root, "token", false, &token, &token_len, &r->err)) return NULL;
+    session *s = session_table_get(&r->srv->sessions, name, name_len);
+    if (!s) {
+        fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "no session '%.*s'",
+             (int)(name_len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name_len), name);
+        return NULL;
+    }
+    if (!token || !session_token_matches(s, token, token_len)) {
+        fail(&r->err, OPTIMD_E_BAD_TOKEN, "%s token for session '%s'", token ? "wrong" : "missing",
+             s->name);
+        session_unref(s);
+        return NULL;
+    }
+    return s;
+}
+
+static const char *kind_name(uint32_t kind)
+{
+    return kind == OPTIMD_KIND_OPTIMIZER ? "optimizer" : "scheduler";
+}
+
+/* ------------------------------------------------------------------ ops -- */
+
+static int op_hello(request *r)
+{
+    const char *client;
+    size_t len;
+    if (wire_get_str(r->root, "client", false, &client, &len, &r->err) == 0 &&
+        wire_map_get(r->root, "client"))
+        log_debug("hello from %.*s", (int)(len > 128 ? 128 : len), client);
+    msgpack_packer *pk = reply_begin(r, 5);
+    wire_pack_str(pk, "server");
+    wire_pack_str(pk, "optimd");
+    wire_pack_str(pk, "version");
+    wire_pack_str(pk, OPTIMD_VERSION);
+    wire_pack_str(pk, "protocol");
+    msgpack_pack_int(pk, OPTIMD_PROTOCOL_VERSION);
+    wire_pack_str(pk, "abi");
+    msgpack_pack_array(pk, 2);
+    msgpack_pack_uint32(pk, OPTIMD_ABI_MAJOR);
+    msgpack_pack_uint32(pk, OPTIMD_ABI_MINOR);
+    wire_pack_str(pk, "max_message");
+    msgpack_pack_uint64(pk, r->srv->opts->max_message);
+    return 0;
+}
+
+static void pack_hparam_def(msgpack_packer *pk, const optimd_hparam_def *d)
+{
+    static const char *const types[] = {"?", "float", "int", "bool"};
+    bool required = d->flags & OPTIMD_HP_REQUIRED;
+    msgpack_pack_map(pk, 10);
+    wire_pack_str(pk, "key");
+    wire_pack_str(pk, d->key);
+    wire_pack_str(pk, "type");
+    wire_pack_str(pk, types[d->type <= OPTIMD_HP_BOOL ? d->type : 0]);
+    wire_pack_str(pk, "required");
+    if (required) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    wire_pack_str(pk, "mutable");
+    if (d->flags & OPTIMD_HP_MUTABLE) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    wire_pack_str(pk, "min");
+    msgpack_pack_double(pk, d->min);
+    wire_pack_str(pk, "max");
+    msgpack_pack_double(pk, d->max);
+    wire_pack_str(pk, "min_exclusive");
+    if (d->flags & OPTIMD_HP_MIN_EXCLUSIVE) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    wire_pack_str(pk, "max_exclusive");
+    if (d->flags & OPTIMD_HP_MAX_EXCLUSIVE) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    wire_pack_str(pk, "default");
+    if (required) msgpack_pack_nil(pk);
+    else if (d->type == OPTIMD_HP_BOOL) {
+        if (d->default_value != 0.0) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+    } else if (d->type == OPTIMD_HP_INT) msgpack_pack_int64(pk, (int64_t)d->default_value);
+    else msgpack_pack_double(pk, d->default_value);
+    wire_pack_str(pk, "doc");
+    wire_pack_str(pk, d->doc ? d->doc : "");
+}
+
+static int op_plugins(request *r)
+{
+    const plugin_registry *reg = &r->srv->plugins;
+    msgpack_packer *pk = reply_begin(r, 1);
+    wire_pack_str(pk, "plugins");
+    msgpack_pack_array(pk, (uint32_t)reg->count);
+    for (size_t i = 0; i < reg->count; i++) {
+        const plugin *p = &reg->plugins[i];
+        const optimd_optimizer *o = p->desc->optimizer;
+        bool is_opt = p->desc->kind == OPTIMD_KIND_OPTIMIZER;
+        msgpack_pack_map(pk, is_opt ? 7 : 5);
+        wire_pack_str(pk, "id");
+        wire_pack_str(pk, p->desc->id);
+        wire_pack_str(pk, "kind");
+        wire_pack_str(pk, kind_name(p->desc->kind));
+        wire_pack_str(pk, "version");
+        wire_pack_str(pk, p->desc->version);
+        wire_pack_str(pk, "description");
+        wire_pack_str(pk, p->desc->description ? p->desc->description : "");
+        wire_pack_str(pk, "hparams");
+        msgpack_pack_array(pk, p->n_hparams);
+        for (uint32_t h = 0; h < p->n_hparams; h++) pack_hparam_def(pk, &p->hparams[h]);
+        if (!is_opt) continue;
+        wire_pack_str(pk, "slots");
+        msgpack_pack_array(pk, o->n_slots);
+        for (uint32_t k = 0; k < o->n_slots; k++) {
+            const optimd_slot_def *s = &o->slots[k];
+            msgpack_pack_map(pk, 5);
+            wire_pack_str(pk, "key");
+            wire_pack_str(pk, s->key);
+            wire_pack_str(pk, "dtype");
+            wire_pack_str(pk, s->dtype ? wire_dtype_name(s->dtype) : "param");
+            wire_pack_str(pk, "shape");
+            wire_pack_str(pk, "param");
+            wire_pack_str(pk, "enabled_by");
+            if (s->enabled_by) wire_pack_str(pk, s->enabled_by);
+            else msgpack_pack_nil(pk);
+            wire_pack_str(pk, "doc");
+            wire_pack_str(pk, s->doc ? s->doc : "");
+        }
+        wire_pack_str(pk, "dtypes");
+        bool f32 = (o->dtypes >> OPTIMD_DTYPE_F32) & 1u, f64 = (o->dtypes >> OPTIMD_DTYPE_F64) & 1u;
+        msgpack_pack_array(pk, (uint32_t)f32 + (uint32_t)f64);
+        if (f32) wire_pack_str(pk, "f32");
+        if (f64) wire_pack_str(pk, "f64");
+    }
+    return 0;
+}
+
+static bool valid_session_name(const char *s, size_t len)
+{
+    if (len < 1 || len > SESSION_NAME_MAX) return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static const plugin *find_plugin(request *r, const char *key, uint32_t kind, bool required)
+{
+    const char *id;
+    size_t len;
+    const msgpack_object *v = wire_map_get(r->root, key);
+    if (!required && (!v || v->type == MSGPACK_OBJECT_NIL)) return NULL;
+    if (wire_get_str(r->root, key, true, &id, &len, &r->err)) return NULL;
+    const plugin *p = plugin_registry_find(&r->srv->plugins, id, len);
+    if (!p)
+        fail(&r->err, OPTIMD_E_UNKNOWN_PLUGIN, "no plugin '%.*s' is loaded", (int)(len > 64 ? 64 : len), id);
+    else if (p->desc->kind != kind)
+        fail(&r->err, OPTIMD_E_WRONG_KIND, "plugin '%s' is a%s %s, not a%s %s", p->desc->id,
+             p->desc->kind == OPTIMD_KIND_OPTIMIZER ? "n" : "", kind_name(p->desc->kind),
+             kind == OPTIMD_KIND_OPTIMIZER ? "n" : "", kind_name(kind));
+    return r->err.code ? NULL : p;
+}
+
+static int op_open(request *r)
+{
+    const char *name;
+    size_t len;
+    if (wire_get_str(r->root, "session", true, &name, &len, &r->err)) return -1;
+    if (!valid_session_name(name, len))
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST,
+                    "session names are 1 to %d characters of A-Z a-z 0-9 _ . -", SESSION_NAME_MAX);
+    const plugin *opt = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
+    if (!opt) return -1;
+    const plugin *sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
+    if (r->err.code) return -1;
+    const msgpack_object *hp, *sched_hp;
+    if (wire_get_map(r->root, "hparams", false, &hp, &r->err) ||
+        wire_get_map(r->root, "sched_hparams", false, &sched_hp, &r->err))
+        return -1;
+    char name_z[SESSION_NAME_MAX + 1];
+    memcpy(name_z, name, len);
+    name_z[len] = '\0';
+    session *s = session_create(name_z, opt, hp, sched, sched_hp, &r->err);
+    if (!s) return -1;
+    double lr = s->lr;
+    char token[SESSION_TOKEN_LEN + 1];
+    memcpy(token, s->token, sizeof token);
+    if (session_table_add(&r->srv->sessions, s, &r->err)) {
+        session_unref(s);
+        return -1;
+    }
+    log_info("session %s opened (optimizer %s%s%s)", name_z, opt->desc->id,
+             sched ? ", scheduler " : "", sched ? sched->desc->id : "");
+    msgpack_packer *pk = reply_begin(r, 3);
+    wire_pack_str(pk, "session");
+    wire_pack_str(pk, name_z);
+    wire_pack_str(pk, "token");
+    wire_pack_str(pk, token);
+    wire_pack_str(pk, "lr");
+    msgpack_pack_double(pk, lr);
+    return 0;
+}
+
+static void pack_lrs(msgpack_packer *pk, const session *s)
+{
+    wire_pack_str(pk, "hparams");
+    hparams_pack(pk, s->opt, s->hp);
+    wire_pack_str(pk, "sched_hparams");
+    if (s->sched) hparams_pack(pk, s->sched, s->sched_hp);
+    else msgpack_pack_map(pk, 0);
+    wire_pack_str(pk, "base_lr");
+    msgpack_pack_double(pk, s->base_lr);
+    wire_pack_str(pk, "lr");
+    msgpack_pack_double(pk, s->lr);
+}
+
+static int op_info(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    msgpack_packer *pk = reply_begin(r, 10);
+    wire_pack_str(pk, "session");
+    wire_pack_str(pk, s->name);
+    wire_pack_str(pk, "optimizer");
+    wire_pack_str(pk, s->opt->desc->id);
+    wire_pack_str(pk, "optimizer_version");
+    wire_pack_str(pk, s->opt->desc->version);
+    wire_pack_str(pk, "scheduler");
+    if (s->sched) wire_pack_str(pk, s->sched->desc->id);
+    else msgpack_pack_nil(pk);
+    pack_lrs(pk, s);
+    wire_pack_str(pk, "steps");
+    msgpack_pack_uint64(pk, s->steps);
+    wire_pack_str(pk, "params");
+    msgpack_pack_array(pk, (uint32_t)s->n_params);
+    for (size_t i = 0; i < s->n_params; i++) {
+        const param *p = &s->params[i];
+        msgpack_pack_map(pk, 4);
+        wire_pack_str(pk, "name");
+        wire_pack_str(pk, s->names[i]);
+        wire_pack_str(pk, "dtype");
+        wire_pack_str(pk, wire_dtype_name(p->dtype));
+        wire_pack_str(pk, "shape");
+        msgpack_pack_array(pk, p->ndim);
+        for (uint32_t d = 0; d < p->ndim; d++) msgpack_pack_uint64(pk, (uint64_t)p->shape[d]);
+        wire_pack_str(pk, "steps");
+        msgpack_pack_uint64(pk, p->steps);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return 0;
+}
+
+static int op_hparams(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    msgpack_packer *pk = reply_begin(r, 4);
+    pack_lrs(pk, s);
+    session_unlock(s);
+    session_unref(s);
+    return 0;
+}
+
+static int op_set_hparams(request *r)
+{
+    const msgpack_object *map;
+    if (wire_get_map(r->root, "hparams", true, &map, &r->err)) return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    int rc = session_set_hparams(s, map, &r->err);
+    if (rc == 0) pack_lrs(reply_begin(r, 4), s);
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+static int op_close(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    int rc = session_table_remove(&r->srv->sessions, s);
+    if (rc == 0) log_info("session %s closed", s->name);
+    else fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "session '%s' was closed meanwhile", s->name);
+    session_unref(s);
+    if (rc == 0) reply_begin(r, 0);
+    return rc;
+}
+
+static int op_sessions(request *r)
+{
+    size_t n;
+    session **list = session_table_list(&r->srv->sessions, &n);
+    if (!list) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
+    msgpack_packer *pk = reply_begin(r, 1);
+    wire_pack_str(pk, "sessions");
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        session *s = list[i];
+        session_lock(s);
+        msgpack_pack_map(pk, 5);
+        wire_pack_str(pk, "session");
+        wire_pack_str(pk, s->name);
+        wire_pack_str(pk, "optimizer");
+        wire_pack_str(pk, s->opt->desc->id);
+        wire_pack_str(pk, "scheduler");
+        if (s->sched) wire_pack_str(pk, s->sched->desc->id);
+        else msgpack_pack_nil(pk);
+        wire_pack_str(pk, "params");
+        msgpack_pack_uint64(pk, s->n_params);
+        wire_pack_str(pk, "steps");
+        msgpack_pack_uint64(pk, s->steps);
+        session_unlock(s);
+    }
+    session_table_release_list(list, n);
+    return 0;
+}
+
+static int op_register(request *r)
+{
+    const msgpack_object *params;
+    if (wire_get_map(r->root, "params", true, &params, &r->err)) return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    int rc = session_register(s, params, &r->err);
+    session_unlock(s);
+    if (rc == 0) {
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "registered");
+        msgpack_pack_uint32(pk, params->via.map.size);
+    }
+    session_unref(s);
+    return rc;
+}
+
+static void pack_param(msgpack_packer *pk, const session *s, size_t i)
+{
+    const param *p = &s->params[i];
+    wire_pack_str(pk, s->names[i]);
+    wire_pack_tensor(pk, p->dtype, p->ndim, p->shape, p->data, p->nbytes);
+}
+
+static int op_step(request *r)
+{
+    const msgpack_object *grads;
+    bool want_params = true;
+    if (wire_get_map(r->root, "grads", true, &grads, &r->err) ||
+        wire_get_bool(r->root, "return", false, &want_params, &r->err))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    double lr_used;
+    int rc = session_step(s, grads, r->srv->pool, &lr_used, &r->err);
+    if (rc == 0) {
+        if (want_params) {
+            size_t bytes = 256;
+            for (uint32_t i = 0; i < grads->via.map.size; i++) bytes += 384;
+            for (size_t i = 0; i < s->n_params; i++)
+                if (s->params[i].mark == s->request_serial) bytes += s->params[i].nbytes;
+            nng_msg_reserve(r->w->msg, bytes);
+        }
+        msgpack_packer *pk = reply_begin(r, want_params ? 4 : 3);
+        wire_pack_str(pk, "steps");
+        msgpack_pack_uint64(pk, s->steps);
+        wire_pack_str(pk, "lr");
+        msgpack_pack_double(pk, lr_used);
+        wire_pack_str(pk, "next_lr");
+        msgpack_pack_double(pk, s->lr);
+        if (want_params) {
+            wire_pack_str(pk, "params");
+            msgpack_pack_map(pk, grads->via.map.size);
+            for (size_t i = 0; i < s->n_params; i++)
+                if (s->params[i].mark == s->request_serial) pack_param(pk, s, i);
+        }
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+static int op_pull(request *r)
+{
+    const msgpack_object *names = wire_map_get(r->root, "names");
+    if (names && names->type != MSGPACK_OBJECT_ARRAY && names->type != MSGPACK_OBJECT_NIL)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
+    if (names && names->type == MSGPACK_OBJECT_NIL) names = NULL;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    int rc = 0;
+    size_t count = names ? names->via.array.size : s->n_params;
+    int64_t *idx = malloc((count ? count : 1) * sizeof *idx);
+    if (!idx) rc = fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        if (!names) {
+            idx[i] = (int64_t)i;
+            continue;
+        }
+        const msgpack_object *n = &names->via.array.ptr[i];
+        if (n->type != MSGPACK_OBJECT_STR) {
+            rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
+            break;
+        }
+        idx[i] = session_find_param(s, n->via.str.ptr, n->via.str.size);
+        if (idx[i] < 0)
+            rc = fail(&r->err, OPTIMD_E_UNKNOWN_PARAM, "no parameter '%.*s' in session '%s'",
+                      (int)(n->via.str.size > PARAM_NAME_MAX ? PARAM_NAME_MAX : n->via.str.size),
+                      n->via.str.ptr, s->name);
+    }
+    if (rc == 0) {
+        size_t bytes = 256;
+        for (size_t i = 0; i < count; i++) bytes += 384 + s->params[idx[i]].nbytes;
+        nng_msg_reserve(r->w->msg, bytes);
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "params");
+        msgpack_pack_map(pk, (uint32_t)count);
+        for (size_t i = 0; i < count; i++) pack_param(pk, s, (size_t)idx[i]);
+    }
+    free(idx);
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+typedef struct op_entry {
+    const char *name;
+    int (*fn)(request *r);
+} op_entry;
+
+static const op_entry ops[] = {
+    {"hello", op_hello},       {"plugins", op_plugins},   {"open", op_open},
+    {"attach", op_info},       {"info", op_info},         {"hparams", op_hparams},
+    {"set_hparams", op_set_hparams}, {"close", op_close}, {"sessions", op_sessions},
+    {"register", op_register}, {"step", op_step},         {"pull", op_pull},
+};
+
+static int dispatch(request *r, const msgpack_object *root)
+{
+    if (root->type != MSGPACK_OBJECT_MAP)
+        return fail(&r->err, OPTIMD_E_MALFORMED, "a request must be a msgpack map");
+    r->root = root;
+    uint64_t id = 0;
+    if (wire_get_uint(root, "id", false, &id, &r->err)) return -1;
+    r->id = id;
+    uint64_t version;
+    if (wire_get_uint(root, "v", true, &version, &r->err)) return -1;
+    if (version != OPTIMD_PROTOCOL_VERSION)
+        return fail(&r->err, OPTIMD_E_VERSION, "protocol version %llu is not supported (this daemon speaks %d)",
+                    (unsigned long long)version, OPTIMD_PROTOCOL_VERSION);
+    const char *op;
+    size_t op_len;
+    if (wire_get_str(root, "op", true, &op, &op_len, &r->err)) return -1;
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        if (strlen(ops[i].name) == op_len && memcmp(ops[i].name, op, op_len) == 0) return ops[i].fn(r);
+    return fail(&r->err, OPTIMD_E_UNKNOWN_OP, "unknown op '%.*s'", (int)(op_len > 32 ? 32 : op_len), op);
+}
+
+nng_msg *server_handle(server *srv, nng_msg *request_msg)
+{
+    nng_msg *reply;
+    if (nng_msg_alloc(&reply, 0) != 0) {
+        nng_msg_free(request_msg);
+        return NULL;
+    }
+    wire_writer w;
+    wire_writer_init(&w, reply);
+    request r = {.srv = srv, .w = &w};
+    size_t len = nng_msg_len(request_msg);
+    if (len > srv->opts->max_message) {
+        fail(&r.err, OPTIMD_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", len,
+             (unsigned long long)srv->opts->max_message);
+    } else {
+        msgpack_unpacked root;
+        msgpack_unpacked_init(&root);
+        size_t off = 0;
+        msgpack_unpack_return ret = msgpack_unpack_next(&root, nng_msg_body(request_msg), len, &off);
+        if (ret != MSGPACK_UNPACK_SUCCESS)
+            fail(&r.err, OPTIMD_E_MALFORMED, "the message is not valid msgpack");
+        else if (off != len)
+            fail(&r.err, OPTIMD_E_MALFORMED, "%zu bytes follow the request map", len - off);
+        else
+            dispatch(&r, &root.data);
+        msgpack_unpacked_destroy(&root);
+    }
+    if (!r.err.code && w.failed) fail(&r.err, OPTIMD_E_NOMEM, "out of memory writing the reply");
+    if (r.err.code) {
+        nng_msg_clear(reply);
+        w.failed = 0;
+        write_error(&w, r.id, &r.err);
+    }
+    nng_msg_free(request_msg);
+    return reply;
+}

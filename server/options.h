@@ -1,0 +1,30 @@
+/* Command-line options of the daemon and their embedded defaults. */
+#ifndef OPTIMD_SERVER_OPTIONS_H
+#define OPTIMD_SERVER_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define OPTIONS_MAX_LISTEN 8
+#define OPTIONS_MAX_PLUGIN_DIRS 8
+
+typedef struct options {
+    const char *listen[OPTIONS_MAX_LISTEN];
+    int n_listen;
+    const char *plugin_dirs[OPTIONS_MAX_PLUGIN_DIRS];
+    int n_plugin_dirs;
+    const char *state_dir;
+    const char *ready_file;    /* NULL: none; receives the first bound URL */
+    uint64_t max_message;      /* bytes */
+    uint32_t max_sessions;
+    uint32_t request_threads;  /* threads that decode and apply requests */
+    uint32_t compute_threads;  /* extra threads for parallel_for */
+    uint32_t contexts;         /* requests the transport holds at once */
+    int log_level;
+} options;
+
+/* Fills `o` from argv. Returns 0 to run, 1 when --help or --version was
+ * printed, -1 after printing a usage error. */
+int options_parse(options *o, int argc, char **argv);
+
+#endif

@@ -1,0 +1,25 @@
+/* What every request handler can reach: options, plugins, sessions, the
+ * compute pool. Set up by main before the transport starts and torn down
+ * after it stops; the pointers never change in between. */
+#ifndef OPTIMD_SERVER_SERVER_H
+#define OPTIMD_SERVER_SERVER_H
+
+#include "compute_pool.h"
+#include "options.h"
+#include "plugin_registry.h"
+#include "session_table.h"
+
+#include <nng/nng.h>
+
+typedef struct server {
+    const options *opts;
+    plugin_registry plugins;
+    session_table sessions;
+    compute_pool *pool;
+} server;
+
+/* Decodes one request, runs it and returns the reply (never NULL unless
+ * memory ran out). Takes ownership of `request`. Any request thread. */
+nng_msg *server_handle(server *srv, nng_msg *request);
+
+#endif

@@ -1,0 +1,451 @@
+#include "session.h"
+
+#include "hparams.h"
+#include "host.h"
+#include "log.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+static int sched_lr(const session *s, int64_t epoch, double last_lr, double *out,
+                    request_error *err)
+{
+    if (!s->sched) {
+        *out = s->hp[s->opt->lr_index];
+        return 0;
+    }
+    optimd_sched_args a = {.struct_size = sizeof a, .n_hparams = s->sched->n_hparams,
+                           .hparams = s->sched_hp, .epoch = epoch,
+                           .base_lr = s->base_lr, .last_lr = last_lr};
+    host_call hc;
+    host_call_begin(&hc, s->sched->desc->id, NULL);
+    double lr = NAN;
+    optimd_status st = s->sched->desc->scheduler->lr(&hc.table, &a, &lr);
+    host_call_end(&hc);
+    if (st != OPTIMD_OK || !isfinite(lr))
+        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", s->sched->desc->id,
+                    (long long)epoch, hc.call.error[0] ? hc.call.error : "no finite lr");
+    *out = lr;
+    return 0;
+}
+
+static void make_token(char out[SESSION_TOKEN_LEN + 1])
+{
+    unsigned char raw[SESSION_TOKEN_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n > 0) got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof raw; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[SESSION_TOKEN_LEN] = '\0';
+}
+
+static void param_release(const session *s, param *p)
+{
+    free(p->data);
+    if (p->slots) {
+        for (uint32_t i = 0; i < s->opt->desc->optimizer->n_slots; i++) free(p->slots[i]);
+        free(p->slots);
+    }
+}
+
+static void session_destroy(session *s)
+{
+    for (size_t i = 0; i < s->n_params; i++) {
+        param_release(s, &s->params[i]);
+        free(s->names[i]);
+    }
+    free(s->params);
+    free(s->names);
+    name_index_free(&s->index);
+    free(s->hp);
+    free(s->sched_hp);
+    pthread_mutex_destroy(&s->mutex);
+    free(s);
+}
+
+session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
+                        const plugin *sched, const msgpack_object *sched_map,
+                        request_error *err)
+{
+    session *s = calloc(1, sizeof *s);
+    if (!s) {
+        fail(err, OPTIMD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(s->name, sizeof s->name, "%s", name);
+    atomic_init(&s->refs, 1);
+    pthread_mutex_init(&s->mutex, NULL);
+    name_index_init(&s->index);
+    s->opt = opt;
+    s->sched = sched;
+    s->hp = calloc(opt->n_hparams ? opt->n_hparams : 1, sizeof *s->hp);
+    s->sched_hp = calloc(sched && sched->n_hparams ? sched->n_hparams : 1, sizeof *s->sched_hp);
+    if (!s->hp || !s->sched_hp) {
+        fail(err, OPTIMD_E_NOMEM, "out of memory");
+        goto fail_out;
+    }
+    hparams_defaults(opt, s->hp);
+    if (hparams_apply(opt, hp_map, false, s->hp, NULL, err) || hparams_validate(opt, s->hp, err))
+        goto fail_out;
+    if (sched) {
+        hparams_defaults(sched, s->sched_hp);
+        if (hparams_apply(sched, sched_map, false, s->sched_hp, NULL, err) ||
+            hparams_validate(sched, s->sched_hp, err))
+            goto fail_out;
+    } else if (sched_map && sched_map->via.map.size) {
+        fail(err, OPTIMD_E_BAD_REQUEST, "'sched_hparams' given without a scheduler");
+        goto fail_out;
+    }
+    s->base_lr = s->hp[opt->lr_index];
+    if (sched_lr(s, 0, s->base_lr, &s->lr, err)) goto fail_out;
+    make_token(s->token);
+    return s;
+fail_out:
+    session_destroy(s);
+    return NULL;
+}
+
+void session_ref(session *s) { atomic_fetch_add(&s->refs, 1); }
+
+void session_unref(session *s)
+{
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) session_destroy(s);
+}
+
+void session_lock(session *s) { pthread_mutex_lock(&s->mutex); }
+void session_unlock(session *s) { pthread_mutex_unlock(&s->mutex); }
+
+bool session_token_matches(const session *s, const char *token, size_t len)
+{
+    if (len != SESSION_TOKEN_LEN) return false;
+    unsigned diff = 0;
+    for (size_t i = 0; i < len; i++) diff |= (unsigned char)(s->token[i] ^ token[i]);
+    return diff == 0;
+}
+
+int64_t session_find_param(const session *s, const char *name, size_t len)
+{
+    return name_index_find(&s->index, (const char *const *)s->names, name, len);
+}
+
+static bool valid_param_name(const char *name, size_t len)
+{
+    return len >= 1 && len <= PARAM_NAME_MAX && memchr(name, '\0', len) == NULL;
+}
+
+static bool dtype_supported(const session *s, uint32_t dtype)
+{
+    return (s->opt->desc->optimizer->dtypes >> dtype) & 1u;
+}
+
+int session_register(session *s, const msgpack_object *params, request_error *err)
+{
+    uint32_t n = params->via.map.size;
+    if (s->n_params + n > SESSION_MAX_PARAMS)
+        return fail(err, OPTIMD_E_LIMIT, "a session holds at most %d parameters", SESSION_MAX_PARAMS);
+    /* Check everything first: names, duplicates, tensors. */
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object_kv *kv = &params->via.map.ptr[i];
+        const char *name;
+        size_t len;
+        if (wire_key(kv, &name, &len, err)) return -1;
+        if (!valid_param_name(name, len))
+            return fail(err, OPTIMD_E_BAD_REQUEST, "parameter names are 1 to %d bytes without NUL",
+                        PARAM_NAME_MAX);
+        if (session_find_param(s, name, len) >= 0)
+            return fail(err, OPTIMD_E_PARAM_EXISTS, "parameter '%.*s' is already registered", (int)len,
+                        name);
+        for (uint32_t j = 0; j < i; j++) {
+            const msgpack_object *k = &params->via.map.ptr[j].key;
+            if (k->via.str.size == len && memcmp(k->via.str.ptr, name, len) == 0)
+                return fail(err, OPTIMD_E_PARAM_EXISTS, "parameter '%.*s' is given twice", (int)len, name);
+        }
+        wire_tensor t;
+        char what[PARAM_NAME_MAX + 1];
+        snprintf(what, sizeof what, "%.*s", (int)len, name);
+        if (wire_decode_tensor(&kv->val, what, &t, err)) return -1;
+        if (!dtype_supported(s, t.dtype))
+            return fail(err, OPTIMD_E_BAD_TENSOR, "optimizer '%s' does not update %s tensors",
+                        s->opt->desc->id, wire_dtype_name(t.dtype));
+    }
+    /* Then allocate; on failure undo this request's parameters only. */
+    if (s->n_params + n > s->cap_params) {
+        size_t cap = s->cap_params ? s->cap_params : 8;
+        while (cap < s->n_params + n) cap *= 2;
+        param *ps = realloc(s->params, cap * sizeof *ps);
+        if (ps) s->params = ps;
+        char **names = ps ? realloc(s->names, cap * sizeof *names) : NULL;
+        if (names) s->names = names;
+        if (!ps || !names) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+        s->cap_params = cap;
+    }
+    size_t first = s->n_params;
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object_kv *kv = &params->via.map.ptr[i];
+        wire_tensor t;
+        request_error ignored;
+        wire_decode_tensor(&kv->val, "", &t, &ignored);
+        param *p = &s->params[s->n_params];
+        memset(p, 0, sizeof *p);
+        p->dtype = t.dtype;
+        p->ndim = t.ndim;
+        p->numel = t.numel;
+        p->nbytes = t.nbytes;
+        int64_t stride = 1;
+        for (int d = (int)t.ndim - 1; d >= 0; d--) {
+            p->shape[d] = t.shape[d];
+            p->strides[d] = stride;
+            stride *= t.shape[d] ? t.shape[d] : 1;
+        }
+        p->data = aligned_alloc(64, (t.nbytes + 63) / 64 * 64 + 64);
+        char *name = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+        if (!p->data || !name) {
+            free(p->data);
+            free(name);
+            goto undo;
+        }
+        memcpy(p->data, t.data, t.nbytes);
+        s->names[s->n_params] = name;
+        s->n_params++;
+        if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)(s->n_params - 1))) {
+            s->n_params--;
+            param_release(s, p);
+            free(name);
+            goto undo;
+        }
+    }
+    return 0;
+undo:
+    /* The index cannot drop entries, so rebuild it from what remains. */
+    while (s->n_params > first) {
+        s->n_params--;
+        param_release(s, &s->params[s->n_params]);
+        free(s->names[s->n_params]);
+    }
+    name_index_free(&s->index);
+    name_index_init(&s->index);
+    for (size_t i = 0; i < s->n_params; i++)
+        if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)i))
+            log_error("session %s: index rebuild failed after out-of-memory", s->name);
+    return fail(err, OPTIMD_E_NOMEM, "out of memory registering parameters");
+}
+
+static bool all_finite(const wire_tensor *g)
+{
+    /* memcpy per element: the bytes may be unaligned in the message. */
+    const unsigned char *b = g->data;
+    if (g->dtype == OPTIMD_DTYPE_F32) {
+        for (int64_t i = 0; i < g->numel; i++) {
+            uint32_t bits;
+            memcpy(&bits, b + 4 * i, 4);
+            if ((bits & 0x7f800000u) == 0x7f800000u) return false;
+        }
+    } else {
+        for (int64_t i = 0; i < g->numel; i++) {
+            uint64_t bits;
+            memcpy(&bits, b + 8 * i, 8);
+            if ((bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull) return false;
+        }
+    }
+    return true;
+}
+
+static bool slot_enabled(const session *s, const optimd_slot_def *d)
+{
+    if (!d->enabled_by) return true;
+    int h = plugin_hparam_index(s->opt, d->enabled_by, strlen(d->enabled_by));
+    return h >= 0 && s->hp[h] != 0.0;
+}
+
+/* Zero-filled slots for a parameter's first step. */
+static int ensure_slots(const session *s, param *p)
+{
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    if (p->slots || o->n_slots == 0) return 0;
+    void **slots = calloc(o->n_slots, sizeof *slots);
+    if (!slots) return -1;
+    for (uint32_t i = 0; i < o->n_slots; i++) {
+        if (!slot_enabled(s, &o->slots[i])) continue;
+        uint32_t dtype = o->slots[i].dtype ? o->slots[i].dtype : p->dtype;
+        size_t bytes = (size_t)p->numel * wire_dtype_size(dtype);
+        slots[i] = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+        if (!slots[i]) {
+            for (uint32_t j = 0; j < i; j++) free(slots[j]);
+            free(slots);
+            return -1;
+        }
+        memset(slots[i], 0, bytes);
+    }
+    p->slots = slots;
+    return 0;
+}
+
+typedef struct pending_grad {
+    param *p;
+    wire_tensor g;
+    void *aligned_copy;        /* set when the message held it unaligned */
+} pending_grad;
+
+static void tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *data)
+{
+    memset(v, 0, sizeof *v);
+    v->struct_size = sizeof *v;
+    v->dtype = dtype;
+    v->data = data;
+    v->numel = p->numel;
+    v->ndim = p->ndim;
+    v->shape = p->shape;
+    v->strides = p->strides;
+}
+
+int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
+                 double *lr_used, request_error *err)
+{
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    uint32_t n = grads->via.map.size;
+    pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
+    double *hp = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *hp);
+    optimd_tensor *slot_views = calloc(o->n_slots ? o->n_slots : 1, sizeof *slot_views);
+    int rc = 0;
+    if (!pend || !hp || !slot_views) {
+        rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
+        goto out;
+    }
+    uint64_t serial = ++s->request_serial;
+
+    for (uint32_t i = 0; i < n && rc == 0; i++) {
+        const msgpack_object_kv *kv = &grads->via.map.ptr[i];
+        const char *name;
+        size_t len;
+        if ((rc = wire_key(kv, &name, &len, err))) break;
+        int64_t idx = session_find_param(s, name, len);
+        if (idx < 0) {
+            rc = fail(err, OPTIMD_E_UNKNOWN_PARAM, "no parameter '%.*s' in session '%s'",
+                      (int)(len > PARAM_NAME_MAX ? PARAM_NAME_MAX : len), name, s->name);
+            break;
+        }
+        param *p = &s->params[idx];
+        if (p->mark == serial) {
+            rc = fail(err, OPTIMD_E_BAD_REQUEST, "gradient for '%s' given twice", s->names[idx]);
+            break;
+        }
+        p->mark = serial;
+        pend[i].p = p;
+        if ((rc = wire_decode_tensor(&kv->val, s->names[idx], &pend[i].g, err))) break;
+        const wire_tensor *g = &pend[i].g;
+        bool same_shape = g->dtype == p->dtype && g->ndim == p->ndim &&
+                          memcmp(g->shape, p->shape, p->ndim * sizeof *p->shape) == 0;
+        if (!same_shape) {
+            rc = fail(err, OPTIMD_E_BAD_TENSOR,
+                      "gradient for '%s' must be %s with the parameter's shape (%u dims, %lld elements)",
+                      s->names[idx], wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
+            break;
+        }
+        if (!all_finite(g))
+            rc = fail(err, OPTIMD_E_NONFINITE, "gradient for '%s' holds NaN or infinity; nothing applied",
+                      s->names[idx]);
+    }
+    if (rc) {
+        /* Unmark, so a failed request leaves no trace. */
+        for (uint32_t i = 0; i < n; i++)
+            if (pend[i].p) pend[i].p->mark = 0;
+        goto out;
+    }
+
+    for (uint32_t i = 0; i < n; i++) {
+        pending_grad *pg = &pend[i];
+        size_t esize = wire_dtype_size(pg->g.dtype);
+        if (((uintptr_t)pg->g.data % esize) != 0) {
+            pg->aligned_copy = aligned_alloc(64, (pg->g.nbytes + 63) / 64 * 64 + 64);
+            if (!pg->aligned_copy) {
+                rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
+                break;
+            }
+            memcpy(pg->aligned_copy, pg->g.data, pg->g.nbytes);
+        }
+        if (ensure_slots(s, pg->p)) {
+            rc = fail(err, OPTIMD_E_NOMEM, "out of memory for optimizer state");
+            break;
+        }
+    }
+    if (rc) {
+        for (uint32_t i = 0; i < n; i++) pend[i].p->mark = 0;
+        goto out;
+    }
+
+    /* From here on the step is applied. */
+    memcpy(hp, s->hp, s->opt->n_hparams * sizeof *hp);
+    hp[s->opt->lr_index] = s->lr;
+    for (uint32_t i = 0; i < n; i++) {
+        pending_grad *pg = &pend[i];
+        param *p = pg->p;
+        optimd_tensor pv, gv;
+        tensor_view(&pv, p->dtype, p, p->data);
+        tensor_view(&gv, p->dtype, p, pg->aligned_copy ? pg->aligned_copy : (void *)pg->g.data);
+        for (uint32_t k = 0; k < o->n_slots; k++) {
+            uint32_t dtype = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
+            tensor_view(&slot_views[k], dtype, p, p->slots ? p->slots[k] : NULL);
+        }
+        optimd_step_args a = {.struct_size = sizeof a, .n_hparams = s->opt->n_hparams,
+                              .hparams = hp, .step = p->steps + 1, .param = &pv, .grad = &gv,
+                              .slots = slot_views, .n_slots = o->n_slots};
+        host_call hc;
+        host_call_begin(&hc, s->opt->desc->id, pool);
+        optimd_status st = o->step(&hc.table, &a);
+        host_call_end(&hc);
+        if (st != OPTIMD_OK) {
+            /* Parameters before this one are already updated; a plugin may
+             * refuse only what it could have refused in check_hparams, so
+             * this is a plugin bug and is logged as one. */
+            log_error("session %s: plugin %s failed on '%s' (status %d): %s", s->name,
+                      s->opt->desc->id, s->names[p - s->params], st, hc.call.error);
+            rc = fail(err, OPTIMD_E_PLUGIN, "%s: %s", s->opt->desc->id,
+                      hc.call.error[0] ? hc.call.error : "step failed");
+            goto out;
+        }
+        p->steps++;
+    }
+    *lr_used = s->lr;
+    s->steps++;
+    double next;
+    if (sched_lr(s, (int64_t)s->steps, s->lr, &next, err)) {
+        /* Keep the last lr rather than stop the session. */
+        log_error("session %s: %s", s->name, err->message);
+        err->code = 0;
+    } else {
+        s->lr = next;
+    }
+out:
+    if (pend)
+        for (uint32_t i = 0; i < n; i++) free(pend[i].aligned_copy);
+    free(pend);
+    free(hp);
+    free(slot_views);
+    return rc;
+}
+
+int session_set_hparams(session *s, const msgpack_object *map, request_error *err)
+{
+    double *staged = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *staged);
+    if (!staged) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    memcpy(staged, s->hp, s->opt->n_hparams * sizeof *staged);
+    int rc = hparams_apply(s->opt, map, true, staged, NULL, err);
+    if (rc == 0) rc = hparams_validate(s->opt, staged, err);
+    if (rc == 0) {
+        double old_lr = s->hp[s->opt->lr_index];
+        memcpy(s->hp, staged, s->opt->n_hparams * sizeof *staged);
+        if (staged[s->opt->lr_index] != old_lr || wire_map_get(map, "lr"))
+            s->lr = staged[s->opt->lr_index];
+    }
+    free(staged);
+    return rc;
+}

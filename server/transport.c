@@ -1,0 +1,203 @@
+#include "transport.h"
+
+#include "log.h"
+
+#include <nng/protocol/reqrep0/rep.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { CTX_RECEIVING, CTX_QUEUED, CTX_SENDING } ctx_state;
+
+/* One request slot: an NNG context and the aio that drives it. */
+typedef struct ctx_slot {
+    struct transport *t;
+    nng_ctx ctx;
+    nng_aio *aio;
+    ctx_state state;
+    nng_msg *request;
+    struct ctx_slot *next_queued;
+} ctx_slot;
+
+struct transport {
+    server *srv;
+    nng_socket sock;
+    ctx_slot *slots;
+    uint32_t n_slots;
+    pthread_mutex_t mutex;
+    pthread_cond_t queued;
+    ctx_slot *queue_head, *queue_tail;   /* requests waiting for a thread */
+    bool stopping;
+    pthread_t *threads;
+    uint32_t n_threads;
+};
+
+static void arm_receive(ctx_slot *c)
+{
+    c->state = CTX_RECEIVING;
+    nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* NNG thread: a receive or a send on this context completed. */
+static void ctx_callback(void *arg)
+{
+    ctx_slot *c = arg;
+    transport *t = c->t;
+    int rv = nng_aio_result(c->aio);
+    if (c->state == CTX_SENDING) {
+        if (rv != 0) {
+            /* The client went away; its reply has nowhere to go. */
+            nng_msg_free(nng_aio_get_msg(c->aio));
+            nng_aio_set_msg(c->aio, NULL);
+            if (rv == NNG_ECLOSED) return;
+            log_debug("reply not delivered: %s", nng_strerror(rv));
+        }
+        arm_receive(c);
+        return;
+    }
+    if (rv != 0) {
+        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
+        log_warn("receive failed: %s", nng_strerror(rv));
+        arm_receive(c);
+        return;
+    }
+    c->request = nng_aio_get_msg(c->aio);
+    nng_aio_set_msg(c->aio, NULL);
+    pthread_mutex_lock(&t->mutex);
+    c->state = CTX_QUEUED;
+    c->next_queued = NULL;
+    if (t->queue_tail) t->queue_tail->next_queued = c;
+    else t->queue_head = c;
+    t->queue_tail = c;
+    pthread_cond_signal(&t->queued);
+    pthread_mutex_unlock(&t->mutex);
+}
+
+static void *request_thread(void *arg)
+{
+    transport *t = arg;
+    for (;;) {
+        pthread_mutex_lock(&t->mutex);
+        while (!t->queue_head && !t->stopping) pthread_cond_wait(&t->queued, &t->mutex);
+        ctx_slot *c = t->queue_head;
+        if (c) {
+            t->queue_head = c->next_queued;
+            if (!t->queue_head) t->queue_tail = NULL;
+        }
+        bool stop = t->stopping;
+        pthread_mutex_unlock(&t->mutex);
+        if (!c) break;
+        nng_msg *reply = NULL;
+        if (stop) {
+            nng_msg_free(c->request);
+        } else {
+            reply = server_handle(t->srv, c->request);
+        }
+        c->request = NULL;
+        if (!reply) {
+            if (!stop) log_error("out of memory: request dropped without a reply");
+            if (!stop) arm_receive(c);
+            continue;
+        }
+        c->state = CTX_SENDING;
+        nng_aio_set_msg(c->aio, reply);
+        nng_ctx_send(c->ctx, c->aio);
+    }
+    return NULL;
+}
+
+static int listen_all(transport *t, char *bound_url, size_t cap)
+{
+    const options *o = t->srv->opts;
+    for (int i = 0; i < o->n_listen; i++) {
+        nng_listener l;
+        int rv = nng_listener_create(&l, t->sock, o->listen[i]);
+        if (rv == 0) rv = nng_listener_start(l, 0);
+        if (rv != 0) {
+            log_error("cannot listen on %s: %s", o->listen[i], nng_strerror(rv));
+            return -1;
+        }
+        char url[512];
+        snprintf(url, sizeof url, "%s", o->listen[i]);
+        int port;
+        if (strncmp(url, "tcp://", 6) == 0 && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
+            char *colon = strrchr(url, ':');
+            if (colon && colon > url + 5) snprintf(colon, sizeof url - (size_t)(colon - url), ":%d", port);
+        }
+        log_info("listening on %s", url);
+        if (i == 0 && bound_url) snprintf(bound_url, cap, "%s", url);
+    }
+    return 0;
+}
+
+int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
+{
+    const options *o = srv->opts;
+    transport *t = calloc(1, sizeof *t);
+    if (!t) return -1;
+    t->srv = srv;
+    pthread_mutex_init(&t->mutex, NULL);
+    pthread_cond_init(&t->queued, NULL);
+    int rv = nng_rep0_open(&t->sock);
+    if (rv != 0) {
+        log_error("cannot open a rep0 socket: %s", nng_strerror(rv));
+        free(t);
+        return -1;
+    }
+    /* Accept up to twice the limit so that a moderately oversized request
+     * still gets a TOO_LARGE reply; larger ones are cut by the transport. */
+    uint64_t transport_max = o->max_message * 2;
+    nng_socket_set_size(t->sock, NNG_OPT_RECVMAXSZ, (size_t)transport_max);
+
+    t->slots = calloc(o->contexts, sizeof *t->slots);
+    t->threads = calloc(o->request_threads, sizeof *t->threads);
+    if (!t->slots || !t->threads) goto fail_out;
+    for (uint32_t i = 0; i < o->contexts; i++) {
+        ctx_slot *c = &t->slots[i];
+        c->t = t;
+        if ((rv = nng_ctx_open(&c->ctx, t->sock)) != 0 ||
+            (rv = nng_aio_alloc(&c->aio, ctx_callback, c)) != 0) {
+            log_error("cannot create request context: %s", nng_strerror(rv));
+            goto fail_out;
+        }
+        t->n_slots++;
+    }
+    for (uint32_t i = 0; i < o->request_threads; i++) {
+        if (pthread_create(&t->threads[i], NULL, request_thread, t) != 0) goto fail_out;
+        t->n_threads++;
+    }
+    if (listen_all(t, bound_url, cap)) goto fail_out;
+    for (uint32_t i = 0; i < t->n_slots; i++) arm_receive(&t->slots[i]);
+    *out = t;
+    return 0;
+fail_out:
+    transport_stop(t);
+    return -1;
+}
+
+void transport_stop(transport *t)
+{
+    if (!t) return;
+    /* Let the requests being applied finish and send their replies, drop
+     * the queued ones, then close the socket, which aborts the rest. */
+    pthread_mutex_lock(&t->mutex);
+    t->stopping = true;
+    pthread_cond_broadcast(&t->queued);
+    pthread_mutex_unlock(&t->mutex);
+    for (uint32_t i = 0; i < t->n_threads; i++) pthread_join(t->threads[i], NULL);
+    nng_close(t->sock);
+    for (uint32_t i = 0; i < t->n_slots; i++) {
+        nng_aio_stop(t->slots[i].aio);
+        nng_msg *left = nng_aio_get_msg(t->slots[i].aio);
+        if (left) nng_msg_free(left);
+        nng_aio_free(t->slots[i].aio);
+        if (t->slots[i].request) nng_msg_free(t->slots[i].request);
+    }
+    pthread_cond_destroy(&t->queued);
+    pthread_mutex_destroy(&t->mutex);
+    free(t->slots);
+    free(t->threads);
+    free(t);
+}

@@ -1,0 +1,21 @@
+/* The NNG side of the daemon: a rep0 socket with one context per in-flight
+ * request, and the request threads that run server_handle.
+ *
+ * Threads: NNG completes receives and sends on its own threads; those only
+ * queue work or re-arm a receive. Request threads decode, apply and send. */
+#ifndef OPTIMD_SERVER_TRANSPORT_H
+#define OPTIMD_SERVER_TRANSPORT_H
+
+#include "server.h"
+
+#include <stddef.h>
+
+typedef struct transport transport;
+
+/* Listens on every URL of the options and starts serving. `bound_url`
+ * receives the first address with its real port (for tcp port 0). */
+int transport_start(transport **out, server *srv, char *bound_url, size_t cap);
+/* Stops receiving, lets running requests finish, frees everything. */
+void transport_stop(transport *t);
+
+#endif

@@ -1,0 +1,186 @@
+#include "wire.h"
+
+#include <optimd/plugin.h>
+#include <string.h>
+
+const msgpack_object *wire_map_get(const msgpack_object *map, const char *key)
+{
+    if (map->type != MSGPACK_OBJECT_MAP) return NULL;
+    size_t klen = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+int wire_key(const msgpack_object_kv *kv, const char **s, size_t *len,
+             request_error *err)
+{
+    if (kv->key.type != MSGPACK_OBJECT_STR)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "map keys must be strings");
+    *s = kv->key.via.str.ptr;
+    *len = kv->key.via.str.size;
+    return 0;
+}
+
+static const msgpack_object *lookup(const msgpack_object *map, const char *key,
+                                    bool required, request_error *err, int *rc)
+{
+    const msgpack_object *v = wire_map_get(map, key);
+    *rc = 0;
+    if (!v && required) *rc = fail(err, OPTIMD_E_BAD_REQUEST, "missing key '%s'", key);
+    return v;
+}
+
+int wire_get_str(const msgpack_object *map, const char *key, bool required,
+                 const char **s, size_t *len, request_error *err)
+{
+    int rc;
+    const msgpack_object *v = lookup(map, key, required, err, &rc);
+    if (!v) return rc;
+    if (v->type != MSGPACK_OBJECT_STR)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'%s' must be a string", key);
+    *s = v->via.str.ptr;
+    *len = v->via.str.size;
+    return 0;
+}
+
+int wire_get_uint(const msgpack_object *map, const char *key, bool required,
+                  uint64_t *out, request_error *err)
+{
+    int rc;
+    const msgpack_object *v = lookup(map, key, required, err, &rc);
+    if (!v) return rc;
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'%s' must be a non-negative integer", key);
+    *out = v->via.u64;
+    return 0;
+}
+
+int wire_get_bool(const msgpack_object *map, const char *key, bool required,
+                  bool *out, request_error *err)
+{
+    int rc;
+    const msgpack_object *v = lookup(map, key, required, err, &rc);
+    if (!v) return rc;
+    if (v->type != MSGPACK_OBJECT_BOOLEAN)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'%s' must be a bool", key);
+    *out = v->via.boolean;
+    return 0;
+}
+
+int wire_get_map(const msgpack_object *map, const char *key, bool required,
+                 const msgpack_object **out, request_error *err)
+{
+    int rc;
+    const msgpack_object *v = lookup(map, key, required, err, &rc);
+    *out = NULL;
+    if (!v) return rc;
+    if (v->type == MSGPACK_OBJECT_NIL && !required) return 0;
+    if (v->type != MSGPACK_OBJECT_MAP)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'%s' must be a map", key);
+    *out = v;
+    return 0;
+}
+
+const char *wire_dtype_name(uint32_t dtype)
+{
+    return dtype == OPTIMD_DTYPE_F64 ? "f64" : dtype == OPTIMD_DTYPE_F32 ? "f32" : "?";
+}
+
+size_t wire_dtype_size(uint32_t dtype)
+{
+    return dtype == OPTIMD_DTYPE_F64 ? 8 : dtype == OPTIMD_DTYPE_F32 ? 4 : 0;
+}
+
+int wire_decode_tensor(const msgpack_object *o, const char *what, wire_tensor *out,
+                       request_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s' must be a map {dtype, shape, data}", what);
+    const msgpack_object *dtype = wire_map_get(o, "dtype");
+    const msgpack_object *shape = wire_map_get(o, "shape");
+    const msgpack_object *data = wire_map_get(o, "data");
+    if (!dtype || !shape || !data)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s' needs keys dtype, shape and data", what);
+    if (dtype->type != MSGPACK_OBJECT_STR || dtype->via.str.size != 3)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': dtype must be \"f32\" or \"f64\"", what);
+    if (memcmp(dtype->via.str.ptr, "f32", 3) == 0)
+        out->dtype = OPTIMD_DTYPE_F32;
+    else if (memcmp(dtype->via.str.ptr, "f64", 3) == 0)
+        out->dtype = OPTIMD_DTYPE_F64;
+    else
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': dtype must be \"f32\" or \"f64\"", what);
+    if (shape->type != MSGPACK_OBJECT_ARRAY || shape->via.array.size > WIRE_MAX_DIMS)
+        return fail(err, OPTIMD_E_BAD_TENSOR,
+                    "tensor '%s': shape must be an array of at most %d integers", what, WIRE_MAX_DIMS);
+    out->ndim = shape->via.array.size;
+    /* Bound the element count so numel * 8 cannot overflow. */
+    const uint64_t max_numel = (uint64_t)1 << 56;
+    uint64_t numel = 1;
+    for (uint32_t i = 0; i < out->ndim; i++) {
+        const msgpack_object *d = &shape->via.array.ptr[i];
+        if (d->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+            return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': shape[%u] must be a non-negative integer",
+                        what, i);
+        uint64_t dim = d->via.u64;
+        if (dim > max_numel || (dim && numel > max_numel / dim))
+            return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': too many elements", what);
+        out->shape[i] = (int64_t)dim;
+        numel *= dim;
+    }
+    if (data->type != MSGPACK_OBJECT_BIN)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': data must be bin", what);
+    size_t want = (size_t)numel * wire_dtype_size(out->dtype);
+    if (data->via.bin.size != want)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "tensor '%s': data has %u bytes, shape and dtype need %zu",
+                    what, data->via.bin.size, want);
+    out->numel = (int64_t)numel;
+    out->data = data->via.bin.ptr;
+    out->nbytes = want;
+    return 0;
+}
+
+static int append_to_msg(void *data, const char *buf, size_t len)
+{
+    wire_writer *w = data;
+    if (w->failed) return -1;
+    if (nng_msg_append(w->msg, buf, len) != 0) {
+        w->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+void wire_writer_init(wire_writer *w, nng_msg *msg)
+{
+    w->msg = msg;
+    w->failed = 0;
+    msgpack_packer_init(&w->pk, w, append_to_msg);
+}
+
+void wire_pack_strn(msgpack_packer *pk, const char *s, size_t len)
+{
+    msgpack_pack_str(pk, len);
+    msgpack_pack_str_body(pk, s, len);
+}
+
+void wire_pack_str(msgpack_packer *pk, const char *s) { wire_pack_strn(pk, s, strlen(s)); }
+
+void wire_pack_tensor(msgpack_packer *pk, uint32_t dtype, uint32_t ndim,
+                      const int64_t *shape, const void *data, size_t nbytes)
+{
+    msgpack_pack_map(pk, 3);
+    wire_pack_str(pk, "dtype");
+    wire_pack_str(pk, wire_dtype_name(dtype));
+    wire_pack_str(pk, "shape");
+    msgpack_pack_array(pk, ndim);
+    for (uint32_t i = 0; i < ndim; i++) msgpack_pack_uint64(pk, (uint64_t)shape[i]);
+    wire_pack_str(pk, "data");
+    msgpack_pack_bin(pk, nbytes);
+    msgpack_pack_bin_body(pk, data, nbytes);
+}

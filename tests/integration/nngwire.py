@@ -1,0 +1,136 @@
+"""Test-side access to a real optimd: start the daemon, speak the wire
+protocol through libnng (ctypes) and msgpack. Used by the integration tests;
+it is deliberately small and independent of the C client, so the two check
+each other."""
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import msgpack
+
+_lib = ctypes.CDLL(ctypes.util.find_library("nng") or "libnng.so.1")
+
+
+class _Socket(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32)]
+
+
+_lib.nng_req0_open.argtypes = [ctypes.POINTER(_Socket)]
+_lib.nng_dial.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+_lib.nng_send.argtypes = [_Socket, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_lib.nng_recv.argtypes = [_Socket, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int]
+_lib.nng_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_lib.nng_socket_set_ms.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_int32]
+_lib.nng_socket_set_size.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_size_t]
+_lib.nng_close.argtypes = [_Socket]
+_lib.nng_strerror.restype = ctypes.c_char_p
+NNG_FLAG_ALLOC = 1
+
+
+class NngError(Exception):
+    def __init__(self, what, rv):
+        super().__init__(f"{what}: {_lib.nng_strerror(rv).decode()} ({rv})")
+        self.rv = rv
+
+
+class Req:
+    """One REQ socket: send bytes, receive bytes."""
+
+    def __init__(self, url, timeout_ms=10000):
+        self.sock = _Socket()
+        rv = _lib.nng_req0_open(ctypes.byref(self.sock))
+        if rv:
+            raise NngError("req0_open", rv)
+        _lib.nng_socket_set_ms(self.sock, b"recv-timeout", timeout_ms)
+        _lib.nng_socket_set_ms(self.sock, b"send-timeout", timeout_ms)
+        _lib.nng_socket_set_size(self.sock, b"recv-size-max", 0)
+        rv = _lib.nng_dial(self.sock, url.encode(), None, 0)
+        if rv:
+            raise NngError("dial " + url, rv)
+
+    def roundtrip_bytes(self, payload):
+        rv = _lib.nng_send(self.sock, payload, len(payload), 0)
+        if rv:
+            raise NngError("send", rv)
+        ptr = ctypes.c_void_p()
+        size = ctypes.c_size_t()
+        rv = _lib.nng_recv(self.sock, ctypes.byref(ptr), ctypes.byref(size), NNG_FLAG_ALLOC)
+        if rv:
+            raise NngError("recv", rv)
+        data = ctypes.string_at(ptr, size.value)
+        _lib.nng_free(ptr, size.value)
+        return data
+
+    def call(self, op, **fields):
+        req = {"v": 1, "id": fields.pop("id", 1), "op": op}
+        req.update(fields)
+        return msgpack.unpackb(self.roundtrip_bytes(msgpack.packb(req, use_bin_type=True)), raw=False)
+
+    def close(self):
+        _lib.nng_close(self.sock)
+
+
+def tensor(array):
+    """numpy array -> wire tensor map."""
+    import numpy as np
+    a = np.ascontiguousarray(array)
+    dtype = {np.dtype("float32"): "f32", np.dtype("float64"): "f64"}[a.dtype]
+    return {"dtype": dtype, "shape": list(a.shape), "data": a.astype(a.dtype.newbyteorder("<")).tobytes()}
+
+
+def array(t):
+    """wire tensor map -> numpy array."""
+    import numpy as np
+    dt = {"f32": "<f4", "f64": "<f8"}[t["dtype"]]
+    return np.frombuffer(t["data"], dtype=dt).reshape(t["shape"])
+
+
+class Daemon:
+    """A real optimd on a free loopback port, stopped with SIGTERM."""
+
+    def __init__(self, *extra_args):
+        self.dir = tempfile.mkdtemp(prefix="optimd-test-")
+        ready = os.path.join(self.dir, "ready")
+        self.log_path = os.path.join(self.dir, "optimd.log")
+        self.log = open(self.log_path, "w")
+        args = [os.environ["OPTIMD_BIN"], "--listen", "tcp://127.0.0.1:0",
+                "--plugin-dir", os.environ["OPTIMD_PLUGIN_DIR"],
+                "--state-dir", os.path.join(self.dir, "state"), "--ready-file", ready, *extra_args]
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if os.path.exists(ready):
+                with open(ready) as f:
+                    self.url = f.read().strip()
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("optimd exited during start-up:\n" + self.read_log())
+            time.sleep(0.02)
+        self.proc.kill()
+        raise RuntimeError("optimd not ready after 30 s")
+
+    def read_log(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=15):
+        """SIGTERM; returns the exit code (raises if it does not stop)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError("optimd ignored SIGTERM")
+        self.log.close()
+        return self.proc.returncode

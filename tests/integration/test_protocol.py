@@ -1,0 +1,379 @@
+"""Integration tests of the wire protocol against a real optimd over real
+sockets: every kind of bad input gets its stable error code, changes nothing,
+and the daemon keeps serving. Run by CTest with OPTIMD_BIN and
+OPTIMD_PLUGIN_DIR set."""
+import socket
+import struct
+import threading
+import unittest
+
+import msgpack
+import numpy as np
+
+from nngwire import Daemon, NngError, Req, array, tensor
+
+E = dict(MALFORMED=1, BAD_REQUEST=2, UNKNOWN_OP=3, VERSION=4, TOO_LARGE=5, UNKNOWN_PLUGIN=10,
+         WRONG_KIND=11, UNKNOWN_HPARAM=12, BAD_HPARAM=13, NOT_MUTABLE=14, UNKNOWN_SESSION=20,
+         BAD_TOKEN=21, SESSION_EXISTS=22, LIMIT=23, UNKNOWN_PARAM=30, PARAM_EXISTS=31,
+         BAD_TENSOR=32, NONFINITE=33)
+
+
+class DaemonTest(unittest.TestCase):
+    extra_args = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon(*cls.extra_args)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.daemon.stop()
+        log = cls.daemon.read_log()
+        if rc != 0:
+            raise AssertionError(f"optimd exited with {rc} on SIGTERM; log:\n{log}")
+
+    def setUp(self):
+        self.c = Req(self.daemon.url)
+
+    def tearDown(self):
+        self.c.close()
+
+    def ok(self, reply):
+        self.assertTrue(reply.get("ok"), reply)
+        return reply
+
+    def err(self, reply, name):
+        self.assertFalse(reply.get("ok"), reply)
+        self.assertEqual(reply["code"], E[name], reply)
+        self.assertEqual(reply["error"], name, reply)
+        self.assertIsInstance(reply["message"], str)
+        self.assertTrue(reply["message"])
+        return reply
+
+    def open(self, name, optimizer="sgd", **kw):
+        r = self.ok(self.c.call("open", session=name, optimizer=optimizer, **kw))
+        return {"session": name, "token": r["token"]}
+
+
+class Envelope(DaemonTest):
+    def test_hello(self):
+        r = self.ok(self.c.call("hello", id=42, client="test"))
+        self.assertEqual(r["id"], 42)
+        self.assertEqual(r["server"], "optimd")
+        self.assertEqual(r["protocol"], 1)
+        self.assertEqual(r["abi"], [1, 0])
+
+    def test_not_msgpack(self):
+        for payload in (b"\xc1", b"", b"\x92\x01", b"\x81\xa1v"):
+            r = msgpack.unpackb(self.c.roundtrip_bytes(payload))
+            self.err(r, "MALFORMED")
+            self.assertEqual(r["id"], 0)
+
+    def test_trailing_bytes(self):
+        payload = msgpack.packb({"v": 1, "op": "hello"}) + b"\x00"
+        self.err(msgpack.unpackb(self.c.roundtrip_bytes(payload)), "MALFORMED")
+
+    def test_not_a_map(self):
+        self.err(msgpack.unpackb(self.c.roundtrip_bytes(msgpack.packb([1, 2]))), "MALFORMED")
+
+    def test_missing_and_wrong_keys(self):
+        send = lambda m: msgpack.unpackb(self.c.roundtrip_bytes(msgpack.packb(m)))
+        self.err(send({"op": "hello"}), "BAD_REQUEST")
+        self.err(send({"v": "1", "op": "hello"}), "BAD_REQUEST")
+        self.err(send({"v": 1}), "BAD_REQUEST")
+        self.err(send({"v": 1, "op": 5}), "BAD_REQUEST")
+        self.err(send({"v": 1, "op": "hello", "id": -1}), "BAD_REQUEST")
+        self.err(send({"v": 2, "op": "hello", "id": 9}), "VERSION")
+        self.assertEqual(send({"v": 2, "op": "hello", "id": 9})["id"], 9)
+        self.err(self.c.call("frobnicate"), "UNKNOWN_OP")
+
+    def test_plugins_schema(self):
+        plugins = {p["id"]: p for p in self.ok(self.c.call("plugins"))["plugins"]}
+        for pid in ("sgd", "adam", "adamw"):
+            self.assertEqual(plugins[pid]["kind"], "optimizer")
+            keys = [h["key"] for h in plugins[pid]["hparams"]]
+            self.assertIn("lr", keys)
+            self.assertIn("f32", plugins[pid]["dtypes"])
+        for pid in ("step", "cosine"):
+            self.assertEqual(plugins[pid]["kind"], "scheduler")
+        lr = next(h for h in plugins["sgd"]["hparams"] if h["key"] == "lr")
+        self.assertTrue(lr["required"])
+        self.assertIsNone(lr["default"])
+        adam = {h["key"]: h for h in plugins["adam"]["hparams"]}
+        self.assertEqual(adam["lr"]["default"], 1e-3)
+        self.assertEqual(adam["amsgrad"]["type"], "bool")
+        self.assertFalse(adam["amsgrad"]["mutable"])
+        slots = {s["key"]: s for s in plugins["adam"]["slots"]}
+        self.assertEqual(slots["max_exp_avg_sq"]["enabled_by"], "amsgrad")
+        ids = [p["id"] for p in self.ok(self.c.call("plugins"))["plugins"]]
+        self.assertEqual(ids, sorted(ids))
+
+
+class Sessions(DaemonTest):
+    def test_open_errors(self):
+        self.err(self.c.call("open", session="x1", optimizer="nope", hparams={"lr": 0.1}), "UNKNOWN_PLUGIN")
+        self.err(self.c.call("open", session="x1", optimizer="step"), "WRONG_KIND")
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": 0.1}, scheduler="adam"),
+                 "WRONG_KIND")
+        self.err(self.c.call("open", session="x1", optimizer="sgd"), "BAD_HPARAM")   # lr is required
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": -1.0}), "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": "big"}), "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": float("nan")}), "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": 0.1, "nesterov": 1}),
+                 "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": 0.1, "nesterov": True}),
+                 "BAD_HPARAM")   # nesterov needs momentum > 0
+        self.err(self.c.call("open", session="x1", optimizer="sgd", hparams={"lr": 0.1, "colour": 1}),
+                 "UNKNOWN_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="adam", hparams={"beta1": 1.0}), "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="adam", scheduler="step"), "BAD_HPARAM")
+        self.err(self.c.call("open", session="x1", optimizer="adam", hparams=[1]), "BAD_REQUEST")
+        self.err(self.c.call("open", session="bad name!", optimizer="adam"), "BAD_REQUEST")
+        self.err(self.c.call("open", session="", optimizer="adam"), "BAD_REQUEST")
+        self.err(self.c.call("open", optimizer="adam"), "BAD_REQUEST")
+        self.err(self.c.call("attach", session="x1", token="0" * 32), "UNKNOWN_SESSION")
+
+    def test_lifecycle_and_tokens(self):
+        s = self.open("life", "adam", hparams={"lr": 0.01})
+        self.assertEqual(len(s["token"]), 32)
+        self.err(self.c.call("open", session="life", optimizer="sgd", hparams={"lr": 1}), "SESSION_EXISTS")
+        self.err(self.c.call("info", session="life"), "BAD_TOKEN")
+        self.err(self.c.call("info", session="life", token="f" * 32), "BAD_TOKEN")
+        self.err(self.c.call("info", session="life", token=s["token"][:-1]), "BAD_TOKEN")
+        info = self.ok(self.c.call("attach", **s))
+        self.assertEqual(info["optimizer"], "adam")
+        self.assertEqual(info["hparams"]["lr"], 0.01)
+        self.assertIs(info["hparams"]["amsgrad"], False)
+        self.assertEqual(info["steps"], 0)
+        listed = {x["session"]: x for x in self.ok(self.c.call("sessions"))["sessions"]}
+        self.assertEqual(listed["life"]["optimizer"], "adam")
+        self.assertNotIn("token", listed["life"])
+        self.err(self.c.call("close", session="life", token="0" * 32), "BAD_TOKEN")
+        self.ok(self.c.call("close", **s))
+        self.err(self.c.call("info", **s), "UNKNOWN_SESSION")
+        self.assertNotIn("life", [x["session"] for x in self.ok(self.c.call("sessions"))["sessions"]])
+
+    def test_register_errors_change_nothing(self):
+        s = self.open("reg", hparams={"lr": 0.1})
+        good = tensor(np.ones(3, np.float32))
+        self.err(self.c.call("register", **s, params={"w": {"dtype": "f32", "shape": [3], "data": b"\0" * 11}}),
+                 "BAD_TENSOR")
+        self.err(self.c.call("register", **s, params={"w": {"dtype": "i32", "shape": [3], "data": b"\0" * 12}}),
+                 "BAD_TENSOR")
+        self.err(self.c.call("register", **s, params={"w": {"dtype": "f32", "shape": [-3], "data": b""}}),
+                 "BAD_TENSOR")
+        self.err(self.c.call("register", **s, params={"w": {"dtype": "f32", "shape": [3]}}), "BAD_TENSOR")
+        self.err(self.c.call("register", **s, params={"w": [1, 2, 3]}), "BAD_TENSOR")
+        self.err(self.c.call("register", **s, params={"": good}), "BAD_REQUEST")
+        # one bad tensor: neither is registered
+        self.err(self.c.call("register", **s, params={"a": good, "b": {"dtype": "f32", "shape": [2], "data": b""}}),
+                 "BAD_TENSOR")
+        self.assertEqual(self.ok(self.c.call("info", **s))["params"], [])
+        self.assertEqual(self.ok(self.c.call("register", **s, params={"a": good}))["registered"], 1)
+        self.err(self.c.call("register", **s, params={"a": good}), "PARAM_EXISTS")
+        info = self.ok(self.c.call("info", **s))
+        self.assertEqual([p["name"] for p in info["params"]], ["a"])
+
+    def test_step_errors_change_nothing(self):
+        rng = np.random.default_rng(1)
+        w0 = rng.standard_normal((4, 5)).astype(np.float32)
+        grads = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(4)]
+        hp = {"lr": 0.05, "momentum": 0.9}
+        clean = self.open("clean", hparams=hp)
+        dirty = self.open("dirty", hparams=hp)
+        for s in (clean, dirty):
+            self.ok(self.c.call("register", **s, params={"w": tensor(w0), "b": tensor(np.zeros(2, np.float32))}))
+        bad_requests = [
+            ({"w": tensor(grads[0]), "nope": tensor(grads[0])}, "UNKNOWN_PARAM"),
+            ({"w": tensor(grads[0][:3])}, "BAD_TENSOR"),
+            ({"w": tensor(grads[0].reshape(5, 4))}, "BAD_TENSOR"),
+            ({"w": tensor(grads[0].astype(np.float64))}, "BAD_TENSOR"),
+            ({"w": {"dtype": "f32", "shape": [4, 5], "data": b"\0" * 79}}, "BAD_TENSOR"),
+            ({"w": tensor(np.where(np.arange(20).reshape(4, 5) == 7, np.nan, grads[0]).astype(np.float32))},
+             "NONFINITE"),
+            ({"b": tensor(np.zeros(2, np.float32)), "w": tensor(np.full((4, 5), np.inf, np.float32))}, "NONFINITE"),
+            ({"w": tensor(np.full((4, 5), -np.inf, np.float32))}, "NONFINITE"),
+        ]
+        for i, g in enumerate(grads):
+            for bad, code in bad_requests:
+                self.err(self.c.call("step", **dirty, grads=bad), code)
+            self.err(self.c.call("step", **dirty, grads=[1]), "BAD_REQUEST")
+            self.err(self.c.call("step", **dirty), "BAD_REQUEST")
+            a = self.ok(self.c.call("step", **clean, grads={"w": tensor(g)}))
+            b = self.ok(self.c.call("step", **dirty, grads={"w": tensor(g)}))
+            self.assertEqual(a["steps"], i + 1)
+            self.assertEqual(b["steps"], i + 1)
+            self.assertEqual(a["params"]["w"]["data"], b["params"]["w"]["data"])
+            self.assertEqual(list(b["params"]), ["w"])
+        info = self.ok(self.c.call("info", **dirty))
+        self.assertEqual({p["name"]: p["steps"] for p in info["params"]}, {"w": 4, "b": 0})
+        pulled = self.ok(self.c.call("pull", **dirty))["params"]
+        np.testing.assert_array_equal(array(pulled["b"]), np.zeros(2, np.float32))
+        self.assertEqual(pulled["w"]["data"], a["params"]["w"]["data"])
+        self.err(self.c.call("pull", **dirty, names=["w", "zz"]), "UNKNOWN_PARAM")
+        self.assertEqual(list(self.ok(self.c.call("pull", **dirty, names=["b"]))["params"]), ["b"])
+
+    def test_step_without_return_and_empty(self):
+        s = self.open("noret", hparams={"lr": 0.5})
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(2, np.float32))}))
+        r = self.ok(self.c.call("step", **s, grads={"w": tensor(np.ones(2, np.float32))}, **{"return": False}))
+        self.assertNotIn("params", r)
+        self.assertEqual(r["lr"], 0.5)
+        r = self.ok(self.c.call("step", **s, grads={}))
+        self.assertEqual(r["steps"], 2)
+        self.assertEqual(r["params"], {})
+        np.testing.assert_array_equal(array(self.ok(self.c.call("pull", **s))["params"]["w"]),
+                                      np.full(2, 0.5, np.float32))
+
+    def test_set_hparams(self):
+        s = self.open("hp", "adam", hparams={"lr": 0.01, "amsgrad": True})
+        self.err(self.c.call("set_hparams", **s, hparams={"amsgrad": False}), "NOT_MUTABLE")
+        self.err(self.c.call("set_hparams", **s, hparams={"lr": 0.2, "beta1": 2.0}), "BAD_HPARAM")
+        self.err(self.c.call("set_hparams", **s, hparams={"zzz": 1}), "UNKNOWN_HPARAM")
+        h = self.ok(self.c.call("hparams", **s))
+        self.assertEqual(h["hparams"]["lr"], 0.01)   # the failed change left lr alone
+        self.assertEqual(h["lr"], 0.01)
+        h = self.ok(self.c.call("set_hparams", **s, hparams={"lr": 0.2, "weight_decay": 0.5}))
+        self.assertEqual(h["hparams"]["lr"], 0.2)
+        self.assertEqual(h["hparams"]["weight_decay"], 0.5)
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(2, np.float32))}))
+        r = self.ok(self.c.call("step", **s, grads={"w": tensor(np.ones(2, np.float32))}))
+        self.assertEqual(r["lr"], 0.2)
+
+
+class Scheduler(DaemonTest):
+    def test_step_lr_sequence(self):
+        s = self.open("sched", hparams={"lr": 1.0}, scheduler="step", sched_hparams={"step_size": 2, "gamma": 0.5})
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(1, np.float32))}))
+        lrs = [self.ok(self.c.call("step", **s, grads={"w": tensor(np.ones(1, np.float32))}))["lr"]
+               for _ in range(6)]
+        self.assertEqual(lrs, [1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+        info = self.ok(self.c.call("info", **s))
+        self.assertEqual(info["scheduler"], "step")
+        self.assertEqual(info["lr"], 0.125)
+        self.assertEqual(info["sched_hparams"], {"step_size": 2, "gamma": 0.5})
+        self.err(self.c.call("open", session="s2", optimizer="sgd", hparams={"lr": 1.0}, scheduler="step"),
+                 "BAD_HPARAM")   # step_size is required
+
+
+class Limits(DaemonTest):
+    extra_args = ("--max-message", "65536", "--max-sessions", "3")
+
+    def test_too_large_is_refused_and_daemon_serves_on(self):
+        s = self.open("big", hparams={"lr": 0.1})
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(4, np.float32))}))
+        big = {"w": tensor(np.ones(30000, np.float32))}   # ~120 KB: over the limit, under twice it
+        r = self.err(self.c.call("register", **s, params=big), "TOO_LARGE")
+        self.assertIn("65536", r["message"])
+        huge = Req(self.daemon.url, timeout_ms=1500)
+        with self.assertRaises(NngError):
+            huge.call("register", **s, params={"w": tensor(np.ones(200000, np.float32))})
+        huge.close()
+        self.assertTrue(self.daemon.alive())
+        self.ok(self.c.call("hello"))
+        self.assertEqual([p["name"] for p in self.ok(self.c.call("info", **s))["params"]], ["w"])
+
+    def test_session_limit(self):
+        names = [f"lim{i}" for i in range(3)]
+        opened = []
+        for n in names:
+            r = self.c.call("open", session=n, optimizer="adam")
+            if r["ok"]:
+                opened.append({"session": n, "token": r["token"]})
+        r = self.c.call("open", session="one-too-many", optimizer="adam")
+        self.err(r, "LIMIT")
+        for s in opened:
+            self.ok(self.c.call("close", **s))
+
+
+class Disconnects(DaemonTest):
+    def raw_req_connection(self):
+        host, port = self.daemon.url[len("tcp://"):].rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(b"\x00SP\x00\x00\x30\x00\x00")          # SP header, protocol req0 (0x30)
+        self.assertEqual(sock.recv(8), b"\x00SP\x00\x00\x31\x00\x00")   # the daemon is rep0 (0x31)
+        return sock
+
+    def test_client_vanishes_mid_message(self):
+        for _ in range(5):
+            sock = self.raw_req_connection()
+            body = struct.pack(">I", 0x80000001) + msgpack.packb({"v": 1, "op": "hello"})
+            sock.sendall(struct.pack(">Q", 100000) + body[:7])   # announce 100 kB, send 7 bytes
+            sock.close()
+        self.assertTrue(self.daemon.alive())
+        self.ok(self.c.call("hello"))
+
+    def test_client_vanishes_before_reply(self):
+        s = self.open("gone", hparams={"lr": 0.1})
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(1 << 20, np.float32))}))
+        for _ in range(3):
+            sock = self.raw_req_connection()
+            body = struct.pack(">I", 0x80000001) + msgpack.packb(
+                {"v": 1, "op": "step", **s, "grads": {"w": tensor(np.ones(1 << 20, np.float32))}},
+                use_bin_type=True)
+            sock.sendall(struct.pack(">Q", len(body)) + body)
+            sock.close()
+        # The abandoned steps still apply (each was received whole); the
+        # session stays consistent and serves its owner.
+        info = self.ok(self.c.call("info", **s))
+        self.assertEqual(info["params"][0]["steps"], info["steps"])
+        self.assertTrue(self.daemon.alive())
+
+    def test_raw_message_with_correct_framing(self):
+        sock = self.raw_req_connection()
+        body = struct.pack(">I", 0x80000007) + msgpack.packb({"v": 1, "op": "hello", "id": 3})
+        sock.sendall(struct.pack(">Q", len(body)) + body)
+        head = sock.recv(8, socket.MSG_WAITALL)
+        n = struct.unpack(">Q", head)[0]
+        reply = b""
+        while len(reply) < n:
+            reply += sock.recv(n - len(reply))
+        sock.close()
+        self.assertEqual(reply[:4], struct.pack(">I", 0x80000007))
+        self.assertEqual(msgpack.unpackb(reply[4:])["id"], 3)
+
+
+class Concurrency(DaemonTest):
+    def test_many_clients_many_sessions(self):
+        """16 clients on 4 sessions step at once; each session's final state
+        must equal a serial replay of its own gradients (no cross-talk)."""
+        n_sessions, per_session, steps = 4, 4, 25
+        sessions = []
+        for i in range(n_sessions):
+            s = self.open(f"conc{i}", "adam", hparams={"lr": 0.01 * (i + 1)})
+            self.ok(self.c.call("register", **s, params={"w": tensor(np.zeros(1000, np.float32))}))
+            sessions.append(s)
+        errors = []
+
+        def worker(k):
+            try:
+                c = Req(self.daemon.url)
+                s = sessions[k % n_sessions]
+                g = np.full(1000, float(k % n_sessions + 1), np.float32)
+                for _ in range(steps):
+                    r = c.call("step", **s, grads={"w": tensor(g)}, **{"return": False})
+                    if not r["ok"]:
+                        errors.append(r)
+                c.close()
+            except Exception as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_sessions * per_session)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        for i, s in enumerate(sessions):
+            ref = self.open(f"ref{i}", "adam", hparams={"lr": 0.01 * (i + 1)})
+            self.ok(self.c.call("register", **ref, params={"w": tensor(np.zeros(1000, np.float32))}))
+            g = tensor(np.full(1000, float(i + 1), np.float32))
+            for _ in range(per_session * steps):
+                last = self.ok(self.c.call("step", **ref, grads={"w": g}))
+            got = self.ok(self.c.call("pull", **s))["params"]["w"]["data"]
+            self.assertEqual(got, last["params"]["w"]["data"], f"session {i} differs from its serial replay")
+            self.assertEqual(self.ok(self.c.call("info", **s))["steps"], per_session * steps)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
