@@ -110,7 +110,8 @@ void compute_pool_run(compute_pool *pool, int64_t n, int64_t grain,
     if (n <= 0) return;
     if (grain < 16) grain = 16;
     int64_t workers = (int64_t)pool->n_threads + 1;
-    int64_t n_chunks = (n + grain - 1) / grain;
+    /* Rounded down, so that no chunk is smaller than the grain. */
+    int64_t n_chunks = n / grain;
     if (n_chunks > workers) n_chunks = workers;
     if (n_chunks <= 1) {
         fn(user, 0, n);

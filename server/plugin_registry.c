@@ -10,6 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Plugin ids: [a-z0-9_.-]; hyperparameter and slot keys: [A-Za-z0-9_], so
+ * torch's own spellings (T_max, T_0) carry over. */
+#define UPPER "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
 static bool valid_key(const char *s, const char *extra)
 {
     if (!s || !*s || strlen(s) > 64) return false;
@@ -33,7 +37,7 @@ static bool check_hparams(const char *path, const optimd_hparam_def *defs, uint3
             log_warn("plugin %s: hparam %u has struct_size %u < %zu", path, i, d->struct_size, sizeof *d);
             return false;
         }
-        if (!valid_key(d->key, NULL)) {
+        if (!valid_key(d->key, UPPER)) {
             log_warn("plugin %s: hparam %u has an invalid key", path, i);
             return false;
         }
@@ -93,7 +97,7 @@ static bool check_optimizer(const char *path, plugin *p)
     }
     for (uint32_t i = 0; i < o->n_slots; i++) {
         const optimd_slot_def *s = &o->slots[i];
-        if (s->struct_size < sizeof *s || !valid_key(s->key, NULL) ||
+        if (s->struct_size < sizeof *s || !valid_key(s->key, UPPER) ||
             s->shape != OPTIMD_SLOT_LIKE_PARAM || s->dtype > OPTIMD_DTYPE_F64) {
             log_warn("plugin %s: slot %u is malformed (size, key, shape or dtype)", path, i);
             return false;

@@ -48,6 +48,8 @@ class Req:
         _lib.nng_socket_set_ms(self.sock, b"recv-timeout", timeout_ms)
         _lib.nng_socket_set_ms(self.sock, b"send-timeout", timeout_ms)
         _lib.nng_socket_set_size(self.sock, b"recv-size-max", 0)
+        # A step is not idempotent: never let REQ resend it (docs/protocol.md).
+        _lib.nng_socket_set_ms(self.sock, b"req:resend-time", -1)
         rv = _lib.nng_dial(self.sock, url.encode(), None, 0)
         if rv:
             raise NngError("dial " + url, rv)

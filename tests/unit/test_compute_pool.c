@@ -13,9 +13,10 @@ int check_failure_count;
 typedef struct visit {
     atomic_int *hits;
     atomic_int calls;
-    int64_t min_len;
+    int64_t grain;
     int64_t n;
     int bad_alignment;
+    int too_small;
 } visit;
 
 static void mark(void *user, int64_t begin, int64_t end)
@@ -23,12 +24,13 @@ static void mark(void *user, int64_t begin, int64_t end)
     visit *v = user;
     atomic_fetch_add(&v->calls, 1);
     if (end < v->n && (end - begin) % 16 != 0) v->bad_alignment = 1;
+    if (end < v->n && end - begin < v->grain) v->too_small = 1;
     for (int64_t i = begin; i < end; i++) atomic_fetch_add(&v->hits[i], 1);
 }
 
 static void run_and_check(compute_pool *pool, int64_t n, int64_t grain)
 {
-    visit v = {.n = n};
+    visit v = {.n = n, .grain = grain};
     v.hits = calloc((size_t)(n ? n : 1), sizeof *v.hits);
     atomic_init(&v.calls, 0);
     compute_pool_run(pool, n, grain, mark, &v);
@@ -36,6 +38,8 @@ static void run_and_check(compute_pool *pool, int64_t n, int64_t grain)
     for (int64_t i = 0; i < n; i++) wrong += atomic_load(&v.hits[i]) != 1;
     CHECK(wrong == 0, "n=%lld grain=%lld: %lld elements not visited exactly once", (long long)n,
           (long long)grain, (long long)wrong);
+    CHECK(!v.too_small, "n=%lld grain=%lld: a chunk other than the last is below the grain", (long long)n,
+          (long long)grain);
     CHECK(!v.bad_alignment, "n=%lld: a chunk other than the last is not a multiple of 16", (long long)n);
     if (n <= grain) CHECK(atomic_load(&v.calls) <= 1, "n=%lld <= grain ran in %d chunks", (long long)n,
                           atomic_load(&v.calls));
@@ -63,6 +67,7 @@ int main(void)
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             run_and_check(pool, sizes[i], 1);
             run_and_check(pool, sizes[i], 4096);
+            run_and_check(pool, sizes[i], 16384);
         }
         pthread_t t[4];
         concurrent_arg args[4];

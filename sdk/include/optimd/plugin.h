@@ -141,7 +141,7 @@ typedef struct optimd_hparam_def {
     uint32_t type;           /* optimd_hparam_type */
     uint32_t flags;          /* OPTIMD_HP_* flags */
     uint32_t reserved;
-    const char *key;         /* stable forever, [a-z0-9_]+ */
+    const char *key;         /* stable forever, [A-Za-z0-9_]+ */
     const char *doc;         /* one sentence for `plugins` listings */
     double min;
     double max;
@@ -164,7 +164,7 @@ typedef struct optimd_slot_def {
     uint32_t shape;          /* optimd_slot_shape */
     uint32_t dtype;          /* 0: same dtype as the parameter */
     uint32_t reserved;
-    const char *key;         /* stable forever, [a-z0-9_]+ */
+    const char *key;         /* stable forever, [A-Za-z0-9_]+ */
     const char *doc;
     /* Key of a boolean hyperparameter; the slot exists only when it is true
      * (Adam's "max_exp_avg_sq" with "amsgrad"). NULL: always present. */

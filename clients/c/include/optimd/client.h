@@ -70,14 +70,25 @@ typedef struct optimd_session {
 } optimd_session;
 
 /* Connects to `url`; each later request waits at most `timeout_ms`
- * (0: 30 s) for its reply. */
+ * (0: 30 s) for its reply. The dial happens in the background (NNG
+ * redials a lost connection), so connect succeeds before the daemon is
+ * reached; a request that finds no connection within the timeout fails
+ * with OPTIMD_CLIENT_E_TRANSPORT. A request that timed out waiting for its
+ * reply may or may not have been applied; the library never resends. */
 int optimd_client_connect(const char *url, int timeout_ms,
                           optimd_client **out);
 void optimd_client_free(optimd_client *c);
 
 /* Text of the last failure (empty after a success); the daemon's message
- * when it answered with an error. Valid until the next call on `c`. */
+ * when it answered with an error. Valid until the next call on `c`.
+ * optimd_client_error(NULL) is the reason the calling thread's last
+ * optimd_client_connect failed, since no client exists to hold it. */
 const char *optimd_client_error(const optimd_client *c);
+
+/* The name of a return code: "BAD_TOKEN" for OPTIMD_E_BAD_TOKEN (the names
+ * of docs/protocol.md section 6), "TRANSPORT", "PROTOCOL", "NOMEM", "ARG"
+ * for the OPTIMD_CLIENT_E_* codes, "OK" for 0, "UNKNOWN" otherwise. */
+const char *optimd_error_name(int code);
 
 typedef struct optimd_server_info {
     char server[32];
@@ -89,11 +100,27 @@ typedef struct optimd_server_info {
 
 int optimd_client_hello(optimd_client *c, optimd_server_info *out);
 
+/* A hyperparameter as a plugin declares it. */
+typedef struct optimd_hparam_info {
+    char *key;
+    int32_t type;              /* optimd_hvalue_type */
+    int32_t required;          /* 1: open must give a value */
+    int32_t is_mutable;        /* 1: set_hparams may change it */
+    int32_t min_exclusive;     /* 1: the bound itself is out of range */
+    int32_t max_exclusive;
+    double min, max;
+    optimd_hvalue def;         /* the default (key == this key); type 0
+                                * when the hyperparameter is required */
+    char *doc;
+} optimd_hparam_info;
+
 typedef struct optimd_plugin_info {
     char *id;
     char *kind;                /* "optimizer" or "scheduler" */
     char *version;
     char *description;
+    optimd_hparam_info *hparams;   /* as declared, n_hparams of them */
+    size_t n_hparams;
 } optimd_plugin_info;
 
 /* Lists the loaded plugins; free with optimd_plugin_list_free. */
@@ -129,12 +156,29 @@ int optimd_client_register(optimd_client *c, const optimd_session *s,
                            const optimd_named_tensor *params, size_t n);
 
 /* Sends `grads` and, when `params_out` is not NULL, writes the updated
- * values of parameters named in it (by name) into their `data`. `lr_used`
- * and `steps` may be NULL. */
+ * values of parameters named in it (by name) into their `data`; each of
+ * them must have a gradient in `grads` (OPTIMD_CLIENT_E_ARG otherwise).
+ * `lr_used` and `steps` may be NULL. */
 int optimd_client_step(optimd_client *c, const optimd_session *s,
                        const optimd_named_tensor *grads, size_t n_grads,
                        optimd_named_tensor *params_out, size_t n_out,
                        double *lr_used, uint64_t *steps);
+
+/* What a step reply says besides the parameters. */
+typedef struct optimd_step_result {
+    uint64_t steps;            /* the session's step count after this step */
+    double lr;                 /* the lr this step used */
+    double next_lr;            /* the lr the next step will use */
+} optimd_step_result;
+
+/* optimd_client_step, reporting next_lr too. `result` may be NULL. When
+ * `n_out` is 0 the request says `return: false`, so the daemon sends no
+ * parameters back. Every name in `params_out` must also be in `grads`:
+ * the daemon returns only the parameters it updated. */
+int optimd_client_step_ex(optimd_client *c, const optimd_session *s,
+                          const optimd_named_tensor *grads, size_t n_grads,
+                          optimd_named_tensor *params_out, size_t n_out,
+                          optimd_step_result *result);
 
 /* Fetches the named parameters into their `data`. */
 int optimd_client_pull(optimd_client *c, const optimd_session *s,

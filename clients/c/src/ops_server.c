@@ -1,0 +1,309 @@
+/* Operations about the daemon as a whole: hello, plugins, sessions. */
+#include "client_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Copies a str that may be longer than the fixed field meant for it; a
+ * long version string is not a protocol error, so it is cut short. */
+static bool copy_str_cut(const msgpack_object *o, char *buf, size_t cap)
+{
+    if (!o || o->type != MSGPACK_OBJECT_STR) return false;
+    size_t n = o->via.str.size < cap - 1 ? o->via.str.size : cap - 1;
+    memcpy(buf, o->via.str.ptr, n);
+    buf[n] = '\0';
+    return memchr(buf, '\0', n) == NULL;
+}
+
+int optimd_client_hello(optimd_client *c, optimd_server_info *out)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!out) return client_fail(c, OPTIMD_CLIENT_E_ARG, "out is NULL");
+    client_request rq;
+    int rv = client_request_begin(c, &rq, "hello", NULL, 1, 0);
+    if (rv) return rv;
+    wire_pack_str(&rq.w.pk, "client");
+    wire_pack_str(&rq.w.pk, "optimd C client");
+    client_reply rep;
+    if ((rv = client_roundtrip(&rq, &rep))) return rv;
+
+    optimd_server_info info;
+    memset(&info, 0, sizeof info);
+    const msgpack_object *abi;
+    uint64_t protocol;
+    if (!copy_str_cut(wire_map_get(rep.root, "server"), info.server,
+                      sizeof info.server) ||
+        !copy_str_cut(wire_map_get(rep.root, "version"), info.version,
+                      sizeof info.version)) {
+        rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                         "reply to 'hello': 'server' or 'version' is "
+                         "missing or not a str");
+    } else if (!(rv = reply_uint(c, &rep, "protocol", &protocol)) &&
+               !(rv = reply_uint(c, &rep, "max_message", &info.max_message)) &&
+               !(rv = reply_get(c, &rep, "abi", MSGPACK_OBJECT_ARRAY, &abi))) {
+        if (abi->via.array.size != 2 ||
+            !wire_as_int(&abi->via.array.ptr[0], &info.abi_major) ||
+            !wire_as_int(&abi->via.array.ptr[1], &info.abi_minor))
+            rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                             "reply to 'hello': 'abi' is not [major, minor]");
+        else if (protocol > INT64_MAX)
+            rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                             "reply to 'hello': 'protocol' is out of range");
+        info.protocol = (int64_t)protocol;
+    }
+    client_reply_free(&rep);
+    if (!rv) *out = info;
+    return rv;
+}
+
+void optimd_plugin_list_free(optimd_plugin_info *list, size_t count)
+{
+    if (!list) return;
+    for (size_t i = 0; i < count; i++) {
+        for (size_t k = 0; k < list[i].n_hparams; k++) {
+            free(list[i].hparams[k].key);
+            free(list[i].hparams[k].doc);
+        }
+        free(list[i].hparams);
+        free(list[i].id);
+        free(list[i].kind);
+        free(list[i].version);
+        free(list[i].description);
+    }
+    free(list);
+}
+
+/* Reads str `key` of map `o` into a fresh string. */
+static int dup_key(optimd_client *c, const char *op, const msgpack_object *o,
+                   const char *key, size_t index, char **out)
+{
+    const msgpack_object *v = wire_map_get(o, key);
+    bool nomem = false;
+    *out = v ? wire_strdup(v, &nomem) : NULL;
+    if (*out) return 0;
+    if (nomem) return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+    return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                       "reply to '%s': entry %zu: '%s' is missing or not a "
+                       "str", op, index, key);
+}
+
+/* The reply array `key`, whose entries must all be maps with str keys. */
+static int reply_map_array(optimd_client *c, const client_reply *rep,
+                           const char *key, const msgpack_object **out)
+{
+    int rv = reply_get(c, rep, key, MSGPACK_OBJECT_ARRAY, out);
+    if (rv) return rv;
+    for (uint32_t i = 0; i < (*out)->via.array.size; i++) {
+        const msgpack_object *e = &(*out)->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_MAP || !wire_keys_are_str(e))
+            return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                               "reply to '%s': entry %u of '%s' is not a map",
+                               rep->op, (unsigned)i, key);
+    }
+    return 0;
+}
+
+static bool get_bool(const msgpack_object *map, const char *key,
+                     int32_t *out)
+{
+    const msgpack_object *o = wire_map_get(map, key);
+    if (!o || o->type != MSGPACK_OBJECT_BOOLEAN) return false;
+    *out = o->via.boolean;
+    return true;
+}
+
+static bool get_float(const msgpack_object *map, const char *key,
+                      double *out)
+{
+    const msgpack_object *o = wire_map_get(map, key);
+    return o && wire_as_float(o, out);
+}
+
+/* Reads the default of a hyperparameter whose type is known: nil exactly
+ * when it is required, otherwise a value of its type. */
+static bool read_default(const msgpack_object *o, optimd_hparam_info *h)
+{
+    if (!o) return false;
+    if (h->required) return o->type == MSGPACK_OBJECT_NIL;
+    h->def.key = h->key;
+    h->def.type = h->type;
+    switch (h->type) {
+    case OPTIMD_HVALUE_BOOL:
+        h->def.i = o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
+        return o->type == MSGPACK_OBJECT_BOOLEAN;
+    case OPTIMD_HVALUE_INT: return wire_as_int(o, &h->def.i);
+    default: return wire_as_float(o, &h->def.f);
+    }
+}
+
+static int read_hparam(optimd_client *c, const msgpack_object *e,
+                       const char *plugin, size_t k, optimd_hparam_info *h)
+{
+    if (e->type != MSGPACK_OBJECT_MAP || !wire_keys_are_str(e))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' hparams[%zu] is not a "
+                           "map", plugin, k);
+    int rv;
+    if ((rv = dup_key(c, "plugins", e, "key", k, &h->key)) ||
+        (rv = dup_key(c, "plugins", e, "doc", k, &h->doc)))
+        return rv;
+    const msgpack_object *type = wire_map_get(e, "type");
+    h->type = !type ? 0
+              : wire_is_str(type, "float") ? OPTIMD_HVALUE_FLOAT
+              : wire_is_str(type, "int")   ? OPTIMD_HVALUE_INT
+              : wire_is_str(type, "bool")  ? OPTIMD_HVALUE_BOOL
+                                           : 0;
+    if (!h->type || !get_bool(e, "required", &h->required) ||
+        !get_bool(e, "mutable", &h->is_mutable) ||
+        !get_bool(e, "min_exclusive", &h->min_exclusive) ||
+        !get_bool(e, "max_exclusive", &h->max_exclusive) ||
+        !get_float(e, "min", &h->min) || !get_float(e, "max", &h->max) ||
+        !read_default(wire_map_get(e, "default"), h))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' hyperparameter '%s': "
+                           "type, required, mutable, min, max, "
+                           "min_exclusive, max_exclusive or default is "
+                           "missing or of the wrong type", plugin, h->key);
+    return 0;
+}
+
+static int read_plugin(optimd_client *c, const msgpack_object *e, size_t i,
+                       optimd_plugin_info *p)
+{
+    int rv;
+    if ((rv = dup_key(c, "plugins", e, "id", i, &p->id)) ||
+        (rv = dup_key(c, "plugins", e, "kind", i, &p->kind)) ||
+        (rv = dup_key(c, "plugins", e, "version", i, &p->version)) ||
+        (rv = dup_key(c, "plugins", e, "description", i, &p->description)))
+        return rv;
+    if (strcmp(p->kind, "optimizer") && strcmp(p->kind, "scheduler"))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' has kind '%s', neither "
+                           "optimizer nor scheduler", p->id, p->kind);
+    const msgpack_object *hp = wire_map_get(e, "hparams");
+    if (!hp || hp->type != MSGPACK_OBJECT_ARRAY)
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' has no 'hparams' array",
+                           p->id);
+    size_t n = hp->via.array.size;
+    p->hparams = calloc(n ? n : 1, sizeof *p->hparams);
+    if (!p->hparams)
+        return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+    for (size_t k = 0; k < n; k++) {
+        p->n_hparams = k + 1;
+        if ((rv = read_hparam(c, &hp->via.array.ptr[k], p->id, k,
+                              &p->hparams[k])))
+            return rv;
+    }
+    return 0;
+}
+
+int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
+                          size_t *count)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!out || !count)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "out or count is NULL");
+    *out = NULL;
+    *count = 0;
+    client_request rq;
+    int rv = client_request_begin(c, &rq, "plugins", NULL, 0, 0);
+    if (rv) return rv;
+    client_reply rep;
+    if ((rv = client_roundtrip(&rq, &rep))) return rv;
+
+    const msgpack_object *arr;
+    optimd_plugin_info *list = NULL;
+    size_t n = 0;
+    if ((rv = reply_map_array(c, &rep, "plugins", &arr))) goto done;
+    n = arr->via.array.size;
+    list = calloc(n ? n : 1, sizeof *list);
+    if (!list) {
+        rv = client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n && !rv; i++)
+        rv = read_plugin(c, &arr->via.array.ptr[i], i, &list[i]);
+done:
+    client_reply_free(&rep);
+    if (rv) {
+        optimd_plugin_list_free(list, n);
+        return rv;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+void optimd_session_list_free(optimd_session_summary *list, size_t count)
+{
+    if (!list) return;
+    for (size_t i = 0; i < count; i++) {
+        free(list[i].name);
+        free(list[i].optimizer);
+        free(list[i].scheduler);
+    }
+    free(list);
+}
+
+static int read_summary(optimd_client *c, const msgpack_object *e, size_t i,
+                        optimd_session_summary *s)
+{
+    int rv;
+    if ((rv = dup_key(c, "sessions", e, "session", i, &s->name)) ||
+        (rv = dup_key(c, "sessions", e, "optimizer", i, &s->optimizer)))
+        return rv;
+    const msgpack_object *sched = wire_map_get(e, "scheduler");
+    if (sched && sched->type != MSGPACK_OBJECT_NIL &&
+        (rv = dup_key(c, "sessions", e, "scheduler", i, &s->scheduler)))
+        return rv;
+    const msgpack_object *params = wire_map_get(e, "params");
+    const msgpack_object *steps = wire_map_get(e, "steps");
+    if (!sched || !params || !steps || !wire_as_uint(params, &s->params) ||
+        !wire_as_uint(steps, &s->steps))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'sessions': entry %zu: 'scheduler', "
+                           "'params' or 'steps' is missing or of the wrong "
+                           "type", i);
+    return 0;
+}
+
+int optimd_client_sessions(optimd_client *c, optimd_session_summary **out,
+                           size_t *count)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!out || !count)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "out or count is NULL");
+    *out = NULL;
+    *count = 0;
+    client_request rq;
+    int rv = client_request_begin(c, &rq, "sessions", NULL, 0, 0);
+    if (rv) return rv;
+    client_reply rep;
+    if ((rv = client_roundtrip(&rq, &rep))) return rv;
+
+    const msgpack_object *arr;
+    optimd_session_summary *list = NULL;
+    size_t n = 0;
+    if ((rv = reply_map_array(c, &rep, "sessions", &arr))) goto done;
+    n = arr->via.array.size;
+    list = calloc(n ? n : 1, sizeof *list);
+    if (!list) {
+        rv = client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n && !rv; i++)
+        rv = read_summary(c, &arr->via.array.ptr[i], i, &list[i]);
+done:
+    client_reply_free(&rep);
+    if (rv) {
+        optimd_session_list_free(list, n);
+        return rv;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}

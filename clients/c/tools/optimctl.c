@@ -1,0 +1,330 @@
+/*
+ * optimctl: the command line for an optimd daemon, built on the C client
+ * library. Output is plain columns so that shell scripts can cut it.
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_TIMEOUT_MS 30000
+
+static const char main_usage[] =
+    "usage: optimctl [--server URL] [--timeout MS] COMMAND [ARGS]\n"
+    "\n"
+    "Talks to an optimd daemon.\n"
+    "\n"
+    "commands:\n"
+    "  hello                      the daemon's version, protocol and limits\n"
+    "  plugins                    loaded plugins: id, kind, version, "
+    "description\n"
+    "  hparams PLUGIN             a plugin's hyperparameters: key, type, "
+    "default,\n"
+    "                             range, mutable or fixed, doc\n"
+    "  sessions                   sessions: name, optimizer, scheduler "
+    "(- if none),\n"
+    "                             parameter count, step count\n"
+    "  open NAME --optimizer ID [--set KEY=VALUE]...\n"
+    "       [--scheduler ID [--sched-set KEY=VALUE]...]\n"
+    "                             open a session; prints its token\n"
+    "  info NAME --token TOKEN    a session's steps, parameters and lr\n"
+    "  close NAME --token TOKEN   close a session and drop its state\n"
+    "  rosenbrock --optimizer ID --steps N [...]\n"
+    "                             minimise the Rosenbrock function remotely\n"
+    "  help [COMMAND]             this text, or a command's usage\n"
+    "\n"
+    "options:\n"
+    "  --server URL   the daemon's address (default " OPTIMD_DEFAULT_URL ")\n"
+    "  --timeout MS   how long a request waits for the daemon (default "
+    "30000)\n"
+    "\n"
+    "Exit status: 0 success, 1 the daemon or the connection failed, "
+    "2 usage error.\n";
+
+static const char hello_usage[] = "usage: optimctl hello\n";
+static const char plugins_usage[] = "usage: optimctl plugins\n";
+static const char sessions_usage[] = "usage: optimctl sessions\n";
+static const char hparams_usage[] =
+    "usage: optimctl hparams PLUGIN\n"
+    "One line per hyperparameter: key, type, default (or \"required\"),\n"
+    "range ([ ] inclusive, ( ) exclusive; - for bool), mutable or fixed, "
+    "doc.\n";
+static const char open_usage[] =
+    "usage: optimctl open NAME --optimizer ID [--set KEY=VALUE]...\n"
+    "                [--scheduler ID [--sched-set KEY=VALUE]...]\n"
+    "Prints the session's token; keep it for info and close.\n";
+static const char info_usage[] = "usage: optimctl info NAME --token TOKEN\n";
+static const char close_usage[] =
+    "usage: optimctl close NAME --token TOKEN\n";
+
+/* Commands without arguments still reject stray ones, so that a typo is
+ * not silently ignored. */
+static int no_args(const cli *cli, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) return cli_usage_error(cli, "takes no arguments");
+    return CLI_OK;
+}
+
+static int daemon_error(optimd_client *c)
+{
+    return cli_fail("%s", optimd_client_error(c));
+}
+
+static int cmd_hello(const cli *cli, int argc, char **argv)
+{
+    int rv = no_args(cli, argc, argv);
+    optimd_client *c;
+    if (rv || (rv = cli_connect(cli, &c))) return rv;
+    optimd_server_info info;
+    if (optimd_client_hello(c, &info) != 0) rv = daemon_error(c);
+    else
+        printf("server %s\nversion %s\nprotocol %lld\nabi %lld.%lld\n"
+               "max_message %llu\n",
+               info.server, info.version, (long long)info.protocol,
+               (long long)info.abi_major, (long long)info.abi_minor,
+               (unsigned long long)info.max_message);
+    optimd_client_free(c);
+    return rv;
+}
+
+static int cmd_plugins(const cli *cli, int argc, char **argv)
+{
+    int rv = no_args(cli, argc, argv);
+    optimd_client *c;
+    if (rv || (rv = cli_connect(cli, &c))) return rv;
+    optimd_plugin_info *list;
+    size_t n;
+    if (optimd_client_plugins(c, &list, &n) != 0) rv = daemon_error(c);
+    else {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\t%s\t%s\t%s\n", list[i].id, list[i].kind,
+                   list[i].version, list[i].description);
+        optimd_plugin_list_free(list, n);
+    }
+    optimd_client_free(c);
+    return rv;
+}
+
+static void print_hvalue(const optimd_hvalue *v)
+{
+    switch (v->type) {
+    case OPTIMD_HVALUE_FLOAT: printf("%.9g", v->f); break;
+    case OPTIMD_HVALUE_INT: printf("%lld", (long long)v->i); break;
+    case OPTIMD_HVALUE_BOOL: fputs(v->i ? "true" : "false", stdout); break;
+    default: fputs("required", stdout); break;
+    }
+}
+
+static void print_hparam(const optimd_hparam_info *h)
+{
+    static const char *const types[] = {"?", "float", "int", "bool"};
+    printf("%s\t%s\t", h->key, types[h->type]);
+    print_hvalue(&h->def);
+    if (h->type == OPTIMD_HVALUE_BOOL)
+        fputs("\t-", stdout);
+    else if (h->type == OPTIMD_HVALUE_INT)
+        printf("\t%c%.17g, %.17g%c", h->min_exclusive ? '(' : '[', h->min,
+               h->max, h->max_exclusive ? ')' : ']');
+    else
+        printf("\t%c%.9g, %.9g%c", h->min_exclusive ? '(' : '[', h->min,
+               h->max, h->max_exclusive ? ')' : ']');
+    printf("\t%s\t%s\n", h->is_mutable ? "mutable" : "fixed", h->doc);
+}
+
+static int cmd_hparams(const cli *cli, int argc, char **argv)
+{
+    if (argc != 1 || argv[0][0] == '-')
+        return cli_usage_error(cli, "expects one plugin id");
+    optimd_client *c;
+    int rv = cli_connect(cli, &c);
+    if (rv) return rv;
+    optimd_plugin_info *list;
+    size_t n;
+    if (optimd_client_plugins(c, &list, &n) != 0) {
+        rv = daemon_error(c);
+    } else {
+        size_t i = 0;
+        while (i < n && strcmp(list[i].id, argv[0]) != 0) i++;
+        if (i == n)
+            rv = cli_fail("no plugin '%s' is loaded", argv[0]);
+        else
+            for (size_t k = 0; k < list[i].n_hparams; k++)
+                print_hparam(&list[i].hparams[k]);
+        optimd_plugin_list_free(list, n);
+    }
+    optimd_client_free(c);
+    return rv;
+}
+
+static int cmd_sessions(const cli *cli, int argc, char **argv)
+{
+    int rv = no_args(cli, argc, argv);
+    optimd_client *c;
+    if (rv || (rv = cli_connect(cli, &c))) return rv;
+    optimd_session_summary *list;
+    size_t n;
+    if (optimd_client_sessions(c, &list, &n) != 0) rv = daemon_error(c);
+    else {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\t%s\t%s\t%llu\t%llu\n", list[i].name,
+                   list[i].optimizer,
+                   list[i].scheduler ? list[i].scheduler : "-",
+                   (unsigned long long)list[i].params,
+                   (unsigned long long)list[i].steps);
+        optimd_session_list_free(list, n);
+    }
+    optimd_client_free(c);
+    return rv;
+}
+
+static int cmd_open(const cli *cli, int argc, char **argv)
+{
+    cli_open_spec spec;
+    int rv = cli_open_spec_init(&spec, argc);
+    if (rv) return rv;
+    const char *name = NULL;
+    for (int i = 0; i < argc && !rv; i++) {
+        int got = cli_open_option(cli, argc, argv, &i, &spec);
+        if (got < 0) rv = -got;
+        else if (got) continue;
+        else if (argv[i][0] == '-' && argv[i][1])
+            rv = cli_usage_error(cli, "unknown option '%s'", argv[i]);
+        else if (name)
+            rv = cli_usage_error(cli, "unexpected argument '%s'", argv[i]);
+        else name = argv[i];
+    }
+    if (!rv && !name) rv = cli_usage_error(cli, "no session name given");
+    if (!rv) rv = cli_open_spec_check(cli, &spec);
+    optimd_client *c = NULL;
+    if (!rv) rv = cli_connect(cli, &c);
+    if (!rv) {
+        optimd_session s;
+        if (optimd_client_open(c, name, spec.optimizer, spec.hp, spec.n_hp,
+                               spec.scheduler, spec.sched_hp,
+                               spec.n_sched_hp, &s, NULL) != 0)
+            rv = daemon_error(c);
+        else
+            printf("%s\n", s.token);
+    }
+    optimd_client_free(c);
+    cli_open_spec_free(&spec);
+    return rv;
+}
+
+static int cmd_info(const cli *cli, int argc, char **argv)
+{
+    optimd_session s;
+    optimd_client *c;
+    int rv = cli_session_args(cli, argc, argv, &s);
+    if (rv || (rv = cli_connect(cli, &c))) return rv;
+    optimd_session_info info;
+    if (optimd_client_info(c, &s, &info) != 0) rv = daemon_error(c);
+    else
+        printf("session %s\nsteps %llu\nparams %llu\nbase_lr %.9g\n"
+               "lr %.9g\n",
+               s.name, (unsigned long long)info.steps,
+               (unsigned long long)info.params, info.base_lr, info.lr);
+    optimd_client_free(c);
+    return rv;
+}
+
+static int cmd_close(const cli *cli, int argc, char **argv)
+{
+    optimd_session s;
+    optimd_client *c;
+    int rv = cli_session_args(cli, argc, argv, &s);
+    if (rv || (rv = cli_connect(cli, &c))) return rv;
+    if (optimd_client_close(c, &s) != 0) rv = daemon_error(c);
+    optimd_client_free(c);
+    return rv;
+}
+
+typedef struct command {
+    const char *name;
+    int (*run)(const cli *cli, int argc, char **argv);
+    const char *usage;
+} command;
+
+static const command commands[] = {
+    {"hello", cmd_hello, hello_usage},
+    {"plugins", cmd_plugins, plugins_usage},
+    {"hparams", cmd_hparams, hparams_usage},
+    {"sessions", cmd_sessions, sessions_usage},
+    {"open", cmd_open, open_usage},
+    {"info", cmd_info, info_usage},
+    {"close", cmd_close, close_usage},
+    {"rosenbrock", cmd_rosenbrock, rosenbrock_usage},
+};
+
+static const command *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].name, name) == 0) return &commands[i];
+    return NULL;
+}
+
+/* Only the synopsis: the full text would bury the message. */
+static int main_usage_error(const char *fmt, const char *arg)
+{
+    fputs("optimctl: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nusage: optimctl [--server URL] [--timeout MS] "
+                    "COMMAND [ARGS]\n(optimctl --help lists the commands)\n");
+    return CLI_USAGE;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+    if (argc == 0) {
+        fputs(main_usage, stdout);
+        return CLI_OK;
+    }
+    const command *cmd = find_command(argv[0]);
+    if (!cmd || argc > 1)
+        return main_usage_error("help: no command '%s'", argv[0]);
+    fputs(cmd->usage, stdout);
+    return CLI_OK;
+}
+
+int main(int argc, char **argv)
+{
+    cli cli = {.server = OPTIMD_DEFAULT_URL, .timeout_ms = DEFAULT_TIMEOUT_MS};
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *value;
+        int got;
+        if (cli_is_help(argv[i])) {
+            fputs(main_usage, stdout);
+            return CLI_OK;
+        }
+        if ((got = cli_option(argc, argv, &i, "--server", &value))) {
+            if (got < 0) return main_usage_error("%s needs a URL", argv[i]);
+            cli.server = value;
+        } else if ((got = cli_option(argc, argv, &i, "--timeout", &value))) {
+            uint64_t ms;
+            if (got < 0)
+                return main_usage_error("%s needs milliseconds", argv[i]);
+            if (!cli_parse_u64(value, &ms) || ms == 0 || ms > 86400000)
+                return main_usage_error(
+                    "--timeout '%s': expected milliseconds, 1 to 86400000",
+                    value);
+            cli.timeout_ms = (int)ms;
+        } else {
+            return main_usage_error("unknown option '%s'", argv[i]);
+        }
+    }
+    if (i == argc) return main_usage_error("no command given%s", "");
+    if (strcmp(argv[i], "help") == 0) return cmd_help(argc - i - 1, argv + i + 1);
+    const command *cmd = find_command(argv[i]);
+    if (!cmd) return main_usage_error("unknown command '%s'", argv[i]);
+    cli.command = cmd->name;
+    cli.usage = cmd->usage;
+    for (int k = i + 1; k < argc; k++)
+        if (cli_is_help(argv[k])) {
+            fputs(cmd->usage, stdout);
+            return CLI_OK;
+        }
+    return cmd->run(&cli, argc - i - 1, argv + i + 1);
+}

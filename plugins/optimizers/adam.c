@@ -1,0 +1,47 @@
+/*
+ * Adam (with optional AMSGrad, L2 weight decay and maximize):
+ * torch.optim.Adam of torch 1.13.1, single-tensor path, bit for bit on CPU.
+ * The update itself lives in adam_kernel.h, shared with adamw.c.
+ */
+#include "adam_kernel.h"
+
+static const optimd_hparam_def adam_hparams[ADAM_HP_COUNT] = {
+    [ADAM_HP_LR] = ADAM_HP_DEF_LR,
+    [ADAM_HP_BETA1] = ADAM_HP_DEF_BETA1,
+    [ADAM_HP_BETA2] = ADAM_HP_DEF_BETA2,
+    [ADAM_HP_EPS] = ADAM_HP_DEF_EPS,
+    [ADAM_HP_WEIGHT_DECAY] = PLUG_HP_FLOAT(
+        "weight_decay", OPTIMD_HP_MUTABLE, 0.0, PLUG_HP_LARGE, 0.0,
+        "L2 penalty added to the gradient (coupled; see adamw for decoupled)."),
+    [ADAM_HP_AMSGRAD] = ADAM_HP_DEF_AMSGRAD,
+    [ADAM_HP_MAXIMIZE] = ADAM_HP_DEF_MAXIMIZE,
+};
+
+static optimd_status adam_plugin_step(const optimd_host *host,
+                                      const optimd_step_args *args)
+{
+    return adam_step(host, args, false);
+}
+
+static const optimd_optimizer adam_optimizer = {
+    .struct_size = sizeof(optimd_optimizer),
+    .n_hparams = ADAM_HP_COUNT,
+    .hparams = adam_hparams,
+    .n_slots = ADAM_SLOT_COUNT,
+    .dtypes = (1u << OPTIMD_DTYPE_F32) | (1u << OPTIMD_DTYPE_F64),
+    .slots = adam_slots,
+    .check_hparams = NULL, /* no rule spans several keys */
+    .step = adam_plugin_step,
+};
+
+OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {
+    .abi_major = OPTIMD_ABI_MAJOR,
+    .abi_minor = OPTIMD_ABI_MINOR,
+    .struct_size = sizeof(optimd_plugin_desc),
+    .kind = OPTIMD_KIND_OPTIMIZER,
+    .id = "adam",
+    .version = "1.0.0",
+    .description = "Adam / AMSGrad with L2 weight decay, as torch.optim.Adam 1.13",
+    .optimizer = &adam_optimizer,
+    .scheduler = NULL,
+};

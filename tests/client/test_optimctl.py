@@ -1,0 +1,343 @@
+#!/usr/bin/python3
+"""optimctl against the real daemon: listings, session commands, usage
+errors, and `rosenbrock` runs compared with the same procedure in torch
+1.13.1 -- the final "x y" line and every CSV row must be equal as %.9g text.
+
+Run by CTest with OPTIMD_BIN, OPTIMD_PLUGIN_DIR and OPTIMD_OPTIMCTL set;
+needs Debian's /usr/bin/python3 (the one that can import torch).
+"""
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+OPTIMD = os.environ["OPTIMD_BIN"]
+PLUGINS = os.environ["OPTIMD_PLUGIN_DIR"]
+OPTIMCTL = os.environ["OPTIMD_OPTIMCTL"]
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, file=sys.stderr)
+
+
+class Daemon:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="optimd-optimctl-")
+        ready = os.path.join(self.dir, "ready")
+        self.log = open(os.path.join(self.dir, "log"), "w")
+        self.proc = subprocess.Popen(
+            [OPTIMD, "--listen", "tcp://127.0.0.1:0", "--plugin-dir", PLUGINS,
+             "--state-dir", os.path.join(self.dir, "state"),
+             "--ready-file", ready],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        self.url = None
+        while time.monotonic() < deadline:
+            if os.path.exists(ready):
+                with open(ready) as f:
+                    line = f.readline().strip()
+                if line:
+                    self.url = line
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("optimd did not start; log in " + self.dir)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def optimctl(daemon, *args, server=True):
+    cmd = [OPTIMCTL]
+    if server:
+        cmd += ["--server", daemon.url, "--timeout", "10000"]
+    cmd += list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def lines(text):
+    return [l for l in text.splitlines() if l.strip()]
+
+
+# ---- listings and session commands ------------------------------------
+
+def test_plugins(d):
+    r = optimctl(d, "plugins")
+    check(r.returncode == 0, "plugins exit %d: %s" % (r.returncode, r.stderr))
+    kinds = {}
+    for line in lines(r.stdout):
+        cols = line.split("\t")
+        check(len(cols) == 4, "plugins line has %d columns: %r"
+              % (len(cols), line))
+        kinds[cols[0]] = cols[1]
+    for pid, kind in [("sgd", "optimizer"), ("adam", "optimizer"),
+                      ("adamw", "optimizer"), ("step", "scheduler"),
+                      ("cosine", "scheduler")]:
+        check(kinds.get(pid) == kind, "plugin %s: kind %r" % (pid,
+                                                               kinds.get(pid)))
+    ids = [l.split("\t")[0] for l in lines(r.stdout)]
+    check(ids == sorted(ids), "plugins not sorted: %r" % ids)
+
+
+def hparam_keys(d, plugin):
+    r = optimctl(d, "hparams", plugin)
+    check(r.returncode == 0, "hparams %s: %s" % (plugin, r.stderr))
+    return [l.split("\t")[0] for l in lines(r.stdout)]
+
+
+def test_hparams(d):
+    keys = hparam_keys(d, "sgd")
+    for k in ["lr", "momentum", "nesterov"]:
+        check(k in keys, "sgd hparams lack %s: %r" % (k, keys))
+    r = optimctl(d, "hparams", "no-such-plugin")
+    check(r.returncode == 1 and "no-such-plugin" in r.stderr,
+          "hparams of a missing plugin: %d %r" % (r.returncode, r.stderr))
+
+
+def session_rows(d):
+    r = optimctl(d, "sessions")
+    check(r.returncode == 0, "sessions: %s" % r.stderr)
+    return {l.split()[0]: l.split() for l in lines(r.stdout)}
+
+
+def test_sessions(d):
+    check(session_rows(d) == {}, "sessions listed before any was opened")
+    r = optimctl(d, "open", "alpha", "--optimizer", "sgd", "--set", "lr=0.1")
+    check(r.returncode == 0, "open alpha: %s" % r.stderr)
+    tok_a = r.stdout.strip()
+    check(len(tok_a) == 32, "token %r" % tok_a)
+    r = optimctl(d, "open", "beta", "--optimizer", "adam", "--set", "lr=0.01",
+                 "--scheduler", "cosine", "--sched-set", "T_max=10")
+    check(r.returncode == 0, "open beta: %s" % r.stderr)
+    tok_b = r.stdout.strip()
+
+    rows = session_rows(d)
+    check(sorted(rows) == ["alpha", "beta"], "sessions: %r" % rows)
+    check(rows.get("alpha") == ["alpha", "sgd", "-", "0", "0"],
+          "alpha row %r" % rows.get("alpha"))
+    check(rows.get("beta") == ["beta", "adam", "cosine", "0", "0"],
+          "beta row %r" % rows.get("beta"))
+
+    r = optimctl(d, "info", "beta", "--token", tok_b)
+    info = dict(l.split(None, 1) for l in lines(r.stdout))
+    check(r.returncode == 0 and info.get("steps") == "0"
+          and info.get("lr") == "0.01", "info beta: %r %s" % (info, r.stderr))
+    r = optimctl(d, "info", "beta", "--token", tok_a)
+    check(r.returncode == 1 and r.stderr.startswith("optimctl: BAD_TOKEN"),
+          "info with the wrong token: %d %r" % (r.returncode, r.stderr))
+
+    for name, tok in [("alpha", tok_a), ("beta", tok_b)]:
+        r = optimctl(d, "close", name, "--token", tok)
+        check(r.returncode == 0, "close %s: %s" % (name, r.stderr))
+    check(session_rows(d) == {}, "sessions left after close")
+    r = optimctl(d, "close", "alpha", "--token", tok_a)
+    check(r.returncode == 1 and "UNKNOWN_SESSION" in r.stderr,
+          "close twice: %d %r" % (r.returncode, r.stderr))
+
+
+def test_hello(d):
+    r = optimctl(d, "hello")
+    info = dict(l.split(None, 1) for l in lines(r.stdout))
+    check(r.returncode == 0 and info.get("server") == "optimd"
+          and info.get("protocol") == "1", "hello: %r" % info)
+
+
+# ---- usage and daemon errors -------------------------------------------
+
+def test_errors(d):
+    usage_cases = [
+        ("missing --steps", ["rosenbrock", "--optimizer", "sgd"], "--steps"),
+        ("bad --set", ["rosenbrock", "--optimizer", "sgd", "--steps", "5",
+                       "--set", "lr"], "--set"),
+        ("bad --set value", ["rosenbrock", "--optimizer", "sgd", "--steps",
+                             "5", "--set", "lr=fast"], "--set"),
+        ("missing --optimizer", ["rosenbrock", "--steps", "5"],
+         "--optimizer"),
+        ("--sched-set alone", ["rosenbrock", "--optimizer", "sgd", "--steps",
+                               "5", "--sched-set", "T_max=3"], "--scheduler"),
+        ("bad --steps", ["rosenbrock", "--optimizer", "sgd", "--steps", "-1"],
+         "--steps"),
+        ("bad --start", ["rosenbrock", "--optimizer", "sgd", "--steps", "1",
+                         "--start", "1"], "--start"),
+        ("unknown command", ["frobnicate"], "frobnicate"),
+        ("no command", [], "no command"),
+        ("stray argument", ["plugins", "extra"], "no arguments"),
+        ("info without token", ["info", "x"], "--token"),
+        ("bad --timeout", ["--timeout", "soon", "plugins"], "--timeout"),
+    ]
+    for what, args, needle in usage_cases:
+        r = optimctl(d, *args)
+        check(r.returncode == 2, "%s: exit %d" % (what, r.returncode))
+        check(needle in r.stderr, "%s: stderr %r lacks %r"
+              % (what, r.stderr, needle))
+        check(r.stdout == "", "%s: wrote to stdout" % what)
+
+    r = optimctl(d, "--help")
+    check(r.returncode == 0 and "rosenbrock" in r.stdout, "--help")
+    r = optimctl(d, "rosenbrock", "--help")
+    check(r.returncode == 0 and "--csv" in r.stdout, "rosenbrock --help")
+
+    r = optimctl(d, "rosenbrock", "--optimizer", "no-such", "--steps", "3")
+    check(r.returncode == 1 and
+          r.stderr.startswith("optimctl: UNKNOWN_PLUGIN"),
+          "unknown optimizer: %d %r" % (r.returncode, r.stderr))
+    r = optimctl(d, "rosenbrock", "--optimizer", "sgd", "--set", "lr=-1",
+                 "--steps", "3")
+    check(r.returncode == 1 and "BAD_HPARAM" in r.stderr,
+          "negative lr: %d %r" % (r.returncode, r.stderr))
+
+    # A run that diverges fails mid-way; its session must still be closed.
+    r = optimctl(d, "rosenbrock", "--optimizer", "sgd", "--set", "lr=0.1",
+                 "--steps", "50", "--session", "diverge")
+    check(r.returncode == 1 and "NONFINITE" in r.stderr,
+          "diverging run: %d %r" % (r.returncode, r.stderr))
+    check("diverge" not in session_rows(d), "failed run left its session")
+
+    # Ctrl-C mid-run: the session is closed before optimctl exits.
+    p = subprocess.Popen([OPTIMCTL, "--server", d.url, "rosenbrock",
+                          "--optimizer", "sgd", "--set", "lr=0.0001",
+                          "--steps", "100000000", "--session", "interrupted"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    first = p.stdout.readline()
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    check(first.startswith("step 0/"), "first progress line %r" % first)
+    check(p.returncode == 128 + signal.SIGINT and "interrupted" in err,
+          "interrupted run: %d %r" % (p.returncode, err))
+    check("interrupted" not in session_rows(d),
+          "interrupted run left its session")
+
+    r = subprocess.run([OPTIMCTL, "--server", "tcp://127.0.0.1:1",
+                        "--timeout", "300", "plugins"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "tcp://127.0.0.1:1" in r.stderr,
+          "unreachable daemon: %d %r" % (r.returncode, r.stderr))
+
+
+# ---- rosenbrock parity with torch ---------------------------------------
+
+def f_of(x, y):
+    a = 1.0 - x
+    b = y - x * x
+    return a * a + 100.0 * b * b
+
+
+def torch_rosenbrock(steps, make_opt, make_sched=None, start=(-1.5, 2.0)):
+    """The optimctl procedure in torch. Returns (final "x y", csv lines)."""
+    p = torch.nn.Parameter(torch.tensor(list(start), dtype=torch.float32))
+    opt = make_opt([p])
+    sched = make_sched(opt) if make_sched else None
+
+    def row(k):
+        x, y = float(p.data[0]), float(p.data[1])
+        return "%d,%.9g,%.9g,%.9g,%.9g" % (k, x, y, f_of(x, y),
+                                           opt.param_groups[0]["lr"])
+
+    rows = ["step,x,y,f,lr", row(0)]
+    for k in range(1, steps + 1):
+        x, y = float(p.data[0]), float(p.data[1])
+        gx = -2.0 * (1.0 - x) - 400.0 * x * (y - x * x)
+        gy = 200.0 * (y - x * x)
+        p.grad = torch.tensor([gx, gy], dtype=torch.float32)
+        opt.step()
+        if sched:
+            sched.step()
+        rows.append(row(k))
+    final = "%.9g %.9g" % (float(p.data[0]), float(p.data[1]))
+    return final, rows
+
+
+def compare_run(d, what, args, steps, make_opt, make_sched=None):
+    csv = os.path.join(d.dir, what + ".csv")
+    r = optimctl(d, "rosenbrock", *args, "--steps", str(steps), "--csv", csv)
+    check(r.returncode == 0, "%s: exit %d: %s" % (what, r.returncode,
+                                                  r.stderr))
+    if r.returncode != 0:
+        return
+    out = lines(r.stdout)
+    check(len(out) >= 11, "%s: only %d progress lines" % (what, len(out)))
+    want_final, want_rows = torch_rosenbrock(steps, make_opt, make_sched)
+    check(out[-1] == want_final, "%s: final %r, torch %r"
+          % (what, out[-1], want_final))
+    with open(csv) as f:
+        got_rows = f.read().splitlines()
+    check(len(got_rows) == len(want_rows), "%s: %d CSV lines, torch %d"
+          % (what, len(got_rows), len(want_rows)))
+    diffs = [(i, g, w) for i, (g, w) in enumerate(zip(got_rows, want_rows))
+             if g != w]
+    for i, g, w in diffs[:5]:
+        check(False, "%s: CSV line %d: %r, torch %r" % (what, i, g, w))
+    if not diffs and out[-1] == want_final:
+        print("%s: %d steps match torch, final %s" % (what, steps, out[-1]))
+
+
+def test_rosenbrock(d):
+    compare_run(d, "sgd-momentum",
+                ["--optimizer", "sgd", "--set", "lr=0.001",
+                 "--set", "momentum=0.9"], 200,
+                lambda ps: torch.optim.SGD(ps, lr=0.001, momentum=0.9))
+    compare_run(d, "adam-cosine",
+                ["--optimizer", "adam", "--set", "lr=0.05",
+                 "--scheduler", "cosine", "--sched-set", "T_max=100"], 200,
+                lambda ps: torch.optim.Adam(ps, lr=0.05),
+                lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(
+                    o, T_max=100))
+    step_size = "step_size"
+    compare_run(d, "adamw-step",
+                ["--optimizer", "adamw", "--set", "lr=0.02",
+                 "--set", "weight_decay=0.05", "--scheduler", "step",
+                 "--sched-set", step_size + "=30", "--sched-set", "gamma=0.5"],
+                150,
+                lambda ps: torch.optim.AdamW(ps, lr=0.02, weight_decay=0.05),
+                lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=30,
+                                                          gamma=0.5))
+    # A rosenbrock run leaves no session behind.
+    check(session_rows(d) == {}, "rosenbrock runs left sessions open")
+
+
+def main():
+    torch.set_num_threads(1)
+    d = Daemon()
+    try:
+        for test in [test_hello, test_plugins, test_hparams, test_sessions,
+                     test_errors, test_rosenbrock]:
+            try:
+                test(d)
+            except Exception as e:  # one broken test must not hide the rest
+                check(False, "%s raised %r" % (test.__name__, e))
+    finally:
+        status = d.stop()
+    check(status == 0, "daemon exit status %r" % status)
+    if failures:
+        print("test_optimctl: %d check(s) failed; daemon log in %s"
+              % (len(failures), d.dir), file=sys.stderr)
+        return 1
+    shutil.rmtree(d.dir, ignore_errors=True)
+    print("test_optimctl: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
