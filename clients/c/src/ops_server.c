@@ -199,8 +199,17 @@ static int read_plugin(optimd_client *c, const msgpack_object *e, size_t i,
     return 0;
 }
 
-int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
-                          size_t *count)
+/* Reads one entry of a listing reply into `out` (an element of the array
+ * fetch_list allocates). */
+typedef int (*read_entry_fn)(optimd_client *c, const msgpack_object *e,
+                             size_t i, void *out);
+typedef void (*free_list_fn)(void *list, size_t count);
+
+/* Sends `op` (no arguments) and reads the array the reply holds under the
+ * same key into a new array of `elem_size` entries. */
+static int fetch_list(optimd_client *c, const char *op, size_t elem_size,
+                      read_entry_fn read_entry, free_list_fn free_list,
+                      void **out, size_t *count)
 {
     if (!c) return OPTIMD_CLIENT_E_ARG;
     client_begin_call(c);
@@ -209,32 +218,53 @@ int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
     *out = NULL;
     *count = 0;
     client_request rq;
-    int rv = client_request_begin(c, &rq, "plugins", NULL, 0, 0);
+    int rv = client_request_begin(c, &rq, op, NULL, 0, 0);
     if (rv) return rv;
     client_reply rep;
     if ((rv = client_roundtrip(&rq, &rep))) return rv;
 
     const msgpack_object *arr;
-    optimd_plugin_info *list = NULL;
+    char *list = NULL;
     size_t n = 0;
-    if ((rv = reply_map_array(c, &rep, "plugins", &arr))) goto done;
+    if ((rv = reply_map_array(c, &rep, op, &arr))) goto done;
     n = arr->via.array.size;
-    list = calloc(n ? n : 1, sizeof *list);
+    list = calloc(n ? n : 1, elem_size);
     if (!list) {
         rv = client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < n && !rv; i++)
-        rv = read_plugin(c, &arr->via.array.ptr[i], i, &list[i]);
+        rv = read_entry(c, &arr->via.array.ptr[i], i, list + i * elem_size);
 done:
     client_reply_free(&rep);
     if (rv) {
-        optimd_plugin_list_free(list, n);
+        free_list(list, n);
         return rv;
     }
     *out = list;
     *count = n;
     return 0;
+}
+
+static int read_plugin_entry(optimd_client *c, const msgpack_object *e,
+                             size_t i, void *out)
+{
+    return read_plugin(c, e, i, out);
+}
+
+static void free_plugin_list(void *list, size_t count)
+{
+    optimd_plugin_list_free(list, count);
+}
+
+int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
+                          size_t *count)
+{
+    void *list = NULL;
+    int rv = fetch_list(c, "plugins", sizeof(**out), read_plugin_entry,
+                        free_plugin_list, out ? &list : NULL, count);
+    if (out) *out = list;
+    return rv;
 }
 
 void optimd_session_list_free(optimd_session_summary *list, size_t count)
@@ -270,40 +300,23 @@ static int read_summary(optimd_client *c, const msgpack_object *e, size_t i,
     return 0;
 }
 
+static int read_summary_entry(optimd_client *c, const msgpack_object *e,
+                              size_t i, void *out)
+{
+    return read_summary(c, e, i, out);
+}
+
+static void free_summary_list(void *list, size_t count)
+{
+    optimd_session_list_free(list, count);
+}
+
 int optimd_client_sessions(optimd_client *c, optimd_session_summary **out,
                            size_t *count)
 {
-    if (!c) return OPTIMD_CLIENT_E_ARG;
-    client_begin_call(c);
-    if (!out || !count)
-        return client_fail(c, OPTIMD_CLIENT_E_ARG, "out or count is NULL");
-    *out = NULL;
-    *count = 0;
-    client_request rq;
-    int rv = client_request_begin(c, &rq, "sessions", NULL, 0, 0);
-    if (rv) return rv;
-    client_reply rep;
-    if ((rv = client_roundtrip(&rq, &rep))) return rv;
-
-    const msgpack_object *arr;
-    optimd_session_summary *list = NULL;
-    size_t n = 0;
-    if ((rv = reply_map_array(c, &rep, "sessions", &arr))) goto done;
-    n = arr->via.array.size;
-    list = calloc(n ? n : 1, sizeof *list);
-    if (!list) {
-        rv = client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < n && !rv; i++)
-        rv = read_summary(c, &arr->via.array.ptr[i], i, &list[i]);
-done:
-    client_reply_free(&rep);
-    if (rv) {
-        optimd_session_list_free(list, n);
-        return rv;
-    }
-    *out = list;
-    *count = n;
-    return 0;
+    void *list = NULL;
+    int rv = fetch_list(c, "sessions", sizeof(**out), read_summary_entry,
+                        free_summary_list, out ? &list : NULL, count);
+    if (out) *out = list;
+    return rv;
 }
