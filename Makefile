@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps test-deps build build-asan run test test-fast clean
+.PHONY: all deps test-deps build build-asan run test test-fast bench clean
 
 all: build
 
@@ -36,6 +36,10 @@ test: test-deps build build-asan
 # The release suite only, for quick iteration.
 test-fast: test-deps build
 	@ctest --test-dir $(BUILD) --output-on-failure --timeout 600
+
+# Kernels vs torch 1.13.1 and the bandwidth bound, ratios printed.
+bench: test-deps build
+	@bench/kernels.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -25,6 +25,17 @@
  * stay vector-aligned for the SIMD kernels that will come later). */
 #define PLUG_PARALLEL_GRAIN ((int64_t)16384)
 
+/* Marks a kernel to be compiled twice, for x86-64-v3 (AVX2 + FMA: fmaf()
+ * becomes one instruction and loops vectorise) and for the baseline, with
+ * the dynamic loader picking one at load time. Results are bit-identical
+ * either way: fma, sqrt and the four operations are correctly rounded on
+ * every path, and the plugins build with -ffp-contract=off. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PLUG_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PLUG_KERNEL
+#endif
+
 /* Upper bound of "unbounded" numeric hyperparameters. The ABI wants finite
  * ranges; torch itself has no upper limit on lr, eps, weight_decay, ... */
 #define PLUG_HP_LARGE 1e6

@@ -132,10 +132,11 @@ typedef struct adam_job {
 /* torch.maximum: NaN in either operand gives NaN (fmax would drop it). */
 #define ADAM_TORCH_MAXIMUM(a, b) (((a) > (b) || (a) != (a)) ? (a) : (b))
 
-/* The f32 and f64 kernels differ only in the element type and in which
- * fma()/sqrt() they call, so one body is instantiated for both. */
-#define ADAM_DEFINE_KERNEL(name, T, FMA, SQRT)                               \
-    static void name(void *user, int64_t begin, int64_t end)                 \
+/* The kernels differ only in the element type, in which fma()/sqrt() they
+ * call and in AMSGRAD (a constant, so each loop body is branch-free and
+ * vectorises), so one body is instantiated for all four. */
+#define ADAM_DEFINE_KERNEL(name, T, FMA, SQRT, AMSGRAD)                      \
+    PLUG_KERNEL static void name(void *user, int64_t begin, int64_t end)     \
     {                                                                        \
         const adam_job *job = user;                                          \
         T *restrict p = job->param;                                          \
@@ -153,16 +154,21 @@ typedef struct adam_job {
         const T bias_correction2_sqrt = (T)job->bias_correction2_sqrt;       \
         const T eps = (T)job->eps;                                           \
         const T neg_step_size = (T)job->neg_step_size;                       \
+        const bool decoupled = job->decoupled;                               \
+        const bool use_l2 = job->use_l2;                                     \
         for (int64_t i = begin; i < end; i++) {                              \
             T grad = g[i] * grad_sign;                                       \
             T param = p[i];                                                  \
-            if (job->decoupled) param = param * param_decay;                 \
-            else if (job->use_l2) grad = FMA(l2_weight_decay, param, grad);  \
+            /* Both candidates, then a select: no branch in the loop. */     \
+            const T decayed = param * param_decay;                           \
+            const T with_l2 = FMA(l2_weight_decay, param, grad);             \
+            param = decoupled ? decayed : param;                             \
+            grad = use_l2 ? with_l2 : grad;                                  \
             T mi = FMA(one_minus_beta1, grad, m[i] * beta1);                 \
             T vi = FMA(one_minus_beta2 * grad, grad, v[i] * beta2);          \
             m[i] = mi;                                                       \
             v[i] = vi;                                                       \
-            if (job->amsgrad) {                                              \
+            if (AMSGRAD) {                                                   \
                 vi = ADAM_TORCH_MAXIMUM(vmax[i], vi);                        \
                 vmax[i] = vi;                                                \
             }                                                                \
@@ -171,8 +177,10 @@ typedef struct adam_job {
         }                                                                    \
     }
 
-ADAM_DEFINE_KERNEL(adam_kernel_f32, float, fmaf, sqrtf)
-ADAM_DEFINE_KERNEL(adam_kernel_f64, double, fma, sqrt)
+ADAM_DEFINE_KERNEL(adam_kernel_f32, float, fmaf, sqrtf, false)
+ADAM_DEFINE_KERNEL(adam_kernel_f64, double, fma, sqrt, false)
+ADAM_DEFINE_KERNEL(amsgrad_kernel_f32, float, fmaf, sqrtf, true)
+ADAM_DEFINE_KERNEL(amsgrad_kernel_f64, double, fma, sqrt, true)
 
 /* One Adam (decoupled == false) or AdamW (decoupled == true) step on one
  * parameter. The hyperparameters were validated by the host against the
@@ -219,9 +227,10 @@ static inline optimd_status adam_step(const optimd_host *host,
          (job.amsgrad && job.max_exp_avg_sq == NULL)))
         return plug_fail(host, OPTIMD_ERR_INVALID,
                          "a state slot the hyperparameters need is missing");
-    optimd_range_fn kernel = args->param->dtype == OPTIMD_DTYPE_F32
-                                 ? adam_kernel_f32
-                                 : adam_kernel_f64;
+    const bool f32 = args->param->dtype == OPTIMD_DTYPE_F32;
+    optimd_range_fn kernel =
+        job.amsgrad ? (f32 ? amsgrad_kernel_f32 : amsgrad_kernel_f64)
+                    : (f32 ? adam_kernel_f32 : adam_kernel_f64);
     return plug_for_each_range(host, args->param->numel, kernel, &job);
 }
 

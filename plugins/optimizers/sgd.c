@@ -103,10 +103,11 @@ typedef struct sgd_job {
     bool nesterov;
 } sgd_job;
 
-/* The f32 and f64 kernels differ only in the element type and in which
- * fma() they call, so one body is instantiated for both. */
-#define SGD_DEFINE_KERNEL(name, T, FMA)                                      \
-    static void name(void *user, int64_t begin, int64_t end)                 \
+/* The kernels differ only in the element type, in which fma() they call and
+ * in MOMENTUM (a constant); the remaining flags become selects, so every
+ * loop body is branch-free and vectorises. */
+#define SGD_DEFINE_KERNEL(name, T, FMA, MOMENTUM)                            \
+    PLUG_KERNEL static void name(void *user, int64_t begin, int64_t end)     \
     {                                                                        \
         const sgd_job *job = user;                                           \
         T *restrict p = job->param;                                          \
@@ -117,22 +118,29 @@ typedef struct sgd_job {
         const T momentum = (T)job->momentum;                                 \
         const T one_minus_dampening = (T)job->one_minus_dampening;           \
         const T neg_lr = (T)job->neg_lr;                                     \
+        const bool use_weight_decay = job->use_weight_decay;                 \
+        const bool first_momentum_step = job->first_momentum_step;           \
+        const bool nesterov = job->nesterov;                                 \
         for (int64_t i = begin; i < end; i++) {                              \
+            const T param = p[i];                                            \
             T d = g[i] * grad_sign;                                          \
-            if (job->use_weight_decay) d = FMA(weight_decay, p[i], d);       \
-            if (job->use_momentum) {                                         \
-                T b = job->first_momentum_step                               \
-                          ? d                                                \
-                          : FMA(one_minus_dampening, d, buf[i] * momentum);  \
+            const T with_decay = FMA(weight_decay, param, d);                \
+            d = use_weight_decay ? with_decay : d;                           \
+            if (MOMENTUM) {                                                  \
+                const T later = FMA(one_minus_dampening, d, buf[i] * momentum); \
+                const T b = first_momentum_step ? d : later;                 \
                 buf[i] = b;                                                  \
-                d = job->nesterov ? FMA(momentum, b, d) : b;                 \
+                const T with_nesterov = FMA(momentum, b, d);                 \
+                d = nesterov ? with_nesterov : b;                            \
             }                                                                \
-            p[i] = FMA(neg_lr, d, p[i]);                                     \
+            p[i] = FMA(neg_lr, d, param);                                    \
         }                                                                    \
     }
 
-SGD_DEFINE_KERNEL(sgd_kernel_f32, float, fmaf)
-SGD_DEFINE_KERNEL(sgd_kernel_f64, double, fma)
+SGD_DEFINE_KERNEL(sgd_kernel_f32, float, fmaf, false)
+SGD_DEFINE_KERNEL(sgd_kernel_f64, double, fma, false)
+SGD_DEFINE_KERNEL(sgd_momentum_kernel_f32, float, fmaf, true)
+SGD_DEFINE_KERNEL(sgd_momentum_kernel_f64, double, fma, true)
 
 static optimd_status sgd_step(const optimd_host *host,
                               const optimd_step_args *args)
@@ -160,9 +168,10 @@ static optimd_status sgd_step(const optimd_host *host,
     if (job.use_momentum && job.momentum_buffer == NULL && args->param->numel > 0)
         return plug_fail(host, OPTIMD_ERR_INVALID,
                          "momentum_buffer slot missing");
-    optimd_range_fn kernel = args->param->dtype == OPTIMD_DTYPE_F32
-                                 ? sgd_kernel_f32
-                                 : sgd_kernel_f64;
+    const bool f32 = args->param->dtype == OPTIMD_DTYPE_F32;
+    optimd_range_fn kernel =
+        job.use_momentum ? (f32 ? sgd_momentum_kernel_f32 : sgd_momentum_kernel_f64)
+                         : (f32 ? sgd_kernel_f32 : sgd_kernel_f64);
     return plug_for_each_range(host, args->param->numel, kernel, &job);
 }
 
