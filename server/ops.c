@@ -175,7 +175,7 @@ static int op_plugins(request *r)
             wire_pack_str(pk, "dtype");
             wire_pack_str(pk, s->dtype ? wire_dtype_name(s->dtype) : "param");
             wire_pack_str(pk, "shape");
-            wire_pack_str(pk, "param");
+            wire_pack_str(pk, s->shape == OPTIMD_SLOT_SCALAR ? "scalar" : "param");
             wire_pack_str(pk, "enabled_by");
             if (s->enabled_by) wire_pack_str(pk, s->enabled_by);
             else msgpack_pack_nil(pk);

@@ -98,7 +98,8 @@ static bool check_optimizer(const char *path, plugin *p)
     for (uint32_t i = 0; i < o->n_slots; i++) {
         const optimd_slot_def *s = &o->slots[i];
         if (s->struct_size < sizeof *s || !valid_key(s->key, UPPER) ||
-            s->shape != OPTIMD_SLOT_LIKE_PARAM || s->dtype > OPTIMD_DTYPE_F64) {
+            (s->shape != OPTIMD_SLOT_LIKE_PARAM && s->shape != OPTIMD_SLOT_SCALAR) ||
+            s->dtype > OPTIMD_DTYPE_F64) {
             log_warn("plugin %s: slot %u is malformed (size, key, shape or dtype)", path, i);
             return false;
         }

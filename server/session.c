@@ -276,7 +276,8 @@ static int ensure_slots(const session *s, param *p)
     for (uint32_t i = 0; i < o->n_slots; i++) {
         if (!slot_enabled(s, &o->slots[i])) continue;
         uint32_t dtype = o->slots[i].dtype ? o->slots[i].dtype : p->dtype;
-        size_t bytes = (size_t)p->numel * wire_dtype_size(dtype);
+        int64_t numel = o->slots[i].shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
+        size_t bytes = (size_t)numel * wire_dtype_size(dtype);
         slots[i] = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
         if (!slots[i]) {
             for (uint32_t j = 0; j < i; j++) free(slots[j]);
@@ -305,6 +306,15 @@ static void tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *
     v->ndim = p->ndim;
     v->shape = p->shape;
     v->strides = p->strides;
+}
+
+static void scalar_view(optimd_tensor *v, uint32_t dtype, void *data)
+{
+    memset(v, 0, sizeof *v);
+    v->struct_size = sizeof *v;
+    v->dtype = dtype;
+    v->data = data;
+    v->numel = 1;
 }
 
 int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
@@ -393,7 +403,9 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
         tensor_view(&gv, p->dtype, p, pg->aligned_copy ? pg->aligned_copy : (void *)pg->g.data);
         for (uint32_t k = 0; k < o->n_slots; k++) {
             uint32_t dtype = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
-            tensor_view(&slot_views[k], dtype, p, p->slots ? p->slots[k] : NULL);
+            void *data = p->slots ? p->slots[k] : NULL;
+            if (o->slots[k].shape == OPTIMD_SLOT_SCALAR) scalar_view(&slot_views[k], dtype, data);
+            else tensor_view(&slot_views[k], dtype, p, data);
         }
         optimd_step_args a = {.struct_size = sizeof a, .n_hparams = s->opt->n_hparams,
                               .hparams = hp, .step = p->steps + 1, .param = &pv, .grad = &gv,

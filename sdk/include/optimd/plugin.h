@@ -151,7 +151,9 @@ typedef struct optimd_hparam_def {
 /* ---------------------------------------------------------- state slots -- */
 
 typedef enum optimd_slot_shape {
-    OPTIMD_SLOT_LIKE_PARAM = 1   /* same shape as the parameter */
+    OPTIMD_SLOT_LIKE_PARAM = 1,  /* same shape as the parameter */
+    OPTIMD_SLOT_SCALAR = 2       /* one element per parameter (ndim 0), e.g.
+                                    NAdam's running product of momenta */
 } optimd_slot_shape;
 
 /*
