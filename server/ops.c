@@ -533,7 +533,7 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg)
     if (len > srv->opts->max_message) {
         fail(&r.err, OPTIMD_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", len,
              (unsigned long long)srv->opts->max_message);
-    } else {
+    } else if (wire_prescan(nng_msg_body(request_msg), len, &r.err) == 0) {
         msgpack_unpacked root;
         msgpack_unpacked_init(&root);
         size_t off = 0;

@@ -3,6 +3,83 @@
 #include <optimd/plugin.h>
 #include <string.h>
 
+static uint64_t read_be(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+int wire_prescan(const unsigned char *data, size_t len, request_error *err)
+{
+    size_t pos = 0;
+    uint64_t pending = 1;      /* values still to read */
+    while (pending > 0) {
+        if (pos >= len) return fail(err, OPTIMD_E_MALFORMED, "the message ends inside a msgpack value");
+        pending--;
+        unsigned char b = data[pos++];
+        uint64_t skip = 0, children = 0;
+        int len_bytes = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            /* fixint, nil, bool: the byte is the whole value */
+        } else if (b >= 0x80 && b <= 0x8f) {
+            children = 2u * (b & 0x0f);
+        } else if (b >= 0x90 && b <= 0x9f) {
+            children = b & 0x0f;
+        } else if (b >= 0xa0 && b <= 0xbf) {
+            skip = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: len_bytes = 1; break;   /* bin8, str8 */
+            case 0xc5: case 0xda: len_bytes = 2; break;   /* bin16, str16 */
+            case 0xc6: case 0xdb: len_bytes = 4; break;   /* bin32, str32 */
+            case 0xc7: len_bytes = 1; skip = 1; break;    /* ext8: + type byte */
+            case 0xc8: len_bytes = 2; skip = 1; break;
+            case 0xc9: len_bytes = 4; skip = 1; break;
+            case 0xca: skip = 4; break;
+            case 0xcb: skip = 8; break;
+            case 0xcc: case 0xd0: skip = 1; break;
+            case 0xcd: case 0xd1: skip = 2; break;
+            case 0xce: case 0xd2: skip = 4; break;
+            case 0xcf: case 0xd3: skip = 8; break;
+            case 0xd4: skip = 2; break;                   /* fixext: type + data */
+            case 0xd5: skip = 3; break;
+            case 0xd6: skip = 5; break;
+            case 0xd7: skip = 9; break;
+            case 0xd8: skip = 17; break;
+            case 0xdc: case 0xdd: case 0xde: case 0xdf: {
+                int n = (b == 0xdc || b == 0xde) ? 2 : 4;
+                if (len - pos < (size_t)n)
+                    return fail(err, OPTIMD_E_MALFORMED, "the message ends inside a msgpack header");
+                uint64_t count = read_be(data + pos, n);
+                pos += (size_t)n;
+                children = (b >= 0xde) ? 2 * count : count;
+                break;
+            }
+            default:
+                return fail(err, OPTIMD_E_MALFORMED, "byte 0x%02x at offset %zu starts no msgpack value", b,
+                            pos - 1);
+            }
+        }
+        if (len_bytes) {
+            if (len - pos < (size_t)len_bytes)
+                return fail(err, OPTIMD_E_MALFORMED, "the message ends inside a msgpack header");
+            skip += read_be(data + pos, len_bytes);
+            pos += (size_t)len_bytes;
+        }
+        if (skip > len - pos)
+            return fail(err, OPTIMD_E_MALFORMED, "a msgpack value runs past the end of the message");
+        pos += (size_t)skip;
+        pending += children;
+        /* Every value takes at least one byte. */
+        if (pending > len - pos)
+            return fail(err, OPTIMD_E_MALFORMED,
+                        "a msgpack container claims more elements than the message has bytes");
+    }
+    if (pos != len) return fail(err, OPTIMD_E_MALFORMED, "%zu bytes follow the request map", len - pos);
+    return 0;
+}
+
 const msgpack_object *wire_map_get(const msgpack_object *map, const char *key)
 {
     if (map->type != MSGPACK_OBJECT_MAP) return NULL;

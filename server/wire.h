@@ -25,6 +25,12 @@ typedef struct wire_tensor {
     size_t nbytes;
 } wire_tensor;
 
+/* Checks that `data` is exactly one well-framed msgpack value whose
+ * containers claim no more elements than there are bytes left, before
+ * msgpack-c allocates room for them: a six-byte message must not be able to
+ * make the daemon reserve gigabytes. MALFORMED on failure. */
+int wire_prescan(const unsigned char *data, size_t len, request_error *err);
+
 /* Value of `key` in a string-keyed map, or NULL. */
 const msgpack_object *wire_map_get(const msgpack_object *map, const char *key);
 

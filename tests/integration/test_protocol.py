@@ -69,6 +69,15 @@ class Envelope(DaemonTest):
             self.err(r, "MALFORMED")
             self.assertEqual(r["id"], 0)
 
+    def test_container_counts_beyond_the_message(self):
+        # A map32 claiming 2.2 billion entries in a 6-byte message (found by
+        # the fuzzer): refused before any allocation, daemon unharmed.
+        for payload in (b"\xdf\x83\xa1\x76\x01\xa2", b"\xdd\xff\xff\xff\xff",
+                        b"\x81\xa1v\xdc\xff\xff", b"\xc6\xff\xff\xff\xff\x00",
+                        b"\x91" * 5000 + b"\xc0"):
+            self.err(msgpack.unpackb(self.c.roundtrip_bytes(payload)), "MALFORMED")
+        self.ok(self.c.call("hello"))
+
     def test_trailing_bytes(self):
         payload = msgpack.packb({"v": 1, "op": "hello"}) + b"\x00"
         self.err(msgpack.unpackb(self.c.roundtrip_bytes(payload)), "MALFORMED")

@@ -1,0 +1,35 @@
+"""Writes seed inputs for fuzz_request: one valid request per op (session
+ops use the harness's session "fuzz" and its token of 32 zeros), so the
+fuzzer starts from messages that reach deep into every handler."""
+import os
+import struct
+import sys
+
+import msgpack
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+s = {"session": "fuzz", "token": "0" * 32}
+f32 = lambda *v: {"dtype": "f32", "shape": [len(v)], "data": struct.pack("<%df" % len(v), *v)}
+f64m = {"dtype": "f64", "shape": [2, 3], "data": struct.pack("<6d", *range(6))}
+seeds = [
+    {"op": "hello", "client": "seed"},
+    {"op": "plugins"},
+    {"op": "sessions"},
+    {"op": "open", "session": "s2", "optimizer": "sgd", "hparams": {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+     "scheduler": "step", "sched_hparams": {"step_size": 2, "gamma": 0.5}},
+    {"op": "open", "session": "s3", "optimizer": "adamw", "hparams": {"amsgrad": True}, "scheduler": "cosine",
+     "sched_hparams": {"T_max": 3}},
+    {"op": "info", **s}, {"op": "attach", **s}, {"op": "hparams", **s},
+    {"op": "set_hparams", **s, "hparams": {"lr": 0.01, "beta1": 0.8}},
+    {"op": "register", **s, "params": {"z": f32(1, 2)}},
+    {"op": "step", **s, "grads": {"w": f32(0.1, 0.2, 0.3, 0.4), "m": f64m}},
+    {"op": "step", **s, "grads": {"w": f32(1, 1, 1, 1)}, "return": False},
+    {"op": "pull", **s, "names": ["w", "m"]},
+    {"op": "pull", **s},
+    {"op": "close", "session": "nope", "token": "0" * 32},
+]
+for i, body in enumerate(seeds):
+    req = {"v": 1, "id": i, **body}
+    with open(os.path.join(out, "seed-%02d-%s" % (i, body["op"])), "wb") as f:
+        f.write(msgpack.packb(req, use_bin_type=True))
