@@ -15,6 +15,12 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+static void on_snapshot_timer(uv_timer_t *timer)
+{
+    server *srv = timer->data;
+    store_save_all(&srv->store, &srv->sessions);
+}
+
 static void on_stop_signal(uv_signal_t *h, int signum)
 {
     log_info("%s received: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -66,6 +72,7 @@ int main(int argc, char **argv)
     }
 
     server srv = {.opts = &opts};
+    if (store_open(&srv.store, opts.state_dir) != 0) return 1;
     if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, opts.n_plugin_dirs) != 0) {
         log_error("out of memory loading plugins");
         return 1;
@@ -73,6 +80,7 @@ int main(int argc, char **argv)
     if (srv.plugins.count == 0)
         log_warn("no plugins loaded: every 'open' will fail until plugins are installed");
     session_table_init(&srv.sessions, opts.max_sessions);
+    store_load_all(&srv.store, &srv.plugins, &srv.sessions);
     if (compute_pool_start(&srv.pool, opts.compute_threads) != 0) {
         log_error("cannot start compute threads");
         return 1;
@@ -85,6 +93,12 @@ int main(int argc, char **argv)
     uv_signal_init(&loop, &sigterm);
     uv_signal_start(&sigint, on_stop_signal, SIGINT);
     uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+    uv_timer_t snapshot_timer;
+    uv_timer_init(&loop, &snapshot_timer);
+    snapshot_timer.data = &srv;
+    if (opts.snapshot_interval)
+        uv_timer_start(&snapshot_timer, on_snapshot_timer, opts.snapshot_interval * 1000ull,
+                       opts.snapshot_interval * 1000ull);
 
     transport *t = NULL;
     char bound[512] = "";
@@ -101,6 +115,12 @@ int main(int argc, char **argv)
             uv_run(&loop, UV_RUN_DEFAULT);
         }
         transport_stop(t);
+        /* Nothing changes sessions any more: make every change durable. */
+        int failed = store_save_all(&srv.store, &srv.sessions);
+        if (failed) {
+            log_error("%d sessions could not be saved", failed);
+            exit_code = 1;
+        }
     }
 
     uv_walk(&loop, close_handle, NULL);
@@ -109,6 +129,7 @@ int main(int argc, char **argv)
     session_table_clear(&srv.sessions);
     compute_pool_stop(srv.pool);
     plugin_registry_unload(&srv.plugins);
+    store_close(&srv.store);
     log_info("stopped");
     return exit_code;
 }

@@ -193,7 +193,8 @@ static int op_plugins(request *r)
 
 static bool valid_session_name(const char *s, size_t len)
 {
-    if (len < 1 || len > SESSION_NAME_MAX) return false;
+    /* A name is also a directory name: no leading dot, so never "." or "..". */
+    if (len < 1 || len > SESSION_NAME_MAX || s[0] == '.') return false;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -227,7 +228,8 @@ static int op_open(request *r)
     if (wire_get_str(r->root, "session", true, &name, &len, &r->err)) return -1;
     if (!valid_session_name(name, len))
         return fail(&r->err, OPTIMD_E_BAD_REQUEST,
-                    "session names are 1 to %d characters of A-Z a-z 0-9 _ . -", SESSION_NAME_MAX);
+                    "session names are 1 to %d characters of A-Z a-z 0-9 _ . - not starting with a dot",
+                    SESSION_NAME_MAX);
     const plugin *opt = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
     if (!opt) return -1;
     const plugin *sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
@@ -342,7 +344,15 @@ static int op_close(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     int rc = session_table_remove(&r->srv->sessions, s);
-    if (rc == 0) log_info("session %s closed", s->name);
+    if (rc == 0) {
+        /* Under the lock, so a snapshot in progress finishes first and
+         * none starts after the files are gone. */
+        session_lock(s);
+        s->closed = true;
+        store_remove(&r->srv->store, s);
+        session_unlock(s);
+        log_info("session %s closed", s->name);
+    }
     else fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "session '%s' was closed meanwhile", s->name);
     session_unref(s);
     if (rc == 0) reply_begin(r, 0);

@@ -23,6 +23,8 @@ static void usage(FILE *out)
         "  --listen URL         NNG address to serve (repeatable; default %s)\n"
         "  --plugin-dir DIR     load every *.so in DIR (repeatable; default %s)\n"
         "  --state-dir DIR      session state directory (default ./var/optimd)\n"
+        "  --snapshot-interval S  seconds between snapshots of changed sessions\n"
+        "                       (default 30; 0: only when stopping)\n"
         "  --max-message BYTES  largest request accepted (default 268435456)\n"
         "  --max-sessions N     most sessions at once (default 1024)\n"
         "  --threads N          request threads (default 4)\n"
@@ -58,6 +60,7 @@ int options_parse(options *o, int argc, char **argv)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o->compute_threads = cores > 1 ? (uint32_t)(cores - 1) : 0;
     o->contexts = 64;
+    o->snapshot_interval = 30;
     o->log_level = OPTIMD_LOG_INFO;
 
     for (int i = 1; i < argc; i++) {
@@ -92,6 +95,9 @@ int options_parse(options *o, int argc, char **argv)
             o->plugin_dirs[o->n_plugin_dirs++] = v;
         } else if (strcmp(a, "--state-dir") == 0) {
             o->state_dir = v;
+        } else if (strcmp(a, "--snapshot-interval") == 0) {
+            if (parse_u64(a, v, 0, 86400, &n)) return -1;
+            o->snapshot_interval = (uint32_t)n;
         } else if (strcmp(a, "--ready-file") == 0) {
             o->ready_file = v;
         } else if (strcmp(a, "--max-message") == 0) {

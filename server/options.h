@@ -20,6 +20,7 @@ typedef struct options {
     uint32_t request_threads;  /* threads that decode and apply requests */
     uint32_t compute_threads;  /* extra threads for parallel_for */
     uint32_t contexts;         /* requests the transport holds at once */
+    uint32_t snapshot_interval;   /* seconds between snapshots; 0: only at stop */
     int log_level;
 } options;
 

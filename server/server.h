@@ -8,6 +8,7 @@
 #include "options.h"
 #include "plugin_registry.h"
 #include "session_table.h"
+#include "store.h"
 
 #include <nng/nng.h>
 
@@ -16,6 +17,7 @@ typedef struct server {
     plugin_registry plugins;
     session_table sessions;
     compute_pool *pool;
+    store store;
 } server;
 
 /* Decodes one request, runs it and returns the reply (never NULL unless

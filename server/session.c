@@ -72,9 +72,9 @@ static void session_destroy(session *s)
     free(s);
 }
 
-session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
-                        const plugin *sched, const msgpack_object *sched_map,
-                        request_error *err)
+/* A session with default hyperparameters and no parameters. */
+static session *session_alloc(const char *name, const plugin *opt, const plugin *sched,
+                              request_error *err)
 {
     session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -91,13 +91,31 @@ session *session_create(const char *name, const plugin *opt, const msgpack_objec
     s->sched_hp = calloc(sched && sched->n_hparams ? sched->n_hparams : 1, sizeof *s->sched_hp);
     if (!s->hp || !s->sched_hp) {
         fail(err, OPTIMD_E_NOMEM, "out of memory");
-        goto fail_out;
+        session_destroy(s);
+        return NULL;
     }
     hparams_defaults(opt, s->hp);
+    if (sched) hparams_defaults(sched, s->sched_hp);
+    return s;
+}
+
+session *session_restore(const char *name, const char *token, const plugin *opt,
+                         const plugin *sched, request_error *err)
+{
+    session *s = session_alloc(name, opt, sched, err);
+    if (s) snprintf(s->token, sizeof s->token, "%s", token);
+    return s;
+}
+
+session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
+                        const plugin *sched, const msgpack_object *sched_map,
+                        request_error *err)
+{
+    session *s = session_alloc(name, opt, sched, err);
+    if (!s) return NULL;
     if (hparams_apply(opt, hp_map, false, s->hp, NULL, err) || hparams_validate(opt, s->hp, err))
         goto fail_out;
     if (sched) {
-        hparams_defaults(sched, s->sched_hp);
         if (hparams_apply(sched, sched_map, false, s->sched_hp, NULL, err) ||
             hparams_validate(sched, s->sched_hp, err))
             goto fail_out;
@@ -178,51 +196,17 @@ int session_register(session *s, const msgpack_object *params, request_error *er
                         s->opt->desc->id, wire_dtype_name(t.dtype));
     }
     /* Then allocate; on failure undo this request's parameters only. */
-    if (s->n_params + n > s->cap_params) {
-        size_t cap = s->cap_params ? s->cap_params : 8;
-        while (cap < s->n_params + n) cap *= 2;
-        param *ps = realloc(s->params, cap * sizeof *ps);
-        if (ps) s->params = ps;
-        char **names = ps ? realloc(s->names, cap * sizeof *names) : NULL;
-        if (names) s->names = names;
-        if (!ps || !names) return fail(err, OPTIMD_E_NOMEM, "out of memory");
-        s->cap_params = cap;
-    }
     size_t first = s->n_params;
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object_kv *kv = &params->via.map.ptr[i];
         wire_tensor t;
         request_error ignored;
         wire_decode_tensor(&kv->val, "", &t, &ignored);
-        param *p = &s->params[s->n_params];
-        memset(p, 0, sizeof *p);
-        p->dtype = t.dtype;
-        p->ndim = t.ndim;
-        p->numel = t.numel;
-        p->nbytes = t.nbytes;
-        int64_t stride = 1;
-        for (int d = (int)t.ndim - 1; d >= 0; d--) {
-            p->shape[d] = t.shape[d];
-            p->strides[d] = stride;
-            stride *= t.shape[d] ? t.shape[d] : 1;
-        }
-        p->data = aligned_alloc(64, (t.nbytes + 63) / 64 * 64 + 64);
-        char *name = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
-        if (!p->data || !name) {
-            free(p->data);
-            free(name);
+        if (session_append_param(s, kv->key.via.str.ptr, kv->key.via.str.size, t.dtype, t.ndim,
+                                 t.shape, t.data))
             goto undo;
-        }
-        memcpy(p->data, t.data, t.nbytes);
-        s->names[s->n_params] = name;
-        s->n_params++;
-        if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)(s->n_params - 1))) {
-            s->n_params--;
-            param_release(s, p);
-            free(name);
-            goto undo;
-        }
     }
+    s->version++;
     return 0;
 undo:
     /* The index cannot drop entries, so rebuild it from what remains. */
@@ -237,6 +221,51 @@ undo:
         if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)i))
             log_error("session %s: index rebuild failed after out-of-memory", s->name);
     return fail(err, OPTIMD_E_NOMEM, "out of memory registering parameters");
+}
+
+int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
+                         uint32_t ndim, const int64_t *shape, const void *data)
+{
+    if (s->n_params == s->cap_params) {
+        size_t cap = s->cap_params ? s->cap_params * 2 : 8;
+        param *ps = realloc(s->params, cap * sizeof *ps);
+        if (ps) s->params = ps;
+        char **names = ps ? realloc(s->names, cap * sizeof *names) : NULL;
+        if (names) s->names = names;
+        if (!ps || !names) return -1;
+        s->cap_params = cap;
+    }
+    param *p = &s->params[s->n_params];
+    memset(p, 0, sizeof *p);
+    p->dtype = dtype;
+    p->ndim = ndim;
+    p->numel = 1;
+    int64_t stride = 1;
+    for (int d = (int)ndim - 1; d >= 0; d--) {
+        p->shape[d] = shape[d];
+        p->strides[d] = stride;
+        /* A zero dimension counts as one for strides, as torch has it. */
+        stride *= shape[d] ? shape[d] : 1;
+        p->numel *= shape[d];
+    }
+    p->nbytes = (size_t)p->numel * wire_dtype_size(dtype);
+    p->data = aligned_alloc(64, (p->nbytes + 63) / 64 * 64 + 64);
+    char *name_copy = strndup(name, name_len);
+    if (!p->data || !name_copy) {
+        free(p->data);
+        free(name_copy);
+        return -1;
+    }
+    memcpy(p->data, data, p->nbytes);
+    s->names[s->n_params] = name_copy;
+    s->n_params++;
+    if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)(s->n_params - 1))) {
+        s->n_params--;
+        param_release(s, p);
+        free(name_copy);
+        return -1;
+    }
+    return 0;
 }
 
 static bool all_finite(const wire_tensor *g)
@@ -267,7 +296,7 @@ static bool slot_enabled(const session *s, const optimd_slot_def *d)
 }
 
 /* Zero-filled slots for a parameter's first step. */
-static int ensure_slots(const session *s, param *p)
+int session_ensure_slots(const session *s, param *p)
 {
     const optimd_optimizer *o = s->opt->desc->optimizer;
     if (p->slots || o->n_slots == 0) return 0;
@@ -382,7 +411,7 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
             }
             memcpy(pg->aligned_copy, pg->g.data, pg->g.nbytes);
         }
-        if (ensure_slots(s, pg->p)) {
+        if (session_ensure_slots(s, pg->p)) {
             rc = fail(err, OPTIMD_E_NOMEM, "out of memory for optimizer state");
             break;
         }
@@ -428,6 +457,7 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
     }
     *lr_used = s->lr;
     s->steps++;
+    s->version++;
     double next;
     if (sched_lr(s, (int64_t)s->steps, s->lr, &next, err)) {
         /* Keep the last lr rather than stop the session. */
@@ -457,6 +487,7 @@ int session_set_hparams(session *s, const msgpack_object *map, request_error *er
         memcpy(s->hp, staged, s->opt->n_hparams * sizeof *staged);
         if (staged[s->opt->lr_index] != old_lr || wire_map_get(map, "lr"))
             s->lr = staged[s->opt->lr_index];
+        s->version++;
     }
     free(staged);
     return rc;

@@ -51,6 +51,9 @@ typedef struct session {
     double lr;                 /* the lr the next step uses */
     uint64_t steps;            /* successful step requests */
     uint64_t request_serial;
+    uint64_t version;          /* grows with every change of state */
+    uint64_t saved_version;    /* the version the last snapshot holds */
+    bool closed;               /* closed: never to be saved again */
 
     param *params;             /* registration order */
     char **names;              /* names[i] is params[i]'s name */
@@ -63,6 +66,16 @@ typedef struct session {
 session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
                         const plugin *sched, const msgpack_object *sched_map,
                         request_error *err);
+/* A session rebuilt from a snapshot: default hyperparameters, no
+ * parameters; the store fills in the rest. */
+session *session_restore(const char *name, const char *token, const plugin *opt,
+                         const plugin *sched, request_error *err);
+/* Adds a parameter without checks (the caller made them). -1: no memory. */
+int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
+                         uint32_t ndim, const int64_t *shape, const void *data);
+/* Allocates a parameter's zero-filled state slots if it has none yet. */
+int session_ensure_slots(const session *s, param *p);
+
 void session_ref(session *s);
 void session_unref(session *s);      /* frees on the last reference */
 void session_lock(session *s);

@@ -70,6 +70,9 @@ static void set_up(void)
     opts.plugin_dirs[0] = dir;
     opts.n_plugin_dirs = 1;
     srv.opts = &opts;
+    /* 'close' removes a session's files: give the store a scratch directory. */
+    char state_dir[] = "/tmp/optimd-fuzz-XXXXXX";
+    if (!mkdtemp(state_dir) || store_open(&srv.store, state_dir) != 0) fuzz_abort("no state directory");
     if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, 1) != 0 || srv.plugins.count == 0)
         fuzz_abort("no plugins loaded");
     compute_pool_start(&srv.pool, 0);

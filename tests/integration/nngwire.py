@@ -5,6 +5,7 @@ each other."""
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -94,14 +95,17 @@ def array(t):
 class Daemon:
     """A real optimd on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, *extra_args):
+    def __init__(self, *extra_args, state_dir=None):
+        """`state_dir`: reuse a state directory (a restart); default: a
+        fresh one inside this daemon's temporary directory."""
         self.dir = tempfile.mkdtemp(prefix="optimd-test-")
+        self.state_dir = state_dir or os.path.join(self.dir, "state")
         ready = os.path.join(self.dir, "ready")
         self.log_path = os.path.join(self.dir, "optimd.log")
         self.log = open(self.log_path, "w")
         args = [os.environ["OPTIMD_BIN"], "--listen", "tcp://127.0.0.1:0",
                 "--plugin-dir", os.environ["OPTIMD_PLUGIN_DIR"],
-                "--state-dir", os.path.join(self.dir, "state"), "--ready-file", ready, *extra_args]
+                "--state-dir", self.state_dir, "--ready-file", ready, *extra_args]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -136,3 +140,7 @@ class Daemon:
                 raise RuntimeError("optimd ignored SIGTERM")
         self.log.close()
         return self.proc.returncode
+
+    def cleanup(self):
+        """Removes the temporary directory (log and default state)."""
+        shutil.rmtree(self.dir, ignore_errors=True)

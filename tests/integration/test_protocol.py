@@ -29,6 +29,7 @@ class DaemonTest(unittest.TestCase):
     def tearDownClass(cls):
         rc = cls.daemon.stop()
         log = cls.daemon.read_log()
+        cls.daemon.cleanup()
         if rc != 0:
             raise AssertionError(f"optimd exited with {rc} on SIGTERM; log:\n{log}")
 

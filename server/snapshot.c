@@ -1,0 +1,383 @@
+#include "snapshot.h"
+
+#include "hparams.h"
+#include "json.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SNAPSHOT_FORMAT 1
+
+static const char *st_dtype(uint32_t dtype) { return dtype == OPTIMD_DTYPE_F64 ? "F64" : "F32"; }
+
+static uint32_t slot_dtype(const session *s, const param *p, uint32_t k)
+{
+    uint32_t d = s->opt->desc->optimizer->slots[k].dtype;
+    return d ? d : p->dtype;
+}
+
+static size_t slot_bytes(const session *s, const param *p, uint32_t k)
+{
+    const optimd_slot_def *def = &s->opt->desc->optimizer->slots[k];
+    int64_t numel = def->shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
+    return (size_t)numel * wire_dtype_size(slot_dtype(s, p, k));
+}
+
+static void write_number(FILE *f, double v)
+{
+    /* %.17g round-trips every double; JSON has no inf/NaN (never stored:
+     * hyperparameters and lrs are finite). */
+    fprintf(f, "%.17g", isfinite(v) ? v : 0.0);
+}
+
+static void write_hparams(FILE *f, const plugin *p, const double *values)
+{
+    fputc('{', f);
+    for (uint32_t i = 0; i < p->n_hparams; i++) {
+        if (i) fputc(',', f);
+        json_write_string(f, p->hparams[i].key, strlen(p->hparams[i].key));
+        fputc(':', f);
+        write_number(f, values[i]);
+    }
+    fputc('}', f);
+}
+
+static void write_manifest(FILE *f, const session *s)
+{
+    fprintf(f, "{\"format\":%d,\"session\":", SNAPSHOT_FORMAT);
+    json_write_string(f, s->name, strlen(s->name));
+    fputs(",\"token\":", f);
+    json_write_string(f, s->token, strlen(s->token));
+    fputs(",\"optimizer\":", f);
+    json_write_string(f, s->opt->desc->id, strlen(s->opt->desc->id));
+    fputs(",\"optimizer_version\":", f);
+    json_write_string(f, s->opt->desc->version, strlen(s->opt->desc->version));
+    fputs(",\"scheduler\":", f);
+    if (s->sched) json_write_string(f, s->sched->desc->id, strlen(s->sched->desc->id));
+    else fputs("null", f);
+    fputs(",\"hparams\":", f);
+    write_hparams(f, s->opt, s->hp);
+    fputs(",\"sched_hparams\":", f);
+    if (s->sched) write_hparams(f, s->sched, s->sched_hp);
+    else fputs("{}", f);
+    fputs(",\"base_lr\":", f);
+    write_number(f, s->base_lr);
+    fputs(",\"lr\":", f);
+    write_number(f, s->lr);
+    fprintf(f, ",\"steps\":%llu,\"params\":[", (unsigned long long)s->steps);
+    for (size_t i = 0; i < s->n_params; i++) {
+        const param *p = &s->params[i];
+        if (i) fputc(',', f);
+        fputs("{\"name\":", f);
+        json_write_string(f, s->names[i], strlen(s->names[i]));
+        fprintf(f, ",\"steps\":%llu}", (unsigned long long)p->steps);
+    }
+    fputs("]}", f);
+}
+
+static void write_entry(FILE *f, bool *first, const char *prefix, const char *name, const char *slot,
+                        uint32_t dtype, uint32_t ndim, const int64_t *shape, size_t *offset, size_t bytes)
+{
+    if (!*first) fputc(',', f);
+    *first = false;
+    /* The tensor name is prefix + name [+ "/" + slot], escaped as one string. */
+    size_t len = strlen(prefix) + strlen(name) + (slot ? strlen(slot) + 1 : 0);
+    char *full = malloc(len + 1);
+    if (!full) return;
+    snprintf(full, len + 1, "%s%s%s%s", prefix, name, slot ? "/" : "", slot ? slot : "");
+    json_write_string(f, full, len);
+    free(full);
+    fprintf(f, ":{\"dtype\":\"%s\",\"shape\":[", st_dtype(dtype));
+    for (uint32_t d = 0; d < ndim; d++) fprintf(f, "%s%lld", d ? "," : "", (long long)shape[d]);
+    fprintf(f, "],\"data_offsets\":[%zu,%zu]}", *offset, *offset + bytes);
+    *offset += bytes;
+}
+
+int snapshot_write(const session *s, FILE *f)
+{
+    char *header = NULL;
+    size_t header_len = 0;
+    FILE *h = open_memstream(&header, &header_len);
+    if (!h) return -1;
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    fputs("{\"__metadata__\":{\"optimd\":", h);
+    char *manifest = NULL;
+    size_t manifest_len = 0;
+    FILE *m = open_memstream(&manifest, &manifest_len);
+    if (!m) {
+        fclose(h);
+        free(header);
+        return -1;
+    }
+    write_manifest(m, s);
+    fclose(m);
+    json_write_string(h, manifest, manifest_len);
+    free(manifest);
+    fputc('}', h);
+    bool first = false;
+    size_t offset = 0;
+    for (size_t i = 0; i < s->n_params; i++) {
+        const param *p = &s->params[i];
+        write_entry(h, &first, "param/", s->names[i], NULL, p->dtype, p->ndim, p->shape, &offset, p->nbytes);
+        for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
+            if (!p->slots[k]) continue;
+            bool scalar = o->slots[k].shape == OPTIMD_SLOT_SCALAR;
+            write_entry(h, &first, "state/", s->names[i], o->slots[k].key, slot_dtype(s, p, k),
+                        scalar ? 0 : p->ndim, p->shape, &offset, slot_bytes(s, p, k));
+        }
+    }
+    fputc('}', h);
+    fclose(h);
+    /* Padded with spaces so the data section starts 8-aligned, as
+     * safetensors writers keep it. */
+    size_t padded = (header_len + 7) / 8 * 8;
+    unsigned char len_le[8];
+    for (int i = 0; i < 8; i++) len_le[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    int rc = 0;
+    if (fwrite(len_le, 1, 8, f) != 8 || fwrite(header, 1, header_len, f) != header_len) rc = -1;
+    for (size_t i = header_len; rc == 0 && i < padded; i++)
+        if (fputc(' ', f) == EOF) rc = -1;
+    free(header);
+    for (size_t i = 0; rc == 0 && i < s->n_params; i++) {
+        const param *p = &s->params[i];
+        if (p->nbytes && fwrite(p->data, 1, p->nbytes, f) != p->nbytes) rc = -1;
+        for (uint32_t k = 0; rc == 0 && p->slots && k < o->n_slots; k++) {
+            if (!p->slots[k]) continue;
+            size_t bytes = slot_bytes(s, p, k);
+            if (bytes && fwrite(p->slots[k], 1, bytes, f) != bytes) rc = -1;
+        }
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------- reading -- */
+
+typedef struct reader {
+    const unsigned char *data;   /* the tensor data section */
+    size_t data_len;
+    const json_value *header;
+    char *why;
+    size_t why_cap;
+} reader;
+
+static int why(reader *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int why(reader *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->why, r->why_cap, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Finds tensor `key` with the expected dtype and element count. */
+static const void *find_tensor(reader *r, const char *key, uint32_t dtype, int64_t numel, int64_t *shape_out,
+                               uint32_t *ndim_out)
+{
+    const json_value *t = json_get(r->header, key);
+    if (!t) return NULL;
+    const char *dt;
+    const json_value *shape = json_get(t, "shape");
+    const json_value *offs = json_get(t, "data_offsets");
+    if (!json_get_string(t, "dtype", &dt) || !shape || shape->type != JSON_ARRAY || shape->count > WIRE_MAX_DIMS ||
+        !offs || offs->type != JSON_ARRAY || offs->count != 2) {
+        why(r, "tensor '%s' has a malformed entry", key);
+        return NULL;
+    }
+    uint32_t got_dtype = strcmp(dt, "F32") == 0 ? OPTIMD_DTYPE_F32 : strcmp(dt, "F64") == 0 ? OPTIMD_DTYPE_F64 : 0;
+    int64_t n = 1;
+    for (size_t d = 0; d < shape->count; d++) {
+        double v = shape->items[d].number;
+        if (shape->items[d].type != JSON_NUMBER || v < 0 || v > 1e15 || v != floor(v)) {
+            why(r, "tensor '%s' has a bad shape", key);
+            return NULL;
+        }
+        if (shape_out) shape_out[d] = (int64_t)v;
+        n *= (int64_t)v;
+    }
+    if (ndim_out) *ndim_out = (uint32_t)shape->count;
+    double b = offs->items[0].number, e = offs->items[1].number;
+    if (!got_dtype || (dtype && got_dtype != dtype) || (numel >= 0 && n != numel) || b < 0 || e < b ||
+        e > (double)r->data_len || (size_t)(e - b) != (size_t)n * wire_dtype_size(got_dtype)) {
+        why(r, "tensor '%s' has the wrong dtype, size or offsets", key);
+        return NULL;
+    }
+    if (dtype == 0 && ndim_out) *ndim_out |= got_dtype << 16;
+    return r->data + (size_t)b;
+}
+
+static int restore_hparams(reader *r, const plugin *p, const json_value *stored, double *values)
+{
+    for (uint32_t i = 0; i < p->n_hparams; i++) {
+        double v;
+        if (json_get_number(stored, p->hparams[i].key, &v)) values[i] = v;
+        else if (p->hparams[i].flags & OPTIMD_HP_REQUIRED)
+            return why(r, "hyperparameter '%s' of %s is missing", p->hparams[i].key, p->desc->id);
+    }
+    request_error err = {0};
+    if (hparams_validate(p, values, &err)) return why(r, "%s", err.message);
+    return 0;
+}
+
+static session *restore(reader *r, const json_value *man, const plugin_registry *reg)
+{
+    const char *name, *token, *opt_id, *opt_version;
+    double format, steps, base_lr, lr;
+    const json_value *sched_v = json_get(man, "scheduler");
+    const json_value *params = json_get(man, "params");
+    if (!json_get_number(man, "format", &format) || format != SNAPSHOT_FORMAT ||
+        !json_get_string(man, "session", &name) || !json_get_string(man, "token", &token) ||
+        !json_get_string(man, "optimizer", &opt_id) || !json_get_string(man, "optimizer_version", &opt_version) ||
+        !json_get_number(man, "steps", &steps) || !json_get_number(man, "base_lr", &base_lr) ||
+        !json_get_number(man, "lr", &lr) || !sched_v || !params || params->type != JSON_ARRAY ||
+        strlen(name) > SESSION_NAME_MAX || strlen(token) != SESSION_TOKEN_LEN) {
+        why(r, "the manifest lacks a key or has one of the wrong type");
+        return NULL;
+    }
+    const plugin *opt = plugin_registry_find(reg, opt_id, strlen(opt_id));
+    const plugin *sched = NULL;
+    if (!opt || opt->desc->kind != OPTIMD_KIND_OPTIMIZER) {
+        why(r, "optimizer plugin '%s' is not loaded", opt_id);
+        return NULL;
+    }
+    if (strcmp(opt->desc->version, opt_version) != 0)
+        log_warn("session %s was saved with %s %s; continuing with %s (state carried by slot key)", name,
+                 opt_id, opt_version, opt->desc->version);
+    if (sched_v->type == JSON_STRING) {
+        sched = plugin_registry_find(reg, sched_v->string, sched_v->string_len);
+        if (!sched || sched->desc->kind != OPTIMD_KIND_SCHEDULER) {
+            why(r, "scheduler plugin '%s' is not loaded", sched_v->string);
+            return NULL;
+        }
+    }
+    request_error err = {0};
+    session *s = session_restore(name, token, opt, sched, &err);
+    if (!s) {
+        why(r, "%s", err.message);
+        return NULL;
+    }
+    if (restore_hparams(r, opt, json_get(man, "hparams"), s->hp) ||
+        (sched && restore_hparams(r, sched, json_get(man, "sched_hparams"), s->sched_hp)))
+        goto fail_out;
+    s->base_lr = base_lr;
+    s->lr = lr;
+    s->steps = (uint64_t)steps;
+    const optimd_optimizer *o = opt->desc->optimizer;
+    char key[PARAM_NAME_MAX + 80];
+    for (size_t i = 0; i < params->count; i++) {
+        const char *pname;
+        double psteps;
+        if (!json_get_string(&params->items[i], "name", &pname) ||
+            !json_get_number(&params->items[i], "steps", &psteps)) {
+            why(r, "parameter entry %zu is malformed", i);
+            goto fail_out;
+        }
+        snprintf(key, sizeof key, "param/%s", pname);
+        int64_t shape[WIRE_MAX_DIMS];
+        uint32_t ndim_dtype = 0;
+        const void *data = find_tensor(r, key, 0, -1, shape, &ndim_dtype);
+        if (!data) {
+            if (!r->why[0]) why(r, "tensor '%s' is missing", key);
+            goto fail_out;
+        }
+        uint32_t dtype = ndim_dtype >> 16, ndim = ndim_dtype & 0xffff;
+        if (session_append_param(s, pname, strlen(pname), dtype, ndim, shape, data)) {
+            why(r, "out of memory");
+            goto fail_out;
+        }
+        param *p = &s->params[s->n_params - 1];
+        p->steps = (uint64_t)psteps;
+        if (p->steps == 0) continue;
+        if (session_ensure_slots(s, p)) {
+            why(r, "out of memory");
+            goto fail_out;
+        }
+        for (uint32_t k = 0; k < o->n_slots; k++) {
+            if (!p->slots[k]) continue;
+            snprintf(key, sizeof key, "state/%s/%s", pname, o->slots[k].key);
+            int64_t numel = o->slots[k].shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
+            uint32_t want = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
+            const void *slot = find_tensor(r, key, want, numel, NULL, NULL);
+            if (slot) {
+                memcpy(p->slots[k], slot, slot_bytes(s, p, k));
+            } else if (r->why[0]) {
+                goto fail_out;
+            } else {
+                /* A slot the saving plugin did not have starts from zero,
+                 * as it would on a first step. */
+                log_warn("session %s: no '%s' in the snapshot; it starts zero-filled", name, key);
+            }
+        }
+    }
+    s->saved_version = s->version;
+    return s;
+fail_out:
+    session_unref(s);
+    return NULL;
+}
+
+session *snapshot_read(const char *path, const plugin_registry *reg, char *why_buf, size_t why_cap)
+{
+    why_buf[0] = '\0';
+    reader r = {.why = why_buf, .why_cap = why_cap};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        why(&r, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 8) {
+        close(fd);
+        why(&r, "too short to be a snapshot");
+        return NULL;
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        why(&r, "cannot map: %s", strerror(errno));
+        return NULL;
+    }
+    session *s = NULL;
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | map[i];
+    json_value *header = NULL, *manifest = NULL;
+    char jerr[128];
+    if (header_len > size - 8) {
+        why(&r, "header length %llu exceeds the file", (unsigned long long)header_len);
+        goto out;
+    }
+    header = json_parse((const char *)map + 8, header_len, jerr, sizeof jerr);
+    if (!header) {
+        why(&r, "header is not JSON: %s", jerr);
+        goto out;
+    }
+    const json_value *meta = json_get(header, "__metadata__");
+    const char *manifest_text;
+    if (!json_get_string(meta, "optimd", &manifest_text)) {
+        why(&r, "no optimd manifest in __metadata__");
+        goto out;
+    }
+    manifest = json_parse(manifest_text, json_get(meta, "optimd")->string_len, jerr, sizeof jerr);
+    if (!manifest) {
+        why(&r, "manifest is not JSON: %s", jerr);
+        goto out;
+    }
+    r.header = header;
+    r.data = map + 8 + header_len;
+    r.data_len = size - 8 - header_len;
+    s = restore(&r, manifest, reg);
+out:
+    json_free(manifest);
+    json_free(header);
+    munmap(map, size);
+    return s;
+}
