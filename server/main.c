@@ -21,6 +21,12 @@ static void on_snapshot_timer(uv_timer_t *timer)
     store_save_all(&srv->store, &srv->sessions);
 }
 
+static void on_sync_timer(uv_timer_t *timer)
+{
+    server *srv = timer->data;
+    store_sync_logs(&srv->store, &srv->sessions);
+}
+
 static void on_stop_signal(uv_signal_t *h, int signum)
 {
     log_info("%s received: stopping", signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -65,6 +71,9 @@ int main(int argc, char **argv)
     if (rc != 0) return rc > 0 ? 0 : 2;
     log_set_level(opts.log_level);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must fail a write (EFBIG, answered STORAGE), not
+     * kill the daemon. */
+    signal(SIGXFSZ, SIG_IGN);
 
     if (make_dirs(opts.state_dir) != 0) {
         log_error("cannot create state directory %s: %s", opts.state_dir, strerror(errno));
@@ -80,11 +89,11 @@ int main(int argc, char **argv)
     if (srv.plugins.count == 0)
         log_warn("no plugins loaded: every 'open' will fail until plugins are installed");
     session_table_init(&srv.sessions, opts.max_sessions);
-    store_load_all(&srv.store, &srv.plugins, &srv.sessions);
     if (compute_pool_start(&srv.pool, opts.compute_threads) != 0) {
         log_error("cannot start compute threads");
         return 1;
     }
+    store_load_all(&srv.store, &srv.plugins, &srv.sessions, srv.pool);
 
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -96,6 +105,10 @@ int main(int argc, char **argv)
     uv_timer_t snapshot_timer;
     uv_timer_init(&loop, &snapshot_timer);
     snapshot_timer.data = &srv;
+    uv_timer_t sync_timer;
+    uv_timer_init(&loop, &sync_timer);
+    sync_timer.data = &srv;
+    uv_timer_start(&sync_timer, on_sync_timer, opts.sync_interval_ms, opts.sync_interval_ms);
     if (opts.snapshot_interval)
         uv_timer_start(&snapshot_timer, on_snapshot_timer, opts.snapshot_interval * 1000ull,
                        opts.snapshot_interval * 1000ull);

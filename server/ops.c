@@ -16,6 +16,8 @@
 
 typedef struct request {
     server *srv;
+    const void *raw;           /* the request as received, for the log */
+    size_t raw_len;
     const msgpack_object *root;
     uint64_t id;
     wire_writer *w;
@@ -75,6 +77,14 @@ static session *request_session(request *r)
     }
     return s;
 }
+
+/* The write-ahead hook for this request's change. */
+static store_change change_of(request *r)
+{
+    return (store_change){.st = &r->srv->store, .request = r->raw, .len = r->raw_len};
+}
+
+static const char *const durability_names[] = {"none", "interval", "always"};
 
 static const char *kind_name(uint32_t kind)
 {
@@ -238,16 +248,33 @@ static int op_open(request *r)
     if (wire_get_map(r->root, "hparams", false, &hp, &r->err) ||
         wire_get_map(r->root, "sched_hparams", false, &sched_hp, &r->err))
         return -1;
+    const char *dur = "interval";
+    size_t dur_len = 8;
+    if (wire_get_str(r->root, "durability", false, &dur, &dur_len, &r->err)) return -1;
+    int durability = -1;
+    for (int i = 0; i < 3; i++)
+        if (strlen(durability_names[i]) == dur_len && memcmp(durability_names[i], dur, dur_len) == 0)
+            durability = i;
+    if (durability < 0)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'durability' must be \"always\", \"interval\" or \"none\"");
     char name_z[SESSION_NAME_MAX + 1];
     memcpy(name_z, name, len);
     name_z[len] = '\0';
     session *s = session_create(name_z, opt, hp, sched, sched_hp, &r->err);
     if (!s) return -1;
+    s->durability = durability;
     double lr = s->lr;
     char token[SESSION_TOKEN_LEN + 1];
     memcpy(token, s->token, sizeof token);
     if (session_table_add(&r->srv->sessions, s, &r->err)) {
         session_unref(s);
+        return -1;
+    }
+    session_lock(s);
+    int stored = store_attach(&r->srv->store, s, &r->err);
+    session_unlock(s);
+    if (stored != 0) {
+        session_table_remove(&r->srv->sessions, s);
         return -1;
     }
     log_info("session %s opened (optimizer %s%s%s)", name_z, opt->desc->id,
@@ -280,7 +307,9 @@ static int op_info(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
-    msgpack_packer *pk = reply_begin(r, 10);
+    msgpack_packer *pk = reply_begin(r, 11);
+    wire_pack_str(pk, "durability");
+    wire_pack_str(pk, durability_names[s->durability]);
     wire_pack_str(pk, "session");
     wire_pack_str(pk, s->name);
     wire_pack_str(pk, "optimizer");
@@ -332,7 +361,8 @@ static int op_set_hparams(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
-    int rc = session_set_hparams(s, map, &r->err);
+    store_change change = change_of(r);
+    int rc = session_set_hparams(s, map, store_log_change, &change, &r->err);
     if (rc == 0) pack_lrs(reply_begin(r, 4), s);
     session_unlock(s);
     session_unref(s);
@@ -395,7 +425,8 @@ static int op_register(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
-    int rc = session_register(s, params, &r->err);
+    store_change change = change_of(r);
+    int rc = session_register(s, params, store_log_change, &change, &r->err);
     session_unlock(s);
     if (rc == 0) {
         msgpack_packer *pk = reply_begin(r, 1);
@@ -417,14 +448,18 @@ static int op_step(request *r)
 {
     const msgpack_object *grads;
     bool want_params = true;
+    step_identity id = {"", 0, 0};
     if (wire_get_map(r->root, "grads", true, &grads, &r->err) ||
-        wire_get_bool(r->root, "return", false, &want_params, &r->err))
+        wire_get_bool(r->root, "return", false, &want_params, &r->err) ||
+        wire_get_uint(r->root, "seq", false, &id.seq, &r->err) ||
+        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err))
         return -1;
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
-    double lr_used;
-    int rc = session_step(s, grads, r->srv->pool, &lr_used, &r->err);
+    step_result res;
+    store_change change = change_of(r);
+    int rc = session_step(s, grads, &id, r->srv->pool, store_log_change, &change, &res, &r->err);
     if (rc == 0) {
         if (want_params) {
             size_t bytes = 256;
@@ -433,16 +468,21 @@ static int op_step(request *r)
                 if (s->params[i].mark == s->request_serial) bytes += s->params[i].nbytes;
             nng_msg_reserve(r->w->msg, bytes);
         }
-        msgpack_packer *pk = reply_begin(r, want_params ? 4 : 3);
+        msgpack_packer *pk = reply_begin(r, want_params ? 5 : 4);
         wire_pack_str(pk, "steps");
-        msgpack_pack_uint64(pk, s->steps);
+        msgpack_pack_uint64(pk, res.steps);
         wire_pack_str(pk, "lr");
-        msgpack_pack_double(pk, lr_used);
+        msgpack_pack_double(pk, res.lr);
         wire_pack_str(pk, "next_lr");
-        msgpack_pack_double(pk, s->lr);
+        msgpack_pack_double(pk, res.next_lr);
+        wire_pack_str(pk, "duplicate");
+        if (res.duplicate) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
         if (want_params) {
+            uint32_t n_marked = 0;
+            for (size_t i = 0; i < s->n_params; i++) n_marked += s->params[i].mark == s->request_serial;
             wire_pack_str(pk, "params");
-            msgpack_pack_map(pk, grads->via.map.size);
+            msgpack_pack_map(pk, n_marked);
             for (size_t i = 0; i < s->n_params; i++)
                 if (s->params[i].mark == s->request_serial) pack_param(pk, s, i);
         }
@@ -538,7 +578,7 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg)
     }
     wire_writer w;
     wire_writer_init(&w, reply);
-    request r = {.srv = srv, .w = &w};
+    request r = {.srv = srv, .w = &w, .raw = nng_msg_body(request_msg), .raw_len = nng_msg_len(request_msg)};
     size_t len = nng_msg_len(request_msg);
     if (len > srv->opts->max_message) {
         fail(&r.err, OPTIMD_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", len,

@@ -25,6 +25,8 @@ static void usage(FILE *out)
         "  --state-dir DIR      session state directory (default ./var/optimd)\n"
         "  --snapshot-interval S  seconds between snapshots of changed sessions\n"
         "                       (default 30; 0: only when stopping)\n"
+        "  --sync-interval MS   how often logs of 'interval' sessions reach the disk\n"
+        "                       (default 100)\n"
         "  --max-message BYTES  largest request accepted (default 268435456)\n"
         "  --max-sessions N     most sessions at once (default 1024)\n"
         "  --threads N          request threads (default 4)\n"
@@ -61,6 +63,7 @@ int options_parse(options *o, int argc, char **argv)
     o->compute_threads = cores > 1 ? (uint32_t)(cores - 1) : 0;
     o->contexts = 64;
     o->snapshot_interval = 30;
+    o->sync_interval_ms = 100;
     o->log_level = OPTIMD_LOG_INFO;
 
     for (int i = 1; i < argc; i++) {
@@ -98,6 +101,9 @@ int options_parse(options *o, int argc, char **argv)
         } else if (strcmp(a, "--snapshot-interval") == 0) {
             if (parse_u64(a, v, 0, 86400, &n)) return -1;
             o->snapshot_interval = (uint32_t)n;
+        } else if (strcmp(a, "--sync-interval") == 0) {
+            if (parse_u64(a, v, 1, 60000, &n)) return -1;
+            o->sync_interval_ms = (uint32_t)n;
         } else if (strcmp(a, "--ready-file") == 0) {
             o->ready_file = v;
         } else if (strcmp(a, "--max-message") == 0) {

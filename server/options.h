@@ -21,6 +21,7 @@ typedef struct options {
     uint32_t compute_threads;  /* extra threads for parallel_for */
     uint32_t contexts;         /* requests the transport holds at once */
     uint32_t snapshot_interval;   /* seconds between snapshots; 0: only at stop */
+    uint32_t sync_interval_ms;    /* group commit of "interval" sessions' logs */
     int log_level;
 } options;
 

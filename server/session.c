@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 static int sched_lr(const session *s, int64_t epoch, double last_lr, double *out,
                     request_error *err)
@@ -65,6 +66,9 @@ static void session_destroy(session *s)
     }
     free(s->params);
     free(s->names);
+    for (size_t i = 0; i < s->n_clients; i++) free(s->clients[i].client);
+    free(s->clients);
+    if (s->wal_fd >= 0) close(s->wal_fd);
     name_index_free(&s->index);
     free(s->hp);
     free(s->sched_hp);
@@ -82,6 +86,7 @@ static session *session_alloc(const char *name, const plugin *opt, const plugin 
         return NULL;
     }
     snprintf(s->name, sizeof s->name, "%s", name);
+    s->wal_fd = -1;
     atomic_init(&s->refs, 1);
     pthread_mutex_init(&s->mutex, NULL);
     name_index_init(&s->index);
@@ -165,7 +170,8 @@ static bool dtype_supported(const session *s, uint32_t dtype)
     return (s->opt->desc->optimizer->dtypes >> dtype) & 1u;
 }
 
-int session_register(session *s, const msgpack_object *params, request_error *err)
+int session_register(session *s, const msgpack_object *params, session_commit_fn commit, void *ctx,
+                     request_error *err)
 {
     uint32_t n = params->via.map.size;
     if (s->n_params + n > SESSION_MAX_PARAMS)
@@ -195,6 +201,7 @@ int session_register(session *s, const msgpack_object *params, request_error *er
             return fail(err, OPTIMD_E_BAD_TENSOR, "optimizer '%s' does not update %s tensors",
                         s->opt->desc->id, wire_dtype_name(t.dtype));
     }
+    if (commit && commit(ctx, s, err)) return -1;
     /* Then allocate; on failure undo this request's parameters only. */
     size_t first = s->n_params;
     for (uint32_t i = 0; i < n; i++) {
@@ -346,9 +353,55 @@ static void scalar_view(optimd_tensor *v, uint32_t dtype, void *data)
     v->numel = 1;
 }
 
-int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
-                 double *lr_used, request_error *err)
+client_seq *session_client(session *s, const char *client, size_t len, bool create)
 {
+    for (size_t i = 0; i < s->n_clients; i++)
+        if (strlen(s->clients[i].client) == len && memcmp(s->clients[i].client, client, len) == 0)
+            return &s->clients[i];
+    if (!create || s->n_clients == SESSION_MAX_CLIENTS) return NULL;
+    client_seq *grown = realloc(s->clients, (s->n_clients + 1) * sizeof *grown);
+    if (!grown) return NULL;
+    s->clients = grown;
+    client_seq *c = &s->clients[s->n_clients];
+    memset(c, 0, sizeof *c);
+    c->client = strndup(client, len);
+    if (!c->client) return NULL;
+    s->n_clients++;
+    return c;
+}
+
+/* Marks the named parameters the session has, for a duplicate's reply. */
+static void mark_named(session *s, const msgpack_object *grads, uint64_t serial)
+{
+    for (uint32_t i = 0; i < grads->via.map.size; i++) {
+        const msgpack_object *k = &grads->via.map.ptr[i].key;
+        if (k->type != MSGPACK_OBJECT_STR) continue;
+        int64_t idx = session_find_param(s, k->via.str.ptr, k->via.str.size);
+        if (idx >= 0) s->params[idx].mark = serial;
+    }
+}
+
+int session_step(session *s, const msgpack_object *grads, const step_identity *id, compute_pool *pool,
+                 session_commit_fn commit, void *ctx, step_result *res, request_error *err)
+{
+    memset(res, 0, sizeof *res);
+    client_seq *cs = NULL;
+    if (id && id->seq) {
+        if (id->client_len > CLIENT_ID_MAX)
+            return fail(err, OPTIMD_E_BAD_REQUEST, "'client' is at most %d bytes", CLIENT_ID_MAX);
+        cs = session_client(s, id->client, id->client_len, false);
+        if (cs && id->seq <= cs->seq) {
+            res->duplicate = true;
+            res->steps = cs->steps;
+            res->lr = cs->lr;
+            res->next_lr = cs->next_lr;
+            mark_named(s, grads, ++s->request_serial);
+            return 0;
+        }
+        if (!cs && s->n_clients == SESSION_MAX_CLIENTS)
+            return fail(err, OPTIMD_E_LIMIT, "a session tracks at most %d sequenced clients",
+                        SESSION_MAX_CLIENTS);
+    }
     const optimd_optimizer *o = s->opt->desc->optimizer;
     uint32_t n = grads->via.map.size;
     pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
@@ -421,6 +474,16 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
         goto out;
     }
 
+    if (commit && commit(ctx, s, err)) {
+        for (uint32_t i = 0; i < n; i++) pend[i].p->mark = 0;
+        rc = -1;
+        goto out;
+    }
+    if (id && id->seq && !cs) {
+        cs = session_client(s, id->client, id->client_len, true);
+        if (!cs) log_error("session %s: out of memory recording client sequence numbers", s->name);
+    }
+
     /* From here on the step is applied. */
     memcpy(hp, s->hp, s->opt->n_hparams * sizeof *hp);
     hp[s->opt->lr_index] = s->lr;
@@ -455,7 +518,7 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
         }
         p->steps++;
     }
-    *lr_used = s->lr;
+    res->lr = s->lr;
     s->steps++;
     s->version++;
     double next;
@@ -466,6 +529,14 @@ int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
     } else {
         s->lr = next;
     }
+    res->steps = s->steps;
+    res->next_lr = s->lr;
+    if (cs) {
+        cs->seq = id->seq;
+        cs->steps = res->steps;
+        cs->lr = res->lr;
+        cs->next_lr = res->next_lr;
+    }
 out:
     if (pend)
         for (uint32_t i = 0; i < n; i++) free(pend[i].aligned_copy);
@@ -475,13 +546,15 @@ out:
     return rc;
 }
 
-int session_set_hparams(session *s, const msgpack_object *map, request_error *err)
+int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn commit, void *ctx,
+                        request_error *err)
 {
     double *staged = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *staged);
     if (!staged) return fail(err, OPTIMD_E_NOMEM, "out of memory");
     memcpy(staged, s->hp, s->opt->n_hparams * sizeof *staged);
     int rc = hparams_apply(s->opt, map, true, staged, NULL, err);
     if (rc == 0) rc = hparams_validate(s->opt, staged, err);
+    if (rc == 0 && commit) rc = commit(ctx, s, err);
     if (rc == 0) {
         double old_lr = s->hp[s->opt->lr_index];
         memcpy(s->hp, staged, s->opt->n_hparams * sizeof *staged);

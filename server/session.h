@@ -37,6 +37,33 @@ typedef struct param {
     uint64_t mark;             /* last step request that named it (duplicate check) */
 } param;
 
+struct session;
+
+/* When a step is durable (docs/protocol.md, open). */
+typedef enum durability {
+    DURABILITY_NONE = 0,       /* snapshots only */
+    DURABILITY_INTERVAL = 1,   /* logged at once, flushed to disk every --sync-interval ms */
+    DURABILITY_ALWAYS = 2      /* logged and flushed before the reply */
+} durability;
+
+/* The last step a client sequenced on this session, and what it answered,
+ * so that a retry is answered instead of applied again. */
+typedef struct client_seq {
+    char *client;
+    uint64_t seq;
+    uint64_t steps;
+    double lr;
+    double next_lr;
+} client_seq;
+
+#define SESSION_MAX_CLIENTS 4096
+#define CLIENT_ID_MAX 64
+
+/* Called by the mutating session functions after every check passed and
+ * before anything changes; nonzero refuses the change (the write-ahead log
+ * could not take it). `err` says why. */
+typedef int (*session_commit_fn)(void *ctx, struct session *s, request_error *err);
+
 typedef struct session {
     char name[SESSION_NAME_MAX + 1];
     char token[SESSION_TOKEN_LEN + 1];
@@ -51,9 +78,15 @@ typedef struct session {
     double lr;                 /* the lr the next step uses */
     uint64_t steps;            /* successful step requests */
     uint64_t request_serial;
-    uint64_t version;          /* grows with every change of state */
+    uint64_t version;          /* grows by one with every change of state */
     uint64_t saved_version;    /* the version the last snapshot holds */
     bool closed;               /* closed: never to be saved again */
+    int durability;            /* enum durability */
+    int wal_fd;                /* the open write-ahead log, or -1 */
+    bool wal_unsynced;         /* appended since the last fdatasync */
+
+    client_seq *clients;       /* sequenced clients, in first-seen order */
+    size_t n_clients;
 
     param *params;             /* registration order */
     char **names;              /* names[i] is params[i]'s name */
@@ -84,17 +117,40 @@ void session_unlock(session *s);
 /* Index of a parameter or -1. */
 int64_t session_find_param(const session *s, const char *name, size_t len);
 
-/* All-or-nothing registration of a map name -> tensor. */
-int session_register(session *s, const msgpack_object *params, request_error *err);
+/* All-or-nothing registration of a map name -> tensor. `commit` may be
+ * NULL (replaying the log). */
+int session_register(session *s, const msgpack_object *params, session_commit_fn commit, void *ctx,
+                     request_error *err);
+
+/* Who sent a step: a client id and its sequence number (0: unsequenced). */
+typedef struct step_identity {
+    const char *client;
+    size_t client_len;
+    uint64_t seq;
+} step_identity;
+
+typedef struct step_result {
+    bool duplicate;            /* seq already applied: nothing changed now */
+    uint64_t steps;            /* the session's step count after the step */
+    double lr;                 /* the lr the step used */
+    double next_lr;
+} step_result;
 
 /* One step request: the map name -> gradient. Everything is checked before
- * anything changes. On success *lr_used holds this step's lr and the
- * parameters it updated have mark == request_serial. */
-int session_step(session *s, const msgpack_object *grads, compute_pool *pool,
-                 double *lr_used, request_error *err);
+ * anything changes. On success the parameters the request names (and the
+ * daemon has) carry mark == request_serial. A sequenced step whose seq is
+ * not above the client's last one is a duplicate: answered from the record
+ * of its first application, not applied. */
+int session_step(session *s, const msgpack_object *grads, const step_identity *id, compute_pool *pool,
+                 session_commit_fn commit, void *ctx, step_result *res, request_error *err);
 
 /* Mutable hyperparameters; "lr" also becomes the next step's lr. */
-int session_set_hparams(session *s, const msgpack_object *map, request_error *err);
+int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn commit, void *ctx,
+                        request_error *err);
+
+/* A client's sequence record, created if `create` (NULL: none, or the
+ * table is full). */
+client_seq *session_client(session *s, const char *client, size_t len, bool create);
 
 /* Token comparison in constant time. */
 bool session_token_matches(const session *s, const char *token, size_t len);

@@ -72,7 +72,20 @@ static void write_manifest(FILE *f, const session *s)
     write_number(f, s->base_lr);
     fputs(",\"lr\":", f);
     write_number(f, s->lr);
-    fprintf(f, ",\"steps\":%llu,\"params\":[", (unsigned long long)s->steps);
+    fprintf(f, ",\"steps\":%llu,\"version\":%llu,\"durability\":%d,\"clients\":[", (unsigned long long)s->steps,
+            (unsigned long long)s->version, s->durability);
+    for (size_t i = 0; i < s->n_clients; i++) {
+        const client_seq *c = &s->clients[i];
+        fputs(i ? ",{\"client\":" : "{\"client\":", f);
+        json_write_string(f, c->client, strlen(c->client));
+        fprintf(f, ",\"seq\":%llu,\"steps\":%llu,\"lr\":", (unsigned long long)c->seq,
+                (unsigned long long)c->steps);
+        write_number(f, c->lr);
+        fputs(",\"next_lr\":", f);
+        write_number(f, c->next_lr);
+        fputc('}', f);
+    }
+    fputs("],\"params\":[", f);
     for (size_t i = 0; i < s->n_params; i++) {
         const param *p = &s->params[i];
         if (i) fputc(',', f);
@@ -270,6 +283,34 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
     s->base_lr = base_lr;
     s->lr = lr;
     s->steps = (uint64_t)steps;
+    double version, durability;
+    const json_value *clients = json_get(man, "clients");
+    if (!json_get_number(man, "version", &version) || !json_get_number(man, "durability", &durability) ||
+        durability < DURABILITY_NONE || durability > DURABILITY_ALWAYS || !clients || clients->type != JSON_ARRAY) {
+        why(r, "the manifest lacks version, durability or clients");
+        goto fail_out;
+    }
+    s->durability = (int)durability;
+    for (size_t i = 0; i < clients->count; i++) {
+        const json_value *e = &clients->items[i];
+        const json_value *id = json_get(e, "client");
+        double seq, csteps, clr, cnext;
+        if (!id || id->type != JSON_STRING || id->string_len > CLIENT_ID_MAX || !json_get_number(e, "seq", &seq) ||
+            !json_get_number(e, "steps", &csteps) || !json_get_number(e, "lr", &clr) ||
+            !json_get_number(e, "next_lr", &cnext)) {
+            why(r, "client entry %zu is malformed", i);
+            goto fail_out;
+        }
+        client_seq *c = session_client(s, id->string, id->string_len, true);
+        if (!c) {
+            why(r, "out of memory");
+            goto fail_out;
+        }
+        c->seq = (uint64_t)seq;
+        c->steps = (uint64_t)csteps;
+        c->lr = clr;
+        c->next_lr = cnext;
+    }
     const optimd_optimizer *o = opt->desc->optimizer;
     char key[PARAM_NAME_MAX + 80];
     for (size_t i = 0; i < params->count; i++) {
@@ -317,7 +358,7 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
             }
         }
     }
-    s->saved_version = s->version;
+    s->version = s->saved_version = (uint64_t)version;
     return s;
 fail_out:
     session_unref(s);

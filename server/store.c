@@ -2,6 +2,8 @@
 
 #include "log.h"
 #include "snapshot.h"
+#include "wire.h"
+#include "wal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -12,9 +14,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <msgpack.h>
+
 #define LATEST "snapshot.safetensors"
 #define PREVIOUS "snapshot.previous.safetensors"
 #define TEMPORARY "snapshot.tmp"
+#define LOG "wal.log"
 
 static int fsync_dir(const char *dir)
 {
@@ -80,15 +85,81 @@ static int write_snapshot(store *st, const session *s)
     return fsync_dir(dir);
 }
 
+static int open_log(store *st, session *s)
+{
+    char path[4200];
+    session_path(st, s->name, LOG, path, sizeof path);
+    s->wal_fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    return s->wal_fd < 0 ? -1 : 0;
+}
+
+/* Snapshot, then an empty log: every record is in the snapshot now. */
+static int save_locked(store *st, session *s)
+{
+    if (s->closed || s->version == s->saved_version) return 0;
+    if (write_snapshot(st, s) != 0) {
+        log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
+        return -1;
+    }
+    s->saved_version = s->version;
+    if (s->wal_fd >= 0) {
+        if (ftruncate(s->wal_fd, 0) != 0 || fdatasync(s->wal_fd) != 0)
+            log_warn("session %s: cannot empty the log (%s); replay will skip what it holds", s->name,
+                     strerror(errno));
+        s->wal_unsynced = false;
+    }
+    return 0;
+}
+
+int store_attach(store *st, session *s, request_error *err)
+{
+    /* Different from saved_version, so the first snapshot is written. */
+    s->saved_version = s->version - 1;
+    if (save_locked(st, s) != 0 || (s->durability != DURABILITY_NONE && open_log(st, s) != 0)) {
+        int e = errno;
+        store_remove(st, s);
+        return fail(err, OPTIMD_E_STORAGE, "cannot write session %s to the state directory: %s", s->name,
+                    strerror(e));
+    }
+    return 0;
+}
+
+int store_log_change(void *change, session *s, request_error *err)
+{
+    store_change *c = change;
+    if (s->wal_fd < 0) return 0;
+    if (wal_append(s->wal_fd, s->version + 1, c->request, c->len) != 0)
+        return fail(err, OPTIMD_E_STORAGE, "cannot log the change (nothing applied): %s", strerror(errno));
+    if (s->durability == DURABILITY_ALWAYS) {
+        if (fdatasync(s->wal_fd) != 0)
+            return fail(err, OPTIMD_E_STORAGE, "cannot flush the log (nothing applied): %s", strerror(errno));
+    } else {
+        s->wal_unsynced = true;
+    }
+    return 0;
+}
+
+void store_sync_logs(store *st, session_table *t)
+{
+    (void)st;
+    size_t n;
+    session **list = session_table_list(t, &n);
+    for (size_t i = 0; list && i < n; i++) {
+        session *s = list[i];
+        session_lock(s);
+        if (s->wal_unsynced && s->wal_fd >= 0) {
+            if (fdatasync(s->wal_fd) != 0) log_error("session %s: log flush failed: %s", s->name, strerror(errno));
+            else s->wal_unsynced = false;
+        }
+        session_unlock(s);
+    }
+    session_table_release_list(list, n);
+}
+
 int store_save(store *st, session *s)
 {
     session_lock(s);
-    int rc = 0;
-    if (!s->closed && s->version != s->saved_version) {
-        rc = write_snapshot(st, s);
-        if (rc == 0) s->saved_version = s->version;
-        else log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
-    }
+    int rc = save_locked(st, s);
     session_unlock(s);
     return rc;
 }
@@ -103,10 +174,14 @@ int store_save_all(store *st, session_table *t)
     return failed;
 }
 
-void store_remove(store *st, const session *s)
+void store_remove(store *st, session *s)
 {
     char path[4200];
-    const char *files[] = {LATEST, PREVIOUS, TEMPORARY};
+    const char *files[] = {LOG, LATEST, PREVIOUS, TEMPORARY};
+    if (s->wal_fd >= 0) {
+        close(s->wal_fd);
+        s->wal_fd = -1;
+    }
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         session_path(st, s->name, files[i], path, sizeof path);
         if (unlink(path) != 0 && errno != ENOENT)
@@ -115,6 +190,92 @@ void store_remove(store *st, const session *s)
     session_path(st, s->name, NULL, path, sizeof path);
     rmdir(path);
     fsync_dir(st->sessions_dir);
+}
+
+typedef struct replay_ctx {
+    session *s;
+    compute_pool *pool;
+    long applied;
+} replay_ctx;
+
+/* Applies one logged request to the session, as it was applied first. */
+static int replay_record(void *ctx, uint64_t version, const void *request, size_t len)
+{
+    replay_ctx *rc = ctx;
+    session *s = rc->s;
+    if (version <= s->version) return 0;   /* already in the snapshot */
+    if (version != s->version + 1) {
+        log_error("session %s: log jumps from version %llu to %llu; replay stops", s->name,
+                  (unsigned long long)s->version, (unsigned long long)version);
+        return -1;
+    }
+    request_error err = {0};
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    int result = -1;
+    if (wire_prescan(request, len, &err) != 0 ||
+        msgpack_unpack_next(&u, request, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        log_error("session %s: log record %llu is not msgpack; replay stops", s->name,
+                  (unsigned long long)version);
+        goto out;
+    }
+    const msgpack_object *req = &u.data;
+    const char *op = "";
+    size_t op_len = 0;
+    wire_get_str(req, "op", true, &op, &op_len, &err);
+    const msgpack_object *map = NULL;
+    if (op_len == 8 && memcmp(op, "register", 8) == 0 && wire_get_map(req, "params", true, &map, &err) == 0) {
+        result = session_register(s, map, NULL, NULL, &err);
+    } else if (op_len == 4 && memcmp(op, "step", 4) == 0 && wire_get_map(req, "grads", true, &map, &err) == 0) {
+        step_identity id = {"", 0, 0};
+        wire_get_uint(req, "seq", false, &id.seq, &err);
+        wire_get_str(req, "client", false, &id.client, &id.client_len, &err);
+        step_result res;
+        result = session_step(s, map, &id, rc->pool, NULL, NULL, &res, &err);
+    } else if (op_len == 11 && memcmp(op, "set_hparams", 11) == 0 &&
+               wire_get_map(req, "hparams", true, &map, &err) == 0) {
+        result = session_set_hparams(s, map, NULL, NULL, &err);
+    }
+    if (result != 0 || s->version != version) {
+        log_error("session %s: log record %llu (%.*s) did not apply (%s); replay stops", s->name,
+                  (unsigned long long)version, (int)op_len, op, err.message);
+        result = -1;
+    } else {
+        rc->applied++;
+    }
+out:
+    msgpack_unpacked_destroy(&u);
+    return result;
+}
+
+/* Replays the log onto a freshly loaded session and cuts a torn or corrupt
+ * tail. Leaves the log open for appending. */
+static void replay_log(store *st, session *s, compute_pool *pool)
+{
+    if (s->durability == DURABILITY_NONE) return;
+    if (open_log(st, s) != 0) {
+        log_error("session %s: cannot open its log: %s", s->name, strerror(errno));
+        return;
+    }
+    struct stat sb;
+    if (fstat(s->wal_fd, &sb) != 0 || sb.st_size == 0) return;
+    replay_ctx ctx = {.s = s, .pool = pool};
+    uint64_t good = 0;
+    long records = wal_replay(s->wal_fd, replay_record, &ctx, &good);
+    if (records < 0) {
+        log_error("session %s: cannot read its log: %s", s->name, strerror(errno));
+        return;
+    }
+    if (good < (uint64_t)sb.st_size) {
+        log_warn("session %s: log cut at byte %llu of %lld (torn or corrupt tail)", s->name,
+                 (unsigned long long)good, (long long)sb.st_size);
+        if (ftruncate(s->wal_fd, (off_t)good) != 0 || fdatasync(s->wal_fd) != 0)
+            log_error("session %s: cannot cut its log: %s", s->name, strerror(errno));
+    }
+    if (ctx.applied)
+        log_info("session %s: replayed %ld logged changes (now %llu steps)", s->name, ctx.applied,
+                 (unsigned long long)s->steps);
 }
 
 static session *load_one(store *st, const plugin_registry *reg, const char *name)
@@ -135,7 +296,7 @@ static session *load_one(store *st, const plugin_registry *reg, const char *name
     return NULL;
 }
 
-void store_load_all(store *st, const plugin_registry *reg, session_table *t)
+void store_load_all(store *st, const plugin_registry *reg, session_table *t, compute_pool *pool)
 {
     DIR *d = opendir(st->sessions_dir);
     if (!d) return;
@@ -150,6 +311,7 @@ void store_load_all(store *st, const plugin_registry *reg, session_table *t)
             session_unref(s);
             continue;
         }
+        replay_log(st, s, pool);
         request_error err = {0};
         if (session_table_add(t, s, &err) != 0) {
             log_error("session %s: %s", s->name, err.message);

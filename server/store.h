@@ -16,18 +16,38 @@ typedef struct store {
     char *sessions_dir;
 } store;
 
+/* The change being logged: the request that makes it, as received. */
+typedef struct store_change {
+    store *st;
+    const void *request;
+    size_t len;
+} store_change;
+
 int store_open(store *st, const char *state_dir);
 void store_close(store *st);
 
-/* Saves `s` if it changed since its last snapshot. Takes the session lock. */
+/* Gives a new session its directory, a first snapshot and (unless its
+ * durability is none) its write-ahead log. The caller holds the lock. */
+int store_attach(store *st, session *s, request_error *err);
+
+/* session_commit_fn for a store_change: appends the request to the
+ * session's log (flushed now for DURABILITY_ALWAYS); STORAGE on failure. */
+int store_log_change(void *change, session *s, request_error *err);
+
+/* fdatasync of every log appended to since the last call (the group commit
+ * of DURABILITY_INTERVAL). */
+void store_sync_logs(store *st, session_table *t);
+
+/* Saves `s` if it changed since its last snapshot, then empties its log.
+ * Takes the session lock. */
 int store_save(store *st, session *s);
 /* Saves every session of the table that changed. Returns how many failed. */
 int store_save_all(store *st, session_table *t);
 /* Deletes a session's files; the caller holds the session lock and has
  * marked it closed. */
-void store_remove(store *st, const session *s);
+void store_remove(store *st, session *s);
 /* Loads every stored session into the table; a session whose latest
  * snapshot is unreadable comes from the previous one. Logs each case. */
-void store_load_all(store *st, const plugin_registry *reg, session_table *t);
+void store_load_all(store *st, const plugin_registry *reg, session_table *t, compute_pool *pool);
 
 #endif

@@ -5,6 +5,7 @@ each other."""
 import ctypes
 import ctypes.util
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -95,7 +96,7 @@ def array(t):
 class Daemon:
     """A real optimd on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, *extra_args, state_dir=None):
+    def __init__(self, *extra_args, state_dir=None, max_file_bytes=None):
         """`state_dir`: reuse a state directory (a restart); default: a
         fresh one inside this daemon's temporary directory."""
         self.dir = tempfile.mkdtemp(prefix="optimd-test-")
@@ -106,7 +107,12 @@ class Daemon:
         args = [os.environ["OPTIMD_BIN"], "--listen", "tcp://127.0.0.1:0",
                 "--plugin-dir", os.environ["OPTIMD_PLUGIN_DIR"],
                 "--state-dir", self.state_dir, "--ready-file", ready, *extra_args]
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        def limit_files():
+            # Stands in for a full disk: writes past this size fail.
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=limit_files if max_file_bytes else None)
         deadline = time.time() + 30
         while time.time() < deadline:
             if os.path.exists(ready):
@@ -127,6 +133,12 @@ class Daemon:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def kill(self):
+        """SIGKILL, as a crash would."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self, timeout=15):
         """SIGTERM; returns the exit code (raises if it does not stop)."""

@@ -4,15 +4,18 @@ a corrupt latest snapshot falls back to the previous one. Real daemons,
 real sockets, real files."""
 import json
 import os
+import random
 import shutil
 import struct
+import sys
 import tempfile
+import threading
 import time
 import unittest
 
 import numpy as np
 
-from nngwire import Daemon, Req, array, tensor
+from nngwire import Daemon, NngError, Req, array, tensor
 
 
 def read_safetensors(path):
@@ -30,6 +33,24 @@ def read_safetensors(path):
         dt = {"F32": "<f4", "F64": "<f8"}[entry["dtype"]]
         tensors[name] = np.frombuffer(data[b:e], dtype=dt).reshape(entry["shape"])
     return header, tensors
+
+
+def snapshot_steps(path):
+    try:
+        header, _ = read_safetensors(path)
+        return json.loads(header["__metadata__"]["optimd"])["steps"]
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+
+
+def wait_for_snapshot(path, steps, timeout=10):
+    """Waits until the timer has written a snapshot holding `steps` steps."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if snapshot_steps(path) == steps:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class Restart(unittest.TestCase):
@@ -140,9 +161,7 @@ class Restart(unittest.TestCase):
         s = self.setup_session(c, "fallback")
         sdir = os.path.join(self.state, "sessions", "fallback")
         c.call("step", **s, grads=self.grads(0))
-        deadline = time.time() + 10
-        while not os.path.exists(os.path.join(sdir, "snapshot.safetensors")) and time.time() < deadline:
-            time.sleep(0.1)
+        self.assertTrue(wait_for_snapshot(os.path.join(sdir, "snapshot.safetensors"), steps=1))
         first = os.stat(os.path.join(sdir, "snapshot.safetensors")).st_mtime_ns
         c.call("step", **s, grads=self.grads(1))
         c.close()
@@ -193,6 +212,200 @@ class Restart(unittest.TestCase):
         self.assertEqual(c.call("sessions")["sessions"], [])
         c.close()
         self.stop(d)
+
+
+
+
+class WriteAheadLog(unittest.TestCase):
+    """Steps logged before they apply: kill -9, torn tails, retries, full disks."""
+
+    def setUp(self):
+        self.state = tempfile.mkdtemp(prefix="optimd-state-")
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            d.kill()
+            d.cleanup()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def start(self, *args, **kw):
+        # A long snapshot interval: after a crash everything must come back
+        # from the log, not from a lucky snapshot.
+        d = Daemon("--snapshot-interval", "3600", *args, state_dir=self.state, **kw)
+        self.daemons.append(d)
+        return d
+
+    @staticmethod
+    def grad(i, n=1000):
+        return {"w": tensor(np.random.default_rng(1000 + i).standard_normal(n).astype(np.float32))}
+
+    def open_session(self, c, name, durability="always", n=1000):
+        r = c.call("open", session=name, optimizer="adamw", hparams={"lr": 0.01}, durability=durability)
+        self.assertTrue(r["ok"], r)
+        s = {"session": name, "token": r["token"]}
+        r = c.call("register", **s, params={"w": tensor(np.linspace(-1, 1, n, dtype=np.float32))})
+        self.assertTrue(r["ok"], r)
+        return s
+
+    def reference(self, steps):
+        d = Daemon()
+        self.daemons.append(d)
+        c = Req(d.url)
+        s = self.open_session(c, "reference", "none")
+        for i in range(steps):
+            last = c.call("step", **s, grads=self.grad(i))
+        c.close()
+        return last["params"]["w"]["data"]
+
+    def test_kill9_at_random_moments_loses_and_repeats_nothing(self):
+        """SIGKILL at random moments, at least 50 times, while a client
+        streams sequenced steps (durability always) and retries the one in
+        flight after each restart: the end state equals an uninterrupted
+        run's bit for bit."""
+        kills_wanted = 50
+        rng = random.Random(5)
+        d = self.start()
+        c = Req(d.url, timeout_ms=3000)
+        s = self.open_session(c, "crashy")
+        kills, duplicates, i = 0, 0, 0
+        killer = None
+        steps = None
+        while steps is None or i < steps:
+            if steps is None and kills >= kills_wanted:
+                steps = i + 20     # a few more steps on the last daemon
+            if killer is None and kills < kills_wanted:
+                killer = threading.Timer(rng.uniform(0.0, 0.02), d.kill)
+                killer.start()
+            try:
+                r = c.call("step", **s, grads=self.grad(i), seq=i + 1, client="trainer", **{"return": False})
+            except NngError:
+                r = None
+            if r is not None and r["ok"]:
+                duplicates += r["duplicate"]
+                i += 1
+                continue
+            if r is not None and d.alive():
+                self.fail(r)
+            # The daemon died: restart it on the same state and retry step i.
+            killer.join()
+            killer = None
+            d.kill()
+            kills += 1
+            c.close()
+            d = self.start()
+            c = Req(d.url, timeout_ms=3000)
+            self.assertTrue(c.call("attach", **s)["ok"])
+        if killer is not None:
+            killer.cancel()
+        expected = self.reference(steps)
+        info = c.call("info", **s)
+        self.assertEqual(info["steps"], steps, "a step was lost or applied twice")
+        self.assertEqual(info["params"][0]["steps"], steps)
+        got = c.call("pull", **s)["params"]["w"]["data"]
+        self.assertEqual(got, expected, "state after %d kills differs from the uninterrupted run" % kills)
+        self.assertGreaterEqual(kills, kills_wanted)
+        print("\n  %d steps, %d kills, %d retries answered as duplicates" % (steps, kills, duplicates),
+              file=sys.stderr)
+        c.close()
+
+    def crash_after(self, n_steps):
+        d = self.start()
+        c = Req(d.url)
+        s = self.open_session(c, "torn")
+        for i in range(n_steps):
+            self.assertTrue(c.call("step", **s, grads=self.grad(i), **{"return": False})["ok"])
+        c.close()
+        d.kill()
+        return s, os.path.join(self.state, "sessions", "torn", "wal.log")
+
+    def restarted_steps(self, s):
+        d = self.start()
+        c = Req(d.url)
+        info = c.call("info", **s)
+        c.close()
+        self.assertTrue(info["ok"], info)
+        return info["steps"], d
+
+    def test_torn_tail_is_cut_at_the_last_good_record(self):
+        s, wal = self.crash_after(5)
+        with open(wal, "ab") as f:            # half a record: a crash mid-append
+            f.write(struct.pack("<II", 5000, 12345) + b"\x01" * 100)
+        steps, d = self.restarted_steps(s)
+        self.assertEqual(steps, 5)
+        self.assertIn("log cut", d.read_log())
+        d.kill()
+
+    def test_corrupt_record_is_cut_with_everything_after_it(self):
+        s, wal = self.crash_after(5)
+        size = os.path.getsize(wal)
+        with open(wal, "r+b") as f:           # flip one bit inside the last record
+            f.seek(size - 10)
+            b = f.read(1)
+            f.seek(size - 10)
+            f.write(bytes([b[0] ^ 0x01]))
+        steps, d = self.restarted_steps(s)
+        self.assertEqual(steps, 4)
+        self.assertIn("log cut", d.read_log())
+        self.assertLess(os.path.getsize(wal), size)
+        d.kill()
+
+    def test_retried_step_is_applied_once(self):
+        d = self.start()
+        c = Req(d.url)
+        s = self.open_session(c, "retry", "interval", n=8)
+        first = c.call("step", **s, grads=self.grad(0, 8), seq=1, client="a")
+        self.assertFalse(first["duplicate"])
+        again = c.call("step", **s, grads=self.grad(0, 8), seq=1, client="a")
+        self.assertTrue(again["ok"] and again["duplicate"], again)
+        self.assertEqual(again["steps"], 1)
+        self.assertEqual(again["lr"], first["lr"])
+        self.assertEqual(again["params"]["w"]["data"], first["params"]["w"]["data"])
+        second = c.call("step", **s, grads=self.grad(1, 8), seq=2, client="a")
+        self.assertEqual((second["steps"], second["duplicate"]), (2, False))
+        # An older number was applied too; only the latest record is kept,
+        # so its counters answer (docs/protocol.md, step).
+        stale = c.call("step", **s, grads=self.grad(0, 8), seq=1, client="a")
+        self.assertEqual((stale["steps"], stale["duplicate"]), (2, True))
+        other = c.call("step", **s, grads=self.grad(2, 8), seq=1, client="b")
+        self.assertEqual((other["steps"], other["duplicate"]), (3, False))  # a client of its own
+        unsequenced = c.call("step", **s, grads=self.grad(3, 8))
+        self.assertEqual(unsequenced["steps"], 4)
+        c.close()
+        d.kill()                                   # the client table survives a crash too
+        d = self.start()
+        c = Req(d.url)
+        again = c.call("step", **s, grads=self.grad(1, 8), seq=2, client="a")
+        self.assertEqual((again["steps"], again["duplicate"]), (2, True))
+        self.assertEqual(c.call("info", **s)["steps"], 4)
+        c.close()
+
+    def test_full_disk_fails_the_step_and_changes_nothing(self):
+        d = self.start(max_file_bytes=64 * 1024)
+        c = Req(d.url)
+        s = self.open_session(c, "full", n=1000)      # each logged step is ~4 kB
+        applied = 0
+        for i in range(40):
+            r = c.call("step", **s, grads=self.grad(i))
+            if not r["ok"]:
+                break
+            applied += 1
+            last = r["params"]["w"]["data"]
+        self.assertFalse(r["ok"], "the log never filled up")
+        self.assertEqual(r["error"], "STORAGE")
+        self.assertGreater(applied, 3)
+        info = c.call("info", **s)
+        self.assertEqual(info["steps"], applied)                 # the failed step left no trace
+        self.assertEqual(c.call("pull", **s)["params"]["w"]["data"], last)
+        self.assertEqual(c.call("step", **s, grads=self.grad(99))["error"], "STORAGE")
+        self.assertTrue(c.call("sessions")["ok"])                # reads still served
+        c.close()
+        d.kill()
+        d = self.start()                                         # and nothing acknowledged was lost
+        c = Req(d.url)
+        self.assertEqual(c.call("info", **s)["steps"], applied)
+        self.assertEqual(c.call("pull", **s)["params"]["w"]["data"], last)
+        c.close()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ typedef enum optimd_error_code {
     OPTIMD_E_PLUGIN = 40,          /* the plugin refused or failed */
     OPTIMD_E_INTERNAL = 50,
     OPTIMD_E_NOMEM = 51,
-    OPTIMD_E_SHUTTING_DOWN = 52
+    OPTIMD_E_SHUTTING_DOWN = 52,
+    OPTIMD_E_STORAGE = 53          /* the state directory could not be written */
 } optimd_error_code;
 
 /* The stable name of a protocol error code, as sent in a reply's "error"
@@ -71,6 +72,7 @@ static inline const char *optimd_error_code_name(int code)
     case OPTIMD_E_INTERNAL: return "INTERNAL";
     case OPTIMD_E_NOMEM: return "NOMEM";
     case OPTIMD_E_SHUTTING_DOWN: return "SHUTTING_DOWN";
+    case OPTIMD_E_STORAGE: return "STORAGE";
     }
     return (const char *)0;
 }
