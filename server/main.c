@@ -21,6 +21,27 @@ static void on_snapshot_timer(uv_timer_t *timer)
     store_save_all(&srv->store, &srv->sessions);
 }
 
+/* Closes sessions nobody used for --session-ttl seconds, files and all. */
+static void on_expiry_timer(uv_timer_t *timer)
+{
+    server *srv = timer->data;
+    int64_t now = session_monotonic_seconds();
+    size_t n;
+    session **list = session_table_list(&srv->sessions, &n);
+    for (size_t i = 0; list && i < n; i++) {
+        session *s = list[i];
+        int64_t idle = now - atomic_load(&s->last_used);
+        if (idle < (int64_t)srv->opts->session_ttl) continue;
+        if (session_table_remove(&srv->sessions, s) != 0) continue;
+        session_lock(s);
+        s->closed = true;
+        store_remove(&srv->store, s);
+        session_unlock(s);
+        log_info("session %s expired after %lld s unused", s->name, (long long)idle);
+    }
+    session_table_release_list(list, n);
+}
+
 static void on_sync_timer(uv_timer_t *timer)
 {
     server *srv = timer->data;
@@ -109,6 +130,13 @@ int main(int argc, char **argv)
     uv_timer_init(&loop, &sync_timer);
     sync_timer.data = &srv;
     uv_timer_start(&sync_timer, on_sync_timer, opts.sync_interval_ms, opts.sync_interval_ms);
+    uv_timer_t expiry_timer;
+    uv_timer_init(&loop, &expiry_timer);
+    expiry_timer.data = &srv;
+    if (opts.session_ttl) {
+        uint64_t every = opts.session_ttl < 4 ? 1000 : (opts.session_ttl / 4 < 60 ? opts.session_ttl / 4 : 60) * 1000ull;
+        uv_timer_start(&expiry_timer, on_expiry_timer, every, every);
+    }
     if (opts.snapshot_interval)
         uv_timer_start(&snapshot_timer, on_snapshot_timer, opts.snapshot_interval * 1000ull,
                        opts.snapshot_interval * 1000ull);

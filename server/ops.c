@@ -4,6 +4,7 @@
 
 #include "hparams.h"
 #include "log.h"
+#include "snapshot.h"
 #include "wire.h"
 
 #include <optimd/protocol.h>
@@ -75,6 +76,7 @@ static session *request_session(request *r)
         session_unref(s);
         return NULL;
     }
+    session_touch(s);
     return s;
 }
 
@@ -536,6 +538,96 @@ static int op_pull(request *r)
     return rc;
 }
 
+static int op_export(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    int rc = -1;
+    if (f) {
+        session_lock(s);
+        rc = snapshot_write(s, f);
+        session_unlock(s);
+        if (fclose(f) != 0) rc = -1;
+    }
+    if (rc == 0) {
+        nng_msg_reserve(r->w->msg, len + 64);
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "snapshot");
+        msgpack_pack_bin(pk, len);
+        msgpack_pack_bin_body(pk, buf, len);
+    } else {
+        fail(&r->err, OPTIMD_E_NOMEM, "out of memory writing the snapshot");
+    }
+    free(buf);
+    session_unref(s);
+    return rc;
+}
+
+static int op_import(request *r)
+{
+    const msgpack_object *snap = wire_map_get(r->root, "snapshot");
+    if (!snap || snap->type != MSGPACK_OBJECT_BIN)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'snapshot' must be bin (a file from 'export')");
+    const char *name = NULL, *dur = NULL;
+    size_t name_len = 0, dur_len = 0;
+    if (wire_get_str(r->root, "session", false, &name, &name_len, &r->err) ||
+        wire_get_str(r->root, "durability", false, &dur, &dur_len, &r->err))
+        return -1;
+    char name_z[SESSION_NAME_MAX + 1];
+    if (name) {
+        if (!valid_session_name(name, name_len))
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST,
+                        "session names are 1 to %d characters of A-Z a-z 0-9 _ . - not starting with a dot",
+                        SESSION_NAME_MAX);
+        memcpy(name_z, name, name_len);
+        name_z[name_len] = '\0';
+    }
+    int durability = -1;
+    for (int i = 0; dur && i < 3; i++)
+        if (strlen(durability_names[i]) == dur_len && memcmp(durability_names[i], dur, dur_len) == 0)
+            durability = i;
+    if (dur && durability < 0)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'durability' must be \"always\", \"interval\" or \"none\"");
+    char why[256];
+    session *s = snapshot_parse((const unsigned char *)snap->via.bin.ptr, snap->via.bin.size, &r->srv->plugins,
+                                name ? name_z : NULL, why, sizeof why);
+    if (!s) return fail(&r->err, OPTIMD_E_BAD_REQUEST, "unusable snapshot: %s", why);
+    if (!name && !valid_session_name(s->name, strlen(s->name))) {
+        session_unref(s);
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "the snapshot's session name is not valid here");
+    }
+    session_new_token(s);
+    if (durability >= 0) s->durability = durability;
+    char token[SESSION_TOKEN_LEN + 1];
+    memcpy(token, s->token, sizeof token);
+    uint64_t steps = s->steps;
+    char final_name[SESSION_NAME_MAX + 1];
+    memcpy(final_name, s->name, sizeof final_name);
+    if (session_table_add(&r->srv->sessions, s, &r->err)) {
+        session_unref(s);
+        return -1;
+    }
+    session_lock(s);
+    int stored = store_attach(&r->srv->store, s, &r->err);
+    session_unlock(s);
+    if (stored != 0) {
+        session_table_remove(&r->srv->sessions, s);
+        return -1;
+    }
+    log_info("session %s imported (%llu steps)", final_name, (unsigned long long)steps);
+    msgpack_packer *pk = reply_begin(r, 3);
+    wire_pack_str(pk, "session");
+    wire_pack_str(pk, final_name);
+    wire_pack_str(pk, "token");
+    wire_pack_str(pk, token);
+    wire_pack_str(pk, "steps");
+    msgpack_pack_uint64(pk, steps);
+    return 0;
+}
+
 typedef struct op_entry {
     const char *name;
     int (*fn)(request *r);
@@ -546,6 +638,7 @@ static const op_entry ops[] = {
     {"attach", op_info},       {"info", op_info},         {"hparams", op_hparams},
     {"set_hparams", op_set_hparams}, {"close", op_close}, {"sessions", op_sessions},
     {"register", op_register}, {"step", op_step},         {"pull", op_pull},
+    {"export", op_export},     {"import", op_import},
 };
 
 static int dispatch(request *r, const msgpack_object *root)

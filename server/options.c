@@ -27,6 +27,7 @@ static void usage(FILE *out)
         "                       (default 30; 0: only when stopping)\n"
         "  --sync-interval MS   how often logs of 'interval' sessions reach the disk\n"
         "                       (default 100)\n"
+        "  --session-ttl S      close sessions unused for S seconds (default 0: never)\n"
         "  --max-message BYTES  largest request accepted (default 268435456)\n"
         "  --max-sessions N     most sessions at once (default 1024)\n"
         "  --threads N          request threads (default 4)\n"
@@ -104,6 +105,9 @@ int options_parse(options *o, int argc, char **argv)
         } else if (strcmp(a, "--sync-interval") == 0) {
             if (parse_u64(a, v, 1, 60000, &n)) return -1;
             o->sync_interval_ms = (uint32_t)n;
+        } else if (strcmp(a, "--session-ttl") == 0) {
+            if (parse_u64(a, v, 0, 100ull * 365 * 86400, &n)) return -1;
+            o->session_ttl = (uint32_t)n;
         } else if (strcmp(a, "--ready-file") == 0) {
             o->ready_file = v;
         } else if (strcmp(a, "--max-message") == 0) {

@@ -22,6 +22,7 @@ typedef struct options {
     uint32_t contexts;         /* requests the transport holds at once */
     uint32_t snapshot_interval;   /* seconds between snapshots; 0: only at stop */
     uint32_t sync_interval_ms;    /* group commit of "interval" sessions' logs */
+    uint32_t session_ttl;         /* seconds a session may stay unused; 0: forever */
     int log_level;
 } options;
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 static int sched_lr(const session *s, int64_t epoch, double last_lr, double *out,
@@ -88,6 +89,7 @@ static session *session_alloc(const char *name, const plugin *opt, const plugin 
     snprintf(s->name, sizeof s->name, "%s", name);
     s->wal_fd = -1;
     atomic_init(&s->refs, 1);
+    atomic_init(&s->last_used, session_monotonic_seconds());
     pthread_mutex_init(&s->mutex, NULL);
     name_index_init(&s->index);
     s->opt = opt;
@@ -136,6 +138,17 @@ fail_out:
     session_destroy(s);
     return NULL;
 }
+
+void session_new_token(session *s) { make_token(s->token); }
+
+int64_t session_monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+void session_touch(session *s) { atomic_store(&s->last_used, session_monotonic_seconds()); }
 
 void session_ref(session *s) { atomic_fetch_add(&s->refs, 1); }
 

@@ -69,6 +69,7 @@ typedef struct session {
     char token[SESSION_TOKEN_LEN + 1];
     atomic_int refs;
     pthread_mutex_t mutex;
+    _Atomic int64_t last_used;   /* CLOCK_MONOTONIC seconds of its last request */
 
     const plugin *opt;
     const plugin *sched;       /* NULL: constant lr */
@@ -151,6 +152,12 @@ int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn
 /* A client's sequence record, created if `create` (NULL: none, or the
  * table is full). */
 client_seq *session_client(session *s, const char *client, size_t len, bool create);
+
+/* A fresh random token (an imported session must not keep the exporter's). */
+void session_new_token(session *s);
+/* Records that a request used the session now (idle expiry). */
+void session_touch(session *s);
+int64_t session_monotonic_seconds(void);
 
 /* Token comparison in constant time. */
 bool session_token_matches(const session *s, const char *token, size_t len);

@@ -240,7 +240,7 @@ static int restore_hparams(reader *r, const plugin *p, const json_value *stored,
     return 0;
 }
 
-static session *restore(reader *r, const json_value *man, const plugin_registry *reg)
+static session *restore(reader *r, const json_value *man, const plugin_registry *reg, const char *rename_to)
 {
     const char *name, *token, *opt_id, *opt_version;
     double format, steps, base_lr, lr;
@@ -255,6 +255,7 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         why(r, "the manifest lacks a key or has one of the wrong type");
         return NULL;
     }
+    if (rename_to) name = rename_to;
     const plugin *opt = plugin_registry_find(reg, opt_id, strlen(opt_id));
     const plugin *sched = NULL;
     if (!opt || opt->desc->kind != OPTIMD_KIND_OPTIMIZER) {
@@ -365,38 +366,25 @@ fail_out:
     return NULL;
 }
 
-session *snapshot_read(const char *path, const plugin_registry *reg, char *why_buf, size_t why_cap)
+session *snapshot_parse(const unsigned char *buf, size_t size, const plugin_registry *reg,
+                        const char *rename_to, char *why_buf, size_t why_cap)
 {
     why_buf[0] = '\0';
     reader r = {.why = why_buf, .why_cap = why_cap};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        why(&r, "cannot open: %s", strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < 8) {
-        close(fd);
+    if (size < 8) {
         why(&r, "too short to be a snapshot");
-        return NULL;
-    }
-    size_t size = (size_t)st.st_size;
-    unsigned char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        why(&r, "cannot map: %s", strerror(errno));
         return NULL;
     }
     session *s = NULL;
     uint64_t header_len = 0;
-    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | map[i];
+    for (int i = 7; i >= 0; i--) header_len = (header_len << 8) | buf[i];
     json_value *header = NULL, *manifest = NULL;
     char jerr[128];
     if (header_len > size - 8) {
         why(&r, "header length %llu exceeds the file", (unsigned long long)header_len);
         goto out;
     }
-    header = json_parse((const char *)map + 8, header_len, jerr, sizeof jerr);
+    header = json_parse((const char *)buf + 8, header_len, jerr, sizeof jerr);
     if (!header) {
         why(&r, "header is not JSON: %s", jerr);
         goto out;
@@ -413,12 +401,36 @@ session *snapshot_read(const char *path, const plugin_registry *reg, char *why_b
         goto out;
     }
     r.header = header;
-    r.data = map + 8 + header_len;
+    r.data = buf + 8 + header_len;
     r.data_len = size - 8 - header_len;
-    s = restore(&r, manifest, reg);
+    s = restore(&r, manifest, reg, rename_to);
 out:
     json_free(manifest);
     json_free(header);
+    return s;
+}
+
+session *snapshot_read(const char *path, const plugin_registry *reg, char *why_buf, size_t why_cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why_buf, why_cap, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 8) {
+        close(fd);
+        snprintf(why_buf, why_cap, "too short to be a snapshot");
+        return NULL;
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        snprintf(why_buf, why_cap, "cannot map: %s", strerror(errno));
+        return NULL;
+    }
+    session *s = snapshot_parse(map, size, reg, NULL, why_buf, why_cap);
     munmap(map, size);
     return s;
 }

@@ -139,6 +139,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
 
     def stop(self, timeout=15):
         """SIGTERM; returns the exit code (raises if it does not stop)."""

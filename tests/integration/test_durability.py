@@ -216,6 +216,75 @@ class Restart(unittest.TestCase):
 
 
 
+class Lifecycle(unittest.TestCase):
+    """Export/import between daemons, idle expiry."""
+
+    def setUp(self):
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            d.kill()
+            d.cleanup()
+
+    def start(self, *args):
+        d = Daemon(*args)
+        self.daemons.append(d)
+        return d
+
+    def test_export_import_moves_a_session_between_daemons(self):
+        a, b = self.start(), self.start()
+        ca, cb = Req(a.url), Req(b.url)
+        r = ca.call("open", session="mover", optimizer="sgd", hparams={"lr": 0.1, "momentum": 0.9},
+                    scheduler="step", sched_hparams={"step_size": 2})
+        s = {"session": "mover", "token": r["token"]}
+        ca.call("register", **s, params={"w": tensor(np.arange(5, dtype=np.float32))})
+        g = lambda i: {"w": tensor(np.full(5, 0.1 * (i + 1), np.float32))}
+        for i in range(3):
+            ca.call("step", **s, grads=g(i), seq=i + 1, client="t")
+        blob = ca.call("export", **s)["snapshot"]
+        self.assertEqual(ca.call("export", session="mover", token="0" * 32)["error"], "BAD_TOKEN")
+        imported = cb.call("import", snapshot=blob, session="moved", durability="always")
+        self.assertTrue(imported["ok"], imported)
+        self.assertEqual(imported["steps"], 3)
+        self.assertNotEqual(imported["token"], s["token"])          # a token of its own
+        t = {"session": "moved", "token": imported["token"]}
+        info_b = cb.call("info", **t)
+        self.assertEqual(info_b["durability"], "always")
+        info_a = ca.call("info", **s)
+        for key in ("steps", "lr", "base_lr", "hparams", "sched_hparams", "params"):
+            self.assertEqual(info_b[key], info_a[key], key)
+        # Both continue identically, momentum buffers, schedule and sequence numbers included.
+        self.assertTrue(cb.call("step", **t, grads=g(2), seq=3, client="t")["duplicate"])
+        for i in range(3, 6):
+            ra = ca.call("step", **s, grads=g(i))
+            rb = cb.call("step", **t, grads=g(i))
+            self.assertEqual(ra["params"]["w"]["data"], rb["params"]["w"]["data"])
+            self.assertEqual(ra["lr"], rb["lr"])
+        self.assertEqual(cb.call("import", snapshot=blob, session="moved")["error"], "SESSION_EXISTS")
+        self.assertEqual(cb.call("import", snapshot=b"junk" * 10)["error"], "BAD_REQUEST")
+        self.assertEqual(cb.call("import", snapshot=blob[:-7])["error"], "BAD_REQUEST")
+        self.assertTrue(cb.call("import", snapshot=blob)["ok"])     # under its stored name
+        ca.close()
+        cb.close()
+
+    def test_idle_sessions_expire(self):
+        d = self.start("--session-ttl", "2")
+        c = Req(d.url)
+        kept = {"session": "busy", "token": c.call("open", session="busy", optimizer="adam")["token"]}
+        idle = {"session": "idle", "token": c.call("open", session="idle", optimizer="adam")["token"]}
+        deadline = time.time() + 8
+        while time.time() < deadline and c.call("info", **kept)["ok"]:
+            if not any(x["session"] == "idle" for x in c.call("sessions")["sessions"]):
+                break
+            time.sleep(0.3)
+        self.assertEqual(c.call("info", **idle)["error"], "UNKNOWN_SESSION")
+        self.assertTrue(c.call("info", **kept)["ok"])
+        self.assertIn("expired", d.read_log())
+        self.assertFalse(os.path.exists(os.path.join(d.state_dir, "sessions", "idle")))
+        c.close()
+
+
 class WriteAheadLog(unittest.TestCase):
     """Steps logged before they apply: kill -9, torn tails, retries, full disks."""
 
