@@ -505,6 +505,8 @@ static int op_pull(request *r)
     session_lock(s);
     int rc = 0;
     size_t count = names ? names->via.array.size : s->n_params;
+    /* Marks catch a name given twice (a reply map must not repeat a key). */
+    uint64_t serial = ++s->request_serial;
     int64_t *idx = malloc((count ? count : 1) * sizeof *idx);
     if (!idx) rc = fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
     for (size_t i = 0; rc == 0 && i < count; i++) {
@@ -522,6 +524,10 @@ static int op_pull(request *r)
             rc = fail(&r->err, OPTIMD_E_UNKNOWN_PARAM, "no parameter '%.*s' in session '%s'",
                       (int)(n->via.str.size > PARAM_NAME_MAX ? PARAM_NAME_MAX : n->via.str.size),
                       n->via.str.ptr, s->name);
+        else if (s->params[idx[i]].mark == serial)
+            rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "'%s' is named twice", s->names[idx[i]]);
+        else
+            s->params[idx[i]].mark = serial;
     }
     if (rc == 0) {
         size_t bytes = 256;

@@ -221,6 +221,8 @@ class Sessions(DaemonTest):
         np.testing.assert_array_equal(array(pulled["b"]), np.zeros(2, np.float32))
         self.assertEqual(pulled["w"]["data"], a["params"]["w"]["data"])
         self.err(self.c.call("pull", **dirty, names=["w", "zz"]), "UNKNOWN_PARAM")
+        self.err(self.c.call("pull", **dirty, names=["w", "w"]), "BAD_REQUEST")
+        self.assertEqual(self.ok(self.c.call("pull", **dirty, names=[]))["params"], {})
         self.assertEqual(list(self.ok(self.c.call("pull", **dirty, names=["b"]))["params"]), ["b"])
 
     def test_step_without_return_and_empty(self):

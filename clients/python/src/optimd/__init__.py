@@ -1,0 +1,105 @@
+"""Python client for optimd, the optimizer parameter server.
+
+>>> import numpy as np, optimd
+>>> with optimd.Client("tcp://127.0.0.1:7878") as c:          # doctest: +SKIP
+...     s = c.open("run1", "adam", {"lr": 0.01})
+...     c.register(s, {"w": np.zeros(3, np.float32)})
+...     c.step(s, {"w": np.ones(3, np.float32)}).params["w"]
+
+``optimd.torch.RemoteOptimizer`` (imported separately, it needs torch) is a
+``torch.optim.Optimizer`` whose updates run in the daemon.
+"""
+
+from .client import DEFAULT_URL, Client
+from .errors import (
+    ERROR_CLASSES,
+    BadHparamError,
+    BadRequestError,
+    BadTensorError,
+    BadTokenError,
+    InternalError,
+    LimitError,
+    MalformedError,
+    NoMemoryError,
+    NonfiniteError,
+    NotMutableError,
+    OptimdError,
+    ParamExistsError,
+    PluginError,
+    ProtocolError,
+    RequestTimeout,
+    SessionExistsError,
+    ShuttingDownError,
+    StorageError,
+    TooLargeError,
+    TransportError,
+    UnknownHparamError,
+    UnknownOpError,
+    UnknownParamError,
+    UnknownPluginError,
+    UnknownSessionError,
+    VersionError,
+    WrongKindError,
+)
+from .results import (
+    Array,
+    Hello,
+    HparamDecl,
+    Hparams,
+    ParamInfo,
+    PluginInfo,
+    Session,
+    SessionInfo,
+    SessionSummary,
+    SlotDecl,
+    StepResult,
+)
+from .wire import PROTOCOL_VERSION, HparamValue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "DEFAULT_URL",
+    "PROTOCOL_VERSION",
+    "Session",
+    "Array",
+    "HparamValue",
+    "Hello",
+    "HparamDecl",
+    "SlotDecl",
+    "PluginInfo",
+    "ParamInfo",
+    "SessionInfo",
+    "Hparams",
+    "SessionSummary",
+    "StepResult",
+    "OptimdError",
+    "ERROR_CLASSES",
+    "MalformedError",
+    "BadRequestError",
+    "UnknownOpError",
+    "VersionError",
+    "TooLargeError",
+    "UnknownPluginError",
+    "WrongKindError",
+    "UnknownHparamError",
+    "BadHparamError",
+    "NotMutableError",
+    "UnknownSessionError",
+    "BadTokenError",
+    "SessionExistsError",
+    "LimitError",
+    "UnknownParamError",
+    "ParamExistsError",
+    "BadTensorError",
+    "NonfiniteError",
+    "PluginError",
+    "InternalError",
+    "NoMemoryError",
+    "ShuttingDownError",
+    "StorageError",
+    "TransportError",
+    "RequestTimeout",
+    "ProtocolError",
+]

@@ -1,0 +1,330 @@
+"""Typed results of the protocol ops (docs/protocol.md §4), built from reply
+maps. Each ``from_reply`` checks the keys it reads and raises
+:class:`~optimd.ProtocolError` when one is missing or of the wrong type;
+keys it does not know are ignored, so a newer daemon's extra keys are fine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ProtocolError
+from .wire import HparamValue, decode_tensor
+
+__all__ = [
+    "Session",
+    "Hello",
+    "HparamDecl",
+    "SlotDecl",
+    "PluginInfo",
+    "ParamInfo",
+    "SessionInfo",
+    "Hparams",
+    "SessionSummary",
+    "StepResult",
+    "Array",
+]
+
+#: A tensor received from the daemon: a read-only float32 or float64 array.
+Array = npt.NDArray[np.floating[Any]]
+
+_T = TypeVar("_T")
+
+
+def _get(reply: dict[str, Any], key: str, kind: type[_T] | tuple[type, ...], what: str) -> _T:
+    """reply[key], checked to be of ``kind`` (bool is not an int here)."""
+    if key not in reply:
+        raise ProtocolError(f"{what}: the reply has no '{key}'")
+    value = reply[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ProtocolError(f"{what}: '{key}' is a bool")
+    if not isinstance(value, kinds):
+        raise ProtocolError(f"{what}: '{key}' is a {type(value).__name__}")
+    return cast(_T, value)
+
+
+def _float(reply: dict[str, Any], key: str, what: str) -> float:
+    return float(_get(reply, key, (int, float), what))
+
+
+def _opt_str(reply: dict[str, Any], key: str, what: str) -> str | None:
+    return _get(reply, key, (str, type(None)), what)
+
+
+def _hparam_map(reply: dict[str, Any], key: str, what: str) -> dict[str, HparamValue]:
+    values = _get(reply, key, dict, what)
+    for k, v in values.items():
+        if not isinstance(k, str) or not isinstance(v, (bool, int, float)):
+            raise ProtocolError(f"{what}: '{key}' holds {k!r}: {v!r}")
+    return cast("dict[str, HparamValue]", values)
+
+
+def _tensor_map(reply: dict[str, Any], key: str, what: str) -> dict[str, Array]:
+    values = _get(reply, key, dict, what)
+    return {str(name): decode_tensor(t, f"{what}: tensor {name!r}") for name, t in values.items()}
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session's identity: its name and the token ``open`` returned. Every
+    session op needs both; keep them to reattach later (``Client.attach``)."""
+
+    name: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The ``hello`` reply."""
+
+    server: str
+    version: str
+    protocol: int
+    abi: tuple[int, int]
+    max_message: int
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Hello:
+        w = "hello"
+        abi = _get(reply, "abi", list, w)
+        if len(abi) != 2 or not all(isinstance(x, int) for x in abi):
+            raise ProtocolError(f"hello: 'abi' is {abi!r}")
+        return cls(
+            server=_get(reply, "server", str, w),
+            version=_get(reply, "version", str, w),
+            protocol=_get(reply, "protocol", int, w),
+            abi=(abi[0], abi[1]),
+            max_message=_get(reply, "max_message", int, w),
+        )
+
+
+@dataclass(frozen=True)
+class HparamDecl:
+    """A hyperparameter a plugin declares."""
+
+    key: str
+    type: Literal["float", "int", "bool"]
+    required: bool
+    mutable: bool
+    min: float | None
+    max: float | None
+    min_exclusive: bool
+    max_exclusive: bool
+    default: HparamValue | None
+    doc: str
+
+    @classmethod
+    def from_reply(cls, d: Any) -> HparamDecl:
+        w = "hyperparameter declaration"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        kind = _get(d, "type", str, w)
+        if kind not in ("float", "int", "bool"):
+            raise ProtocolError(f"{w}: type {kind!r}")
+        bound = (int, float, type(None))
+        lo: float | None = _get(d, "min", bound, w)
+        hi: float | None = _get(d, "max", bound, w)
+        return cls(
+            key=_get(d, "key", str, w),
+            type=kind,  # type: ignore[arg-type]
+            required=_get(d, "required", bool, w),
+            mutable=_get(d, "mutable", bool, w),
+            min=None if lo is None else float(lo),
+            max=None if hi is None else float(hi),
+            min_exclusive=_get(d, "min_exclusive", bool, w),
+            max_exclusive=_get(d, "max_exclusive", bool, w),
+            default=_get(d, "default", (bool, int, float, type(None)), w),
+            doc=_get(d, "doc", str, w),
+        )
+
+
+@dataclass(frozen=True)
+class SlotDecl:
+    """A per-parameter state slot an optimizer declares."""
+
+    key: str
+    dtype: str  # "param", "f32" or "f64"
+    shape: str  # "param" or "scalar"
+    enabled_by: str | None
+    doc: str
+
+    @classmethod
+    def from_reply(cls, d: Any) -> SlotDecl:
+        w = "slot declaration"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(
+            key=_get(d, "key", str, w),
+            dtype=_get(d, "dtype", str, w),
+            shape=_get(d, "shape", str, w),
+            enabled_by=_opt_str(d, "enabled_by", w),
+            doc=_get(d, "doc", str, w),
+        )
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One loaded plugin, from ``plugins``. ``slots`` and ``dtypes`` are empty
+    for schedulers."""
+
+    id: str
+    kind: Literal["optimizer", "scheduler"]
+    version: str
+    description: str
+    hparams: tuple[HparamDecl, ...]
+    slots: tuple[SlotDecl, ...]
+    dtypes: tuple[str, ...]
+
+    def hparam(self, key: str) -> HparamDecl:
+        """The declaration of ``key`` (KeyError if the plugin has none)."""
+        for decl in self.hparams:
+            if decl.key == key:
+                return decl
+        raise KeyError(key)
+
+    @classmethod
+    def from_reply(cls, d: Any) -> PluginInfo:
+        w = "plugin"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        kind = _get(d, "kind", str, w)
+        if kind not in ("optimizer", "scheduler"):
+            raise ProtocolError(f"{w}: kind {kind!r}")
+        return cls(
+            id=_get(d, "id", str, w),
+            kind=kind,  # type: ignore[arg-type]
+            version=_get(d, "version", str, w),
+            description=_get(d, "description", str, w),
+            hparams=tuple(HparamDecl.from_reply(h) for h in _get(d, "hparams", list, w)),
+            slots=tuple(SlotDecl.from_reply(s) for s in d.get("slots") or ()),
+            dtypes=tuple(str(t) for t in d.get("dtypes") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """A registered parameter, from ``info``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    steps: int
+
+    @classmethod
+    def from_reply(cls, d: Any) -> ParamInfo:
+        w = "parameter"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(
+            name=_get(d, "name", str, w),
+            dtype=_get(d, "dtype", str, w),
+            shape=tuple(_get(d, "shape", list, w)),
+            steps=_get(d, "steps", int, w),
+        )
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """A session's hyperparameters (``hparams`` and ``set_hparams`` replies).
+
+    ``hparams`` holds every optimizer hyperparameter (its ``lr`` is the lr last
+    given at ``open`` or ``set_hparams``); ``base_lr`` is the lr given at
+    ``open``; ``lr`` is the lr the next step will use."""
+
+    hparams: dict[str, HparamValue]
+    sched_hparams: dict[str, HparamValue]
+    base_lr: float
+    lr: float
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any], what: str = "hparams") -> Hparams:
+        return cls(
+            hparams=_hparam_map(reply, "hparams", what),
+            sched_hparams=_hparam_map(reply, "sched_hparams", what),
+            base_lr=_float(reply, "base_lr", what),
+            lr=_float(reply, "lr", what),
+        )
+
+
+@dataclass(frozen=True)
+class SessionInfo(Hparams):
+    """The ``info`` (and ``attach``) reply."""
+
+    session: str
+    optimizer: str
+    optimizer_version: str
+    scheduler: str | None
+    steps: int
+    params: tuple[ParamInfo, ...]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any], what: str = "info") -> SessionInfo:
+        hp = Hparams.from_reply(reply, what)
+        return cls(
+            hparams=hp.hparams,
+            sched_hparams=hp.sched_hparams,
+            base_lr=hp.base_lr,
+            lr=hp.lr,
+            session=_get(reply, "session", str, what),
+            optimizer=_get(reply, "optimizer", str, what),
+            optimizer_version=_get(reply, "optimizer_version", str, what),
+            scheduler=_opt_str(reply, "scheduler", what),
+            steps=_get(reply, "steps", int, what),
+            params=tuple(ParamInfo.from_reply(p) for p in _get(reply, "params", list, what)),
+        )
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One entry of ``sessions``; ``params`` is the number of parameters."""
+
+    session: str
+    optimizer: str
+    scheduler: str | None
+    params: int
+    steps: int
+
+    @classmethod
+    def from_reply(cls, d: Any) -> SessionSummary:
+        w = "sessions"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w}: an entry is not a map")
+        return cls(
+            session=_get(d, "session", str, w),
+            optimizer=_get(d, "optimizer", str, w),
+            scheduler=_opt_str(d, "scheduler", w),
+            params=_get(d, "params", int, w),
+            steps=_get(d, "steps", int, w),
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The ``step`` reply: the session's step count after the step, the lr the
+    step used, the lr the next one will use, and the updated parameters
+    (read-only arrays; empty when the step was sent with ``return_params=False``)."""
+
+    steps: int
+    lr: float
+    next_lr: float
+    params: dict[str, Array]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> StepResult:
+        w = "step"
+        return cls(
+            steps=_get(reply, "steps", int, w),
+            lr=_float(reply, "lr", w),
+            next_lr=_float(reply, "next_lr", w),
+            params=_tensor_map(reply, "params", w) if "params" in reply else {},
+        )
+
+
+def tensors_from_reply(reply: dict[str, Any], what: str) -> dict[str, Array]:
+    """The ``params`` map of a ``pull`` reply as arrays."""
+    return _tensor_map(reply, "params", what)
+

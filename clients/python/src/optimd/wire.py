@@ -1,0 +1,143 @@
+"""The message layer of protocol 1 (docs/protocol.md §2-§3): requests and
+replies as msgpack maps, tensors as ``{dtype, shape, data}`` maps.
+
+Nothing here does I/O, so it can be tested and reused on its own.
+
+Copies: an outgoing tensor is handed to msgpack as a view of the array's
+memory (no copy unless the array is not C-contiguous little-endian), and
+msgpack writes it once into the message. An incoming tensor becomes an array
+with :func:`numpy.frombuffer` over the ``bytes`` msgpack made of it: no copy
+beyond msgpack's own, and the array is **read-only** (``.copy()`` it to write).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final, Union
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ProtocolError, error_from_reply
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_DIMS",
+    "HparamValue",
+    "encode_request",
+    "decode_reply",
+    "encode_tensor",
+    "decode_tensor",
+]
+
+PROTOCOL_VERSION: Final = 1
+#: Most dimensions a tensor may have (docs/protocol.md §5).
+MAX_DIMS: Final = 8
+
+#: A hyperparameter value: float, int or bool (docs/protocol.md §3).
+HparamValue = Union[float, int, bool]
+
+_DTYPE_NAMES: Final[dict[np.dtype[Any], str]] = {
+    np.dtype("<f4"): "f32",
+    np.dtype("<f8"): "f64",
+}
+_WIRE_DTYPES: Final[dict[str, np.dtype[Any]]] = {v: k for k, v in _DTYPE_NAMES.items()}
+
+
+def _pack_default(obj: object) -> object:
+    """msgpack fallback: numpy scalars (np.float32(0.1), np.bool_) as Python
+    values; memoryviews are packed as bin by msgpack itself."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot send a {type(obj).__name__} over the optimd protocol")
+
+
+def encode_request(op: str, request_id: int, fields: Mapping[str, object]) -> bytes:
+    """One request message: ``{v: 1, id, op}`` plus ``fields``."""
+    body: dict[str, object] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op}
+    body.update(fields)
+    return msgpack.packb(body, use_bin_type=True, default=_pack_default)  # type: ignore[no-any-return]
+
+
+def decode_reply(message: Any, request_id: int) -> dict[str, Any]:
+    """The result keys of a success reply to request ``request_id``.
+
+    ``message`` is any buffer holding one reply. Raises the
+    :class:`~optimd.OptimdError` subclass of an error reply, and
+    :class:`~optimd.ProtocolError` for anything that is not a valid reply.
+    """
+    try:
+        reply = msgpack.unpackb(message, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"the reply is not msgpack: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise ProtocolError(f"the reply is a {type(reply).__name__}, not a map")
+    if reply.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"the reply has protocol version {reply.get('v')!r}, not 1")
+    ok = reply.get("ok")
+    if not isinstance(ok, bool):
+        raise ProtocolError("the reply has no boolean 'ok'")
+    reply_id = reply.get("id")
+    # An error about an undecodable request carries id 0 (protocol.md §2).
+    if reply_id != request_id and not (not ok and reply_id == 0):
+        raise ProtocolError(f"the reply has id {reply_id!r}, the request {request_id}")
+    if not ok:
+        code, name, text = reply.get("code"), reply.get("error"), reply.get("message")
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise ProtocolError("an error reply without an integer 'code'")
+        raise error_from_reply(
+            code,
+            name if isinstance(name, str) else f"E{code}",
+            text if isinstance(text, str) else "",
+            reply_id,
+        )
+    return reply
+
+
+def encode_tensor(value: npt.ArrayLike) -> dict[str, object]:
+    """A tensor map for an f32 or f64 array (any array-like: numpy arrays,
+    CPU torch tensors, nested lists of floats).
+
+    The array's memory is referenced, not copied, when it is C-contiguous and
+    little-endian; otherwise one contiguous little-endian copy is made. Other
+    dtypes raise :class:`TypeError` (the daemon requires the parameter's own
+    dtype, so nothing is converted silently).
+    """
+    array = np.asarray(value)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
+        raise TypeError(f"optimd tensors are float32 or float64, not {array.dtype}")
+    if array.ndim > MAX_DIMS:
+        raise ValueError(f"a tensor has at most {MAX_DIMS} dimensions, not {array.ndim}")
+    # Not ascontiguousarray: it turns a 0-dim array into a 1-dim one.
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+    return {
+        "dtype": _DTYPE_NAMES[array.dtype],
+        "shape": list(array.shape),
+        # A 1-D byte view: msgpack packs a memoryview as bin, straight from
+        # the array's memory.
+        "data": array.reshape(-1).view(np.uint8).data,
+    }
+
+
+def decode_tensor(value: Any, what: str = "tensor") -> npt.NDArray[np.floating[Any]]:
+    """A read-only array viewing a received tensor map's ``data``."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} is not a tensor map")
+    dtype = _WIRE_DTYPES.get(value.get("dtype"))  # type: ignore[arg-type]
+    shape = value.get("shape")
+    data = value.get("data")
+    if dtype is None:
+        raise ProtocolError(f"{what} has dtype {value.get('dtype')!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise ProtocolError(f"{what} has shape {shape!r}")
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{what} has no binary data")
+    if len(data) != dtype.itemsize * math.prod(shape):
+        raise ProtocolError(f"{what}: {len(data)} bytes for shape {shape} of {value['dtype']}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -1,0 +1,198 @@
+"""optimd.Client against the real daemon: every op, typed results,
+request ids, several threads on one client."""
+
+from __future__ import annotations
+
+import threading
+import unittest
+
+import msgpack
+import numpy as np
+
+import optimd
+
+from support import DaemonTestCase, FakeServer
+
+
+class Ops(DaemonTestCase):
+    def setUp(self) -> None:
+        self.client = optimd.Client(self.daemon.url, timeout=60)
+        self.addCleanup(self.client.close)
+
+    def open(self, name: str, optimizer: str = "sgd", hparams=None, **kwargs) -> optimd.Session:
+        session = self.client.open(name, optimizer, {"lr": 0.5} if hparams is None else hparams, **kwargs)
+        self.addCleanup(self.client.close_session, session)
+        return session
+
+    def test_hello(self) -> None:
+        hello = self.client.hello("test_client.py")
+        self.assertIsInstance(hello, optimd.Hello)
+        self.assertEqual((hello.server, hello.protocol), ("optimd", optimd.PROTOCOL_VERSION))
+        self.assertRegex(hello.version, r"^\d+\.\d+")
+        self.assertEqual(hello.abi[0], 1)
+        self.assertEqual(hello.max_message, 256 * 1024 * 1024)
+        self.assertEqual(self.client.hello(), hello)
+
+    def test_plugins(self) -> None:
+        plugins = self.client.plugins()
+        ids = [p.id for p in plugins]
+        self.assertEqual(ids, sorted(ids))
+        by_id = {p.id: p for p in plugins}
+        for pid in ("sgd", "adam", "adamw"):
+            self.assertEqual(by_id[pid].kind, "optimizer")
+            self.assertEqual(set(by_id[pid].dtypes), {"f32", "f64"})
+            self.assertEqual(by_id[pid].hparam("lr").type, "float")
+        for pid in ("step", "cosine"):
+            self.assertEqual((by_id[pid].kind, by_id[pid].slots, by_id[pid].dtypes), ("scheduler", (), ()))
+        adam = by_id["adam"]
+        lr, beta1, amsgrad = adam.hparam("lr"), adam.hparam("beta1"), adam.hparam("amsgrad")
+        self.assertEqual((lr.required, lr.mutable, lr.default, lr.min), (False, True, 0.001, 0.0))
+        self.assertEqual((beta1.max, beta1.max_exclusive, beta1.min_exclusive), (1.0, True, False))
+        self.assertEqual((amsgrad.type, amsgrad.mutable, amsgrad.default), ("bool", False, False))
+        self.assertTrue(lr.doc)
+        self.assertIn("exp_avg", [s.key for s in adam.slots])
+        slot = next(s for s in adam.slots if s.key == "exp_avg")
+        self.assertEqual((slot.dtype, slot.shape), ("param", "param"))
+        sgd_lr = by_id["sgd"].hparam("lr")
+        self.assertEqual((sgd_lr.required, sgd_lr.default), (True, None))
+        self.assertEqual(by_id["step"].hparam("step_size").type, "int")
+        with self.assertRaises(KeyError):
+            adam.hparam("nope")
+
+    def test_session_lifecycle(self) -> None:
+        s = self.client.open("life", "adam", {"lr": 0.01, "beta1": 0.8}, scheduler="step",
+                             sched_hparams={"step_size": 2, "gamma": 0.5})
+        self.assertEqual(s.name, "life")
+        self.assertRegex(s.token, r"^[0-9a-f]{32}$")
+        self.assertNotIn(s.token, repr(s))
+        info = self.client.info(s)
+        self.assertIsInstance(info, optimd.SessionInfo)
+        self.assertEqual((info.session, info.optimizer, info.scheduler), ("life", "adam", "step"))
+        self.assertTrue(info.optimizer_version)
+        self.assertEqual(info.hparams["beta1"], 0.8)
+        self.assertEqual(info.hparams["amsgrad"], False)
+        self.assertEqual(info.sched_hparams, {"step_size": 2, "gamma": 0.5})
+        self.assertEqual((info.base_lr, info.lr, info.steps, info.params), (0.01, 0.01, 0, ()))
+        self.assertEqual(self.client.attach(s), info)
+        self.assertEqual(self.client.attach(optimd.Session("life", s.token)), info)
+
+        listed = {e.session: e for e in self.client.sessions()}
+        self.assertEqual(listed["life"], optimd.SessionSummary("life", "adam", "step", 0, 0))
+
+        hp = self.client.set_hparams(s, {"lr": 0.1, "eps": 1e-6})
+        self.assertEqual((hp.hparams["lr"], hp.hparams["eps"], hp.base_lr, hp.lr), (0.1, 1e-6, 0.01, 0.1))
+        self.assertEqual(self.client.hparams(s), hp)
+
+        self.client.close_session(s)
+        self.assertNotIn("life", [e.session for e in self.client.sessions()])
+        with self.assertRaises(optimd.UnknownSessionError):
+            self.client.info(s)
+
+    def test_open_without_hparams_takes_defaults(self) -> None:
+        s = self.open("defaults", "adamw", {})
+        hp = self.client.hparams(s)
+        self.assertEqual((hp.lr, hp.hparams["weight_decay"], hp.sched_hparams), (0.001, 0.01, {}))
+        with self.assertRaises(ValueError):
+            self.client.open("x", "sgd", {"lr": 1}, sched_hparams={"T_max": 3})
+
+    def test_register_step_pull(self) -> None:
+        s = self.open("rsp")
+        w = np.array([1.0, 2.0, 3.0], np.float32)
+        b = np.array(4.0, np.float64)
+        self.assertEqual(self.client.register(s, {"w": w, "b": b}), 2)
+        info = self.client.info(s)
+        self.assertEqual([(p.name, p.dtype, p.shape, p.steps) for p in info.params],
+                         [("w", "f32", (3,), 0), ("b", "f64", (), 0)])
+
+        # lr 0.5, gradient 1 or 2: exact results.
+        r = self.client.step(s, {"w": np.array([1.0, 2.0, 1.0], np.float32)})
+        self.assertIsInstance(r, optimd.StepResult)
+        self.assertEqual((r.steps, r.lr, r.next_lr), (1, 0.5, 0.5))
+        self.assertEqual(set(r.params), {"w"})  # b had no gradient
+        np.testing.assert_array_equal(r.params["w"], [0.5, 1.0, 2.5])
+        self.assertFalse(r.params["w"].flags.writeable)
+
+        r = self.client.step(s, {"b": np.array(2.0)}, return_params=False)
+        self.assertEqual((r.steps, r.params), (2, {}))
+        self.assertEqual(self.client.pull(s, ["b"])["b"], 3.0)
+        pulled = self.client.pull(s)
+        self.assertEqual(set(pulled), {"w", "b"})
+        np.testing.assert_array_equal(pulled["w"], [0.5, 1.0, 2.5])
+        self.assertEqual(self.client.pull(s, []), {})
+
+        r = self.client.step(s, {})  # an empty step still counts
+        self.assertEqual(r.steps, 3)
+        info = self.client.info(s)
+        self.assertEqual((info.steps, [p.steps for p in info.params]), (3, [1, 1]))
+
+    def test_server_side_scheduler_lr(self) -> None:
+        s = self.open("sched", "sgd", {"lr": 1.0}, scheduler="step", sched_hparams={"step_size": 1, "gamma": 0.5})
+        self.client.register(s, {"w": np.zeros(1, np.float32)})
+        lrs = [(r.lr, r.next_lr) for r in (self.client.step(s, {}) for _ in range(3))]
+        self.assertEqual(lrs, [(1.0, 0.5), (0.5, 0.25), (0.25, 0.125)])
+        hp = self.client.set_hparams(s, {"lr": 2.0})  # the schedule goes on from it
+        self.assertEqual((hp.base_lr, hp.lr), (1.0, 2.0))
+        r = self.client.step(s, {})
+        self.assertEqual((r.lr, r.next_lr), (2.0, 1.0))
+
+    def test_raw_request_and_ids(self) -> None:
+        reply = self.client.request("hello")
+        first = reply["id"]
+        self.assertEqual((reply["ok"], reply["v"]), (True, 1))
+        self.assertEqual(self.client.request("sessions")["id"], first + 1)
+
+    def test_many_threads_share_one_client(self) -> None:
+        sessions = [self.open(f"thread{i}") for i in range(4)]
+        for s in sessions:
+            self.client.register(s, {"w": np.zeros(1000, np.float32)})
+        errors: list[BaseException] = []
+
+        def work(s: optimd.Session) -> None:
+            try:
+                for _ in range(25):
+                    self.client.step(s, {"w": np.full(1000, -2.0, np.float32)})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in sessions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        for s in sessions:
+            self.assertEqual(self.client.info(s).steps, 25)
+            np.testing.assert_array_equal(self.client.pull(s)["w"], np.full(1000, 25.0, np.float32))
+
+    def test_attach_from_a_second_client(self) -> None:
+        s = self.open("shared")
+        self.client.register(s, {"w": np.ones(2, np.float32)})
+        with optimd.Client(self.daemon.url) as other:
+            self.assertEqual(other.attach(s).params[0].name, "w")
+            other.step(s, {"w": np.ones(2, np.float32)})
+        self.assertEqual(self.client.info(s).steps, 1)
+
+
+class Offline(unittest.TestCase):
+    def test_request_fields_on_the_wire(self) -> None:
+        def answer(request: bytes) -> bytes:
+            msg = msgpack.unpackb(request)
+            seen.append(msg)
+            return msgpack.packb({"v": 1, "id": msg["id"], "ok": True, "session": "s", "token": "t" * 32, "lr": 0.1})
+
+        seen: list[dict] = []
+        with FakeServer(answer) as server, optimd.Client(server.url, timeout=10) as client:
+            s = client.open("s", "adam", {"lr": np.float32(0.5)}, scheduler="cosine", sched_hparams={"T_max": 10})
+            self.assertEqual(s, optimd.Session("s", "t" * 32))
+            client.open("s", "adam")
+        self.assertEqual(seen[0], {"v": 1, "id": seen[0]["id"], "op": "open", "session": "s", "optimizer": "adam",
+                                   "hparams": {"lr": 0.5}, "scheduler": "cosine", "sched_hparams": {"T_max": 10}})
+        self.assertEqual(seen[1], {"v": 1, "id": seen[0]["id"] + 1, "op": "open", "session": "s", "optimizer": "adam"})
+
+    def test_bad_timeout(self) -> None:
+        with self.assertRaises(ValueError):
+            optimd.Client("tcp://127.0.0.1:1", timeout=0)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
