@@ -37,9 +37,11 @@ test: test-deps build build-asan
 test-fast: test-deps build
 	@ctest --test-dir $(BUILD) --output-on-failure --timeout 600
 
-# Kernels vs torch 1.13.1 and the bandwidth bound, ratios printed.
+# Kernels vs torch 1.13.1 and the bandwidth bound, then a full remote step vs
+# torch's local step and an NNG echo; ratios printed.
 bench: test-deps build
 	@bench/kernels.sh $(BUILD)
+	@bench/remote.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -125,6 +125,19 @@ class Ops(DaemonTestCase):
         info = self.client.info(s)
         self.assertEqual((info.steps, [p.steps for p in info.params]), (3, [1, 1]))
 
+    def test_sequenced_step_is_applied_once(self) -> None:
+        s = self.client.open("seq", "sgd", {"lr": 0.5}, durability="always")
+        self.addCleanup(self.client.close_session, s)
+        self.client.register(s, {"w": np.zeros(2, np.float32)})
+        g = {"w": np.ones(2, np.float32)}
+        first = self.client.step(s, g, seq=1, client="py")
+        retry = self.client.step(s, g, seq=1, client="py")
+        self.assertEqual((first.duplicate, retry.duplicate), (False, True))
+        self.assertEqual((retry.steps, retry.lr), (first.steps, first.lr))
+        np.testing.assert_array_equal(retry.params["w"], first.params["w"])
+        self.assertEqual(self.client.info(s).steps, 1)
+        self.assertEqual(self.client.info(s).durability, "always")
+
     def test_server_side_scheduler_lr(self) -> None:
         s = self.open("sched", "sgd", {"lr": 1.0}, scheduler="step", sched_hparams={"step_size": 1, "gamma": 0.5})
         self.client.register(s, {"w": np.zeros(1, np.float32)})

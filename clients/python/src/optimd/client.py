@@ -138,12 +138,17 @@ class Client:
         *,
         scheduler: str | None = None,
         sched_hparams: Mapping[str, HparamValue] | None = None,
+        durability: str | None = None,
     ) -> Session:
         """Creates a session named ``session`` running plugin ``optimizer``,
         optionally with a server-side ``scheduler``. Hyperparameters not given
-        take the plugin's defaults. Returns the session's name and token;
-        ``hparams(session).lr`` is the lr its first step will use."""
+        take the plugin's defaults. ``durability`` is ``"always"``,
+        ``"interval"`` (the daemon's default) or ``"none"`` (docs/protocol.md).
+        Returns the session's name and token; ``hparams(session).lr`` is the
+        lr its first step will use."""
         fields: dict[str, Any] = {"session": session, "optimizer": optimizer}
+        if durability is not None:
+            fields["durability"] = durability
         if hparams:
             fields["hparams"] = dict(hparams)
         if scheduler is not None:
@@ -199,17 +204,26 @@ class Client:
         grads: Mapping[str, npt.ArrayLike],
         *,
         return_params: bool = True,
+        seq: int | None = None,
+        client: str | None = None,
     ) -> StepResult:
         """Applies one optimizer step with ``grads`` (a subset of the
         registered parameters; each with its parameter's dtype and shape).
 
         Returns the step count, the lr used, the next lr and, unless
         ``return_params`` is false, the updated parameters as read-only
-        arrays. Not idempotent: a step that raised TransportError may or may
-        not have been applied (``info(session).steps`` tells).
+        arrays. Unsequenced steps are not idempotent: a step that raised
+        TransportError may or may not have been applied. Give ``seq`` (and a
+        ``client`` id) to make a retry safe: the daemon applies each client's
+        sequence number at most once and answers a retry with
+        ``duplicate=True``.
         """
         tensors = {name: encode_tensor(value) for name, value in grads.items()}
         fields: dict[str, Any] = {"grads": tensors}
+        if seq is not None:
+            fields["seq"] = seq
+            if client is not None:
+                fields["client"] = client
         if not return_params:
             fields["return"] = False
         return StepResult.from_reply(self._session_request("step", session, **fields))

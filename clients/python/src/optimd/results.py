@@ -260,6 +260,7 @@ class SessionInfo(Hparams):
     scheduler: str | None
     steps: int
     params: tuple[ParamInfo, ...]
+    durability: str = "interval"
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], what: str = "info") -> SessionInfo:
@@ -275,6 +276,7 @@ class SessionInfo(Hparams):
             scheduler=_opt_str(reply, "scheduler", what),
             steps=_get(reply, "steps", int, what),
             params=tuple(ParamInfo.from_reply(p) for p in _get(reply, "params", list, what)),
+            durability=_get(reply, "durability", str, what),
         )
 
 
@@ -306,12 +308,15 @@ class SessionSummary:
 class StepResult:
     """The ``step`` reply: the session's step count after the step, the lr the
     step used, the lr the next one will use, and the updated parameters
-    (read-only arrays; empty when the step was sent with ``return_params=False``)."""
+    (read-only arrays; empty when the step was sent with ``return_params=False``).
+    ``duplicate`` is true when a sequenced step had already been applied: the
+    counters are then those recorded at its first application."""
 
     steps: int
     lr: float
     next_lr: float
     params: dict[str, Array]
+    duplicate: bool = False
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> StepResult:
@@ -321,6 +326,7 @@ class StepResult:
             lr=_float(reply, "lr", w),
             next_lr=_float(reply, "next_lr", w),
             params=_tensor_map(reply, "params", w) if "params" in reply else {},
+            duplicate=bool(reply.get("duplicate", False)),
         )
 
 
