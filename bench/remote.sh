@@ -8,4 +8,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 "$here/../scripts/python-env.sh" "$build/pyenv" >/dev/null
 # torch at its best (reference §7); harmless for the daemon.
 export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
-exec "$build/pyenv/bin/python" "$here/remote_step.py" "$build" "$@"
+"$build/pyenv/bin/python" "$here/remote_step.py" "$build" "$@"
+echo
+"$build/pyenv/bin/python" "$here/durability.py" "$build"

@@ -146,12 +146,20 @@ void store_sync_logs(store *st, session_table *t)
     session **list = session_table_list(t, &n);
     for (size_t i = 0; list && i < n; i++) {
         session *s = list[i];
+        /* Flush a duplicate of the descriptor outside the lock: flushing
+         * megabytes takes milliseconds, and steps must not wait for it. */
         session_lock(s);
-        if (s->wal_unsynced && s->wal_fd >= 0) {
-            if (fdatasync(s->wal_fd) != 0) log_error("session %s: log flush failed: %s", s->name, strerror(errno));
-            else s->wal_unsynced = false;
-        }
+        int fd = s->wal_unsynced && s->wal_fd >= 0 ? dup(s->wal_fd) : -1;
+        if (fd >= 0) s->wal_unsynced = false;
         session_unlock(s);
+        if (fd < 0) continue;
+        if (fdatasync(fd) != 0) {
+            log_error("session %s: log flush failed: %s", s->name, strerror(errno));
+            session_lock(s);
+            s->wal_unsynced = true;
+            session_unlock(s);
+        }
+        close(fd);
     }
     session_table_release_list(list, n);
 }
