@@ -11,6 +11,7 @@
 
 #include <optimd/plugin.h>
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,6 +59,14 @@
         .struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_BOOL,    \
         .flags = (flags_), .key = (key_), .doc = (doc_), .min = 0.0,         \
         .max = 1.0, .default_value = (default_)                             \
+    }
+
+/* A state slot declaration; `enabled_by_` is NULL or a bool hparam key. */
+#define PLUG_SLOT(key_, shape_, dtype_, enabled_by_, doc_)                   \
+    {                                                                        \
+        .struct_size = sizeof(optimd_slot_def), .shape = (shape_),           \
+        .dtype = (dtype_), .key = (key_), .doc = (doc_),                     \
+        .enabled_by = (enabled_by_)                                          \
     }
 
 #define PLUG_ARRAY_LEN(a) ((uint32_t)(sizeof(a) / sizeof((a)[0])))
@@ -117,18 +126,36 @@ static inline bool plug_tensor_ok(const optimd_tensor *t)
            t->numel >= 0 && (t->data != NULL || t->numel == 0);
 }
 
+/* dtype of a slot of a parameter of dtype `param_dtype`: the declared one,
+ * or the parameter's when the declaration says 0. */
+static inline uint32_t plug_slot_dtype(const optimd_slot_def *def,
+                                       uint32_t param_dtype)
+{
+    return def != NULL && def->dtype != 0 ? def->dtype : param_dtype;
+}
+
+/* Element count of a slot: one for OPTIMD_SLOT_SCALAR, the parameter's
+ * otherwise. */
+static inline int64_t plug_slot_numel(const optimd_slot_def *def,
+                                      int64_t param_numel)
+{
+    return def != NULL && def->shape == OPTIMD_SLOT_SCALAR ? 1 : param_numel;
+}
+
 /*
  * Checks what the host promises about one step call, so that a host bug
  * turns into an error reply instead of a wild write: the argument struct is
  * big enough, the hyperparameter and slot counts are the plugin's own,
  * parameter and gradient share a supported dtype and an element count, and
- * every present slot looks like the parameter. Which slots must be present
- * (enabled_by) is the caller's business.
+ * every present slot has the dtype and element count its declaration in
+ * `slot_defs` implies (OPTIMD_SLOT_SCALAR: one element; a fixed dtype: that
+ * dtype). `slot_defs` NULL means every slot is LIKE_PARAM in the
+ * parameter's dtype. Which slots must be present (enabled_by) is the
+ * caller's business.
  */
-static inline optimd_status plug_check_step_args(const optimd_host *host,
-                                                 const optimd_step_args *args,
-                                                 uint32_t n_hparams,
-                                                 uint32_t n_slots)
+static inline optimd_status plug_check_step_args_defs(
+    const optimd_host *host, const optimd_step_args *args, uint32_t n_hparams,
+    const optimd_slot_def *slot_defs, uint32_t n_slots)
 {
     if (args == NULL || args->struct_size < sizeof(optimd_step_args))
         return plug_fail(host, OPTIMD_ERR_INVALID,
@@ -157,12 +184,24 @@ static inline optimd_status plug_check_step_args(const optimd_host *host,
     for (uint32_t i = 0; i < n_slots; i++) {
         const optimd_tensor *slot = &args->slots[i];
         if (slot->data == NULL) continue; /* disabled slot */
-        if (!plug_tensor_ok(slot) || slot->dtype != param->dtype ||
-            slot->numel != param->numel)
+        const optimd_slot_def *def = slot_defs != NULL ? &slot_defs[i] : NULL;
+        if (!plug_tensor_ok(slot) ||
+            slot->dtype != plug_slot_dtype(def, param->dtype) ||
+            slot->numel != plug_slot_numel(def, param->numel))
             return plug_fail(host, OPTIMD_ERR_INVALID,
-                             "state slot %u does not match the parameter", i);
+                             "state slot %u does not match its declaration", i);
     }
     return OPTIMD_OK;
+}
+
+/* plug_check_step_args_defs for plugins whose slots are all LIKE_PARAM in
+ * the parameter's dtype (sgd, adam, adamw). */
+static inline optimd_status plug_check_step_args(const optimd_host *host,
+                                                 const optimd_step_args *args,
+                                                 uint32_t n_hparams,
+                                                 uint32_t n_slots)
+{
+    return plug_check_step_args_defs(host, args, n_hparams, NULL, n_slots);
 }
 
 /* Common check of a scheduler call. */
@@ -184,5 +223,126 @@ static inline optimd_status plug_check_sched_args(const optimd_host *host,
                          (long long)args->epoch);
     return OPTIMD_OK;
 }
+
+/* What a scheduler's lr callback checks first: the call itself
+ * (plug_check_sched_args), then the values, with the plugin's own
+ * check_hparams, so that lr never computes with values the host would
+ * have refused. */
+static inline optimd_status plug_sched_begin(
+    const optimd_host *host, const optimd_sched_args *args, const double *lr_out,
+    uint32_t n_hparams,
+    optimd_status (*check_hparams)(const optimd_host *, const double *, uint32_t))
+{
+    optimd_status st = plug_check_sched_args(host, args, n_hparams, lr_out);
+    if (st != OPTIMD_OK) return st;
+    return check_hparams(host, args->hparams, args->n_hparams);
+}
+
+/* Whether `value` lies in the declared range of `def` (false for NaN). */
+static inline bool plug_hparam_in_range(const optimd_hparam_def *def, double value)
+{
+    bool above_min = (def->flags & OPTIMD_HP_MIN_EXCLUSIVE) ? value > def->min
+                                                            : value >= def->min;
+    bool below_max = (def->flags & OPTIMD_HP_MAX_EXCLUSIVE) ? value < def->max
+                                                            : value <= def->max;
+    return above_min && below_max;
+}
+
+/*
+ * The checks every check_hparams starts with: `n` values, as many as the
+ * plugin declares in `defs`, each inside its declared range, and every
+ * OPTIMD_HP_INT value integral (so casting it to int64_t is defined). The
+ * host guarantees all of it for the calls it makes; a plugin's own
+ * callbacks check anyway, so that a hand-made call cannot make them
+ * misbehave.
+ */
+static inline optimd_status plug_check_hparam_values(const optimd_host *host,
+                                                     const char *plugin_id,
+                                                     const optimd_hparam_def *defs,
+                                                     uint32_t n_defs,
+                                                     const double *values,
+                                                     uint32_t n)
+{
+    if (values == NULL || n != n_defs)
+        return plug_fail(host, OPTIMD_ERR_INVALID,
+                         "%s expects %u hyperparameters, got %u", plugin_id,
+                         n_defs, n);
+    for (uint32_t i = 0; i < n; i++) {
+        if (!plug_hparam_in_range(&defs[i], values[i]))
+            return plug_fail(
+                host, OPTIMD_ERR_INVALID, "%s = %g is outside %c%g, %g%c",
+                defs[i].key, values[i],
+                (defs[i].flags & OPTIMD_HP_MIN_EXCLUSIVE) ? '(' : '[',
+                defs[i].min, defs[i].max,
+                (defs[i].flags & OPTIMD_HP_MAX_EXCLUSIVE) ? ')' : ']');
+        if (defs[i].type == OPTIMD_HP_INT && values[i] != floor(values[i]))
+            return plug_fail(host, OPTIMD_ERR_INVALID,
+                             "%s must be an integer, got %g", defs[i].key,
+                             values[i]);
+    }
+    return OPTIMD_OK;
+}
+
+/* Defines `name` as the check_hparams of a plugin whose only rules are its
+ * declarations `defs_` (plug_check_hparam_values). */
+#define PLUG_DEFINE_HPARAM_CHECK(name, plugin_id_, defs_)                    \
+    static optimd_status name(const optimd_host *host, const double *hparams, \
+                              uint32_t n)                                    \
+    {                                                                        \
+        return plug_check_hparam_values(host, (plugin_id_), (defs_),         \
+                                        PLUG_ARRAY_LEN(defs_), hparams, n);  \
+    }
+
+/*
+ * The optimizer table and the exported descriptor of a plugin whose step
+ * handles f32 and f64 parameters. `hparams_` and `slots_` are the plugin's
+ * static arrays (their lengths are taken with PLUG_ARRAY_LEN); `check_`
+ * may be NULL. Expands to the plugin's one exported symbol.
+ */
+#define PLUG_DEFINE_OPTIMIZER(id_, version_, description_, hparams_, slots_, \
+                              check_, step_)                                 \
+    static const optimd_optimizer plug_optimizer_table = {                   \
+        .struct_size = sizeof(optimd_optimizer),                             \
+        .n_hparams = PLUG_ARRAY_LEN(hparams_),                               \
+        .hparams = (hparams_),                                               \
+        .n_slots = PLUG_ARRAY_LEN(slots_),                                   \
+        .dtypes = (1u << OPTIMD_DTYPE_F32) | (1u << OPTIMD_DTYPE_F64),       \
+        .slots = (slots_),                                                   \
+        .check_hparams = (check_),                                           \
+        .step = (step_),                                                     \
+    };                                                                       \
+    OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {                 \
+        .abi_major = OPTIMD_ABI_MAJOR,                                       \
+        .abi_minor = OPTIMD_ABI_MINOR,                                       \
+        .struct_size = sizeof(optimd_plugin_desc),                           \
+        .kind = OPTIMD_KIND_OPTIMIZER,                                       \
+        .id = (id_),                                                         \
+        .version = (version_),                                               \
+        .description = (description_),                                       \
+        .optimizer = &plug_optimizer_table,                                  \
+        .scheduler = NULL,                                                   \
+    }
+
+/* The same for a scheduler plugin. */
+#define PLUG_DEFINE_SCHEDULER(id_, version_, description_, hparams_, check_, \
+                              lr_)                                           \
+    static const optimd_scheduler plug_scheduler_table = {                   \
+        .struct_size = sizeof(optimd_scheduler),                             \
+        .n_hparams = PLUG_ARRAY_LEN(hparams_),                               \
+        .hparams = (hparams_),                                               \
+        .check_hparams = (check_),                                           \
+        .lr = (lr_),                                                         \
+    };                                                                       \
+    OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {                 \
+        .abi_major = OPTIMD_ABI_MAJOR,                                       \
+        .abi_minor = OPTIMD_ABI_MINOR,                                       \
+        .struct_size = sizeof(optimd_plugin_desc),                           \
+        .kind = OPTIMD_KIND_SCHEDULER,                                       \
+        .id = (id_),                                                         \
+        .version = (version_),                                               \
+        .description = (description_),                                      \
+        .optimizer = NULL,                                                   \
+        .scheduler = &plug_scheduler_table,                                  \
+    }
 
 #endif /* OPTIMD_PLUGIN_SUPPORT_H */

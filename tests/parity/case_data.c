@@ -202,6 +202,20 @@ int parity_manifest_load(const char *dir, parity_manifest *m)
                 for (int i = 0; i < c->n_params; i++)
                     c->has_grad[step][i] = bits[i] == '1';
             }
+        } else if (strcmp(word, "state") == 0) {
+            case_state *st = &c->states[c->n_states];
+            char dtype[8] = "";
+            long long numel;
+            if (c->n_states == CASE_MAX_STATES ||
+                sscanf(rest, "%d %63s %7s %lld", &st->param, st->key, dtype, &numel) != 4 ||
+                st->param < 0 || st->param >= c->n_params || numel < 1 ||
+                (strcmp(dtype, "f32") != 0 && strcmp(dtype, "f64") != 0)) {
+                rc = -1;
+            } else {
+                st->dtype = dtype[1] == '3' ? OPTIMD_DTYPE_F32 : OPTIMD_DTYPE_F64;
+                st->numel = numel;
+                c->n_states++;
+            }
         } else if (strcmp(word, "end") == 0) {
             m->n_cases++;
             c = NULL;
@@ -253,6 +267,11 @@ static void *read_exact(const parity_manifest *m, const parity_case *c,
     return buf;
 }
 
+static size_t state_elem_size(const case_state *s)
+{
+    return s->dtype == OPTIMD_DTYPE_F64 ? 8 : 4;
+}
+
 int case_data_load(const parity_manifest *m, const parity_case *c, case_data *d)
 {
     memset(d, 0, sizeof *d);
@@ -263,7 +282,11 @@ int case_data_load(const parity_manifest *m, const parity_case *c, case_data *d)
     d->init = read_exact(m, c, "init.bin", one_step);
     d->grad = read_exact(m, c, "grad.bin", one_step * (size_t)c->steps);
     d->expect = read_exact(m, c, "expect.bin", one_step * (size_t)c->steps);
-    if (!d->init || !d->grad || !d->expect) {
+    size_t state_bytes = 0;
+    for (int i = 0; i < c->n_states; i++)
+        state_bytes += (size_t)c->states[i].numel * state_elem_size(&c->states[i]);
+    d->state = read_exact(m, c, "state.bin", state_bytes);
+    if (!d->init || !d->grad || !d->expect || !d->state) {
         case_data_free(d);
         return -1;
     }
@@ -276,6 +299,7 @@ void case_data_free(case_data *d)
     free(d->grad);
     free(d->expect);
     free(d->lr);
+    free(d->state);
     memset(d, 0, sizeof *d);
 }
 
@@ -301,6 +325,14 @@ void *case_expect(const parity_case *c, const case_data *d, int step, int param)
 {
     size_t one_step = (size_t)c->total_numel * c->elem_size;
     return (char *)d->expect + (size_t)(step - 1) * one_step + param_offset(c, param);
+}
+
+void *case_state_data(const parity_case *c, const case_data *d, int index)
+{
+    size_t offset = 0;
+    for (int i = 0; i < index; i++)
+        offset += (size_t)c->states[i].numel * state_elem_size(&c->states[i]);
+    return (char *)d->state + offset;
 }
 
 /* Maps IEEE bits (sign-magnitude) onto a line where neighbouring

@@ -15,6 +15,7 @@
 #define CASE_MAX_STEPS 64
 #define CASE_MAX_HPARAMS 16
 #define CASE_NAME_MAX 64
+#define CASE_MAX_STATES 16
 
 /* Same numbers as OPTIMD_HP_FLOAT/INT/BOOL; CASE_HP_REQUIRED only in
  * torch_default rows (torch has no default for that key). */
@@ -36,6 +37,14 @@ typedef struct case_param {
     int64_t numel;
 } case_param;
 
+/* One tensor of torch's optimizer state after the last step. */
+typedef struct case_state {
+    int param;               /* index into params */
+    char key[CASE_NAME_MAX]; /* torch's state key, the plugin's slot key */
+    int dtype;               /* OPTIMD_DTYPE_F32 / _F64 */
+    int64_t numel;
+} case_state;
+
 typedef struct parity_case {
     char name[CASE_NAME_MAX];
     char optimizer[CASE_NAME_MAX];   /* "" for a scheduler-only case */
@@ -52,6 +61,8 @@ typedef struct parity_case {
     case_hparam sched_hparams[CASE_MAX_HPARAMS];
     int n_sched_hparams;
     bool has_grad[CASE_MAX_STEPS + 1][CASE_MAX_PARAMS]; /* [step][param] */
+    case_state states[CASE_MAX_STATES];
+    int n_states;
 } parity_case;
 
 /* A torch constructor default: `torch_default <plugin> <key> <type> [v]`. */
@@ -74,6 +85,7 @@ typedef struct case_data {
     void *grad;              /* steps * total_numel */
     void *expect;            /* steps * total_numel */
     double *lr;              /* steps + 1 */
+    void *state;             /* the states, in manifest order */
 } case_data;
 
 /*
@@ -96,6 +108,8 @@ void case_data_free(case_data *d);
 void *case_init(const parity_case *c, const case_data *d, int param);
 void *case_grad(const parity_case *c, const case_data *d, int step, int param);
 void *case_expect(const parity_case *c, const case_data *d, int step, int param);
+/* Torch's final value of state `index` (see parity_case.states). */
+void *case_state_data(const parity_case *c, const case_data *d, int index);
 
 /* Outcome of a bitwise comparison of two tensors. */
 typedef struct bit_compare {

@@ -322,7 +322,8 @@ static void check_descriptor(const loaded_plugin *p)
             CHECK(s->struct_size == sizeof *s, "%s: slot %u struct_size", id, i);
             CHECK(key_chars_ok(s->key, UPPERCASE), "%s: slot %u key", id, i);
             CHECK(s->doc && *s->doc, "%s: slot %u doc", id, i);
-            CHECK(s->shape == OPTIMD_SLOT_LIKE_PARAM && s->dtype <= OPTIMD_DTYPE_F64,
+            CHECK((s->shape == OPTIMD_SLOT_LIKE_PARAM || s->shape == OPTIMD_SLOT_SCALAR) &&
+                      s->dtype <= OPTIMD_DTYPE_F64,
                   "%s: slot %u shape/dtype", id, i);
             for (uint32_t j = 0; j < i; j++)
                 CHECK(strcmp(o->slots[j].key, s->key) != 0, "%s: slot key twice", id);
@@ -465,6 +466,37 @@ static void make_view(host_tensor *t, int dtype, void *data, int64_t numel)
     t->view.strides = t->strides;
 }
 
+/* A view of a slot as the daemon passes it: OPTIMD_SLOT_SCALAR slots are
+ * 0-dim tensors with no shape or strides; others are shaped like the
+ * parameter. */
+static void make_slot_view(host_tensor *t, const optimd_slot_def *def, int dtype,
+                           void *data, int64_t numel)
+{
+    make_view(t, dtype, data, numel);
+    if (def->shape == OPTIMD_SLOT_SCALAR) {
+        t->view.ndim = 0;
+        t->view.shape = NULL;
+        t->view.strides = NULL;
+    }
+}
+
+/* Element count, dtype and element size of slot `def` of a parameter of
+ * `numel` elements and dtype `dtype`, as the daemon allocates it. */
+static int64_t slot_numel(const optimd_slot_def *def, int64_t numel)
+{
+    return def->shape == OPTIMD_SLOT_SCALAR ? 1 : numel;
+}
+
+static int slot_dtype(const optimd_slot_def *def, int dtype)
+{
+    return def->dtype ? (int)def->dtype : dtype;
+}
+
+static size_t dtype_size(int dtype)
+{
+    return dtype == OPTIMD_DTYPE_F64 ? 8 : 4;
+}
+
 /* Computes the lr of epochs 0..epochs with the scheduler plugin, chained
  * as the daemon does (last_lr = previous epoch's value). */
 static bool run_schedule(const loaded_plugin *sp, const parity_case *c, double base_lr,
@@ -515,6 +547,24 @@ typedef struct case_result {
     int64_t elements_compared;
     int parallel_calls;
 } case_result;
+
+/* Compares `n` values bit for bit with torch's, records the distance in
+ * `r` and reports a mismatch; `what` names the values in the report. */
+static bool compare_with_torch(const parity_case *c, const char *what, const void *got,
+                               const void *want, int64_t n, int dtype, case_result *r)
+{
+    bit_compare cmp;
+    bool same = compare_bits(got, want, n, dtype, &cmp);
+    if (cmp.max_ulp > r->max_ulp) r->max_ulp = cmp.max_ulp;
+    r->elements_compared += n;
+    CHECK(same,
+          "%s: %s: %lld of %lld elements differ; first at [%lld]: got %.9g, torch %.9g "
+          "(%llu ulp); max %llu ulp",
+          c->name, what, (long long)cmp.mismatches, (long long)n, (long long)cmp.first_index,
+          cmp.first_got, cmp.first_want, (unsigned long long)cmp.first_ulp,
+          (unsigned long long)cmp.max_ulp);
+    return same;
+}
 
 static void run_scheduler_case(const loaded_plugin *plugins, int n_plugins,
                                const parity_manifest *m, const parity_case *c,
@@ -590,13 +640,17 @@ static void run_optimizer_case(const loaded_plugin *plugins, int n_plugins,
                 bool enabled = true;
                 for (uint32_t k = 0; enabler && k < o->n_hparams; k++)
                     if (strcmp(o->hparams[k].key, enabler) == 0) enabled = hp[k] != 0.0;
+                const optimd_slot_def *def = &o->slots[s];
+                const int sdtype = slot_dtype(def, c->dtype);
+                const int64_t snumel = slot_numel(def, numel);
                 /* Zero-filled on the parameter's first step. */
                 if (enabled && slot[i][s] == NULL) {
-                    slot[i][s] = alloc_guarded(numel, c->elem_size);
-                    if (slot[i][s]) memset(slot[i][s], 0, (size_t)numel * c->elem_size);
+                    slot[i][s] = alloc_guarded(snumel, dtype_size(sdtype));
+                    if (slot[i][s]) memset(slot[i][s], 0, (size_t)snumel * dtype_size(sdtype));
                     else failed = true;
                 }
-                make_view(&slot_views[s], c->dtype, enabled ? slot[i][s] : NULL, numel);
+                make_slot_view(&slot_views[s], def, sdtype, enabled ? slot[i][s] : NULL,
+                               snumel);
                 slot_tensors[s] = slot_views[s].view;
             }
             if (failed) break;
@@ -624,25 +678,44 @@ static void run_optimizer_case(const loaded_plugin *plugins, int n_plugins,
         }
         for (int i = 0; i < c->n_params && !failed; i++) {
             const int64_t numel = c->params[i].numel;
-            bit_compare cmp;
-            bool same = compare_bits(param[i], case_expect(c, &d, step, i), numel, c->dtype,
-                                     &cmp);
-            if (cmp.max_ulp > r->max_ulp) r->max_ulp = cmp.max_ulp;
-            r->elements_compared += numel;
-            CHECK(same,
-                  "%s: step %d param %s: %lld of %lld elements differ; first at [%lld]: "
-                  "got %.9g, torch %.9g (%llu ulp); max %llu ulp",
-                  c->name, step, c->params[i].name, (long long)cmp.mismatches,
-                  (long long)numel, (long long)cmp.first_index, cmp.first_got,
-                  cmp.first_want, (unsigned long long)cmp.first_ulp,
-                  (unsigned long long)cmp.max_ulp);
+            char what[96];
+            snprintf(what, sizeof what, "step %d param %s", step, c->params[i].name);
+            bool same = compare_with_torch(c, what, param[i], case_expect(c, &d, step, i),
+                                           numel, c->dtype, r);
             CHECK(guard_intact(param[i], numel, c->elem_size),
                   "%s: write past the end of param %s", c->name, c->params[i].name);
             for (uint32_t s = 0; s < o->n_slots; s++)
-                CHECK(!slot[i][s] || guard_intact(slot[i][s], numel, c->elem_size),
+                CHECK(!slot[i][s] ||
+                          guard_intact(slot[i][s], slot_numel(&o->slots[s], numel),
+                                       dtype_size(slot_dtype(&o->slots[s], c->dtype))),
                       "%s: write past the end of slot %s", c->name, o->slots[s].key);
             failed = !same; /* later steps would only repeat the report */
         }
+    }
+    /* torch's final state, slot by slot: the keys must match torch's
+     * state_dict keys and the values its bits. */
+    for (int k = 0; k < c->n_states && !failed; k++) {
+        const case_state *want = &c->states[k];
+        uint32_t s = 0;
+        while (s < o->n_slots && strcmp(o->slots[s].key, want->key) != 0) s++;
+        CHECK(s < o->n_slots, "%s: torch keeps state '%s', the plugin has no such slot",
+              c->name, want->key);
+        if (s == o->n_slots) continue;
+        const optimd_slot_def *def = &o->slots[s];
+        const int64_t numel = slot_numel(def, c->params[want->param].numel);
+        const int dtype = slot_dtype(def, c->dtype);
+        CHECK(numel == want->numel && dtype == want->dtype,
+              "%s: slot %s holds %lld elements of dtype %d, torch's %lld of dtype %d", c->name,
+              want->key, (long long)numel, dtype, (long long)want->numel, want->dtype);
+        CHECK(slot[want->param][s] != NULL, "%s: slot %s of param %s never allocated",
+              c->name, want->key, c->params[want->param].name);
+        if (numel != want->numel || dtype != want->dtype || slot[want->param][s] == NULL)
+            continue;
+        char what[160];
+        snprintf(what, sizeof what, "final state %s of param %s", want->key,
+                 c->params[want->param].name);
+        compare_with_torch(c, what, slot[want->param][s], case_state_data(c, &d, k), numel,
+                           dtype, r);
     }
     for (int i = 0; i < c->n_params; i++) {
         free(param[i]);
@@ -659,6 +732,9 @@ static int find_hparam(const optimd_hparam_def *defs, uint32_t n, const char *ke
         if (strcmp(defs[k].key, key) == 0) return (int)k;
     return -1;
 }
+
+static void check_scheduler_refusals(const loaded_plugin *plugins, int n_plugins);
+static void check_catalog_refusals(const loaded_plugin *plugins, int n_plugins);
 
 /* Cross-key rules and malformed calls are refused with a status and a
  * reason, and leave the parameter untouched. */
@@ -744,15 +820,69 @@ static void check_refusals(const loaded_plugin *plugins, int n_plugins)
     CHECK(o->step(&host, &args) == OPTIMD_OK, "adam: valid step refused: %s", call.error);
     CHECK(p[0] != 1.0f, "adam: valid step left the parameter unchanged");
 
-    /* Schedulers: negative epochs and fractional ints are refused. */
-    static const char *const sched_ids[] = {"step", "cosine"};
-    for (int i = 0; i < 2; i++) {
-        const loaded_plugin *sp = find_plugin(plugins, n_plugins, sched_ids[i]);
-        REQUIRE(sp != NULL, "%s plugin missing", sched_ids[i]);
-        const optimd_scheduler *s = sp->desc->scheduler;
+    check_scheduler_refusals(plugins, n_plugins);
+    check_catalog_refusals(plugins, n_plugins);
+}
+
+/* The value of every hyperparameter of `defs` set to its default, then
+ * `key` set to `value` for each (key, value) pair of `overrides`. */
+typedef struct hp_override {
+    const char *key;
+    double value;
+} hp_override;
+
+static bool defaults_with(const optimd_hparam_def *defs, uint32_t n, const hp_override *overrides,
+                          int n_overrides, double *out)
+{
+    for (uint32_t k = 0; k < n; k++) out[k] = defs[k].default_value;
+    for (int i = 0; i < n_overrides; i++) {
+        int k = find_hparam(defs, n, overrides[i].key);
+        CHECK(k >= 0, "no hyperparameter '%s'", overrides[i].key);
+        if (k < 0) return false;
+        out[k] = overrides[i].value;
+    }
+    return true;
+}
+
+/* check_hparams of plugin `id` on its defaults with `overrides`. */
+static optimd_status check_hparams_with(const loaded_plugin *plugins, int n_plugins,
+                                        const char *id, const hp_override *overrides,
+                                        int n_overrides, char *error, size_t error_cap)
+{
+    const loaded_plugin *p = find_plugin(plugins, n_plugins, id);
+    CHECK(p != NULL, "%s plugin missing", id);
+    if (p == NULL) return OPTIMD_ERR_INTERNAL;
+    uint32_t n;
+    const optimd_hparam_def *defs = plugin_hparams(p->desc, &n);
+    optimd_status (*check)(const optimd_host *, const double *, uint32_t) =
+        p->desc->kind == OPTIMD_KIND_OPTIMIZER ? p->desc->optimizer->check_hparams
+                                               : p->desc->scheduler->check_hparams;
+    double hp[CASE_MAX_HPARAMS];
+    if (n > CASE_MAX_HPARAMS || !defaults_with(defs, n, overrides, n_overrides, hp))
+        return OPTIMD_ERR_INTERNAL;
+    if (check == NULL) return OPTIMD_OK;
+    optimd_call call;
+    optimd_host host = make_host(&call);
+    optimd_status st = check(&host, hp, n);
+    snprintf(error, error_cap, "%s", call.error);
+    return st;
+}
+
+/* Every scheduler: a negative epoch is refused with a reason by lr, and a
+ * fractional value of any integer hyperparameter by check_hparams. */
+static void check_scheduler_refusals(const loaded_plugin *plugins, int n_plugins)
+{
+    for (int i = 0; i < n_plugins; i++) {
+        if (plugins[i].desc->kind != OPTIMD_KIND_SCHEDULER) continue;
+        const char *id = plugins[i].desc->id;
+        const optimd_scheduler *s = plugins[i].desc->scheduler;
+        REQUIRE(s->n_hparams <= CASE_MAX_HPARAMS, "%s: too many hparams", id);
         double shp[CASE_MAX_HPARAMS];
         for (uint32_t k = 0; k < s->n_hparams; k++) shp[k] = s->hparams[k].default_value;
-        shp[0] = 3.0;
+        optimd_call call;
+        optimd_host host = make_host(&call);
+        CHECK(!s->check_hparams || s->check_hparams(&host, shp, s->n_hparams) == OPTIMD_OK,
+              "%s: its own defaults refused: %s", id, call.error);
         optimd_sched_args sargs = {
             .struct_size = sizeof sargs, .n_hparams = s->n_hparams, .hparams = shp,
             .epoch = -1, .base_lr = 0.1, .last_lr = 0.1,
@@ -760,11 +890,174 @@ static void check_refusals(const loaded_plugin *plugins, int n_plugins)
         double lr = 0.0;
         host = make_host(&call);
         CHECK(s->lr(&host, &sargs, &lr) == OPTIMD_ERR_INVALID && call.error[0],
-              "%s: epoch -1 accepted", sched_ids[i]);
-        shp[0] = 2.5;
-        host = make_host(&call);
-        CHECK(s->check_hparams && s->check_hparams(&host, shp, s->n_hparams) != OPTIMD_OK,
-              "%s: fractional integer hparam accepted", sched_ids[i]);
+              "%s: epoch -1 accepted", id);
+        for (uint32_t k = 0; k < s->n_hparams; k++) {
+            if (s->hparams[k].type != OPTIMD_HP_INT) continue;
+            const double saved = shp[k];
+            shp[k] = s->hparams[k].min + 1.5;
+            host = make_host(&call);
+            CHECK(s->check_hparams && s->check_hparams(&host, shp, s->n_hparams) != OPTIMD_OK,
+                  "%s: fractional %s accepted", id, s->hparams[k].key);
+            sargs.epoch = 3;
+            host = make_host(&call);
+            CHECK(s->lr(&host, &sargs, &lr) == OPTIMD_ERR_INVALID,
+                  "%s: lr() with fractional %s accepted", id, s->hparams[k].key);
+            shp[k] = saved;
+        }
+    }
+}
+
+/* One step of optimizer `id` on four f32 elements with the given slots;
+ * returns the status and leaves the parameter as the step left it. */
+static optimd_status step_with_slots(const optimd_optimizer *o, const double *hp, float *param,
+                                     optimd_tensor *slots, char *error, size_t error_cap)
+{
+    float grad[4] = {0.5f, -0.25f, 1.0f, 0.0f};
+    host_tensor pv, gv;
+    make_view(&pv, OPTIMD_DTYPE_F32, param, 4);
+    make_view(&gv, OPTIMD_DTYPE_F32, grad, 4);
+    optimd_step_args args = {
+        .struct_size = sizeof args, .n_hparams = o->n_hparams, .hparams = hp,
+        .step = 1, .param = &pv.view, .grad = &gv.view, .slots = slots,
+        .n_slots = o->n_slots,
+    };
+    optimd_call call;
+    optimd_host host = make_host(&call);
+    optimd_status st = o->step(&host, &args);
+    snprintf(error, error_cap, "%s", call.error);
+    return st;
+}
+
+/* The cross-key rules of the catalog plugins, and slots that do not match
+ * their declaration (a scalar slot of the wrong dtype or size, a missing
+ * one) refused without touching the parameter. */
+static void check_catalog_refusals(const loaded_plugin *plugins, int n_plugins)
+{
+    char error[256];
+    static const struct {
+        const char *id;
+        hp_override overrides[2];
+        int n_overrides;
+        bool accepted;
+        const char *reason;      /* a word the refusal must contain */
+    } rules[] = {
+        {"rprop", {{"step_size_min", 0.1}, {"step_size_max", 0.01}}, 2, false, "step_size_min"},
+        {"rprop", {{"step_size_min", 0.01}, {"step_size_max", 0.01}}, 2, true, NULL},
+        {"constant", {{"factor", 0.0}, {"total_iters", 5}}, 2, false, "factor"},
+        {"constant", {{"factor", 0.0}, {"total_iters", 0}}, 2, true, NULL},
+        {"linear", {{"start_factor", 0.0}, {"total_iters", 5}}, 2, false, "start_factor"},
+        {"linear", {{"start_factor", 0.0}, {"total_iters", 0}}, 2, true, NULL},
+        {"warmup_cosine", {{"start_factor", 0.0}, {"warmup_iters", 5}}, 2, false, "start_factor"},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        optimd_status st = check_hparams_with(plugins, n_plugins, rules[i].id, rules[i].overrides,
+                                              rules[i].n_overrides, error, sizeof error);
+        if (rules[i].accepted)
+            CHECK(st == OPTIMD_OK, "%s: rule %zu refused: %s", rules[i].id, i, error);
+        else
+            CHECK(st == OPTIMD_ERR_INVALID && strstr(error, rules[i].reason) != NULL,
+                  "%s: rule %zu accepted or unclear (%d, '%s')", rules[i].id, i, st, error);
+    }
+
+    /* nadam's mu_product is a float32 scalar slot. */
+    const loaded_plugin *nadam = find_plugin(plugins, n_plugins, "nadam");
+    REQUIRE(nadam != NULL, "nadam plugin missing");
+    const optimd_optimizer *o = nadam->desc->optimizer;
+    REQUIRE(o->n_slots == 3 && strcmp(o->slots[2].key, "mu_product") == 0 &&
+                o->slots[2].shape == OPTIMD_SLOT_SCALAR && o->slots[2].dtype == OPTIMD_DTYPE_F32,
+            "nadam: mu_product is not slot 2, scalar, float32");
+    double hp[CASE_MAX_HPARAMS];
+    REQUIRE(defaults_with(o->hparams, o->n_hparams, NULL, 0, hp), "nadam defaults");
+    float param[4] = {1, 2, 3, 4}, m[4] = {0}, v[4] = {0}, mu_product[2] = {0};
+    double mu_product64 = 0.0;
+    host_tensor views[3];
+    optimd_tensor slots[3];
+    make_view(&views[0], OPTIMD_DTYPE_F32, m, 4);
+    make_view(&views[1], OPTIMD_DTYPE_F32, v, 4);
+    make_slot_view(&views[2], &o->slots[2], OPTIMD_DTYPE_F64, &mu_product64, 1);
+    for (int s = 0; s < 3; s++) slots[s] = views[s].view;
+    CHECK(step_with_slots(o, hp, param, slots, error, sizeof error) == OPTIMD_ERR_INVALID &&
+              error[0],
+          "nadam: a float64 mu_product slot accepted");
+    make_view(&views[2], OPTIMD_DTYPE_F32, mu_product, 2);
+    slots[2] = views[2].view;
+    CHECK(step_with_slots(o, hp, param, slots, error, sizeof error) == OPTIMD_ERR_INVALID,
+          "nadam: a two-element mu_product slot accepted");
+    CHECK(param[0] == 1 && param[3] == 4, "nadam: a refused step changed the parameter");
+    make_slot_view(&views[2], &o->slots[2], OPTIMD_DTYPE_F32, mu_product, 1);
+    slots[2] = views[2].view;
+    CHECK(step_with_slots(o, hp, param, slots, error, sizeof error) == OPTIMD_OK,
+          "nadam: a valid step refused: %s", error);
+    CHECK(param[0] != 1 && mu_product[0] > 0.0f && mu_product[0] < 1.0f && mu_product[1] == 0,
+          "nadam: the valid step did not update the parameter and mu_product");
+
+    /* asgd refuses a missing eta slot, without touching anything. */
+    const loaded_plugin *asgd = find_plugin(plugins, n_plugins, "asgd");
+    REQUIRE(asgd != NULL, "asgd plugin missing");
+    o = asgd->desc->optimizer;
+    REQUIRE(o->n_slots == 3, "asgd: expected 3 slots");
+    REQUIRE(defaults_with(o->hparams, o->n_hparams, NULL, 0, hp), "asgd defaults");
+    float mu = 0.0f, ax[4] = {0};
+    for (uint32_t s = 0; s < 3; s++) {
+        void *data = strcmp(o->slots[s].key, "ax") == 0 ? (void *)ax
+                     : strcmp(o->slots[s].key, "mu") == 0 ? (void *)&mu
+                                                          : NULL; /* eta missing */
+        make_slot_view(&views[s], &o->slots[s], OPTIMD_DTYPE_F32, data,
+                       slot_numel(&o->slots[s], 4));
+        slots[s] = views[s].view;
+    }
+    param[0] = 1;
+    CHECK(step_with_slots(o, hp, param, slots, error, sizeof error) == OPTIMD_ERR_INVALID &&
+              strstr(error, "eta") != NULL,
+          "asgd: a missing eta slot accepted or unclear ('%s')", error);
+    CHECK(param[0] == 1 && mu == 0.0f && ax[0] == 0.0f, "asgd: a refused step wrote something");
+}
+
+/* ------------------------------------------- published test vectors -- */
+
+/*
+ * The scheduler test vectors of the optimizer reference (§4, measured with
+ * torch 1.13.1, base lr 0.1, the value after construction then after each
+ * step, printed to about four digits): a check that does not depend on
+ * the torch installed here. The torch cases above compare bit for bit.
+ */
+static void check_reference_vectors(const loaded_plugin *plugins, int n_plugins)
+{
+    static const struct {
+        const char *id;
+        hp_override hparams[2];
+        int n_hparams;
+        int n_values;
+        double values[12];
+    } vectors[] = {
+        {"linear", {{0}}, 0, 7, {.03333, .04667, .06, .07333, .08667, .1, .1}},
+        {"constant", {{0}}, 0, 7, {.03333, .03333, .03333, .03333, .03333, .1, .1}},
+        {"polynomial", {{"total_iters", 4}, {"power", 2}}, 2, 6, {.1, .05625, .025, .00625, 0, 0}},
+        {"cosine_warm_restarts", {{"T_0", 3}, {"T_mult", 2}}, 2, 11,
+         {.1, .075, .025, .1, .0933, .075, .05, .025, .0067, .1, .0983}},
+    };
+    for (size_t v = 0; v < sizeof vectors / sizeof vectors[0]; v++) {
+        const loaded_plugin *sp = find_plugin(plugins, n_plugins, vectors[v].id);
+        CHECK(sp != NULL, "%s plugin missing", vectors[v].id);
+        if (sp == NULL) continue;
+        static parity_case c;
+        memset(&c, 0, sizeof c);
+        snprintf(c.name, sizeof c.name, "reference_%s", vectors[v].id);
+        c.steps = vectors[v].n_values - 1;
+        c.n_sched_hparams = vectors[v].n_hparams;
+        for (int k = 0; k < vectors[v].n_hparams; k++) {
+            snprintf(c.sched_hparams[k].key, sizeof c.sched_hparams[k].key, "%s",
+                     vectors[v].hparams[k].key);
+            c.sched_hparams[k].value = vectors[v].hparams[k].value;
+        }
+        double lrs[CASE_MAX_STEPS + 1];
+        if (!run_schedule(sp, &c, 0.1, lrs)) continue;
+        for (int e = 0; e < vectors[v].n_values; e++) {
+            const double want = vectors[v].values[e];
+            /* Half a unit of the last printed digit. */
+            CHECK(fabs(lrs[e] - want) <= 5e-5, "%s: epoch %d: lr %.9g, reference %.5g",
+                  c.name, e, lrs[e], want);
+        }
     }
 }
 
@@ -784,7 +1077,10 @@ int main(int argc, char **argv)
      * (abi_examples.sh runs it on the examples of docs/abi.md). */
     bool descriptors_only = argc > 1 && strcmp(argv[1], "--descriptors-only") == 0;
     CHECK(n_plugins > 0, "no plugins in %s", plugin_dir);
-    static const char *const shipped[] = {"sgd", "adam", "adamw", "step", "cosine"};
+    static const char *const shipped[] = {
+        "sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta",
+        "asgd", "rprop", "step", "cosine", "multistep", "constant", "linear", "exponential",
+        "polynomial", "cosine_warm_restarts", "warmup_cosine"};
     for (size_t i = 0; !descriptors_only && i < sizeof shipped / sizeof shipped[0]; i++)
         CHECK(find_plugin(plugins, n_plugins, shipped[i]) != NULL, "plugin %s not found in %s",
               shipped[i], plugin_dir);
@@ -799,6 +1095,7 @@ int main(int argc, char **argv)
         return check_report("parity_plugins");
     }
     check_refusals(plugins, n_plugins);
+    check_reference_vectors(plugins, n_plugins);
 
     char data_dir[512];
     bool generated = argc < 2;
