@@ -494,41 +494,52 @@ static int op_step(request *r)
     return rc;
 }
 
-static int op_pull(request *r)
+/* The parameters a request's optional "names" array selects (default: all,
+ * in registration order), as indices; the caller holds the session lock and
+ * frees *out. A name given twice is refused: a reply map must not repeat a
+ * key. */
+static int resolve_names(request *r, session *s, size_t **out, size_t *count)
 {
     const msgpack_object *names = wire_map_get(r->root, "names");
-    if (names && names->type != MSGPACK_OBJECT_ARRAY && names->type != MSGPACK_OBJECT_NIL)
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
     if (names && names->type == MSGPACK_OBJECT_NIL) names = NULL;
-    session *s = request_session(r);
-    if (!s) return -1;
-    session_lock(s);
-    int rc = 0;
-    size_t count = names ? names->via.array.size : s->n_params;
-    /* Marks catch a name given twice (a reply map must not repeat a key). */
+    if (names && names->type != MSGPACK_OBJECT_ARRAY)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
+    *count = names ? names->via.array.size : s->n_params;
+    size_t *idx = malloc((*count ? *count : 1) * sizeof *idx);
+    if (!idx) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
     uint64_t serial = ++s->request_serial;
-    int64_t *idx = malloc((count ? count : 1) * sizeof *idx);
-    if (!idx) rc = fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
-    for (size_t i = 0; rc == 0 && i < count; i++) {
+    for (size_t i = 0; i < *count; i++) {
         if (!names) {
-            idx[i] = (int64_t)i;
+            idx[i] = i;
             continue;
         }
         const msgpack_object *n = &names->via.array.ptr[i];
         if (n->type != MSGPACK_OBJECT_STR) {
-            rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
-            break;
+            free(idx);
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'names' must be an array of strings");
         }
-        idx[i] = session_find_param(s, n->via.str.ptr, n->via.str.size);
-        if (idx[i] < 0)
-            rc = fail(&r->err, OPTIMD_E_UNKNOWN_PARAM, "no parameter '%.*s' in session '%s'",
-                      (int)(n->via.str.size > PARAM_NAME_MAX ? PARAM_NAME_MAX : n->via.str.size),
-                      n->via.str.ptr, s->name);
-        else if (s->params[idx[i]].mark == serial)
-            rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "'%s' is named twice", s->names[idx[i]]);
-        else
-            s->params[idx[i]].mark = serial;
+        int64_t found = session_find_param(s, n->via.str.ptr, n->via.str.size);
+        if (found < 0 || s->params[found].mark == serial) {
+            free(idx);
+            if (found >= 0) return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'%s' is named twice", s->names[found]);
+            return fail(&r->err, OPTIMD_E_UNKNOWN_PARAM, "no parameter '%.*s' in session '%s'",
+                        (int)(n->via.str.size > PARAM_NAME_MAX ? PARAM_NAME_MAX : n->via.str.size),
+                        n->via.str.ptr, s->name);
+        }
+        s->params[found].mark = serial;
+        idx[i] = (size_t)found;
     }
+    *out = idx;
+    return 0;
+}
+
+static int op_pull(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    size_t *idx = NULL, count = 0;
+    int rc = resolve_names(r, s, &idx, &count);
     if (rc == 0) {
         size_t bytes = 256;
         for (size_t i = 0; i < count; i++) bytes += 384 + s->params[idx[i]].nbytes;
@@ -536,7 +547,43 @@ static int op_pull(request *r)
         msgpack_packer *pk = reply_begin(r, 1);
         wire_pack_str(pk, "params");
         msgpack_pack_map(pk, (uint32_t)count);
-        for (size_t i = 0; i < count; i++) pack_param(pk, s, (size_t)idx[i]);
+        for (size_t i = 0; i < count; i++) pack_param(pk, s, idx[i]);
+    }
+    free(idx);
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+/* The optimizer state of the selected parameters: every slot allocated so
+ * far (a parameter that never stepped has none), by slot key. */
+static int op_state(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    size_t *idx = NULL, count = 0;
+    int rc = resolve_names(r, s, &idx, &count);
+    if (rc == 0) {
+        const optimd_optimizer *o = s->opt->desc->optimizer;
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "state");
+        msgpack_pack_map(pk, (uint32_t)count);
+        for (size_t i = 0; i < count; i++) {
+            const param *p = &s->params[idx[i]];
+            uint32_t n_slots = 0;
+            for (uint32_t k = 0; p->slots && k < o->n_slots; k++) n_slots += p->slots[k] != NULL;
+            wire_pack_str(pk, s->names[idx[i]]);
+            msgpack_pack_map(pk, n_slots);
+            for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
+                if (!p->slots[k]) continue;
+                bool scalar = o->slots[k].shape == OPTIMD_SLOT_SCALAR;
+                uint32_t dtype = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
+                size_t bytes = (size_t)(scalar ? 1 : p->numel) * wire_dtype_size(dtype);
+                wire_pack_str(pk, o->slots[k].key);
+                wire_pack_tensor(pk, dtype, scalar ? 0 : p->ndim, p->shape, p->slots[k], bytes);
+            }
+        }
     }
     free(idx);
     session_unlock(s);
@@ -644,7 +691,7 @@ static const op_entry ops[] = {
     {"attach", op_info},       {"info", op_info},         {"hparams", op_hparams},
     {"set_hparams", op_set_hparams}, {"close", op_close}, {"sessions", op_sessions},
     {"register", op_register}, {"step", op_step},         {"pull", op_pull},
-    {"export", op_export},     {"import", op_import},
+    {"export", op_export},     {"import", op_import},     {"state", op_state},
 };
 
 static int dispatch(request *r, const msgpack_object *root)

@@ -225,6 +225,26 @@ class Sessions(DaemonTest):
         self.assertEqual(self.ok(self.c.call("pull", **dirty, names=[]))["params"], {})
         self.assertEqual(list(self.ok(self.c.call("pull", **dirty, names=["b"]))["params"]), ["b"])
 
+    def test_state_returns_every_allocated_slot(self):
+        s = self.open("slots", "adam", hparams={"lr": 0.1, "amsgrad": True})
+        self.ok(self.c.call("register", **s, params={"w": tensor(np.zeros(3, np.float32)),
+                                                     "idle": tensor(np.zeros(2))}))
+        g = np.array([1.0, -2.0, 0.5], np.float32)
+        self.ok(self.c.call("step", **s, grads={"w": tensor(g)}))
+        st = self.ok(self.c.call("state", **s))["state"]
+        self.assertEqual(st["idle"], {})
+        self.assertEqual(set(st["w"]), {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+        # After one step from zero state: m = (1 - beta1) g, v = (1 - beta2) g^2, in fp32 as torch.
+        np.testing.assert_array_equal(array(st["w"]["exp_avg"]), np.float32(0.1) * g)
+        np.testing.assert_array_equal(array(st["w"]["exp_avg_sq"]), (np.float32(1 - 0.999) * g) * g)
+        np.testing.assert_array_equal(array(st["w"]["max_exp_avg_sq"]), array(st["w"]["exp_avg_sq"]))
+        self.assertEqual(list(self.ok(self.c.call("state", **s, names=["w"]))["state"]), ["w"])
+        self.err(self.c.call("state", **s, names=["nope"]), "UNKNOWN_PARAM")
+        plain = self.open("slots2", "adam")
+        self.ok(self.c.call("register", **plain, params={"w": tensor(np.zeros(3, np.float32))}))
+        self.ok(self.c.call("step", **plain, grads={"w": tensor(g)}))
+        self.assertNotIn("max_exp_avg_sq", self.ok(self.c.call("state", **plain))["state"]["w"])
+
     def test_step_without_return_and_empty(self):
         s = self.open("noret", hparams={"lr": 0.5})
         self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(2, np.float32))}))
