@@ -365,6 +365,7 @@ static int op_set_hparams(request *r)
     session_lock(s);
     store_change change = change_of(r);
     int rc = session_set_hparams(s, map, store_log_change, &change, &r->err);
+    if (rc == 0) store_compact_if_large(&r->srv->store, s);
     if (rc == 0) pack_lrs(reply_begin(r, 4), s);
     session_unlock(s);
     session_unref(s);
@@ -429,6 +430,7 @@ static int op_register(request *r)
     session_lock(s);
     store_change change = change_of(r);
     int rc = session_register(s, params, store_log_change, &change, &r->err);
+    if (rc == 0) store_compact_if_large(&r->srv->store, s);
     session_unlock(s);
     if (rc == 0) {
         msgpack_packer *pk = reply_begin(r, 1);
@@ -462,6 +464,7 @@ static int op_step(request *r)
     step_result res;
     store_change change = change_of(r);
     int rc = session_step(s, grads, &id, r->srv->pool, store_log_change, &change, &res, &r->err);
+    if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
     if (rc == 0) {
         if (want_params) {
             size_t bytes = 256;

@@ -85,6 +85,7 @@ typedef struct session {
     int durability;            /* enum durability */
     int wal_fd;                /* the open write-ahead log, or -1 */
     bool wal_unsynced;         /* appended since the last fdatasync */
+    uint64_t wal_bytes;        /* the log's length */
 
     client_seq *clients;       /* sequenced clients, in first-seen order */
     size_t n_clients;

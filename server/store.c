@@ -106,6 +106,8 @@ static int save_locked(store *st, session *s)
         if (ftruncate(s->wal_fd, 0) != 0 || fdatasync(s->wal_fd) != 0)
             log_warn("session %s: cannot empty the log (%s); replay will skip what it holds", s->name,
                      strerror(errno));
+        else
+            s->wal_bytes = 0;
         s->wal_unsynced = false;
     }
     return 0;
@@ -130,6 +132,7 @@ int store_log_change(void *change, session *s, request_error *err)
     if (s->wal_fd < 0) return 0;
     if (wal_append(s->wal_fd, s->version + 1, c->request, c->len) != 0)
         return fail(err, OPTIMD_E_STORAGE, "cannot log the change (nothing applied): %s", strerror(errno));
+    s->wal_bytes += 16 + c->len;
     if (s->durability == DURABILITY_ALWAYS) {
         if (fdatasync(s->wal_fd) != 0)
             return fail(err, OPTIMD_E_STORAGE, "cannot flush the log (nothing applied): %s", strerror(errno));
@@ -162,6 +165,26 @@ void store_sync_logs(store *st, session_table *t)
         close(fd);
     }
     session_table_release_list(list, n);
+}
+
+/* The bytes a snapshot of `s` takes, near enough: parameters and slots. */
+static uint64_t state_bytes(const session *s)
+{
+    uint64_t bytes = 0;
+    uint32_t n_slots = s->opt->desc->optimizer->n_slots;
+    for (size_t i = 0; i < s->n_params; i++) bytes += (uint64_t)s->params[i].nbytes * (1 + n_slots);
+    return bytes;
+}
+
+int store_compact_if_large(store *st, session *s)
+{
+    /* A log as large as a snapshot costs as much to replay as the snapshot
+     * to write: past that (and past a floor that keeps small sessions from
+     * snapshotting all the time) a snapshot replaces it. Writing costs at
+     * most as much again as the log did, so amortised it stays cheap. */
+    const uint64_t floor = 64ull << 20;
+    if (s->wal_fd < 0 || s->wal_bytes < floor || s->wal_bytes < state_bytes(s)) return 0;
+    return save_locked(st, s);
 }
 
 int store_save(store *st, session *s)
@@ -268,6 +291,7 @@ static void replay_log(store *st, session *s, compute_pool *pool)
     }
     struct stat sb;
     if (fstat(s->wal_fd, &sb) != 0 || sb.st_size == 0) return;
+    s->wal_bytes = (uint64_t)sb.st_size;
     replay_ctx ctx = {.s = s, .pool = pool};
     uint64_t good = 0;
     long records = wal_replay(s->wal_fd, replay_record, &ctx, &good);
@@ -280,6 +304,8 @@ static void replay_log(store *st, session *s, compute_pool *pool)
                  (unsigned long long)good, (long long)sb.st_size);
         if (ftruncate(s->wal_fd, (off_t)good) != 0 || fdatasync(s->wal_fd) != 0)
             log_error("session %s: cannot cut its log: %s", s->name, strerror(errno));
+        else
+            s->wal_bytes = good;
     }
     if (ctx.applied)
         log_info("session %s: replayed %ld logged changes (now %llu steps)", s->name, ctx.applied,

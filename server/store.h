@@ -38,6 +38,10 @@ int store_log_change(void *change, session *s, request_error *err);
  * of DURABILITY_INTERVAL). */
 void store_sync_logs(store *st, session_table *t);
 
+/* Snapshots `s` (the caller holds the lock) when its log has grown to the
+ * size of a snapshot; called after each logged change. */
+int store_compact_if_large(store *st, session *s);
+
 /* Saves `s` if it changed since its last snapshot, then empties its log.
  * Takes the session lock. */
 int store_save(store *st, session *s);

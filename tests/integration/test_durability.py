@@ -449,6 +449,25 @@ class WriteAheadLog(unittest.TestCase):
         self.assertEqual(c.call("info", **s)["steps"], 4)
         c.close()
 
+    def test_large_log_is_compacted_into_a_snapshot(self):
+        d = self.start()
+        c = Req(d.url, timeout_ms=60000)
+        n = 2_000_000                       # 8 MB a step: the log reaches the 64 MiB floor at step 8
+        s = self.open_session(c, "compact", "interval", n=n)
+        sdir = os.path.join(self.state, "sessions", "compact")
+        for i in range(10):
+            self.assertTrue(c.call("step", **s, grads=self.grad(i, n), **{"return": False})["ok"])
+        self.assertLess(os.path.getsize(os.path.join(sdir, "wal.log")), 64 << 20)
+        self.assertGreaterEqual(snapshot_steps(os.path.join(sdir, "snapshot.safetensors")), 7)
+        before = c.call("pull", **s)["params"]["w"]["data"]
+        c.close()
+        d.kill()
+        d = self.start()
+        c = Req(d.url, timeout_ms=60000)
+        self.assertEqual(c.call("info", **s)["steps"], 10)
+        self.assertEqual(c.call("pull", **s)["params"]["w"]["data"], before)
+        c.close()
+
     def test_full_disk_fails_the_step_and_changes_nothing(self):
         d = self.start(max_file_bytes=64 * 1024)
         c = Req(d.url)
