@@ -216,6 +216,62 @@ static bool valid_session_name(const char *s, size_t len)
     return true;
 }
 
+static const char *const name_rule =
+    "session names are 1 to 128 characters of A-Z a-z 0-9 _ . - not starting with a dot";
+
+/* The request's optional "session" name, checked, NUL-terminated in `out`.
+ * *given says whether the request had one. */
+static int get_session_name(request *r, bool required, char out[SESSION_NAME_MAX + 1], bool *given)
+{
+    const char *name = NULL;
+    size_t len = 0;
+    if (wire_get_str(r->root, "session", required, &name, &len, &r->err)) return -1;
+    *given = name != NULL;
+    if (!name) return 0;
+    if (!valid_session_name(name, len)) return fail(&r->err, OPTIMD_E_BAD_REQUEST, "%s", name_rule);
+    memcpy(out, name, len);
+    out[len] = '\0';
+    return 0;
+}
+
+/* The request's optional "durability"; *out is left alone when absent. */
+static int get_durability(request *r, int *out)
+{
+    const char *dur = NULL;
+    size_t len = 0;
+    if (wire_get_str(r->root, "durability", false, &dur, &len, &r->err)) return -1;
+    if (!dur) return 0;
+    for (int i = 0; i < 3; i++) {
+        if (strlen(durability_names[i]) == len && memcmp(durability_names[i], dur, len) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'durability' must be \"always\", \"interval\" or \"none\"");
+}
+
+/* Makes a new session (one reference, handed over) visible and durable:
+ * the table, then its directory, first snapshot and log. Copies its name
+ * and token out first: once in the table, others may close it. */
+static int admit_session(request *r, session *s, char name[SESSION_NAME_MAX + 1],
+                         char token[SESSION_TOKEN_LEN + 1])
+{
+    memcpy(name, s->name, SESSION_NAME_MAX + 1);
+    memcpy(token, s->token, SESSION_TOKEN_LEN + 1);
+    if (session_table_add(&r->srv->sessions, s, &r->err)) {
+        session_unref(s);
+        return -1;
+    }
+    session_lock(s);
+    int stored = store_attach(&r->srv->store, s, &r->err);
+    session_unlock(s);
+    if (stored != 0) {
+        session_table_remove(&r->srv->sessions, s);
+        return -1;
+    }
+    return 0;
+}
+
 static const plugin *find_plugin(request *r, const char *key, uint32_t kind, bool required)
 {
     const char *id;
@@ -235,55 +291,28 @@ static const plugin *find_plugin(request *r, const char *key, uint32_t kind, boo
 
 static int op_open(request *r)
 {
-    const char *name;
-    size_t len;
-    if (wire_get_str(r->root, "session", true, &name, &len, &r->err)) return -1;
-    if (!valid_session_name(name, len))
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST,
-                    "session names are 1 to %d characters of A-Z a-z 0-9 _ . - not starting with a dot",
-                    SESSION_NAME_MAX);
+    char name[SESSION_NAME_MAX + 1], token[SESSION_TOKEN_LEN + 1];
+    bool given;
+    if (get_session_name(r, true, name, &given)) return -1;
     const plugin *opt = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
     if (!opt) return -1;
     const plugin *sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
     if (r->err.code) return -1;
     const msgpack_object *hp, *sched_hp;
+    int durability = DURABILITY_INTERVAL;
     if (wire_get_map(r->root, "hparams", false, &hp, &r->err) ||
-        wire_get_map(r->root, "sched_hparams", false, &sched_hp, &r->err))
+        wire_get_map(r->root, "sched_hparams", false, &sched_hp, &r->err) || get_durability(r, &durability))
         return -1;
-    const char *dur = "interval";
-    size_t dur_len = 8;
-    if (wire_get_str(r->root, "durability", false, &dur, &dur_len, &r->err)) return -1;
-    int durability = -1;
-    for (int i = 0; i < 3; i++)
-        if (strlen(durability_names[i]) == dur_len && memcmp(durability_names[i], dur, dur_len) == 0)
-            durability = i;
-    if (durability < 0)
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'durability' must be \"always\", \"interval\" or \"none\"");
-    char name_z[SESSION_NAME_MAX + 1];
-    memcpy(name_z, name, len);
-    name_z[len] = '\0';
-    session *s = session_create(name_z, opt, hp, sched, sched_hp, &r->err);
+    session *s = session_create(name, opt, hp, sched, sched_hp, &r->err);
     if (!s) return -1;
     s->durability = durability;
     double lr = s->lr;
-    char token[SESSION_TOKEN_LEN + 1];
-    memcpy(token, s->token, sizeof token);
-    if (session_table_add(&r->srv->sessions, s, &r->err)) {
-        session_unref(s);
-        return -1;
-    }
-    session_lock(s);
-    int stored = store_attach(&r->srv->store, s, &r->err);
-    session_unlock(s);
-    if (stored != 0) {
-        session_table_remove(&r->srv->sessions, s);
-        return -1;
-    }
-    log_info("session %s opened (optimizer %s%s%s)", name_z, opt->desc->id,
+    if (admit_session(r, s, name, token)) return -1;
+    log_info("session %s opened (optimizer %s%s%s)", name, opt->desc->id,
              sched ? ", scheduler " : "", sched ? sched->desc->id : "");
     msgpack_packer *pk = reply_begin(r, 3);
     wire_pack_str(pk, "session");
-    wire_pack_str(pk, name_z);
+    wire_pack_str(pk, name);
     wire_pack_str(pk, "token");
     wire_pack_str(pk, token);
     wire_pack_str(pk, "lr");
@@ -627,56 +656,26 @@ static int op_import(request *r)
     const msgpack_object *snap = wire_map_get(r->root, "snapshot");
     if (!snap || snap->type != MSGPACK_OBJECT_BIN)
         return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'snapshot' must be bin (a file from 'export')");
-    const char *name = NULL, *dur = NULL;
-    size_t name_len = 0, dur_len = 0;
-    if (wire_get_str(r->root, "session", false, &name, &name_len, &r->err) ||
-        wire_get_str(r->root, "durability", false, &dur, &dur_len, &r->err))
-        return -1;
-    char name_z[SESSION_NAME_MAX + 1];
-    if (name) {
-        if (!valid_session_name(name, name_len))
-            return fail(&r->err, OPTIMD_E_BAD_REQUEST,
-                        "session names are 1 to %d characters of A-Z a-z 0-9 _ . - not starting with a dot",
-                        SESSION_NAME_MAX);
-        memcpy(name_z, name, name_len);
-        name_z[name_len] = '\0';
-    }
+    char name[SESSION_NAME_MAX + 1], token[SESSION_TOKEN_LEN + 1];
+    bool renamed;
     int durability = -1;
-    for (int i = 0; dur && i < 3; i++)
-        if (strlen(durability_names[i]) == dur_len && memcmp(durability_names[i], dur, dur_len) == 0)
-            durability = i;
-    if (dur && durability < 0)
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'durability' must be \"always\", \"interval\" or \"none\"");
+    if (get_session_name(r, false, name, &renamed) || get_durability(r, &durability)) return -1;
     char why[256];
     session *s = snapshot_parse((const unsigned char *)snap->via.bin.ptr, snap->via.bin.size, &r->srv->plugins,
-                                name ? name_z : NULL, why, sizeof why);
+                                renamed ? name : NULL, why, sizeof why);
     if (!s) return fail(&r->err, OPTIMD_E_BAD_REQUEST, "unusable snapshot: %s", why);
-    if (!name && !valid_session_name(s->name, strlen(s->name))) {
+    if (!valid_session_name(s->name, strlen(s->name))) {
         session_unref(s);
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "the snapshot's session name is not valid here");
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "the snapshot's session name breaks the rule: %s", name_rule);
     }
     session_new_token(s);
     if (durability >= 0) s->durability = durability;
-    char token[SESSION_TOKEN_LEN + 1];
-    memcpy(token, s->token, sizeof token);
     uint64_t steps = s->steps;
-    char final_name[SESSION_NAME_MAX + 1];
-    memcpy(final_name, s->name, sizeof final_name);
-    if (session_table_add(&r->srv->sessions, s, &r->err)) {
-        session_unref(s);
-        return -1;
-    }
-    session_lock(s);
-    int stored = store_attach(&r->srv->store, s, &r->err);
-    session_unlock(s);
-    if (stored != 0) {
-        session_table_remove(&r->srv->sessions, s);
-        return -1;
-    }
-    log_info("session %s imported (%llu steps)", final_name, (unsigned long long)steps);
+    if (admit_session(r, s, name, token)) return -1;
+    log_info("session %s imported (%llu steps)", name, (unsigned long long)steps);
     msgpack_packer *pk = reply_begin(r, 3);
     wire_pack_str(pk, "session");
-    wire_pack_str(pk, final_name);
+    wire_pack_str(pk, name);
     wire_pack_str(pk, "token");
     wire_pack_str(pk, token);
     wire_pack_str(pk, "steps");
