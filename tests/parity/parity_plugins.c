@@ -1080,7 +1080,7 @@ int main(int argc, char **argv)
     static const char *const shipped[] = {
         "sgd", "adam", "adamw", "adagrad", "rmsprop", "adamax", "nadam", "radam", "adadelta",
         "asgd", "rprop", "step", "cosine", "multistep", "constant", "linear", "exponential",
-        "polynomial", "cosine_warm_restarts", "warmup_cosine"};
+        "polynomial", "cosine_warm_restarts", "warmup_cosine", "lion", "adan", "ademamix"};
     for (size_t i = 0; !descriptors_only && i < sizeof shipped / sizeof shipped[0]; i++)
         CHECK(find_plugin(plugins, n_plugins, shipped[i]) != NULL, "plugin %s not found in %s",
               shipped[i], plugin_dir);

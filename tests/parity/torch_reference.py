@@ -36,7 +36,9 @@ torch's defaults here and the plugin's declared defaults in the C tests, so
 a wrong default in a plugin fails the comparison.
 
 Nothing in this file computes an update itself: every expected number comes
-from torch.optim. Exit status 77 means torch is not importable (CTest then
+from torch.optim, except for the optimizers torch 1.13 lacks (lion, adan,
+ademamix), whose answers come from beyond_torch.py: independent
+implementations in torch 1.13 tensor ops of each method's reference code. Exit status 77 means torch is not importable (CTest then
 reports the test as skipped, not passed).
 """
 
@@ -54,17 +56,19 @@ except ImportError as exc:  # pragma: no cover - environment problem
     print("torch_reference.py: cannot import torch: %s" % exc, file=sys.stderr)
     sys.exit(77)
 
-BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered"}
+BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "no_prox"}
 # MultiStepLR's list of milestones travels as up to MAX_MILESTONES int keys
 # milestone0, milestone1, ...; -1 marks an unused key (no epoch is -1).
 MAX_MILESTONES = 8
 MILESTONE_KEYS = ["milestone%d" % i for i in range(MAX_MILESTONES)]
-INT_KEYS = ({"step_size", "T_max", "total_iters", "T_0", "T_mult", "warmup_iters"} |
+INT_KEYS = ({"step_size", "T_max", "total_iters", "T_0", "T_mult", "warmup_iters",
+             "beta3_warmup", "alpha_warmup"} |
             set(MILESTONE_KEYS))
 
 # torch arguments that are pairs; optimd splits each into two float keys.
+# (Adan's and AdEMAMix's betas are triples: beta1, beta2, beta3.)
 PAIR_KEYS = {
-    "betas": ("beta1", "beta2"),
+    "betas": ("beta1", "beta2", "beta3"),
     "etas": ("eta_minus", "eta_plus"),
     "step_sizes": ("step_size_min", "step_size_max"),
 }
@@ -120,6 +124,9 @@ OPTIMIZERS = {
     "asgd": torch.optim.ASGD,
     "rprop": torch.optim.Rprop,
 }
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import beyond_torch  # noqa: E402  (after the torch import check above)
+OPTIMIZERS.update(beyond_torch.OPTIMIZERS)
 SCHEDULERS = {
     "step": torch.optim.lr_scheduler.StepLR,
     "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
@@ -157,11 +164,13 @@ def torch_optimizer_kwargs(cls, hparams):
     default."""
     kwargs = dict(hparams)
     signature = inspect.signature(cls.__init__).parameters
-    for pair, (first, second) in PAIR_KEYS.items():
-        if first in kwargs or second in kwargs:
-            default = signature[pair].default
-            kwargs[pair] = (kwargs.pop(first, default[0]),
-                            kwargs.pop(second, default[1]))
+    for pair, keys in PAIR_KEYS.items():
+        if pair not in signature:
+            continue
+        default = signature[pair].default
+        keys = keys[:len(default)]
+        if any(key in kwargs for key in keys):
+            kwargs[pair] = tuple(kwargs.pop(key, value) for key, value in zip(keys, default))
     kwargs["foreach"] = False  # the single-tensor path optimd reproduces
     return kwargs
 
@@ -587,6 +596,91 @@ def random_catalog_cases(draws_per_optimizer=4):
     return s
 
 
+def beyond_unit_cases():
+    """The optimizers beyond torch 1.13 against beyond_torch.py: defaults,
+    every flag, f64, a scheduler, several parameters with their own step
+    counters, a tensor large enough for parallel_for, and random draws."""
+    s = []
+    # Lion
+    s.append(Case("lion_defaults", "lion", {}))
+    s.append(Case("lion_wd", "lion", {"lr": 3e-4, "beta1": 0.95, "beta2": 0.98,
+                                      "weight_decay": 1.0}, steps=12))
+    s.append(Case("lion_beta1_zero", "lion", {"lr": 1e-3, "beta1": 0.0, "beta2": 0.5}))
+    s.append(Case("lion_f64", "lion", {"lr": 1e-3, "weight_decay": 0.1}, dtype="f64", steps=12))
+    s.append(Case("lion_cosine", "lion", {"lr": 1e-3, "weight_decay": 0.3}, steps=12,
+                  scheduler="cosine", sched_hparams={"T_max": 5, "eta_min": 1e-5}))
+    s.append(Case("lion_subset", "lion", {"lr": 1e-3, "weight_decay": 0.1},
+                  params=(("w", 1037), ("b", 33)), steps=10, has_grad=subset_mask))
+    s.append(Case("lion_parallel", "lion", {"lr": 1e-3, "weight_decay": 0.1},
+                  params=(("w", 70001),), steps=3))
+    # Adan: proximal (default) and no_prox decay; D = 0 at step 1.
+    s.append(Case("adan_defaults", "adan", {}, steps=12))
+    s.append(Case("adan_prox_wd", "adan", {"lr": 0.01, "weight_decay": 0.05}, steps=12))
+    s.append(Case("adan_no_prox_wd", "adan",
+                  {"lr": 0.01, "weight_decay": 0.05, "no_prox": True}, steps=12))
+    s.append(Case("adan_no_prox_no_wd", "adan", {"lr": 0.01, "no_prox": True}))
+    s.append(Case("adan_betas_eps", "adan",
+                  {"lr": 0.003, "beta1": 0.9, "beta2": 0.5, "beta3": 0.95, "eps": 1e-3}))
+    s.append(Case("adan_f64", "adan", {"lr": 0.01, "weight_decay": 0.02, "no_prox": True},
+                  dtype="f64", steps=12))
+    s.append(Case("adan_f64_prox", "adan", {"lr": 0.01, "weight_decay": 0.1}, dtype="f64"))
+    s.append(Case("adan_subset", "adan", {"lr": 0.01, "weight_decay": 0.02},
+                  params=(("w", 1037), ("b", 33)), steps=10, has_grad=subset_mask))
+    s.append(Case("adan_parallel", "adan", {"lr": 0.01, "no_prox": True, "weight_decay": 0.1},
+                  params=(("w", 70001),), steps=3))
+    s.append(Case("adan_step_lr", "adan", {"lr": 0.01}, steps=10,
+                  scheduler="step", sched_hparams={"step_size": 3, "gamma": 0.5}))
+    # AdEMAMix: warmups on and off, beta1 = 0 (no fast EMA), decay.
+    s.append(Case("ademamix_defaults", "ademamix", {}, steps=12))
+    s.append(Case("ademamix_wd", "ademamix",
+                  {"lr": 0.01, "alpha": 5.0, "weight_decay": 0.1, "beta3": 0.999}, steps=12))
+    s.append(Case("ademamix_warmups", "ademamix",
+                  {"lr": 0.01, "alpha_warmup": 7, "beta3_warmup": 9, "weight_decay": 0.01},
+                  steps=12))
+    s.append(Case("ademamix_beta1_zero", "ademamix",
+                  {"lr": 0.01, "beta1": 0.0, "beta3_warmup": 5, "eps": 1e-4}))
+    s.append(Case("ademamix_f64", "ademamix",
+                  {"lr": 0.01, "alpha_warmup": 4, "beta3_warmup": 6, "weight_decay": 0.05},
+                  dtype="f64", steps=10))
+    s.append(Case("ademamix_subset", "ademamix", {"lr": 0.01, "beta3_warmup": 4},
+                  params=(("w", 1037), ("b", 33)), steps=10, has_grad=subset_mask))
+    s.append(Case("ademamix_parallel", "ademamix", {"lr": 0.01, "weight_decay": 0.1},
+                  params=(("w", 70001),), steps=3))
+    s.append(Case("ademamix_linear", "ademamix", {"lr": 0.01}, steps=10,
+                  scheduler="linear", sched_hparams={"start_factor": 0.2, "total_iters": 4}))
+    # Random draws, 20 steps each.
+    rng = random.Random(20240607)
+
+    def log_uniform(lo, hi):
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+    def maybe(value):
+        return rng.choice((0.0, value))
+
+    draw = {
+        "lion": lambda: {
+            "lr": log_uniform(1e-5, 1e-2), "beta1": rng.uniform(0.0, 0.99),
+            "beta2": rng.uniform(0.5, 0.999), "weight_decay": maybe(log_uniform(1e-3, 1.0))},
+        "adan": lambda: {
+            "lr": log_uniform(1e-4, 1e-2), "beta1": rng.uniform(0.5, 0.99),
+            "beta2": rng.uniform(0.5, 0.99), "beta3": rng.uniform(0.9, 0.999),
+            "eps": log_uniform(1e-10, 1e-4), "weight_decay": maybe(log_uniform(1e-3, 0.1)),
+            "no_prox": rng.random() < 0.5},
+        "ademamix": lambda: {
+            "lr": log_uniform(1e-4, 1e-2), "beta1": rng.choice((0.0, rng.uniform(0.5, 0.99))),
+            "beta2": rng.uniform(0.9, 0.9999), "beta3": rng.uniform(0.99, 0.99999),
+            "alpha": rng.uniform(0.0, 10.0), "eps": log_uniform(1e-10, 1e-4),
+            "weight_decay": maybe(log_uniform(1e-3, 0.1)),
+            "alpha_warmup": rng.choice((0, rng.randint(1, 30))),
+            "beta3_warmup": rng.choice((0, rng.randint(1, 30)))},
+    }
+    for name, make in draw.items():
+        for i in range(4):
+            s.append(Case("%s_random%d" % (name, i), name, make(),
+                          dtype=rng.choice(("f32", "f64")), steps=20, seed=200 + i))
+    return s
+
+
 def unit_cases():
     """Small tensors, many configurations: runs in well under a second."""
     s = []
@@ -652,7 +746,7 @@ def unit_cases():
                   sched_hparams={"T_max": 1}))
     s.append(Case("cosine_10_default", scheduler="cosine", base_lr=0.05, steps=35,
                   sched_hparams={"T_max": 10}))
-    return s + catalog_unit_cases() + random_catalog_cases()
+    return s + catalog_unit_cases() + random_catalog_cases() + beyond_unit_cases()
 
 
 def daemon_cases():
@@ -748,6 +842,14 @@ def daemon_cases():
     s.append(Case("adadelta_exponential", "adadelta", {"lr": 1.0},
                   params=big, steps=20, scheduler="exponential",
                   sched_hparams={"gamma": 0.9}, seed=34))
+    # Beyond torch 1.13, against beyond_torch.py.
+    s.append(Case("lion_wd", "lion", {"lr": 3e-4, "weight_decay": 0.5},
+                  params=big, steps=20, seed=36))
+    s.append(Case("adan_no_prox_wd", "adan", {"lr": 0.01, "weight_decay": 0.05, "no_prox": True},
+                  params=big, steps=20, seed=37))
+    s.append(Case("ademamix_warmups", "ademamix",
+                  {"lr": 0.01, "weight_decay": 0.05, "alpha_warmup": 10, "beta3_warmup": 15},
+                  params=big, steps=20, seed=38))
     return s
 
 
