@@ -337,8 +337,20 @@ static int op_info(request *r)
 {
     session *s = request_session(r);
     if (!s) return -1;
+    const char *client = NULL;
+    size_t client_len = 0;
+    if (wire_get_str(r->root, "client", false, &client, &client_len, &r->err)) {
+        session_unref(s);
+        return -1;
+    }
     session_lock(s);
-    msgpack_packer *pk = reply_begin(r, 11);
+    /* A client that keeps its id across restarts resumes its numbering. */
+    const client_seq *cs = client ? session_client(s, client, client_len, false) : NULL;
+    msgpack_packer *pk = reply_begin(r, client ? 12 : 11);
+    if (client) {
+        wire_pack_str(pk, "client_seq");
+        msgpack_pack_uint64(pk, cs ? cs->seq : 0);
+    }
     wire_pack_str(pk, "durability");
     wire_pack_str(pk, durability_names[s->durability]);
     wire_pack_str(pk, "session");

@@ -67,12 +67,21 @@ class Daemon:
         return self.proc.returncode
 
 
+def token_env(daemon):
+    """optimctl keeps named sessions' tokens under $OPTIMD_TOKEN_DIR; the
+    test's own directory, never the build tree."""
+    env = dict(os.environ)
+    env["OPTIMD_TOKEN_DIR"] = os.path.join(daemon.dir, "tokens")
+    return env
+
+
 def optimctl(daemon, *args, server=True):
     cmd = [OPTIMCTL]
     if server:
         cmd += ["--server", daemon.url, "--timeout", "10000"]
     cmd += list(args)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env=token_env(daemon))
 
 
 def lines(text):
@@ -141,7 +150,25 @@ def test_sessions(d):
     r = optimctl(d, "info", "beta", "--token", tok_b)
     info = dict(l.split(None, 1) for l in lines(r.stdout))
     check(r.returncode == 0 and info.get("steps") == "0"
-          and info.get("lr") == "0.01", "info beta: %r %s" % (info, r.stderr))
+          and info.get("lr") == "0.01" and info.get("optimizer") == "adam"
+          and info.get("scheduler") == "cosine"
+          and info.get("durability") == "interval",
+          "info beta: %r %s" % (info, r.stderr))
+    # open --durability, with the token kept in a file info then reads.
+    tf = os.path.join(d.dir, "gamma.token")
+    r = optimctl(d, "open", "gamma", "--optimizer", "sgd", "--set", "lr=0.1",
+                 "--durability", "always", "--token-file", tf)
+    check(r.returncode == 0 and os.path.exists(tf)
+          and (os.stat(tf).st_mode & 0o777) == 0o600,
+          "open --token-file: %d %r" % (r.returncode, r.stderr))
+    r = optimctl(d, "info", "gamma", "--token-file", tf)
+    info = dict(l.split(None, 1) for l in lines(r.stdout))
+    check(r.returncode == 0 and info.get("durability") == "always"
+          and info.get("scheduler") == "-", "info gamma: %r %s"
+          % (info, r.stderr))
+    r = optimctl(d, "close", "gamma", "--token-file", tf)
+    check(r.returncode == 0 and not os.path.exists(tf),
+          "close gamma: %d %r" % (r.returncode, r.stderr))
     r = optimctl(d, "info", "beta", "--token", tok_a)
     check(r.returncode == 1 and r.stderr.startswith("optimctl: BAD_TOKEN"),
           "info with the wrong token: %d %r" % (r.returncode, r.stderr))
@@ -184,6 +211,18 @@ def test_errors(d):
         ("stray argument", ["plugins", "extra"], "no arguments"),
         ("info without token", ["info", "x"], "--token"),
         ("bad --timeout", ["--timeout", "soon", "plugins"], "--timeout"),
+        ("bad --retries", ["--retries", "-1", "plugins"], "--retries"),
+        ("bad --retry-backoff", ["--retry-backoff", "x", "plugins"],
+         "--retry-backoff"),
+        ("bad --durability", ["rosenbrock", "--optimizer", "sgd", "--steps",
+                              "1", "--durability", "sometimes"],
+         "--durability"),
+        ("bad session name", ["rosenbrock", "--optimizer", "sgd", "--steps",
+                              "1", "--session", "../x"], "--session"),
+        ("--token-file alone", ["rosenbrock", "--optimizer", "sgd",
+                                "--steps", "1", "--token-file", "t"],
+         "--token-file"),
+        ("info without a token file", ["info", "nobody"], "no token file"),
     ]
     for what, args, needle in usage_cases:
         r = optimctl(d, *args)
@@ -206,19 +245,32 @@ def test_errors(d):
     check(r.returncode == 1 and "BAD_HPARAM" in r.stderr,
           "negative lr: %d %r" % (r.returncode, r.stderr))
 
-    # A run that diverges fails mid-way; its session must still be closed.
+    # A run that diverges fails mid-way; its unnamed session must still be
+    # closed.
+    unnamed = lambda: [n for n in session_rows(d) if n.startswith("rosenbrock-")]
     r = optimctl(d, "rosenbrock", "--optimizer", "sgd", "--set", "lr=0.1",
-                 "--steps", "50", "--session", "diverge")
+                 "--steps", "50")
     check(r.returncode == 1 and "NONFINITE" in r.stderr,
           "diverging run: %d %r" % (r.returncode, r.stderr))
-    check("diverge" not in session_rows(d), "failed run left its session")
+    check(unnamed() == [], "failed run left its session: %r" % unnamed())
+    # A named one stays, with its token file, for the next run to resume.
+    r = optimctl(d, "rosenbrock", "--optimizer", "sgd", "--set", "lr=0.1",
+                 "--steps", "50", "--session", "diverge")
+    check(r.returncode == 1 and "NONFINITE" in r.stderr
+          and "run the same command again" in r.stderr,
+          "diverging named run: %d %r" % (r.returncode, r.stderr))
+    check("diverge" in session_rows(d), "failed named run closed its session")
+    r = optimctl(d, "close", "diverge")
+    check(r.returncode == 0, "close diverge by its token file: %r" % r.stderr)
+    check(not os.path.exists(os.path.join(d.dir, "tokens", "diverge")),
+          "close left the token file")
 
     # Ctrl-C mid-run: the session is closed before optimctl exits.
     p = subprocess.Popen([OPTIMCTL, "--server", d.url, "rosenbrock",
                           "--optimizer", "sgd", "--set", "lr=0.0001",
-                          "--steps", "100000000", "--session", "interrupted"],
+                          "--steps", "100000000"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, env=token_env(d))
     first = p.stdout.readline()
     time.sleep(0.2)
     p.send_signal(signal.SIGINT)
@@ -226,14 +278,27 @@ def test_errors(d):
     check(first.startswith("step 0/"), "first progress line %r" % first)
     check(p.returncode == 128 + signal.SIGINT and "interrupted" in err,
           "interrupted run: %d %r" % (p.returncode, err))
-    check("interrupted" not in session_rows(d),
-          "interrupted run left its session")
+    check(unnamed() == [], "interrupted run left its session: %r"
+          % unnamed())
 
+    # Nobody listens: the request is tried 1 + --retries times, each retry
+    # announced, then optimctl gives up naming the address.
+    t0 = time.monotonic()
     r = subprocess.run([OPTIMCTL, "--server", "tcp://127.0.0.1:1",
-                        "--timeout", "300", "plugins"],
+                        "--timeout", "300", "--retries", "2",
+                        "--retry-backoff", "50", "plugins"],
                        capture_output=True, text=True, timeout=30)
-    check(r.returncode == 1 and "tcp://127.0.0.1:1" in r.stderr,
+    took = time.monotonic() - t0
+    check(r.returncode == 1 and "tcp://127.0.0.1:1" in r.stderr
+          and "gave up after 2 retries" in r.stderr
+          and r.stderr.count("retry ") == 2,
           "unreachable daemon: %d %r" % (r.returncode, r.stderr))
+    check(0.9 < took < 5, "3 attempts of 300 ms took %.1f s" % took)
+    r = subprocess.run([OPTIMCTL, "--server", "tcp://127.0.0.1:1",
+                        "--timeout", "300", "--retries", "0", "plugins"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "retry" not in r.stderr,
+          "unreachable daemon, no retries: %d %r" % (r.returncode, r.stderr))
 
 
 # ---- rosenbrock parity with torch ---------------------------------------

@@ -447,6 +447,9 @@ class WriteAheadLog(unittest.TestCase):
         again = c.call("step", **s, grads=self.grad(1, 8), seq=2, client="a")
         self.assertEqual((again["steps"], again["duplicate"]), (2, True))
         self.assertEqual(c.call("info", **s)["steps"], 4)
+        self.assertEqual(c.call("info", **s, client="a")["client_seq"], 2)
+        self.assertEqual(c.call("attach", **s, client="nobody")["client_seq"], 0)
+        self.assertNotIn("client_seq", c.call("info", **s))
         c.close()
 
     def test_large_log_is_compacted_into_a_snapshot(self):

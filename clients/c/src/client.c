@@ -5,15 +5,23 @@
  */
 #include "client_internal.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <nng/protocol/reqrep0/req.h>
 
 #define CLIENT_DEFAULT_TIMEOUT_MS 30000
+#define CLIENT_DEFAULT_RETRIES 5
+#define CLIENT_DEFAULT_BACKOFF_MS 100
+#define CLIENT_DEFAULT_BACKOFF_MAX_MS 2000
 
 /* Room for the envelope and the session keys, on top of an operation's own
  * size hint. */
@@ -31,6 +39,16 @@ int client_fail(optimd_client *c, int code, const char *fmt, ...)
     return code;
 }
 
+void client_err_append(optimd_client *c, const char *fmt, ...)
+{
+    size_t at = strlen(c->err);
+    if (at + 1 >= sizeof c->err) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err + at, sizeof c->err - at, fmt, ap);
+    va_end(ap);
+}
+
 static int connect_fail(optimd_client *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -44,60 +62,242 @@ static int connect_fail(optimd_client *c, int code, const char *fmt, ...)
     return code;
 }
 
-int optimd_client_connect(const char *url, int timeout_ms,
-                          optimd_client **out)
+/* Opens c->sock with the client's options and starts dialing c->url.
+ * Returns 0, or an NNG error with `*what` saying which step failed. */
+static int socket_open(optimd_client *c, const char **what)
+{
+    *what = "cannot open a REQ socket";
+    int rv = nng_req0_open(&c->sock);
+    if (rv) return rv;
+    c->sock_open = true;
+    *what = "cannot set socket options";
+    /* Replies can be as large as the parameters they carry, and the
+     * daemon, not the client, decides how large that may be. */
+    if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, 0)) ||
+        (rv = nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, c->timeout_ms)) ||
+        (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms)) ||
+        /* REQ's own resend (every minute by default) would re-send behind
+         * our back, with no say over which ops may be repeated; this
+         * library retries itself (client_call_run). */
+        (rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME,
+                                NNG_DURATION_INFINITE)))
+        return rv;
+    /* Non-blocking: a daemon that starts a little later, or restarts, is
+     * picked up by NNG's redial; requests wait for it up to the timeout. */
+    *what = "cannot dial";
+    return nng_dial(c->sock, c->url, &c->dialer, NNG_FLAG_NONBLOCK);
+}
+
+/* Fills `id` with 32 random hex digits. Random ids let any number of
+ * processes step one session without agreeing on names first; the
+ * fallback only has to differ between processes and clients. */
+static void random_id(char id[CLIENT_ID_MAX + 1])
+{
+    unsigned char bytes[16];
+    size_t got = 0;
+    while (got < sizeof bytes) {
+        ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+        if (n > 0) got += (size_t)n;
+        else if (n < 0 && errno != EINTR) break;
+    }
+    if (got < sizeof bytes) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        static _Atomic unsigned long counter;
+        unsigned long long mix[2] = {
+            (unsigned long long)ts.tv_sec * 1000000007ull ^
+                (unsigned long long)ts.tv_nsec,
+            ((unsigned long long)getpid() << 32) ^ (uintptr_t)id ^ ++counter};
+        memcpy(bytes, mix, sizeof bytes);
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof bytes; i++) {
+        id[2 * i] = hex[bytes[i] >> 4];
+        id[2 * i + 1] = hex[bytes[i] & 15];
+    }
+    id[2 * sizeof bytes] = '\0';
+}
+
+static bool client_id_ok(const char *id)
+{
+    size_t len = id ? strlen(id) : 0;
+    return len >= 1 && len <= CLIENT_ID_MAX;
+}
+
+void optimd_client_options_init(optimd_client_options *opts)
+{
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->struct_size = sizeof *opts;
+    opts->timeout_ms = CLIENT_DEFAULT_TIMEOUT_MS;
+    opts->max_retries = CLIENT_DEFAULT_RETRIES;
+    opts->backoff_ms = CLIENT_DEFAULT_BACKOFF_MS;
+    opts->backoff_max_ms = CLIENT_DEFAULT_BACKOFF_MAX_MS;
+}
+
+/* True when the caller's options struct reaches past `member`. */
+#define OPTS_HAS(o, member)                                                \
+    ((o)->struct_size >= offsetof(optimd_client_options, member) +         \
+                             sizeof((o)->member))
+
+int optimd_client_connect_ex(const char *url,
+                             const optimd_client_options *opts,
+                             optimd_client **out)
 {
     connect_err[0] = '\0';
     if (!out) return connect_fail(NULL, OPTIMD_CLIENT_E_ARG, "out is NULL");
     *out = NULL;
     if (!url || !*url)
         return connect_fail(NULL, OPTIMD_CLIENT_E_ARG, "no URL given");
-    if (timeout_ms < 0)
+    optimd_client_options o;
+    optimd_client_options_init(&o);
+    if (opts) {
+        if (!OPTS_HAS(opts, timeout_ms))
+            return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                                "options.struct_size is %zu: fill the "
+                                "options with optimd_client_options_init",
+                                opts->struct_size);
+        if (OPTS_HAS(opts, timeout_ms)) o.timeout_ms = opts->timeout_ms;
+        if (OPTS_HAS(opts, max_retries)) o.max_retries = opts->max_retries;
+        if (OPTS_HAS(opts, backoff_ms)) o.backoff_ms = opts->backoff_ms;
+        if (OPTS_HAS(opts, backoff_max_ms))
+            o.backoff_max_ms = opts->backoff_max_ms;
+        if (OPTS_HAS(opts, client_id)) o.client_id = opts->client_id;
+        if (OPTS_HAS(opts, on_retry)) o.on_retry = opts->on_retry;
+        if (OPTS_HAS(opts, on_retry_arg)) o.on_retry_arg = opts->on_retry_arg;
+    }
+    if (o.timeout_ms <= 0)
         return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
-                            "timeout %d ms is negative", timeout_ms);
+                            "timeout %d ms is not positive", o.timeout_ms);
+    if (o.max_retries < 0 || o.backoff_ms < 0 || o.backoff_max_ms < 0)
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "max_retries, backoff_ms and backoff_max_ms "
+                            "must not be negative");
+    if (o.client_id && !client_id_ok(o.client_id))
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "client_id must be 1 to %d bytes", CLIENT_ID_MAX);
 
     optimd_client *c = calloc(1, sizeof *c);
     if (!c || !(c->url = strdup(url))) {
         free(c);
         return connect_fail(NULL, OPTIMD_CLIENT_E_NOMEM, "out of memory");
     }
-    c->timeout_ms = timeout_ms ? timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    c->timeout_ms = o.timeout_ms;
+    c->max_retries = o.max_retries;
+    c->backoff_ms = o.backoff_ms;
+    c->backoff_max_ms = o.backoff_max_ms;
+    c->on_retry = o.on_retry;
+    c->on_retry_arg = o.on_retry_arg;
     c->next_id = 1;
+    if (o.client_id) strcpy(c->id, o.client_id);
+    else random_id(c->id);
 
-    int rv = nng_req0_open(&c->sock);
+    const char *what;
+    int rv = socket_open(c, &what);
     if (rv)
-        return connect_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
-                            "cannot open a REQ socket: %s", nng_strerror(rv));
-    c->sock_open = true;
-    /* Replies can be as large as the parameters they carry, and the
-     * daemon, not the client, decides how large that may be. */
-    if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, 0)) ||
-        (rv = nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, c->timeout_ms)) ||
-        (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms)) ||
-        /* A step is not idempotent: REQ's automatic resend (every minute
-         * by default) could apply a gradient twice. */
-        (rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME,
-                                NNG_DURATION_INFINITE)))
-        return connect_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
-                            "cannot set socket options: %s",
-                            nng_strerror(rv));
-
-    /* Non-blocking: a daemon that starts a little later, or restarts, is
-     * picked up by NNG's redial; requests wait for it up to the timeout. */
-    rv = nng_dial(c->sock, url, &c->dialer, NNG_FLAG_NONBLOCK);
-    if (rv)
-        return connect_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
-                            "cannot dial %s: %s", url, nng_strerror(rv));
+        return connect_fail(c, OPTIMD_CLIENT_E_TRANSPORT, "%s %s: %s", what,
+                            url, nng_strerror(rv));
     *out = c;
     return 0;
+}
+
+int optimd_client_connect(const char *url, int timeout_ms,
+                          optimd_client **out)
+{
+    if (timeout_ms < 0) {
+        connect_err[0] = '\0';
+        if (out) *out = NULL;
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "timeout %d ms is negative", timeout_ms);
+    }
+    /* The first API: no retries, as it always promised. */
+    optimd_client_options o;
+    optimd_client_options_init(&o);
+    o.timeout_ms = timeout_ms ? timeout_ms : CLIENT_DEFAULT_TIMEOUT_MS;
+    o.max_retries = 0;
+    return optimd_client_connect_ex(url, &o, out);
 }
 
 void optimd_client_free(optimd_client *c)
 {
     if (!c) return;
     if (c->sock_open) nng_close(c->sock);
+    free(c->seqs);
     free(c->url);
     free(c);
+}
+
+const char *optimd_client_id(const optimd_client *c)
+{
+    return c ? c->id : NULL;
+}
+
+int optimd_client_set_id(optimd_client *c, const char *client_id)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!client_id_ok(client_id))
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "a client id is 1 to %d bytes", CLIENT_ID_MAX);
+    strcpy(c->id, client_id);
+    /* Sequence numbers belong to an id: the old ones mean nothing to the
+     * daemon's record of the new one. */
+    c->n_seqs = 0;
+    return 0;
+}
+
+int client_seq_get(optimd_client *c, const char *session, client_seq **out)
+{
+    for (size_t i = 0; i < c->n_seqs; i++)
+        if (strcmp(c->seqs[i].session, session) == 0) {
+            *out = &c->seqs[i];
+            return 0;
+        }
+    if (strlen(session) >= sizeof c->seqs[0].session)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "session name is too long");
+    if (c->n_seqs == c->cap_seqs) {
+        size_t cap = c->cap_seqs ? 2 * c->cap_seqs : 4;
+        client_seq *grown = realloc(c->seqs, cap * sizeof *grown);
+        if (!grown) return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+        c->seqs = grown;
+        c->cap_seqs = cap;
+    }
+    client_seq *e = &c->seqs[c->n_seqs++];
+    strcpy(e->session, session);
+    e->next = 1;
+    *out = e;
+    return 0;
+}
+
+uint64_t optimd_client_next_seq(const optimd_client *c, const char *session)
+{
+    if (!c || !session) return 0;
+    for (size_t i = 0; i < c->n_seqs; i++)
+        if (strcmp(c->seqs[i].session, session) == 0) return c->seqs[i].next;
+    return 1;
+}
+
+int optimd_client_set_next_seq(optimd_client *c, const char *session,
+                               uint64_t seq)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!session || !*session)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "no session name given");
+    if (seq < 1 || seq > CLIENT_SEQ_MAX)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "seq %llu is outside 1 to 2^53",
+                           (unsigned long long)seq);
+    client_seq *e;
+    int rv = client_seq_get(c, session, &e);
+    if (rv) return rv;
+    e->next = seq;
+    return 0;
+}
+
+unsigned optimd_client_last_retries(const optimd_client *c)
+{
+    return c ? c->last_retries : 0;
 }
 
 const char *optimd_client_error(const optimd_client *c)
@@ -115,9 +315,13 @@ int client_session_ok(optimd_client *c, const optimd_session *s)
     return 0;
 }
 
-int client_request_begin(optimd_client *c, client_request *rq, const char *op,
-                         const optimd_session *s, uint32_t n_keys,
-                         size_t size_hint)
+/* Starts a request map holding `n_keys` keys besides v, op and id (and
+ * session and token when `s` is not NULL). `size_hint` is the expected
+ * size of what the caller adds, so that tensor bytes are appended without
+ * the message growing (and being copied) on the way. */
+static int client_request_begin(optimd_client *c, client_request *rq,
+                                const char *op, const optimd_session *s,
+                                uint32_t n_keys, size_t size_hint)
 {
     rq->c = c;
     rq->op = op;
@@ -151,7 +355,8 @@ int client_request_begin(optimd_client *c, client_request *rq, const char *op,
     return 0;
 }
 
-void client_request_abort(client_request *rq)
+/* Drops a request that will not be sent. */
+static void client_request_abort(client_request *rq)
 {
     nng_msg_free(rq->w.msg);
     rq->w.msg = NULL;
@@ -223,19 +428,53 @@ static int check_envelope(optimd_client *c, const client_request *rq,
     return 0;
 }
 
-int client_roundtrip(client_request *rq, client_reply *rep)
+/* Replaces the socket with a fresh one. A retry does not trust the old
+ * one: its connection may be half-open (a daemon host that vanished sends
+ * no FIN, and NNG would keep writing into it), and a late reply to the
+ * abandoned request must not linger. */
+static int reconnect(optimd_client *c)
+{
+    if (c->sock_open) {
+        nng_close(c->sock);
+        c->sock_open = false;
+    }
+    const char *what;
+    int rv = socket_open(c, &what);
+    if (rv) {
+        if (c->sock_open) nng_close(c->sock);
+        c->sock_open = false;
+        return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
+                           "reconnecting: %s %s: %s", what, c->url,
+                           nng_strerror(rv));
+    }
+    return 0;
+}
+
+/* One attempt: sends the request (always consuming it), waits for the
+ * reply and checks the envelope. Returns 0 with `rep` filled, or a failure
+ * code (positive: the daemon's error) with nothing left to free. *sent
+ * tells whether the request left this process, i.e. whether the daemon may
+ * have applied it. */
+static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
 {
     optimd_client *c = rq->c;
     memset(rep, 0, sizeof *rep);
     rep->op = rq->op;
+    *sent = false;
     if (rq->w.failed) {
         client_request_abort(rq);
         return client_fail(c, OPTIMD_CLIENT_E_NOMEM,
                            "out of memory building the '%s' request", rq->op);
     }
+    int rv;
+    /* A reconnect that failed earlier left no socket. */
+    if (!c->sock_open && (rv = reconnect(c))) {
+        client_request_abort(rq);
+        return rv;
+    }
     nng_msg *msg = rq->w.msg;
     rq->w.msg = NULL;
-    int rv = nng_sendmsg(c->sock, msg, 0);
+    rv = nng_sendmsg(c->sock, msg, 0);
     if (rv) {
         nng_msg_free(msg);
         /* REQ holds a message until some connection can take it, so a
@@ -249,6 +488,8 @@ int client_roundtrip(client_request *rq, client_reply *rep)
                            "sending '%s' to %s: %s", rq->op, c->url,
                            nng_strerror(rv));
     }
+    /* REQ completes a send once a connection has taken the message. */
+    *sent = true;
     rv = nng_recvmsg(c->sock, &msg, 0);
     if (rv == NNG_ETIMEDOUT)
         return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
@@ -296,6 +537,81 @@ int client_roundtrip(client_request *rq, client_reply *rep)
     }
     rep->root = &rep->up.data;
     return 0;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    /* A signal (optimctl's Ctrl-C handler) must not cut the pause short
+     * into a burst of retries. */
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The pause before re-send number `retry` (1-based): backoff_ms, doubling,
+ * at most backoff_max_ms (or backoff_ms, if that is larger). */
+static int backoff_for(const optimd_client *c, unsigned retry)
+{
+    long long ms = c->backoff_ms;
+    long long cap = c->backoff_max_ms > c->backoff_ms ? c->backoff_max_ms
+                                                      : c->backoff_ms;
+    for (unsigned i = 1; i < retry && ms < cap; i++) ms *= 2;
+    return (int)(ms < cap ? ms : cap);
+}
+
+int client_call_run(optimd_client *c, client_call *call, client_reply *rep)
+{
+    call->ambiguous = false;
+    double start = 0;
+    for (unsigned retry = 0;; retry++) {
+        client_request rq;
+        int rv = client_request_begin(c, &rq, call->op, call->s,
+                                      call->n_keys, call->size_hint);
+        if (rv) return rv;
+        if (call->pack) call->pack(&rq.w.pk, call->arg);
+        bool sent;
+        rv = roundtrip_once(&rq, rep, &sent);
+        /* An answer, even an error, is final: the daemon changed nothing
+         * when it said no (protocol.md section 2), and asking again would
+         * get the same answer. */
+        if (rv != OPTIMD_CLIENT_E_TRANSPORT) {
+            /* A success leaves no text, even after failed attempts. */
+            if (rv == 0) c->err[0] = '\0';
+            return rv;
+        }
+        if (retry == 0) start = now_s();
+        if (sent && call->retry != CLIENT_RETRY_ALWAYS) {
+            if (c->max_retries > 0)
+                client_err_append(c, "; not re-sent, since '%s' is not "
+                                  "safe to repeat", call->op);
+            return rv;
+        }
+        if (sent) call->ambiguous = true;
+        if (retry >= (unsigned)c->max_retries) {
+            if (retry > 0)
+                client_err_append(c, "; gave up after %u retr%s in %.1f s",
+                                  retry, retry == 1 ? "y" : "ies",
+                                  now_s() - start);
+            return rv;
+        }
+        int pause = backoff_for(c, retry + 1);
+        if (c->on_retry) {
+            char msg[CLIENT_ERR_CAP + 96];
+            snprintf(msg, sizeof msg, "%s; retry %u of %d in %d ms", c->err,
+                     retry + 1, c->max_retries, pause);
+            c->on_retry(c->on_retry_arg, msg);
+        }
+        sleep_ms(pause);
+        c->last_retries = retry + 1;
+        if ((rv = reconnect(c))) return rv;
+    }
 }
 
 static const char *type_name(msgpack_object_type type)

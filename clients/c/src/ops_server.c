@@ -15,18 +15,23 @@ static bool copy_str_cut(const msgpack_object *o, char *buf, size_t cap)
     return memchr(buf, '\0', n) == NULL;
 }
 
+static void pack_hello(msgpack_packer *pk, const void *arg)
+{
+    (void)arg;
+    wire_pack_str(pk, "client");
+    wire_pack_str(pk, "optimd C client");
+}
+
 int optimd_client_hello(optimd_client *c, optimd_server_info *out)
 {
     if (!c) return OPTIMD_CLIENT_E_ARG;
     client_begin_call(c);
     if (!out) return client_fail(c, OPTIMD_CLIENT_E_ARG, "out is NULL");
-    client_request rq;
-    int rv = client_request_begin(c, &rq, "hello", NULL, 1, 0);
-    if (rv) return rv;
-    wire_pack_str(&rq.w.pk, "client");
-    wire_pack_str(&rq.w.pk, "optimd C client");
+    client_call call = {.op = "hello", .n_keys = 1, .pack = pack_hello,
+                        .retry = CLIENT_RETRY_ALWAYS};
     client_reply rep;
-    if ((rv = client_roundtrip(&rq, &rep))) return rv;
+    int rv = client_call_run(c, &call, &rep);
+    if (rv) return rv;
 
     optimd_server_info info;
     memset(&info, 0, sizeof info);
@@ -217,11 +222,11 @@ static int fetch_list(optimd_client *c, const char *op, size_t elem_size,
         return client_fail(c, OPTIMD_CLIENT_E_ARG, "out or count is NULL");
     *out = NULL;
     *count = 0;
-    client_request rq;
-    int rv = client_request_begin(c, &rq, op, NULL, 0, 0);
-    if (rv) return rv;
+    /* Listings change nothing: always safe to ask again. */
+    client_call call = {.op = op, .retry = CLIENT_RETRY_ALWAYS};
     client_reply rep;
-    if ((rv = client_roundtrip(&rq, &rep))) return rv;
+    int rv = client_call_run(c, &call, &rep);
+    if (rv) return rv;
 
     const msgpack_object *arr;
     char *list = NULL;

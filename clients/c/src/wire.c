@@ -355,3 +355,22 @@ bool wire_tensor_into(const wire_tensor *src, const optimd_named_tensor *dst,
 #endif
     return true;
 }
+
+bool wire_tensor_equals(const wire_tensor *src, const optimd_named_tensor *t,
+                        size_t nbytes)
+{
+    char why[8];
+    if (!wire_tensor_matches(src, t, why, sizeof why) ||
+        src->nbytes != nbytes)
+        return false;
+#if WIRE_HOST_BIG_ENDIAN
+    size_t width = dtype_size(src->dtype);
+    const unsigned char *a = src->data, *b = t->data;
+    for (size_t at = 0; at < nbytes; at += width)
+        for (size_t i = 0; i < width; i++)
+            if (a[at + i] != b[at + width - 1 - i]) return false;
+    return true;
+#else
+    return nbytes == 0 || memcmp(src->data, t->data, nbytes) == 0;
+#endif
+}

@@ -93,6 +93,11 @@ bool wire_tensor_matches(const wire_tensor *src,
 bool wire_tensor_into(const wire_tensor *src, const optimd_named_tensor *dst,
                       char *err, size_t cap);
 
+/* True when `src` has the dtype, shape and element values of `t` (whose
+ * data is `nbytes` long), bit for bit. */
+bool wire_tensor_equals(const wire_tensor *src, const optimd_named_tensor *t,
+                        size_t nbytes);
+
 /* Formats a shape as "[2, 3]". */
 void wire_format_shape(const int64_t *shape, uint32_t ndim, char *buf,
                        size_t cap);

@@ -1,10 +1,13 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int cli_usage_error(const cli *cli, const char *fmt, ...)
 {
@@ -28,10 +31,146 @@ int cli_fail(const char *fmt, ...)
     return CLI_FAIL;
 }
 
+static void report_retry(void *arg, const char *message)
+{
+    (void)arg;
+    fprintf(stderr, "optimctl: %s\n", message);
+}
+
 int cli_connect(const cli *cli, optimd_client **out)
 {
-    if (optimd_client_connect(cli->server, cli->timeout_ms, out) != 0)
+    optimd_client_options o;
+    optimd_client_options_init(&o);
+    o.timeout_ms = cli->timeout_ms;
+    o.max_retries = cli->retries;
+    o.backoff_ms = cli->backoff_ms;
+    /* A user watching a run stall deserves to know it is waiting for the
+     * daemon, not hung. */
+    o.on_retry = report_retry;
+    if (optimd_client_connect_ex(cli->server, &o, out) != 0)
         return cli_fail("%s", optimd_client_error(NULL));
+    return CLI_OK;
+}
+
+bool cli_session_name_ok(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > 128 || name[0] == '.') return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+int cli_token_path(const char *name, const char *token_file, char *buf,
+                   size_t cap)
+{
+    const char *dir = getenv("OPTIMD_TOKEN_DIR");
+    int n;
+    if (token_file) n = snprintf(buf, cap, "%s", token_file);
+    else if (dir && *dir) n = snprintf(buf, cap, "%s/%s", dir, name);
+    else n = snprintf(buf, cap, "var/optimctl-tokens/%s", name);
+    if (n < 0 || (size_t)n >= cap || buf[0] == '\0')
+        return cli_fail("token file path for session %s is empty or too "
+                        "long", name);
+    return CLI_OK;
+}
+
+static bool is_token(const char *t)
+{
+    if (strlen(t) != 32) return false;
+    for (const char *p = t; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+int cli_read_token(const char *path, char token[33], bool *exists)
+{
+    *exists = false;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (errno == ENOENT) return CLI_OK;
+        return cli_fail("cannot read token file %s: %s", path,
+                        strerror(errno));
+    }
+    char line[128] = "";
+    bool got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    line[strcspn(line, " \t\r\n")] = '\0';
+    if (!got || !is_token(line))
+        return cli_fail("token file %s does not hold a token (32 lowercase "
+                        "hex digits)", path);
+    memcpy(token, line, 33);
+    *exists = true;
+    return CLI_OK;
+}
+
+/* mkdir -p for the directory part of `path`; new directories are 0700,
+ * since what they hold opens sessions. */
+static int make_parents(const char *path)
+{
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+        return cli_fail("token file path %s is too long", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return CLI_OK;
+    *slash = '\0';
+    for (char *p = dir + 1; ; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char saved = *p;
+        *p = '\0';
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+            return cli_fail("cannot create directory %s: %s", dir,
+                            strerror(errno));
+        *p = saved;
+        if (!saved) break;
+    }
+    return CLI_OK;
+}
+
+int cli_write_token(const char *path, const char *token)
+{
+    if (make_parents(path)) return CLI_FAIL;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return cli_fail("cannot write token file %s: %s", tmp,
+                        strerror(errno));
+    char line[40];
+    int len = snprintf(line, sizeof line, "%s\n", token);
+    /* A torn token file would strand the session, so it is whole on disk
+     * before it takes the real name. */
+    bool ok = write(fd, line, (size_t)len) == len && fsync(fd) == 0;
+    int err = errno;
+    if (close(fd) != 0 && ok) {
+        ok = false;
+        err = errno;
+    }
+    if (ok && rename(tmp, path) != 0) {
+        ok = false;
+        err = errno;
+    }
+    if (!ok) {
+        unlink(tmp);
+        return cli_fail("cannot write token file %s: %s", path,
+                        strerror(err));
+    }
+    /* The rename itself must survive a crash too. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    int dfd = open(slash ? (slash == dir ? "/" : dir) : ".",
+                   O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
     return CLI_OK;
 }
 
@@ -80,12 +219,15 @@ bool cli_parse_double(const char *text, double *out)
 }
 
 int cli_session_args(const cli *cli, int argc, char **argv,
-                     optimd_session *s)
+                     optimd_session *s, char *token_path, size_t cap)
 {
-    const char *name = NULL, *token = NULL;
+    const char *name = NULL, *token = NULL, *token_file = NULL;
     for (int i = 0; i < argc; i++) {
         int got = cli_option(argc, argv, &i, "--token", &token);
         if (got < 0) return cli_usage_error(cli, "--token needs a value");
+        if (got) continue;
+        got = cli_option(argc, argv, &i, "--token-file", &token_file);
+        if (got < 0) return cli_usage_error(cli, "--token-file needs a file");
         if (got) continue;
         if (argv[i][0] == '-' && argv[i][1])
             return cli_usage_error(cli, "unknown option '%s'", argv[i]);
@@ -94,16 +236,33 @@ int cli_session_args(const cli *cli, int argc, char **argv,
         name = argv[i];
     }
     if (!name) return cli_usage_error(cli, "no session name given");
-    if (!token) return cli_usage_error(cli, "--token is required");
+    if (token && token_file)
+        return cli_usage_error(cli, "give --token or --token-file, not both");
     if (strlen(name) >= sizeof s->name || !*name)
         return cli_usage_error(cli, "session name must be 1 to %zu bytes",
                                sizeof s->name - 1);
-    if (strlen(token) >= sizeof s->token)
-        return cli_usage_error(cli, "a token is %zu characters",
-                               sizeof s->token - 1);
     memset(s, 0, sizeof *s);
     strcpy(s->name, name);
-    strcpy(s->token, token);
+    token_path[0] = '\0';
+    if (token) {
+        if (strlen(token) >= sizeof s->token)
+            return cli_usage_error(cli, "a token is %zu characters",
+                                   sizeof s->token - 1);
+        strcpy(s->token, token);
+        return CLI_OK;
+    }
+    /* The default file is named after the session, so the name must be
+     * one the daemon could have: nothing that walks out of the directory. */
+    if (!token_file && !cli_session_name_ok(name))
+        return cli_usage_error(cli, "'%s' is not a session name, so it has "
+                               "no token file; give --token", name);
+    bool exists;
+    if (cli_token_path(name, token_file, token_path, cap) ||
+        cli_read_token(token_path, s->token, &exists))
+        return CLI_FAIL;
+    if (!exists)
+        return cli_usage_error(cli, "no --token given and no token file %s",
+                               token_path);
     return CLI_OK;
 }
 
@@ -143,8 +302,9 @@ int cli_open_option(const cli *cli, int argc, char **argv, int *i,
                     cli_open_spec *spec)
 {
     static const char *const names[] = {"--optimizer", "--scheduler",
-                                        "--set", "--sched-set"};
-    for (int k = 0; k < 4; k++) {
+                                        "--set", "--sched-set",
+                                        "--durability"};
+    for (int k = 0; k < 5; k++) {
         const char *value;
         int got = cli_option(argc, argv, i, names[k], &value);
         if (got == 0) continue;
@@ -156,6 +316,13 @@ int cli_open_option(const cli *cli, int argc, char **argv, int *i,
         case 2:
             return parse_set(cli, names[k], (char *)value,
                              &spec->hp[spec->n_hp++]);
+        case 4:
+            if (strcmp(value, "always") && strcmp(value, "interval") &&
+                strcmp(value, "none"))
+                return -cli_usage_error(cli, "--durability '%s': expected "
+                                        "always, interval or none", value);
+            spec->durability = value;
+            return 1;
         default:
             return parse_set(cli, names[k], (char *)value,
                              &spec->sched_hp[spec->n_sched_hp++]);

@@ -18,6 +18,8 @@
 typedef struct cli {
     const char *server;
     int timeout_ms;
+    int retries;           /* re-sends after a transport failure */
+    int backoff_ms;        /* the first pause before one */
     const char *command;
     const char *usage;     /* the command's usage line(s) */
 } cli;
@@ -30,7 +32,8 @@ int cli_usage_error(const cli *cli, const char *fmt, ...)
 /* Prints "optimctl: <message>" to stderr; returns CLI_FAIL. */
 int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Connects, or prints why not. */
+/* Connects (with the retry options), or prints why not. Each retry is
+ * reported on stderr as it happens. */
 int cli_connect(const cli *cli, optimd_client **out);
 
 /* Matches argv[*i] against option `name` ("--steps"), given as
@@ -46,14 +49,40 @@ bool cli_is_help(const char *arg);
 bool cli_parse_u64(const char *text, uint64_t *out);
 bool cli_parse_double(const char *text, double *out);
 
-/* Session commands name the session and take --token; fills *s. */
-int cli_session_args(const cli *cli, int argc, char **argv,
-                     optimd_session *s);
+/* True for a name protocol.md allows for a session: 1 to 128 bytes of
+ * A-Z a-z 0-9 _ . -, not starting with a dot. Such a name is also a safe
+ * file name, which the token files rely on. */
+bool cli_session_name_ok(const char *name);
 
-/* How to open a session: --optimizer, --set, --scheduler, --sched-set. */
+/* Where the token of session `name` is kept: `token_file` if not NULL,
+ * else $OPTIMD_TOKEN_DIR/NAME, else ./var/optimctl-tokens/NAME. Returns
+ * CLI_OK or CLI_FAIL (path too long, printed). */
+int cli_token_path(const char *name, const char *token_file, char *buf,
+                   size_t cap);
+
+/* Reads a token file into token[33]. *exists is false (and CLI_OK
+ * returned) when there is no such file; a file that is there but unreadable
+ * or holds no token is CLI_FAIL, printed. */
+int cli_read_token(const char *path, char token[33], bool *exists);
+
+/* Writes a token file: mode 0600, its directory created 0700 if missing,
+ * written whole or not at all (temporary file, fsync, rename). Returns
+ * CLI_OK or CLI_FAIL, printed. */
+int cli_write_token(const char *path, const char *token);
+
+/* Session commands name the session and take --token TOKEN or, without
+ * it, read the token file (--token-file FILE or the default, see
+ * cli_token_path); fills *s, and token_path with the file read ("" when
+ * --token was given). */
+int cli_session_args(const cli *cli, int argc, char **argv,
+                     optimd_session *s, char *token_path, size_t cap);
+
+/* How to open a session: --optimizer, --set, --scheduler, --sched-set,
+ * --durability. */
 typedef struct cli_open_spec {
     const char *optimizer;
     const char *scheduler;
+    const char *durability;   /* NULL: the daemon's default */
     optimd_hvalue *hp;
     size_t n_hp;
     optimd_hvalue *sched_hp;

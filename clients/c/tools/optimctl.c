@@ -4,14 +4,19 @@
  */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_TIMEOUT_MS 30000
+#define DEFAULT_RETRIES 5
+#define DEFAULT_BACKOFF_MS 100
 
 static const char main_usage[] =
-    "usage: optimctl [--server URL] [--timeout MS] COMMAND [ARGS]\n"
+    "usage: optimctl [--server URL] [--timeout MS] [--retries N]\n"
+    "                [--retry-backoff MS] COMMAND [ARGS]\n"
     "\n"
     "Talks to an optimd daemon.\n"
     "\n"
@@ -27,17 +32,37 @@ static const char main_usage[] =
     "                             parameter count, step count\n"
     "  open NAME --optimizer ID [--set KEY=VALUE]...\n"
     "       [--scheduler ID [--sched-set KEY=VALUE]...]\n"
+    "       [--durability always|interval|none] [--token-file FILE]\n"
     "                             open a session; prints its token\n"
-    "  info NAME --token TOKEN    a session's steps, parameters and lr\n"
-    "  close NAME --token TOKEN   close a session and drop its state\n"
-    "  rosenbrock --optimizer ID --steps N [...]\n"
-    "                             minimise the Rosenbrock function remotely\n"
+    "  info NAME [--token TOKEN | --token-file FILE]\n"
+    "                             a session's steps, parameters, lr, "
+    "optimizer,\n"
+    "                             scheduler and durability\n"
+    "  close NAME [--token TOKEN | --token-file FILE]\n"
+    "                             close a session and drop its state\n"
+    "  rosenbrock --optimizer ID --steps N [--session NAME] [...]\n"
+    "                             minimise the Rosenbrock function "
+    "remotely;\n"
+    "                             a named session is created or resumed\n"
     "  help [COMMAND]             this text, or a command's usage\n"
     "\n"
     "options:\n"
     "  --server URL   the daemon's address (default " OPTIMD_DEFAULT_URL ")\n"
-    "  --timeout MS   how long a request waits for the daemon (default "
-    "30000)\n"
+    "  --timeout MS   how long a request waits for a connection, and then "
+    "for\n"
+    "                 its reply (default 30000)\n"
+    "  --retries N    how often a request is sent again after the "
+    "connection\n"
+    "                 failed, e.g. while the daemon restarts (default 5)\n"
+    "  --retry-backoff MS\n"
+    "                 the pause before the first re-send, doubling up to "
+    "2 s\n"
+    "                 (default 100)\n"
+    "\n"
+    "Token files: without --token, info and close read the session's "
+    "token from\n"
+    "--token-file FILE, else $OPTIMD_TOKEN_DIR/NAME, else\n"
+    "./var/optimctl-tokens/NAME; rosenbrock --session keeps it there.\n"
     "\n"
     "Exit status: 0 success, 1 the daemon or the connection failed, "
     "2 usage error.\n";
@@ -53,10 +78,22 @@ static const char hparams_usage[] =
 static const char open_usage[] =
     "usage: optimctl open NAME --optimizer ID [--set KEY=VALUE]...\n"
     "                [--scheduler ID [--sched-set KEY=VALUE]...]\n"
-    "Prints the session's token; keep it for info and close.\n";
-static const char info_usage[] = "usage: optimctl info NAME --token TOKEN\n";
+    "                [--durability always|interval|none] "
+    "[--token-file FILE]\n"
+    "Prints the session's token; keep it for info and close. With\n"
+    "--token-file it is also written there (mode 0600).\n"
+    "--durability: when a change is on disk (protocol.md, open); default\n"
+    "the daemon's (interval).\n";
+static const char info_usage[] =
+    "usage: optimctl info NAME [--token TOKEN | --token-file FILE]\n"
+    "Without --token the token is read from FILE, else "
+    "$OPTIMD_TOKEN_DIR/NAME,\n"
+    "else ./var/optimctl-tokens/NAME.\n";
 static const char close_usage[] =
-    "usage: optimctl close NAME --token TOKEN\n";
+    "usage: optimctl close NAME [--token TOKEN | --token-file FILE]\n"
+    "The token comes from where info reads it; a token file read is "
+    "removed\n"
+    "once the session is closed.\n";
 
 /* Commands without arguments still reject stray ones, so that a typo is
  * not silently ignored. */
@@ -184,11 +221,15 @@ static int cmd_open(const cli *cli, int argc, char **argv)
     cli_open_spec spec;
     int rv = cli_open_spec_init(&spec, argc);
     if (rv) return rv;
-    const char *name = NULL;
+    const char *name = NULL, *token_file = NULL;
     for (int i = 0; i < argc && !rv; i++) {
         int got = cli_open_option(cli, argc, argv, &i, &spec);
         if (got < 0) rv = -got;
         else if (got) continue;
+        else if ((got = cli_option(argc, argv, &i, "--token-file",
+                                   &token_file)))
+            rv = got < 0 ? cli_usage_error(cli, "--token-file needs a file")
+                         : 0;
         else if (argv[i][0] == '-' && argv[i][1])
             rv = cli_usage_error(cli, "unknown option '%s'", argv[i]);
         else if (name)
@@ -201,12 +242,21 @@ static int cmd_open(const cli *cli, int argc, char **argv)
     if (!rv) rv = cli_connect(cli, &c);
     if (!rv) {
         optimd_session s;
-        if (optimd_client_open(c, name, spec.optimizer, spec.hp, spec.n_hp,
-                               spec.scheduler, spec.sched_hp,
-                               spec.n_sched_hp, &s, NULL) != 0)
+        optimd_open_options o;
+        optimd_open_options_init(&o);
+        o.optimizer = spec.optimizer;
+        o.hparams = spec.hp;
+        o.n_hparams = spec.n_hp;
+        o.scheduler = spec.scheduler;
+        o.sched_hparams = spec.sched_hp;
+        o.n_sched_hparams = spec.n_sched_hp;
+        o.durability = spec.durability;
+        if (optimd_client_open_ex(c, name, &o, &s, NULL) != 0) {
             rv = daemon_error(c);
-        else
+        } else {
             printf("%s\n", s.token);
+            if (token_file) rv = cli_write_token(token_file, s.token);
+        }
     }
     optimd_client_free(c);
     cli_open_spec_free(&spec);
@@ -217,15 +267,18 @@ static int cmd_info(const cli *cli, int argc, char **argv)
 {
     optimd_session s;
     optimd_client *c;
-    int rv = cli_session_args(cli, argc, argv, &s);
+    char path[4096];
+    int rv = cli_session_args(cli, argc, argv, &s, path, sizeof path);
     if (rv || (rv = cli_connect(cli, &c))) return rv;
     optimd_session_info info;
     if (optimd_client_info(c, &s, &info) != 0) rv = daemon_error(c);
     else
         printf("session %s\nsteps %llu\nparams %llu\nbase_lr %.9g\n"
-               "lr %.9g\n",
+               "lr %.9g\noptimizer %s\nscheduler %s\ndurability %s\n",
                s.name, (unsigned long long)info.steps,
-               (unsigned long long)info.params, info.base_lr, info.lr);
+               (unsigned long long)info.params, info.base_lr, info.lr,
+               info.optimizer, info.scheduler[0] ? info.scheduler : "-",
+               info.durability[0] ? info.durability : "-");
     optimd_client_free(c);
     return rv;
 }
@@ -234,9 +287,14 @@ static int cmd_close(const cli *cli, int argc, char **argv)
 {
     optimd_session s;
     optimd_client *c;
-    int rv = cli_session_args(cli, argc, argv, &s);
+    char path[4096];
+    int rv = cli_session_args(cli, argc, argv, &s, path, sizeof path);
     if (rv || (rv = cli_connect(cli, &c))) return rv;
     if (optimd_client_close(c, &s) != 0) rv = daemon_error(c);
+    /* The token opens nothing any more. */
+    else if (path[0] && unlink(path) != 0 && errno != ENOENT)
+        rv = cli_fail("session closed, but its token file %s stays: %s",
+                      path, strerror(errno));
     optimd_client_free(c);
     return rv;
 }
@@ -271,7 +329,9 @@ static int main_usage_error(const char *fmt, const char *arg)
     fputs("optimctl: ", stderr);
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nusage: optimctl [--server URL] [--timeout MS] "
-                    "COMMAND [ARGS]\n(optimctl --help lists the commands)\n");
+                    "[--retries N] [--retry-backoff MS]\n"
+                    "                COMMAND [ARGS]\n"
+                    "(optimctl --help lists the commands)\n");
     return CLI_USAGE;
 }
 
@@ -290,7 +350,8 @@ static int cmd_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    cli cli = {.server = OPTIMD_DEFAULT_URL, .timeout_ms = DEFAULT_TIMEOUT_MS};
+    cli cli = {.server = OPTIMD_DEFAULT_URL, .timeout_ms = DEFAULT_TIMEOUT_MS,
+               .retries = DEFAULT_RETRIES, .backoff_ms = DEFAULT_BACKOFF_MS};
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *value;
@@ -311,6 +372,23 @@ int main(int argc, char **argv)
                     "--timeout '%s': expected milliseconds, 1 to 86400000",
                     value);
             cli.timeout_ms = (int)ms;
+        } else if ((got = cli_option(argc, argv, &i, "--retries", &value))) {
+            uint64_t n;
+            if (got < 0) return main_usage_error("%s needs a count", argv[i]);
+            if (!cli_parse_u64(value, &n) || n > 1000)
+                return main_usage_error(
+                    "--retries '%s': expected a count, 0 to 1000", value);
+            cli.retries = (int)n;
+        } else if ((got = cli_option(argc, argv, &i, "--retry-backoff",
+                                     &value))) {
+            uint64_t ms;
+            if (got < 0)
+                return main_usage_error("%s needs milliseconds", argv[i]);
+            if (!cli_parse_u64(value, &ms) || ms > 60000)
+                return main_usage_error(
+                    "--retry-backoff '%s': expected milliseconds, 0 to 60000",
+                    value);
+            cli.backoff_ms = (int)ms;
         } else {
             return main_usage_error("unknown option '%s'", argv[i]);
         }

@@ -7,6 +7,12 @@
  * 0 on success, a positive optimd_error_code when the daemon answered with
  * an error, or a negative OPTIMD_CLIENT_E_* code for a local failure. After
  * any failure optimd_client_error() says what happened.
+ *
+ * Every step is sequenced (protocol.md, `step`): a client has an id and
+ * numbers its steps per session, so a step sent twice is applied once.
+ * A client made by optimd_client_connect_ex re-sends a request on its own
+ * after a transport failure (a daemon restart), within a retry budget;
+ * see optimd_client_options.
  */
 #ifndef OPTIMD_CLIENT_H
 #define OPTIMD_CLIENT_H
@@ -74,10 +80,96 @@ typedef struct optimd_session {
  * redials a lost connection), so connect succeeds before the daemon is
  * reached; a request that finds no connection within the timeout fails
  * with OPTIMD_CLIENT_E_TRANSPORT. A request that timed out waiting for its
- * reply may or may not have been applied; the library never resends. */
+ * reply may or may not have been applied; a client made here never
+ * resends on its own (optimd_client_connect_ex makes one that does). Its
+ * steps are sequenced all the same, so a step called again after such a
+ * failure is applied at most once (see optimd_client_next_seq). */
 int optimd_client_connect(const char *url, int timeout_ms,
                           optimd_client **out);
 void optimd_client_free(optimd_client *c);
+
+/*
+ * How a client made by optimd_client_connect_ex behaves. Fill it with
+ * optimd_client_options_init, then change what you need. The library reads
+ * a member only when `struct_size` covers it (the rule of docs/abi.md), so
+ * a caller built against this header keeps working when members are added
+ * at the end; members it does not cover take their defaults.
+ *
+ * Retries. A request that fails in transport (no connection within the
+ * timeout, the connection lost before the reply, no reply within the
+ * timeout) is sent again on a fresh connection, after a pause that starts
+ * at `backoff_ms` and doubles up to `backoff_max_ms`, at most `max_retries`
+ * times; then the call fails with OPTIMD_CLIENT_E_TRANSPORT, saying so. A
+ * reply from the daemon, error or not, is never retried. What is re-sent:
+ *   - a request that certainly did not reach the daemon (it found no
+ *     connection within the timeout): every op;
+ *   - one that may have been applied (sent, then no reply): the reads
+ *     (hello, plugins, sessions, attach, info, pull), `step` (its `seq`
+ *     makes the daemon answer a repeat with `duplicate` instead of applying
+ *     it again), `register` (a repeat that meets PARAM_EXISTS checks that
+ *     the parameters hold exactly the values sent, and then succeeds),
+ *     `close` (a repeat that meets UNKNOWN_SESSION succeeds: the first one
+ *     closed it), and `open` (a repeat that meets SESSION_EXISTS fails with
+ *     that code and says that the lost attempt may have created the session,
+ *     whose token this client then cannot know);
+ *   - `set_hparams` is not: between the lost attempt and the repeat another
+ *     client's step could make "set lr" mean something else.
+ * Each attempt waits up to `timeout_ms` for a connection and up to
+ * `timeout_ms` for its reply, so a daemon that stays away costs about
+ * (1 + max_retries) * timeout_ms plus the pauses before the call fails.
+ */
+typedef struct optimd_client_options {
+    size_t struct_size;    /* sizeof(optimd_client_options) */
+    int timeout_ms;        /* per attempt, > 0 (default 30000) */
+    int max_retries;       /* re-sends after a transport failure, >= 0
+                            * (default 5; 0: never, like ..._connect) */
+    int backoff_ms;        /* pause before the first re-send (default 100) */
+    int backoff_max_ms;    /* longest pause (default 2000) */
+    const char *client_id; /* 1 to 64 bytes naming this client's sequence
+                            * numbers; NULL (default): 32 random hex
+                            * digits. Copied. */
+    /* Called before each re-send with a one-line account of the failure
+     * and the next attempt (for a log); NULL: nothing is called. */
+    void (*on_retry)(void *arg, const char *message);
+    void *on_retry_arg;
+} optimd_client_options;
+
+/* Sets struct_size and every default. */
+void optimd_client_options_init(optimd_client_options *opts);
+
+/* optimd_client_connect with options; `opts` NULL takes every default
+ * (so retries are on: 5 of them). */
+int optimd_client_connect_ex(const char *url,
+                             const optimd_client_options *opts,
+                             optimd_client **out);
+
+/* The id this client sends as `client` with each step (NUL-terminated,
+ * valid as long as `c`). */
+const char *optimd_client_id(const optimd_client *c);
+
+/* Changes the client id (1 to 64 bytes, copied) and forgets every sequence
+ * number: the next step on each session is seq 1 of the new id. Use it
+ * before the first step, e.g. to resume an id kept from an earlier run
+ * together with optimd_client_set_next_seq. */
+int optimd_client_set_id(optimd_client *c, const char *client_id);
+
+/* The `seq` the next step on `session` will carry (1 for a session this
+ * client has not stepped, 0 if `c` or `session` is NULL). A seq is used up
+ * once the daemon answers the step (success, duplicate or error); after a
+ * step failed in transport, whose outcome is unknown, the next step on
+ * that session carries the same seq again, so calling the step again with
+ * the same gradients applies it exactly once. */
+uint64_t optimd_client_next_seq(const optimd_client *c, const char *session);
+
+/* Sets the seq of the next step on `session` (1 to 2^53). A process that
+ * reuses a client id must start above the highest seq the daemon applied
+ * for it, or its steps are answered as duplicates. */
+int optimd_client_set_next_seq(optimd_client *c, const char *session,
+                               uint64_t seq);
+
+/* How many times the last call re-sent its request (0 when the first
+ * attempt got an answer). */
+unsigned optimd_client_last_retries(const optimd_client *c);
 
 /* Text of the last failure (empty after a success); the daemon's message
  * when it answered with an error. Valid until the next call on `c`.
@@ -148,7 +240,35 @@ int optimd_client_open(optimd_client *c, const char *name,
                        const optimd_hvalue *sched_hp, size_t n_sched_hp,
                        optimd_session *out, double *lr);
 
-/* Checks the token; the session must exist. */
+/* What optimd_client_open_ex creates. Fill it with
+ * optimd_open_options_init; members are read only when `struct_size`
+ * covers them, as for optimd_client_options. */
+typedef struct optimd_open_options {
+    size_t struct_size;                /* sizeof(optimd_open_options) */
+    const char *optimizer;             /* plugin id (required) */
+    const optimd_hvalue *hparams;
+    size_t n_hparams;
+    const char *scheduler;             /* NULL: none */
+    const optimd_hvalue *sched_hparams;
+    size_t n_sched_hparams;
+    /* "always", "interval" or "none" (protocol.md, `open`); NULL: the
+     * daemon's default ("interval"). The daemon judges the value. */
+    const char *durability;
+} optimd_open_options;
+
+/* Zeroes the options and sets struct_size. */
+void optimd_open_options_init(optimd_open_options *opts);
+
+/* optimd_client_open with options, durability among them. */
+int optimd_client_open_ex(optimd_client *c, const char *name,
+                          const optimd_open_options *opts,
+                          optimd_session *out, double *lr);
+
+/* Checks the token; the session must exist. Like info it sends this
+ * client's id, and when the reply carries `client_seq` (the highest seq
+ * the daemon applied for that id; a daemon that does not say is fine) the
+ * next seq on the session is raised above it, so a process that resumes a
+ * kept client id resumes its numbering too. */
 int optimd_client_attach(optimd_client *c, const optimd_session *s);
 int optimd_client_close(optimd_client *c, const optimd_session *s);
 
@@ -169,6 +289,13 @@ typedef struct optimd_step_result {
     uint64_t steps;            /* the session's step count after this step */
     double lr;                 /* the lr this step used */
     double next_lr;            /* the lr the next step will use */
+    uint64_t seq;              /* the seq this step carried */
+    int32_t duplicate;         /* 1: the daemon had applied this seq
+                                * already (a retry, or a step sent again
+                                * after a transport failure) and did not
+                                * apply it again; steps, lr and next_lr are
+                                * those it recorded then, the parameters
+                                * their current values */
 } optimd_step_result;
 
 /* optimd_client_step, reporting next_lr too. `result` may be NULL. When
@@ -192,6 +319,10 @@ typedef struct optimd_session_info {
     double base_lr;
     double lr;                 /* the lr the next step will use */
     uint64_t params;
+    char durability[16];       /* "always", "interval", "none"; "" when
+                                * the daemon does not say */
+    char optimizer[65];        /* plugin ids are at most 64 bytes */
+    char scheduler[65];        /* "" when the session has none */
 } optimd_session_info;
 
 int optimd_client_info(optimd_client *c, const optimd_session *s,
