@@ -371,7 +371,22 @@ client_seq *session_client(session *s, const char *client, size_t len, bool crea
     for (size_t i = 0; i < s->n_clients; i++)
         if (strlen(s->clients[i].client) == len && memcmp(s->clients[i].client, client, len) == 0)
             return &s->clients[i];
-    if (!create || s->n_clients == SESSION_MAX_CLIENTS) return NULL;
+    if (!create) return NULL;
+    if (s->n_clients == SESSION_MAX_CLIENTS) {
+        /* Full: forget the client whose latest step is the oldest (short-
+         * lived processes with fresh ids would otherwise fill the table
+         * for good). Only that client loses its protection against a
+         * replayed retry. */
+        size_t oldest = 0;
+        for (size_t i = 1; i < s->n_clients; i++)
+            if (s->clients[i].steps < s->clients[oldest].steps) oldest = i;
+        char *id = strndup(client, len);
+        if (!id) return NULL;
+        free(s->clients[oldest].client);
+        memset(&s->clients[oldest], 0, sizeof s->clients[oldest]);
+        s->clients[oldest].client = id;
+        return &s->clients[oldest];
+    }
     client_seq *grown = realloc(s->clients, (s->n_clients + 1) * sizeof *grown);
     if (!grown) return NULL;
     s->clients = grown;
@@ -411,9 +426,6 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             mark_named(s, grads, ++s->request_serial);
             return 0;
         }
-        if (!cs && s->n_clients == SESSION_MAX_CLIENTS)
-            return fail(err, OPTIMD_E_LIMIT, "a session tracks at most %d sequenced clients",
-                        SESSION_MAX_CLIENTS);
     }
     const optimd_optimizer *o = s->opt->desc->optimizer;
     uint32_t n = grads->via.map.size;

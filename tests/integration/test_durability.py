@@ -450,6 +450,12 @@ class WriteAheadLog(unittest.TestCase):
         self.assertEqual(c.call("info", **s, client="a")["client_seq"], 2)
         self.assertEqual(c.call("attach", **s, client="nobody")["client_seq"], 0)
         self.assertNotIn("client_seq", c.call("info", **s))
+        # 4096 records at most: the client idle longest is forgotten first.
+        for k in range(4096):
+            self.assertTrue(c.call("step", **s, grads={}, seq=1, client="w%d" % k)["ok"])
+        self.assertEqual(c.call("info", **s, client="a")["client_seq"], 0)       # evicted
+        self.assertEqual(c.call("info", **s, client="w4095")["client_seq"], 1)   # kept
+        self.assertTrue(c.call("step", **s, grads={}, seq=1, client="w4095")["duplicate"])
         c.close()
 
     def test_large_log_is_compacted_into_a_snapshot(self):
