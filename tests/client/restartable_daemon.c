@@ -1,14 +1,13 @@
 #include "restartable_daemon.h"
 
-#include <errno.h>
+#include "test_daemon.h"
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 static void sleep_ms(int ms)
 {
@@ -16,79 +15,15 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static int read_line(const char *path, char *buf, size_t cap)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    int ok = fgets(buf, (int)cap, f) != NULL;
-    fclose(f);
-    if (!ok) return -1;
-    buf[strcspn(buf, "\r\n")] = '\0';
-    return buf[0] ? 0 : -1;
-}
-
 static int launch(rdaemon *d, const char *listen, const char *const *extra)
 {
-    const char *bin = getenv("OPTIMD_BIN");
-    const char *plugins = getenv("OPTIMD_PLUGIN_DIR");
-    if (!bin || !plugins) {
-        fprintf(stderr, "rdaemon: set OPTIMD_BIN and OPTIMD_PLUGIN_DIR\n");
-        return -1;
-    }
     char ready[300], log[300];
     snprintf(ready, sizeof ready, "%s/ready", d->dir);
-    /* A restart must not read the previous start's address. */
-    unlink(ready);
     d->starts++;
     snprintf(log, sizeof log, "%s/optimd-%d.log", d->dir, d->starts);
-
-    const char *argv[48];
-    int argc = 0;
-    argv[argc++] = bin;
-    argv[argc++] = "--listen";
-    argv[argc++] = listen;
-    argv[argc++] = "--plugin-dir";
-    argv[argc++] = plugins;
-    argv[argc++] = "--state-dir";
-    argv[argc++] = d->state_dir;
-    argv[argc++] = "--ready-file";
-    argv[argc++] = ready;
-    for (int i = 0; extra && extra[i] && argc < 46; i++) argv[argc++] = extra[i];
-    argv[argc] = NULL;
-
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        perror("rdaemon: fork");
-        return -1;
-    }
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        if (!freopen(log, "w", stderr)) _exit(127);
-        execv(bin, (char *const *)argv);
-        perror("rdaemon: execv");
-        _exit(127);
-    }
-    d->pid = pid;
-    char url[256];
-    for (int waited = 0; waited < 60000; waited += 5) {
-        if (read_line(ready, url, sizeof url) == 0) {
-            snprintf(d->url, sizeof d->url, "%s", url);
-            return 0;
-        }
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "rdaemon: optimd exited during start-up (log %s)\n",
-                    log);
-            d->pid = 0;
-            return -1;
-        }
-        sleep_ms(5);
-    }
-    fprintf(stderr, "rdaemon: optimd not ready after 60 s (log %s)\n", log);
-    rdaemon_kill9(d);
-    return -1;
+    pid_t pid = test_daemon_spawn(listen, d->state_dir, ready, log, extra, 60000, d->url, sizeof d->url);
+    d->pid = pid > 0 ? pid : 0;
+    return pid > 0 ? 0 : -1;
 }
 
 int rdaemon_start(rdaemon *d, const char *const *extra)

@@ -31,32 +31,26 @@ static int read_ready_file(const char *path, char *url, size_t cap)
     return url[0] ? 0 : -1;
 }
 
-int test_daemon_start(test_daemon *d, const char *const *extra_args)
+pid_t test_daemon_spawn(const char *listen, const char *state_dir, const char *ready, const char *log,
+                        const char *const *extra_args, int timeout_ms, char *url, size_t url_cap)
 {
-    memset(d, 0, sizeof *d);
     const char *bin = getenv("OPTIMD_BIN");
     const char *plugins = getenv("OPTIMD_PLUGIN_DIR");
     if (!bin || !plugins) {
         fprintf(stderr, "test_daemon: set OPTIMD_BIN and OPTIMD_PLUGIN_DIR\n");
         return -1;
     }
-    snprintf(d->state_dir, sizeof d->state_dir, "/tmp/optimd-test-XXXXXX");
-    if (!mkdtemp(d->state_dir)) {
-        perror("test_daemon: mkdtemp");
-        return -1;
-    }
-    char ready[300];
-    snprintf(ready, sizeof ready, "%s/ready", d->state_dir);
-
+    /* A restart must not read the previous start's address. */
+    unlink(ready);
     const char *argv[64];
     int argc = 0;
     argv[argc++] = bin;
     argv[argc++] = "--listen";
-    argv[argc++] = "tcp://127.0.0.1:0";
+    argv[argc++] = listen;
     argv[argc++] = "--plugin-dir";
     argv[argc++] = plugins;
     argv[argc++] = "--state-dir";
-    argv[argc++] = d->state_dir;
+    argv[argc++] = state_dir;
     argv[argc++] = "--ready-file";
     argv[argc++] = ready;
     for (int i = 0; extra_args && extra_args[i] && argc < 62; i++)
@@ -73,24 +67,45 @@ int test_daemon_start(test_daemon *d, const char *const *extra_args)
         /* A test that crashes must not leave its daemon behind. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
+        if (log && !freopen(log, "w", stderr)) _exit(127);
         execv(bin, (char *const *)argv);
         perror("test_daemon: execv");
         _exit(127);
     }
-    d->pid = pid;
-    for (int waited = 0; waited < 30000; waited += 20) {
-        if (read_ready_file(ready, d->url, sizeof d->url) == 0) return 0;
+    for (int waited = 0; waited < timeout_ms; waited += 5) {
+        if (read_ready_file(ready, url, url_cap) == 0) return pid;
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "test_daemon: optimd exited during start-up\n");
-            d->pid = 0;
+            fprintf(stderr, "test_daemon: optimd exited during start-up%s%s\n", log ? "; log " : "",
+                    log ? log : "");
             return -1;
         }
-        sleep_ms(20);
+        sleep_ms(5);
     }
-    fprintf(stderr, "test_daemon: optimd not ready after 30 s\n");
-    test_daemon_stop(d);
+    fprintf(stderr, "test_daemon: optimd not ready after %d ms\n", timeout_ms);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
     return -1;
+}
+
+int test_daemon_start(test_daemon *d, const char *const *extra_args)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->state_dir, sizeof d->state_dir, "/tmp/optimd-test-XXXXXX");
+    if (!mkdtemp(d->state_dir)) {
+        perror("test_daemon: mkdtemp");
+        return -1;
+    }
+    char ready[300];
+    snprintf(ready, sizeof ready, "%s/ready", d->state_dir);
+    d->pid = test_daemon_spawn("tcp://127.0.0.1:0", d->state_dir, ready, NULL, extra_args, 30000, d->url,
+                               sizeof d->url);
+    if (d->pid < 0) {
+        d->pid = 0;
+        test_daemon_stop(d);
+        return -1;
+    }
+    return 0;
 }
 
 int test_daemon_alive(const test_daemon *d)
