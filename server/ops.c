@@ -154,6 +154,16 @@ static void pack_hparam_def(msgpack_packer *pk, const optimd_hparam_def *d)
     wire_pack_str(pk, d->doc ? d->doc : "");
 }
 
+static const char *slot_shape_name(uint32_t shape)
+{
+    switch (shape) {
+    case OPTIMD_SLOT_SCALAR: return "scalar";
+    case OPTIMD_SLOT_ROWS: return "rows";
+    case OPTIMD_SLOT_COLS: return "cols";
+    default: return "param";
+    }
+}
+
 static int op_plugins(request *r)
 {
     const plugin_registry *reg = &r->srv->plugins;
@@ -187,7 +197,7 @@ static int op_plugins(request *r)
             wire_pack_str(pk, "dtype");
             wire_pack_str(pk, s->dtype ? wire_dtype_name(s->dtype) : "param");
             wire_pack_str(pk, "shape");
-            wire_pack_str(pk, s->shape == OPTIMD_SLOT_SCALAR ? "scalar" : "param");
+            wire_pack_str(pk, slot_shape_name(s->shape));
             wire_pack_str(pk, "enabled_by");
             if (s->enabled_by) wire_pack_str(pk, s->enabled_by);
             else msgpack_pack_nil(pk);
@@ -621,11 +631,10 @@ static int op_state(request *r)
             msgpack_pack_map(pk, n_slots);
             for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
                 if (!p->slots[k]) continue;
-                bool scalar = o->slots[k].shape == OPTIMD_SLOT_SCALAR;
-                uint32_t dtype = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
-                size_t bytes = (size_t)(scalar ? 1 : p->numel) * wire_dtype_size(dtype);
+                slot_layout l;
+                session_slot_layout(s, p, k, &l);
                 wire_pack_str(pk, o->slots[k].key);
-                wire_pack_tensor(pk, dtype, scalar ? 0 : p->ndim, p->shape, p->slots[k], bytes);
+                wire_pack_tensor(pk, l.dtype, l.ndim, l.shape, p->slots[k], l.nbytes);
             }
         }
     }

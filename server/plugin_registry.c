@@ -98,7 +98,8 @@ static bool check_optimizer(const char *path, plugin *p)
     for (uint32_t i = 0; i < o->n_slots; i++) {
         const optimd_slot_def *s = &o->slots[i];
         if (s->struct_size < sizeof *s || !valid_key(s->key, UPPER) ||
-            (s->shape != OPTIMD_SLOT_LIKE_PARAM && s->shape != OPTIMD_SLOT_SCALAR) ||
+            s->shape < OPTIMD_SLOT_LIKE_PARAM ||
+            s->shape > (p->desc->abi_minor >= 1 ? OPTIMD_SLOT_COLS : OPTIMD_SLOT_SCALAR) ||
             s->dtype > OPTIMD_DTYPE_F64) {
             log_warn("plugin %s: slot %u is malformed (size, key, shape or dtype)", path, i);
             return false;
@@ -124,7 +125,9 @@ static bool check_optimizer(const char *path, plugin *p)
 static bool check_scheduler(const char *path, plugin *p)
 {
     const optimd_scheduler *s = p->desc->scheduler;
-    if (!s || s->struct_size < sizeof *s || !s->lr) {
+    /* ABI 1.0's table ends where `momentum` begins; 1.1 members are read
+     * only when the plugin's struct_size covers them. */
+    if (!s || s->struct_size < offsetof(optimd_scheduler, momentum) || !s->lr) {
         log_warn("plugin %s: scheduler table missing, too small or without lr", path);
         return false;
     }
@@ -132,6 +135,20 @@ static bool check_scheduler(const char *path, plugin *p)
     p->hparams = s->hparams;
     p->n_hparams = s->n_hparams;
     p->lr_index = -1;
+    if (s->struct_size >= offsetof(optimd_scheduler, observe) + sizeof s->observe) {
+        if (s->n_state > SCHED_MAX_STATE) {
+            log_warn("plugin %s: scheduler declares %u state values; at most %u", path, s->n_state,
+                     (unsigned)SCHED_MAX_STATE);
+            return false;
+        }
+        if (s->observe && s->n_state == 0) {
+            log_warn("plugin %s: a scheduler with observe must declare state", path);
+            return false;
+        }
+        p->sched_momentum = s->momentum;
+        p->sched_observe = s->observe;
+        p->n_sched_state = s->n_state;
+    }
     return true;
 }
 
@@ -153,9 +170,9 @@ static bool load_one(const char *path, plugin *p)
     p->desc = d;
     p->handle = h;
     bool ok = true;
-    if (d->abi_major != OPTIMD_ABI_MAJOR) {
-        log_warn("plugin %s: built for ABI %u.%u, this daemon speaks %u.x", path, d->abi_major,
-                 d->abi_minor, OPTIMD_ABI_MAJOR);
+    if (d->abi_major != OPTIMD_ABI_MAJOR || d->abi_minor > OPTIMD_ABI_MINOR) {
+        log_warn("plugin %s: built for ABI %u.%u, this daemon speaks %u.0 to %u.%u", path,
+                 d->abi_major, d->abi_minor, OPTIMD_ABI_MAJOR, OPTIMD_ABI_MAJOR, OPTIMD_ABI_MINOR);
         ok = false;
     } else if (d->struct_size < sizeof *d) {
         log_warn("plugin %s: descriptor struct_size %u < %zu", path, d->struct_size, sizeof *d);

@@ -7,11 +7,18 @@
 #include <optimd/plugin.h>
 #include <stddef.h>
 
+/* Most state values a scheduler may ask the host to keep. */
+#define SCHED_MAX_STATE 64
+
 typedef struct plugin {
     const optimd_plugin_desc *desc;
     const optimd_hparam_def *hparams;  /* of the optimizer or scheduler */
     uint32_t n_hparams;
     int lr_index;                      /* optimizers: index of "lr" */
+    /* Schedulers, ABI 1.1 members (NULL / 0 for a 1.0 plugin). */
+    optimd_status (*sched_momentum)(const optimd_host *, const optimd_sched_args *, double *);
+    optimd_status (*sched_observe)(const optimd_host *, const optimd_sched_args *, double, double *);
+    uint32_t n_sched_state;
     void *handle;                      /* from dlopen */
     char *path;
 } plugin;

@@ -315,6 +315,31 @@ static bool slot_enabled(const session *s, const optimd_slot_def *d)
     return h >= 0 && s->hp[h] != 0.0;
 }
 
+void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layout *out)
+{
+    const optimd_slot_def *d = &s->opt->desc->optimizer->slots[k];
+    memset(out, 0, sizeof *out);
+    out->dtype = d->dtype ? d->dtype : p->dtype;
+    bool factored = p->ndim >= 2 && (d->shape == OPTIMD_SLOT_ROWS || d->shape == OPTIMD_SLOT_COLS);
+    if (d->shape == OPTIMD_SLOT_SCALAR || (d->shape == OPTIMD_SLOT_COLS && p->ndim < 2)) {
+        out->ndim = 0;
+    } else if (factored) {
+        /* [..., r, c] -> [..., r] (rows) or [..., c] (columns). */
+        out->ndim = p->ndim - 1;
+        memcpy(out->shape, p->shape, (p->ndim - 2) * sizeof *out->shape);
+        out->shape[p->ndim - 2] = p->shape[d->shape == OPTIMD_SLOT_ROWS ? p->ndim - 2 : p->ndim - 1];
+    } else {
+        out->ndim = p->ndim;
+        memcpy(out->shape, p->shape, p->ndim * sizeof *out->shape);
+    }
+    out->numel = 1;
+    for (uint32_t i = out->ndim; i-- > 0;) {
+        out->strides[i] = out->numel;
+        out->numel *= out->shape[i];
+    }
+    out->nbytes = (size_t)out->numel * wire_dtype_size(out->dtype);
+}
+
 /* Zero-filled slots for a parameter's first step. */
 int session_ensure_slots(const session *s, param *p)
 {
@@ -324,9 +349,9 @@ int session_ensure_slots(const session *s, param *p)
     if (!slots) return -1;
     for (uint32_t i = 0; i < o->n_slots; i++) {
         if (!slot_enabled(s, &o->slots[i])) continue;
-        uint32_t dtype = o->slots[i].dtype ? o->slots[i].dtype : p->dtype;
-        int64_t numel = o->slots[i].shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
-        size_t bytes = (size_t)numel * wire_dtype_size(dtype);
+        slot_layout l;
+        session_slot_layout(s, p, i, &l);
+        size_t bytes = l.nbytes;
         slots[i] = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
         if (!slots[i]) {
             for (uint32_t j = 0; j < i; j++) free(slots[j]);
@@ -357,13 +382,17 @@ static void tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *
     v->strides = p->strides;
 }
 
-static void scalar_view(optimd_tensor *v, uint32_t dtype, void *data)
+static void slot_view(optimd_tensor *v, const slot_layout *l, void *data)
 {
     memset(v, 0, sizeof *v);
     v->struct_size = sizeof *v;
-    v->dtype = dtype;
+    v->dtype = l->dtype;
     v->data = data;
-    v->numel = 1;
+    v->numel = l->numel;
+    v->ndim = l->ndim;
+    /* ABI: shape and strides are NULL for a 0-dimensional tensor. */
+    v->shape = l->ndim ? l->shape : NULL;
+    v->strides = l->ndim ? l->strides : NULL;
 }
 
 client_seq *session_client(session *s, const char *client, size_t len, bool create)
@@ -432,8 +461,9 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
     double *hp = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *hp);
     optimd_tensor *slot_views = calloc(o->n_slots ? o->n_slots : 1, sizeof *slot_views);
+    slot_layout *layouts = calloc(o->n_slots ? o->n_slots : 1, sizeof *layouts);
     int rc = 0;
-    if (!pend || !hp || !slot_views) {
+    if (!pend || !hp || !slot_views || !layouts) {
         rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
         goto out;
     }
@@ -519,10 +549,8 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         tensor_view(&pv, p->dtype, p, p->data);
         tensor_view(&gv, p->dtype, p, pg->aligned_copy ? pg->aligned_copy : (void *)pg->g.data);
         for (uint32_t k = 0; k < o->n_slots; k++) {
-            uint32_t dtype = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
-            void *data = p->slots ? p->slots[k] : NULL;
-            if (o->slots[k].shape == OPTIMD_SLOT_SCALAR) scalar_view(&slot_views[k], dtype, data);
-            else tensor_view(&slot_views[k], dtype, p, data);
+            session_slot_layout(s, p, k, &layouts[k]);
+            slot_view(&slot_views[k], &layouts[k], p->slots ? p->slots[k] : NULL);
         }
         optimd_step_args a = {.struct_size = sizeof a, .n_hparams = s->opt->n_hparams,
                               .hparams = hp, .step = p->steps + 1, .param = &pv, .grad = &gv,
@@ -568,6 +596,7 @@ out:
     free(pend);
     free(hp);
     free(slot_views);
+    free(layouts);
     return rc;
 }
 

@@ -108,6 +108,19 @@ session *session_restore(const char *name, const char *token, const plugin *opt,
 /* Adds a parameter without checks (the caller made them). -1: no memory. */
 int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
                          uint32_t ndim, const int64_t *shape, const void *data);
+/* Where one state slot of a parameter lies: its dtype and shape as the
+ * slot's declared shape rule gives them (docs/abi.md, state slots). */
+typedef struct slot_layout {
+    uint32_t dtype;
+    uint32_t ndim;
+    int64_t shape[WIRE_MAX_DIMS];
+    int64_t strides[WIRE_MAX_DIMS];
+    int64_t numel;
+    size_t nbytes;
+} slot_layout;
+
+/* The layout of slot `k` (declaration order) of parameter `p`. */
+void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layout *out);
 /* Allocates a parameter's zero-filled state slots if it has none yet. */
 int session_ensure_slots(const session *s, param *p);
 

@@ -18,18 +18,6 @@
 
 static const char *st_dtype(uint32_t dtype) { return dtype == OPTIMD_DTYPE_F64 ? "F64" : "F32"; }
 
-static uint32_t slot_dtype(const session *s, const param *p, uint32_t k)
-{
-    uint32_t d = s->opt->desc->optimizer->slots[k].dtype;
-    return d ? d : p->dtype;
-}
-
-static size_t slot_bytes(const session *s, const param *p, uint32_t k)
-{
-    const optimd_slot_def *def = &s->opt->desc->optimizer->slots[k];
-    int64_t numel = def->shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
-    return (size_t)numel * wire_dtype_size(slot_dtype(s, p, k));
-}
 
 static void write_number(FILE *f, double v)
 {
@@ -142,9 +130,10 @@ int snapshot_write(const session *s, FILE *f)
         write_entry(h, &first, "param/", s->names[i], NULL, p->dtype, p->ndim, p->shape, &offset, p->nbytes);
         for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
             if (!p->slots[k]) continue;
-            bool scalar = o->slots[k].shape == OPTIMD_SLOT_SCALAR;
-            write_entry(h, &first, "state/", s->names[i], o->slots[k].key, slot_dtype(s, p, k),
-                        scalar ? 0 : p->ndim, p->shape, &offset, slot_bytes(s, p, k));
+            slot_layout l;
+            session_slot_layout(s, p, k, &l);
+            write_entry(h, &first, "state/", s->names[i], o->slots[k].key, l.dtype, l.ndim, l.shape,
+                        &offset, l.nbytes);
         }
     }
     fputc('}', h);
@@ -164,7 +153,9 @@ int snapshot_write(const session *s, FILE *f)
         if (p->nbytes && fwrite(p->data, 1, p->nbytes, f) != p->nbytes) rc = -1;
         for (uint32_t k = 0; rc == 0 && p->slots && k < o->n_slots; k++) {
             if (!p->slots[k]) continue;
-            size_t bytes = slot_bytes(s, p, k);
+            slot_layout l;
+            session_slot_layout(s, p, k, &l);
+            size_t bytes = l.nbytes;
             if (bytes && fwrite(p->slots[k], 1, bytes, f) != bytes) rc = -1;
         }
     }
@@ -345,11 +336,11 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         for (uint32_t k = 0; k < o->n_slots; k++) {
             if (!p->slots[k]) continue;
             snprintf(key, sizeof key, "state/%s/%s", pname, o->slots[k].key);
-            int64_t numel = o->slots[k].shape == OPTIMD_SLOT_SCALAR ? 1 : p->numel;
-            uint32_t want = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
-            const void *slot = find_tensor(r, key, want, numel, NULL, NULL);
+            slot_layout l;
+            session_slot_layout(s, p, k, &l);
+            const void *slot = find_tensor(r, key, l.dtype, l.numel, NULL, NULL);
             if (slot) {
-                memcpy(p->slots[k], slot, slot_bytes(s, p, k));
+                memcpy(p->slots[k], slot, l.nbytes);
             } else if (r->why[0]) {
                 goto fail_out;
             } else {

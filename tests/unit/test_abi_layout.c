@@ -62,10 +62,14 @@ PIN_AT(optimd_sched_args, hparams, 8);
 PIN_AT(optimd_sched_args, epoch, 16);
 PIN_AT(optimd_sched_args, base_lr, 24);
 PIN_AT(optimd_sched_args, last_lr, 32);
+PIN_AT(optimd_sched_args, state, 40);          /* 1.1 */
 
 PIN_AT(optimd_scheduler, hparams, 8);
 PIN_AT(optimd_scheduler, check_hparams, 16);
 PIN_AT(optimd_scheduler, lr, 24);
+PIN_AT(optimd_scheduler, momentum, 32);        /* 1.1 */
+PIN_AT(optimd_scheduler, n_state, 40);         /* 1.1 */
+PIN_AT(optimd_scheduler, observe, 48);         /* 1.1 */
 
 PIN_AT(optimd_plugin_desc, abi_major, 0);
 PIN_AT(optimd_plugin_desc, abi_minor, 4);

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define OPTIMD_ABI_MAJOR 1u
-#define OPTIMD_ABI_MINOR 0u
+#define OPTIMD_ABI_MINOR 1u
 
 /* Name of the one symbol a plugin exports (dlsym this string). */
 #define OPTIMD_PLUGIN_SYMBOL "optimd_plugin"
@@ -152,8 +152,14 @@ typedef struct optimd_hparam_def {
 
 typedef enum optimd_slot_shape {
     OPTIMD_SLOT_LIKE_PARAM = 1,  /* same shape as the parameter */
-    OPTIMD_SLOT_SCALAR = 2       /* one element per parameter (ndim 0), e.g.
+    OPTIMD_SLOT_SCALAR = 2,      /* one element per parameter (ndim 0), e.g.
                                     NAdam's running product of momenta */
+    /* ABI 1.1: factored statistics (Adafactor). For a parameter of ndim >= 2
+     * with shape [..., r, c], ROWS has shape [..., r] (one value per row) and
+     * COLS has shape [..., c] (one per column). For ndim < 2, ROWS has the
+     * parameter's shape and COLS is one element (ndim 0). */
+    OPTIMD_SLOT_ROWS = 3,
+    OPTIMD_SLOT_COLS = 4
 } optimd_slot_shape;
 
 /*
@@ -218,6 +224,10 @@ typedef struct optimd_sched_args {
     int64_t epoch;           /* 0 at construction, then 1, 2, ... */
     double base_lr;          /* the lr the client configured */
     double last_lr;          /* lr at epoch - 1 (base_lr when epoch == 0) */
+    /* ABI 1.1. The scheduler's own state values (n_state of them, zero at
+     * construction, kept and persisted by the host); NULL when n_state is 0.
+     * Read-only in `lr` and `momentum`, writable in `observe`. */
+    double *state;
 } optimd_sched_args;
 
 typedef struct optimd_scheduler {
@@ -229,6 +239,29 @@ typedef struct optimd_scheduler {
     /* Writes the lr for `args->epoch` to *lr. Any thread; must be pure. */
     optimd_status (*lr)(const optimd_host *host,
                         const optimd_sched_args *args, double *lr);
+
+    /* ---- ABI 1.1; the host reads these only when struct_size covers them. */
+
+    /* Optional (NULL). Writes the optimizer momentum for `args->epoch` to
+     * *momentum, or NaN to leave it alone (e.g. cycle_momentum off). The
+     * host writes a finite value into the optimizer's "momentum"
+     * hyperparameter, or "beta1" when it has none (torch's betas[0]), and
+     * refuses the combination at open when the optimizer has neither.
+     * Any thread; must be pure. */
+    optimd_status (*momentum)(const optimd_host *host,
+                              const optimd_sched_args *args, double *momentum);
+
+    /* Number of state values (doubles) the host keeps for the scheduler. */
+    uint32_t n_state;
+    uint32_t reserved;
+
+    /* Optional (NULL). A metric the client reported (ReduceLROnPlateau's
+     * step(metric)): may update args->state and writes the lr the next step
+     * uses to *lr. `args->epoch` counts the reports, 1 on the first;
+     * `args->last_lr` is the lr the next step would have used. NaN metrics
+     * are passed on, as torch counts them as bad epochs. */
+    optimd_status (*observe)(const optimd_host *host,
+                             const optimd_sched_args *args, double metric, double *lr);
 } optimd_scheduler;
 
 /* -------------------------------------------------------- the descriptor -- */
