@@ -299,11 +299,62 @@ static const plugin *find_plugin(request *r, const char *key, uint32_t kind, boo
     return r->err.code ? NULL : p;
 }
 
+/* The request's optional "open_key": 16 to 64 printable ASCII bytes. */
+static int get_open_key(request *r, const char **key, size_t *len)
+{
+    *key = NULL;
+    *len = 0;
+    if (wire_get_str(r->root, "open_key", false, key, len, &r->err)) return -1;
+    if (!*key) return 0;
+    bool printable = *len >= SESSION_OPEN_KEY_MIN && *len <= SESSION_OPEN_KEY_MAX;
+    for (size_t i = 0; printable && i < *len; i++) printable = (*key)[i] > 0x20 && (*key)[i] < 0x7f;
+    if (!printable)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'open_key' must be %d to %d printable ASCII bytes",
+                    SESSION_OPEN_KEY_MIN, SESSION_OPEN_KEY_MAX);
+    return 0;
+}
+
+static void pack_open_reply(request *r, const char *name, const char *token, double lr, bool existing)
+{
+    msgpack_packer *pk = reply_begin(r, 4);
+    wire_pack_str(pk, "session");
+    wire_pack_str(pk, name);
+    wire_pack_str(pk, "token");
+    wire_pack_str(pk, token);
+    wire_pack_str(pk, "lr");
+    msgpack_pack_double(pk, lr);
+    wire_pack_str(pk, "existing");
+    if (existing) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+}
+
+/* A retried open (same name, same open_key) whose first attempt created
+ * the session: answers as that attempt did, so a lost reply strands no
+ * session. False when there is no such session. */
+static bool answer_retried_open(request *r, const char *name, const char *key, size_t key_len)
+{
+    if (!key) return false;
+    session *s = session_table_get(&r->srv->sessions, name, strlen(name));
+    if (!s) return false;
+    session_lock(s);
+    bool same = session_open_key_matches(s, key, key_len);
+    if (same) {
+        r->err.code = 0;
+        pack_open_reply(r, s->name, s->token, s->lr, true);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return same;
+}
+
 static int op_open(request *r)
 {
     char name[SESSION_NAME_MAX + 1], token[SESSION_TOKEN_LEN + 1];
     bool given;
-    if (get_session_name(r, true, name, &given)) return -1;
+    const char *open_key;
+    size_t open_key_len;
+    if (get_session_name(r, true, name, &given) || get_open_key(r, &open_key, &open_key_len)) return -1;
+    if (answer_retried_open(r, name, open_key, open_key_len)) return 0;
     const plugin *opt = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
     if (!opt) return -1;
     const plugin *sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
@@ -316,17 +367,17 @@ static int op_open(request *r)
     session *s = session_create(name, opt, hp, sched, sched_hp, &r->err);
     if (!s) return -1;
     s->durability = durability;
+    if (open_key) memcpy(s->open_key, open_key, open_key_len);
     double lr = s->lr;
-    if (admit_session(r, s, name, token)) return -1;
+    if (admit_session(r, s, name, token)) {
+        /* Two attempts of one open raced: the other created it. */
+        if (r->err.code == OPTIMD_E_SESSION_EXISTS && answer_retried_open(r, name, open_key, open_key_len))
+            return 0;
+        return -1;
+    }
     log_info("session %s opened (optimizer %s%s%s)", name, opt->desc->id,
              sched ? ", scheduler " : "", sched ? sched->desc->id : "");
-    msgpack_packer *pk = reply_begin(r, 3);
-    wire_pack_str(pk, "session");
-    wire_pack_str(pk, name);
-    wire_pack_str(pk, "token");
-    wire_pack_str(pk, token);
-    wire_pack_str(pk, "lr");
-    msgpack_pack_double(pk, lr);
+    pack_open_reply(r, name, token, lr, false);
     return 0;
 }
 

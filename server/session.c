@@ -139,7 +139,12 @@ fail_out:
     return NULL;
 }
 
-void session_new_token(session *s) { make_token(s->token); }
+void session_new_token(session *s)
+{
+    make_token(s->token);
+    /* The old key would hand out the new token to whoever knew the old. */
+    s->open_key[0] = '\0';
+}
 
 int64_t session_monotonic_seconds(void)
 {
@@ -165,6 +170,15 @@ bool session_token_matches(const session *s, const char *token, size_t len)
     if (len != SESSION_TOKEN_LEN) return false;
     unsigned diff = 0;
     for (size_t i = 0; i < len; i++) diff |= (unsigned char)(s->token[i] ^ token[i]);
+    return diff == 0;
+}
+
+bool session_open_key_matches(const session *s, const char *key, size_t len)
+{
+    size_t have = strlen(s->open_key);
+    if (have == 0 || len != have) return false;
+    unsigned diff = 0;
+    for (size_t i = 0; i < len; i++) diff |= (unsigned char)(s->open_key[i] ^ key[i]);
     return diff == 0;
 }
 

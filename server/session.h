@@ -23,6 +23,8 @@
 #define SESSION_TOKEN_LEN 32
 #define SESSION_MAX_PARAMS 65536
 #define PARAM_NAME_MAX 256
+#define SESSION_OPEN_KEY_MIN 16
+#define SESSION_OPEN_KEY_MAX 64
 
 typedef struct param {
     uint32_t dtype;
@@ -67,6 +69,9 @@ typedef int (*session_commit_fn)(void *ctx, struct session *s, request_error *er
 typedef struct session {
     char name[SESSION_NAME_MAX + 1];
     char token[SESSION_TOKEN_LEN + 1];
+    /* The `open_key` the creating open carried ("" if none): a retried
+     * open with the same key gets the token instead of SESSION_EXISTS. */
+    char open_key[SESSION_OPEN_KEY_MAX + 1];
     atomic_int refs;
     pthread_mutex_t mutex;
     _Atomic int64_t last_used;   /* CLOCK_MONOTONIC seconds of its last request */
@@ -167,7 +172,8 @@ int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn
  * table is full). */
 client_seq *session_client(session *s, const char *client, size_t len, bool create);
 
-/* A fresh random token (an imported session must not keep the exporter's). */
+/* A fresh random token, and no open_key (an imported session must not
+ * keep the exporter's). */
 void session_new_token(session *s);
 /* Records that a request used the session now (idle expiry). */
 void session_touch(session *s);
@@ -175,5 +181,7 @@ int64_t session_monotonic_seconds(void);
 
 /* Token comparison in constant time. */
 bool session_token_matches(const session *s, const char *token, size_t len);
+/* open_key comparison in constant time; false when the session has none. */
+bool session_open_key_matches(const session *s, const char *key, size_t len);
 
 #endif

@@ -44,6 +44,10 @@ static void write_manifest(FILE *f, const session *s)
     json_write_string(f, s->name, strlen(s->name));
     fputs(",\"token\":", f);
     json_write_string(f, s->token, strlen(s->token));
+    if (s->open_key[0]) {
+        fputs(",\"open_key\":", f);
+        json_write_string(f, s->open_key, strlen(s->open_key));
+    }
     fputs(",\"optimizer\":", f);
     json_write_string(f, s->opt->desc->id, strlen(s->opt->desc->id));
     fputs(",\"optimizer_version\":", f);
@@ -272,6 +276,9 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
     if (restore_hparams(r, opt, json_get(man, "hparams"), s->hp) ||
         (sched && restore_hparams(r, sched, json_get(man, "sched_hparams"), s->sched_hp)))
         goto fail_out;
+    const char *open_key;
+    if (json_get_string(man, "open_key", &open_key) && strlen(open_key) <= SESSION_OPEN_KEY_MAX)
+        snprintf(s->open_key, sizeof s->open_key, "%s", open_key);
     s->base_lr = base_lr;
     s->lr = lr;
     s->steps = (uint64_t)steps;

@@ -194,6 +194,50 @@ class Restart(unittest.TestCase):
         self.stop(d)
         self.assertTrue(os.path.exists(os.path.join(sdir, "snapshot.safetensors")))   # left for a human
 
+    def test_open_retried_with_its_key_returns_the_same_session(self):
+        # A lost open reply must not strand the session: the retry (same
+        # name, same open_key) gets the token, across a restart too.
+        d = self.start()
+        c = Req(d.url)
+        key = "k-" + "7f3a9c" * 4
+        first = c.call("open", session="kept", optimizer="sgd", hparams={"lr": 0.5}, open_key=key,
+                       durability="always")
+        self.assertTrue(first["ok"], first)
+        self.assertFalse(first["existing"])
+        s = {"session": "kept", "token": first["token"]}
+        c.call("register", **s, params={"w": tensor(np.ones(3, np.float32))})
+        c.call("step", **s, grads={"w": tensor(np.ones(3, np.float32))})
+        again = c.call("open", session="kept", optimizer="sgd", hparams={"lr": 0.5}, open_key=key)
+        self.assertTrue(again["ok"], again)
+        self.assertTrue(again["existing"])
+        self.assertEqual(again["token"], first["token"])
+        self.assertEqual(again["lr"], 0.5)
+        # Without the key, or with another one, the name is taken.
+        for other in ({}, {"open_key": key[:-1] + "x"}):
+            r = c.call("open", session="kept", optimizer="sgd", hparams={"lr": 0.5}, **other)
+            self.assertEqual(r["error"], "SESSION_EXISTS", r)
+        for bad in ("short", "x" * 65, "has space 0123456789", 5):
+            r = c.call("open", session="other", optimizer="sgd", hparams={"lr": 0.5}, open_key=bad)
+            self.assertEqual(r["error"], "BAD_REQUEST", (bad, r))
+        self.assertEqual(c.call("info", session="other", token="0" * 32)["error"], "UNKNOWN_SESSION")
+        blob = c.call("export", **s)["snapshot"]
+        c.close()
+        d.kill()
+
+        d = self.start()
+        c = Req(d.url)
+        after = c.call("open", session="kept", optimizer="sgd", open_key=key)
+        self.assertTrue(after["existing"], after)
+        self.assertEqual(after["token"], first["token"])
+        self.assertEqual(c.call("info", **s)["steps"], 1)
+        # An imported copy has a new token, which the old key must not reveal.
+        imported = c.call("import", snapshot=blob, session="copy")
+        self.assertTrue(imported["ok"], imported)
+        r = c.call("open", session="copy", optimizer="sgd", hparams={"lr": 0.5}, open_key=key)
+        self.assertEqual(r["error"], "SESSION_EXISTS", r)
+        c.close()
+        self.stop(d)
+
     def test_close_removes_files(self):
         d = self.start("--snapshot-interval", "1")
         c = Req(d.url)

@@ -95,6 +95,14 @@ class Ops(DaemonTestCase):
         with self.assertRaises(ValueError):
             self.client.open("x", "sgd", {"lr": 1}, sched_hparams={"T_max": 3})
 
+    def test_open_repeated_with_its_key(self) -> None:
+        key = "py-key-0123456789abcdef"
+        first = self.open("keyed", open_key=key)
+        again = self.client.open("keyed", "sgd", {"lr": 0.5}, open_key=key)
+        self.assertEqual(again, first)
+        with self.assertRaises(optimd.SessionExistsError):
+            self.client.open("keyed", "sgd", {"lr": 0.5})
+
     def test_register_step_pull(self) -> None:
         s = self.open("rsp")
         w = np.array([1.0, 2.0, 3.0], np.float32)

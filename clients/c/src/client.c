@@ -91,7 +91,7 @@ static int socket_open(optimd_client *c, const char **what)
 /* Fills `id` with 32 random hex digits. Random ids let any number of
  * processes step one session without agreeing on names first; the
  * fallback only has to differ between processes and clients. */
-static void random_id(char id[CLIENT_ID_MAX + 1])
+void client_random_id(char id[CLIENT_ID_MAX + 1])
 {
     unsigned char bytes[16];
     size_t got = 0;
@@ -190,7 +190,7 @@ int optimd_client_connect_ex(const char *url,
     c->on_retry_arg = o.on_retry_arg;
     c->next_id = 1;
     if (o.client_id) strcpy(c->id, o.client_id);
-    else random_id(c->id);
+    else client_random_id(c->id);
 
     const char *what;
     int rv = socket_open(c, &what);

@@ -11,6 +11,10 @@
 
 #define CLIENT_ERR_CAP 1024
 #define CLIENT_ID_MAX 64               /* protocol.md, `step`: `client` */
+
+/* Writes 32 random lowercase hex digits and a NUL: client ids, and the
+ * open_key that makes a retried open safe. */
+void client_random_id(char id[CLIENT_ID_MAX + 1]);
 #define CLIENT_SEQ_MAX (1ull << 53)    /* protocol.md, `step`: `seq` */
 
 /* The seq of the next step on one session. */

@@ -34,6 +34,7 @@ void optimd_open_options_init(optimd_open_options *opts)
 typedef struct open_args {
     const char *name;
     optimd_open_options o;
+    char open_key[CLIENT_ID_MAX + 1];
 } open_args;
 
 static void pack_open(msgpack_packer *pk, const void *arg)
@@ -43,6 +44,8 @@ static void pack_open(msgpack_packer *pk, const void *arg)
     wire_pack_str(pk, a->name);
     wire_pack_str(pk, "optimizer");
     wire_pack_str(pk, a->o.optimizer);
+    wire_pack_str(pk, "open_key");
+    wire_pack_str(pk, a->open_key);
     if (a->o.n_hparams) {
         wire_pack_str(pk, "hparams");
         wire_pack_hvalues(pk, a->o.hparams, a->o.n_hparams);
@@ -102,23 +105,22 @@ int optimd_client_open_ex(optimd_client *c, const char *name,
                              sizeof c->err))
         return OPTIMD_CLIENT_E_ARG;
 
+    /* One key for every attempt of this open: a retry whose first attempt
+     * created the session gets its token back (protocol.md, `open`). */
+    client_random_id(a.open_key);
     client_call call = {
         .op = "open",
-        .n_keys = 2 + (a.o.n_hparams ? 1 : 0) + (a.o.scheduler ? 1 : 0) +
+        .n_keys = 3 + (a.o.n_hparams ? 1 : 0) + (a.o.scheduler ? 1 : 0) +
                   (a.o.n_sched_hparams ? 1 : 0) + (a.o.durability ? 1 : 0),
         .size_hint = name_len + 64 * (a.o.n_hparams + a.o.n_sched_hparams),
         .pack = pack_open,
         .arg = &a,
-        /* Repeating an open cannot create a second session: at worst it
-         * meets SESSION_EXISTS, said below. */
+        /* Repeating an open cannot create a second session, and with the
+         * open_key a repeat whose first attempt got through is answered
+         * with that session's token. */
         .retry = CLIENT_RETRY_ALWAYS};
     client_reply rep;
     int rv = client_call_run(c, &call, &rep);
-    if (rv == OPTIMD_E_SESSION_EXISTS && call.ambiguous)
-        client_err_append(c, " (an earlier attempt of this open reached the "
-                          "daemon but its reply was lost: it may have "
-                          "created the session, whose token is then known "
-                          "only to the daemon)");
     if (rv) return rv;
 
     const msgpack_object *session = wire_map_get(rep.root, "session");

@@ -109,9 +109,9 @@ void optimd_client_free(optimd_client *c);
  *     it again), `register` (a repeat that meets PARAM_EXISTS checks that
  *     the parameters hold exactly the values sent, and then succeeds),
  *     `close` (a repeat that meets UNKNOWN_SESSION succeeds: the first one
- *     closed it), and `open` (a repeat that meets SESSION_EXISTS fails with
- *     that code and says that the lost attempt may have created the session,
- *     whose token this client then cannot know);
+ *     closed it), and `open` (every attempt carries the same random
+ *     `open_key`, so a repeat whose lost attempt created the session gets
+ *     that session and its token);
  *   - `set_hparams` is not: between the lost attempt and the repeat another
  *     client's step could make "set lr" mean something else.
  * Each attempt waits up to `timeout_ms` for a connection and up to

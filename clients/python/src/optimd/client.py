@@ -139,14 +139,20 @@ class Client:
         scheduler: str | None = None,
         sched_hparams: Mapping[str, HparamValue] | None = None,
         durability: str | None = None,
+        open_key: str | None = None,
     ) -> Session:
         """Creates a session named ``session`` running plugin ``optimizer``,
         optionally with a server-side ``scheduler``. Hyperparameters not given
         take the plugin's defaults. ``durability`` is ``"always"``,
         ``"interval"`` (the daemon's default) or ``"none"`` (docs/protocol.md).
         Returns the session's name and token; ``hparams(session).lr`` is the
-        lr its first step will use."""
+        lr its first step will use. ``open_key`` (16 to 64 printable ASCII
+        characters, e.g. ``secrets.token_hex(16)``) makes a retry safe: an open
+        repeated with the same key after a lost reply returns the session the
+        first attempt created instead of failing with SESSION_EXISTS."""
         fields: dict[str, Any] = {"session": session, "optimizer": optimizer}
+        if open_key is not None:
+            fields["open_key"] = open_key
         if durability is not None:
             fields["durability"] = durability
         if hparams:
