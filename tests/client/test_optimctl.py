@@ -382,12 +382,102 @@ def test_rosenbrock(d):
     check(session_rows(d) == {}, "rosenbrock runs left sessions open")
 
 
+# ---- schedule, export, import -------------------------------------------
+
+def torch_lrs(make, base_lr, steps):
+    """The lr after construction and after each of `steps` steps, as torch
+    1.13.1 computes it (optimizer.step() then scheduler.step())."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    sched = make(opt)
+    out = [opt.param_groups[0]["lr"]]
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        out.append(opt.param_groups[0]["lr"])
+    return ["%.9g" % v for v in out]
+
+
+def test_schedule(d):
+    S = torch.optim.lr_scheduler
+    cases = [
+        (["step", "--sched-set", "step_size=3", "--sched-set", "gamma=0.5"], 0.1,
+         lambda o: S.StepLR(o, step_size=3, gamma=0.5)),
+        (["multistep", "--sched-set", "milestone0=2", "--sched-set", "milestone1=5"], 0.1,
+         lambda o: S.MultiStepLR(o, milestones=[2, 5])),
+        (["exponential", "--sched-set", "gamma=0.9"], 0.05,
+         lambda o: S.ExponentialLR(o, gamma=0.9)),
+        (["cosine", "--sched-set", "T_max=7"], 1.0,
+         lambda o: S.CosineAnnealingLR(o, T_max=7)),
+        (["linear"], 0.1, lambda o: S.LinearLR(o)),
+        (["constant"], 0.1, lambda o: S.ConstantLR(o)),
+        (["polynomial", "--sched-set", "total_iters=4", "--sched-set", "power=2"], 0.1,
+         lambda o: S.PolynomialLR(o, total_iters=4, power=2.0)),
+        (["cosine_warm_restarts", "--sched-set", "T_0=3", "--sched-set", "T_mult=2"], 0.1,
+         lambda o: S.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2)),
+    ]
+    steps = 12
+    for args, base, make in cases:
+        r = optimctl(d, "schedule", *args, "--base-lr", repr(base), "--steps", str(steps))
+        want = torch_lrs(make, base, steps)
+        check(r.returncode == 0, "schedule %s: rc %d %s" % (args[0], r.returncode, r.stderr))
+        check(lines(r.stdout) == want, "schedule %s: %s != torch %s"
+              % (args[0], lines(r.stdout), want))
+    # The temporary sessions are gone; errors are reported.
+    check(not any(n.startswith("optimctl-schedule") for n in session_rows(d)),
+          "schedule left a session open")
+    r = optimctl(d, "schedule", "nope", "--steps", "2")
+    check(r.returncode == 1 and "UNKNOWN_PLUGIN" in r.stderr, "unknown scheduler: %s" % r.stderr)
+    r = optimctl(d, "schedule", "step", "--steps", "2")
+    check(r.returncode == 1 and "step_size" in r.stderr, "missing required: %s" % r.stderr)
+    r = optimctl(d, "schedule", "step")
+    check(r.returncode == 2 and "--steps" in r.stderr, "no --steps: %s" % r.stderr)
+
+
+def test_export_import(d):
+    r = optimctl(d, "rosenbrock", "--optimizer", "adam", "--set", "lr=0.01", "--steps", "7",
+                 "--session", "exported")
+    check(r.returncode == 0, "rosenbrock --session: %s" % r.stderr)
+    path = os.path.join(d.dir, "exported.safetensors")
+    r = optimctl(d, "export", "exported", path)
+    check(r.returncode == 0, "export: %s" % r.stderr)
+    with open(path, "rb") as f:
+        blob = f.read()
+    import json
+    import struct
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    check("param/xy" in header and "state/xy/exp_avg" in header,
+          "exported file is not the session's safetensors: %s" % sorted(header))
+    r = optimctl(d, "import", path, "--session", "imported", "--durability", "none")
+    token = r.stdout.strip()
+    check(r.returncode == 0 and len(token) == 32, "import: %s %s" % (r.stdout, r.stderr))
+    a = optimctl(d, "info", "exported")
+    b = optimctl(d, "info", "imported", "--token", token)
+    strip = lambda out: [l for l in lines(out) if not l.startswith(("session", "durability"))]
+    check(b.returncode == 0 and strip(a.stdout) == strip(b.stdout),
+          "imported info differs:\n%s\n%s" % (a.stdout, b.stdout))
+    check("durability none" in b.stdout, "import --durability: %s" % b.stdout)
+    r = optimctl(d, "import", path)
+    check(r.returncode == 1 and "SESSION_EXISTS" in r.stderr, "import under a taken name: %s" % r.stderr)
+    junk = os.path.join(d.dir, "junk")
+    with open(junk, "wb") as f:
+        f.write(b"not a snapshot" * 10)
+    r = optimctl(d, "import", junk, "--session", "junk")
+    check(r.returncode == 1 and "BAD_REQUEST" in r.stderr, "import of junk: %s" % r.stderr)
+    r = optimctl(d, "export", "exported")
+    check(r.returncode == 2, "export without FILE: %s" % r.stderr)
+    for name in ("exported", "imported"):
+        args = ["close", name] + (["--token", token] if name == "imported" else [])
+        check(optimctl(d, *args).returncode == 0, "close " + name)
+
+
 def main():
     torch.set_num_threads(1)
     d = Daemon()
     try:
         for test in [test_hello, test_plugins, test_hparams, test_sessions,
-                     test_errors, test_rosenbrock]:
+                     test_errors, test_rosenbrock, test_schedule, test_export_import]:
             try:
                 test(d)
             except Exception as e:  # one broken test must not hide the rest

@@ -103,7 +103,13 @@ int cli_open_option(const cli *cli, int argc, char **argv, int *i,
 int cli_open_spec_check(const cli *cli, const cli_open_spec *spec);
 
 int cmd_rosenbrock(const cli *cli, int argc, char **argv);
+int cmd_export(const cli *cli, int argc, char **argv);
+int cmd_import(const cli *cli, int argc, char **argv);
+int cmd_schedule(const cli *cli, int argc, char **argv);
 
 extern const char rosenbrock_usage[];
+extern const char export_usage[];
+extern const char import_usage[];
+extern const char schedule_usage[];
 
 #endif

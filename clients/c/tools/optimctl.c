@@ -40,6 +40,16 @@ static const char main_usage[] =
     "                             scheduler and durability\n"
     "  close NAME [--token TOKEN | --token-file FILE]\n"
     "                             close a session and drop its state\n"
+    "  export NAME FILE [--token TOKEN | --token-file FILE]\n"
+    "                             write a session to a safetensors file\n"
+    "  import FILE [--session NAME] [--durability D] [--token-file FILE]\n"
+    "                             create a session from such a file; "
+    "prints\n"
+    "                             its new token\n"
+    "  schedule ID [--sched-set KEY=VALUE]... [--base-lr LR] --steps N\n"
+    "                             a scheduler's lr after construction and "
+    "after\n"
+    "                             each step, one per line\n"
     "  rosenbrock --optimizer ID --steps N [--session NAME] [...]\n"
     "                             minimise the Rosenbrock function "
     "remotely;\n"
@@ -313,6 +323,9 @@ static const command commands[] = {
     {"open", cmd_open, open_usage},
     {"info", cmd_info, info_usage},
     {"close", cmd_close, close_usage},
+    {"export", cmd_export, export_usage},
+    {"import", cmd_import, import_usage},
+    {"schedule", cmd_schedule, schedule_usage},
     {"rosenbrock", cmd_rosenbrock, rosenbrock_usage},
 };
 

@@ -328,6 +328,19 @@ typedef struct optimd_session_info {
 int optimd_client_info(optimd_client *c, const optimd_session *s,
                        optimd_session_info *out);
 
+/* The session as one safetensors file (protocol.md, `export`): on success
+ * *snapshot is a malloc'd copy of *size bytes; free() it. */
+int optimd_client_export(optimd_client *c, const optimd_session *s,
+                         void **snapshot, size_t *size);
+
+/* Creates a session from an exported snapshot. `name` NULL keeps the stored
+ * name; `durability` NULL keeps the stored policy. *out gets the name and
+ * its new token; *steps (if not NULL) its step count. Not re-sent once it
+ * may have reached the daemon: a repeat could not learn the new token. */
+int optimd_client_import(optimd_client *c, const void *snapshot, size_t size,
+                         const char *name, const char *durability,
+                         optimd_session *out, uint64_t *steps);
+
 #ifdef __cplusplus
 }
 #endif
