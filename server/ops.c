@@ -8,6 +8,7 @@
 #include "wire.h"
 
 #include <optimd/protocol.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -340,11 +341,51 @@ static bool answer_retried_open(request *r, const char *name, const char *key, s
     bool same = session_open_key_matches(s, key, key_len);
     if (same) {
         r->err.code = 0;
-        pack_open_reply(r, s->name, s->token, s->lr, true);
+        pack_open_reply(r, s->name, s->token, s->groups[0].lr, true);
     }
     session_unlock(s);
     session_unref(s);
     return same;
+}
+
+/* open's optional "groups": [{name, hparams?, scheduler?, sched_hparams?}]
+ * beyond the default group. */
+static int get_group_specs(request *r, group_spec *specs, uint32_t *n)
+{
+    const msgpack_object *groups = wire_map_get(r->root, "groups");
+    *n = 0;
+    if (!groups || groups->type == MSGPACK_OBJECT_NIL) return 0;
+    if (groups->type != MSGPACK_OBJECT_ARRAY)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'groups' must be an array of maps");
+    if (groups->via.array.size >= SESSION_MAX_GROUPS)
+        return fail(&r->err, OPTIMD_E_LIMIT, "a session has at most %d parameter groups", SESSION_MAX_GROUPS);
+    for (uint32_t i = 0; i < groups->via.array.size; i++) {
+        const msgpack_object *g = &groups->via.array.ptr[i];
+        group_spec *gs = &specs[i];
+        memset(gs, 0, sizeof *gs);
+        if (g->type != MSGPACK_OBJECT_MAP)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'groups' must be an array of maps");
+        if (wire_get_str(g, "name", true, &gs->name, &gs->name_len, &r->err) ||
+            wire_get_map(g, "hparams", false, &gs->hparams, &r->err) ||
+            wire_get_map(g, "sched_hparams", false, &gs->sched_hparams, &r->err))
+            return -1;
+        if (gs->name_len == strlen(DEFAULT_GROUP) && memcmp(gs->name, DEFAULT_GROUP, gs->name_len) == 0)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST,
+                        "group 'default' is the session's own; give its settings at the top level");
+        const msgpack_object *sv = wire_map_get(g, "scheduler");
+        if (sv) {
+            gs->sched_given = true;
+            if (sv->type != MSGPACK_OBJECT_NIL) {
+                const msgpack_object *saved = r->root;
+                r->root = g;
+                gs->sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
+                r->root = saved;
+                if (!gs->sched) return -1;
+            }
+        }
+        (*n)++;
+    }
+    return 0;
 }
 
 static int op_open(request *r)
@@ -364,11 +405,14 @@ static int op_open(request *r)
     if (wire_get_map(r->root, "hparams", false, &hp, &r->err) ||
         wire_get_map(r->root, "sched_hparams", false, &sched_hp, &r->err) || get_durability(r, &durability))
         return -1;
-    session *s = session_create(name, opt, hp, sched, sched_hp, &r->err);
+    group_spec specs[SESSION_MAX_GROUPS];
+    uint32_t n_specs = 0;
+    if (get_group_specs(r, specs, &n_specs)) return -1;
+    session *s = session_create(name, opt, hp, sched, sched_hp, specs, n_specs, &r->err);
     if (!s) return -1;
     s->durability = durability;
     if (open_key) memcpy(s->open_key, open_key, open_key_len);
-    double lr = s->lr;
+    double lr = s->groups[0].lr;
     if (admit_session(r, s, name, token)) {
         /* Two attempts of one open raced: the other created it. */
         if (r->err.code == OPTIMD_E_SESSION_EXISTS && answer_retried_open(r, name, open_key, open_key_len))
@@ -381,17 +425,45 @@ static int op_open(request *r)
     return 0;
 }
 
-static void pack_lrs(msgpack_packer *pk, const session *s)
+static void pack_group_settings(msgpack_packer *pk, const session *s, const param_group *g)
 {
     wire_pack_str(pk, "hparams");
-    hparams_pack(pk, s->opt, s->hp);
+    hparams_pack(pk, s->opt, g->hp);
     wire_pack_str(pk, "sched_hparams");
-    if (s->sched) hparams_pack(pk, s->sched, s->sched_hp);
+    if (g->sched) hparams_pack(pk, g->sched, g->sched_hp);
     else msgpack_pack_map(pk, 0);
     wire_pack_str(pk, "base_lr");
-    msgpack_pack_double(pk, s->base_lr);
+    msgpack_pack_double(pk, g->base_lr);
     wire_pack_str(pk, "lr");
-    msgpack_pack_double(pk, s->lr);
+    msgpack_pack_double(pk, g->lr);
+}
+
+static void pack_sched_id(msgpack_packer *pk, const param_group *g)
+{
+    if (g->sched) wire_pack_str(pk, g->sched->desc->id);
+    else msgpack_pack_nil(pk);
+}
+
+/* The default group's settings at the top level (5 keys: hparams,
+ * sched_hparams, base_lr, lr, groups), and every group's in "groups". */
+static void pack_lrs(msgpack_packer *pk, const session *s)
+{
+    pack_group_settings(pk, s, &s->groups[0]);
+    wire_pack_str(pk, "groups");
+    msgpack_pack_array(pk, s->n_groups);
+    for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+        const param_group *g = &s->groups[gi];
+        uint64_t members = 0;
+        for (size_t i = 0; i < s->n_params; i++) members += s->params[i].group == gi;
+        msgpack_pack_map(pk, 7);
+        wire_pack_str(pk, "name");
+        wire_pack_str(pk, g->name);
+        wire_pack_str(pk, "scheduler");
+        pack_sched_id(pk, g);
+        pack_group_settings(pk, s, g);
+        wire_pack_str(pk, "params");
+        msgpack_pack_uint64(pk, members);
+    }
 }
 
 static int op_info(request *r)
@@ -407,7 +479,7 @@ static int op_info(request *r)
     session_lock(s);
     /* A client that keeps its id across restarts resumes its numbering. */
     const client_seq *cs = client ? session_client(s, client, client_len, false) : NULL;
-    msgpack_packer *pk = reply_begin(r, client ? 12 : 11);
+    msgpack_packer *pk = reply_begin(r, client ? 13 : 12);
     if (client) {
         wire_pack_str(pk, "client_seq");
         msgpack_pack_uint64(pk, cs ? cs->seq : 0);
@@ -421,8 +493,7 @@ static int op_info(request *r)
     wire_pack_str(pk, "optimizer_version");
     wire_pack_str(pk, s->opt->desc->version);
     wire_pack_str(pk, "scheduler");
-    if (s->sched) wire_pack_str(pk, s->sched->desc->id);
-    else msgpack_pack_nil(pk);
+    pack_sched_id(pk, &s->groups[0]);
     pack_lrs(pk, s);
     wire_pack_str(pk, "steps");
     msgpack_pack_uint64(pk, s->steps);
@@ -430,9 +501,11 @@ static int op_info(request *r)
     msgpack_pack_array(pk, (uint32_t)s->n_params);
     for (size_t i = 0; i < s->n_params; i++) {
         const param *p = &s->params[i];
-        msgpack_pack_map(pk, 4);
+        msgpack_pack_map(pk, 5);
         wire_pack_str(pk, "name");
         wire_pack_str(pk, s->names[i]);
+        wire_pack_str(pk, "group");
+        wire_pack_str(pk, s->groups[p->group].name);
         wire_pack_str(pk, "dtype");
         wire_pack_str(pk, wire_dtype_name(p->dtype));
         wire_pack_str(pk, "shape");
@@ -451,7 +524,7 @@ static int op_hparams(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
-    msgpack_packer *pk = reply_begin(r, 4);
+    msgpack_packer *pk = reply_begin(r, 5);
     pack_lrs(pk, s);
     session_unlock(s);
     session_unref(s);
@@ -466,9 +539,11 @@ static int op_set_hparams(request *r)
     if (!s) return -1;
     session_lock(s);
     store_change change = change_of(r);
-    int rc = session_set_hparams(s, map, store_log_change, &change, &r->err);
+    int group;
+    int rc = session_request_group(s, r->root, true, &group, &r->err);
+    if (rc == 0) rc = session_set_hparams(s, map, group, store_log_change, &change, &r->err);
     if (rc == 0) store_compact_if_large(&r->srv->store, s);
-    if (rc == 0) pack_lrs(reply_begin(r, 4), s);
+    if (rc == 0) pack_lrs(reply_begin(r, 5), s);
     session_unlock(s);
     session_unref(s);
     return rc;
@@ -511,8 +586,7 @@ static int op_sessions(request *r)
         wire_pack_str(pk, "optimizer");
         wire_pack_str(pk, s->opt->desc->id);
         wire_pack_str(pk, "scheduler");
-        if (s->sched) wire_pack_str(pk, s->sched->desc->id);
-        else msgpack_pack_nil(pk);
+        pack_sched_id(pk, &s->groups[0]);
         wire_pack_str(pk, "params");
         msgpack_pack_uint64(pk, s->n_params);
         wire_pack_str(pk, "steps");
@@ -531,7 +605,9 @@ static int op_register(request *r)
     if (!s) return -1;
     session_lock(s);
     store_change change = change_of(r);
-    int rc = session_register(s, params, store_log_change, &change, &r->err);
+    int group;
+    int rc = session_request_group(s, r->root, false, &group, &r->err);
+    if (rc == 0) rc = session_register(s, params, group, store_log_change, &change, &r->err);
     if (rc == 0) store_compact_if_large(&r->srv->store, s);
     session_unlock(s);
     if (rc == 0) {
@@ -555,27 +631,33 @@ static int op_step(request *r)
     const msgpack_object *grads;
     bool want_params = true;
     step_identity id = {"", 0, 0};
+    step_clip clip;
     if (wire_get_map(r->root, "grads", true, &grads, &r->err) ||
         wire_get_bool(r->root, "return", false, &want_params, &r->err) ||
         wire_get_uint(r->root, "seq", false, &id.seq, &r->err) ||
-        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err))
+        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err) ||
+        step_clip_parse(r->root, &clip, &r->err))
         return -1;
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
     step_result res;
     store_change change = change_of(r);
-    int rc = session_step(s, grads, &id, r->srv->pool, store_log_change, &change, &res, &r->err);
+    int rc = session_step(s, grads, &id, &clip, r->srv->pool, store_log_change, &change, &res, &r->err);
     if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
     if (rc == 0) {
         if (want_params) {
-            size_t bytes = 256;
+            size_t bytes = 256 + 64 * (size_t)s->n_groups;
             for (uint32_t i = 0; i < grads->via.map.size; i++) bytes += 384;
             for (size_t i = 0; i < s->n_params; i++)
                 if (s->params[i].mark == s->request_serial) bytes += s->params[i].nbytes;
             nng_msg_reserve(r->w->msg, bytes);
         }
-        msgpack_packer *pk = reply_begin(r, want_params ? 5 : 4);
+        /* Per-group lrs only where there is more than one group, and the
+         * norm only where the step clipped by norm (duplicates: neither). */
+        bool group_lrs = s->n_groups > 1 && !res.duplicate;
+        bool norm = clip.max_norm > 0 && !res.duplicate;
+        msgpack_packer *pk = reply_begin(r, 4 + want_params + 2 * group_lrs + norm);
         wire_pack_str(pk, "steps");
         msgpack_pack_uint64(pk, res.steps);
         wire_pack_str(pk, "lr");
@@ -585,6 +667,28 @@ static int op_step(request *r)
         wire_pack_str(pk, "duplicate");
         if (res.duplicate) msgpack_pack_true(pk);
         else msgpack_pack_false(pk);
+        for (int which = 0; group_lrs && which < 2; which++) {
+            wire_pack_str(pk, which ? "next_lrs" : "lrs");
+            msgpack_pack_map(pk, s->n_groups);
+            for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+                wire_pack_str(pk, s->groups[gi].name);
+                msgpack_pack_double(pk, which ? res.next_lrs[gi] : res.lrs[gi]);
+            }
+        }
+        if (norm && clip.per_group) {
+            uint32_t clipped = 0;
+            for (uint32_t gi = 0; gi < s->n_groups; gi++) clipped += res.group_clipped[gi];
+            wire_pack_str(pk, "grad_norms");
+            msgpack_pack_map(pk, clipped);
+            for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+                if (!res.group_clipped[gi]) continue;
+                wire_pack_str(pk, s->groups[gi].name);
+                msgpack_pack_double(pk, res.group_norms[gi]);
+            }
+        } else if (norm) {
+            wire_pack_str(pk, "grad_norm");
+            msgpack_pack_double(pk, res.grad_norm);
+        }
         if (want_params) {
             uint32_t n_marked = 0;
             for (size_t i = 0; i < s->n_params; i++) n_marked += s->params[i].mark == s->request_serial;
@@ -592,6 +696,34 @@ static int op_step(request *r)
             msgpack_pack_map(pk, n_marked);
             for (size_t i = 0; i < s->n_params; i++)
                 if (s->params[i].mark == s->request_serial) pack_param(pk, s, i);
+        }
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+static int op_observe(request *r)
+{
+    double metric = 0;
+    if (wire_get_number(r->root, "metric", true, &metric, &r->err)) return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    store_change change = change_of(r);
+    int group;
+    int rc = session_request_group(s, r->root, true, &group, &r->err);
+    if (rc == 0) rc = session_observe(s, metric, group, store_log_change, &change, &r->err);
+    if (rc == 0) {
+        store_compact_if_large(&r->srv->store, s);
+        msgpack_packer *pk = reply_begin(r, 2);
+        wire_pack_str(pk, "lr");
+        msgpack_pack_double(pk, s->groups[group < 0 ? 0 : group].lr);
+        wire_pack_str(pk, "lrs");
+        msgpack_pack_map(pk, s->n_groups);
+        for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+            wire_pack_str(pk, s->groups[gi].name);
+            msgpack_pack_double(pk, s->groups[gi].lr);
         }
     }
     session_unlock(s);
@@ -766,6 +898,7 @@ static const op_entry ops[] = {
     {"set_hparams", op_set_hparams}, {"close", op_close}, {"sessions", op_sessions},
     {"register", op_register}, {"step", op_step},         {"pull", op_pull},
     {"export", op_export},     {"import", op_import},     {"state", op_state},
+    {"observe", op_observe},
 };
 
 static int dispatch(request *r, const msgpack_object *root)

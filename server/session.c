@@ -12,25 +12,67 @@
 #include <time.h>
 #include <unistd.h>
 
-static int sched_lr(const session *s, int64_t epoch, double last_lr, double *out,
+static optimd_sched_args sched_args(const param_group *g, int64_t epoch, double last_lr)
+{
+    return (optimd_sched_args){.struct_size = sizeof(optimd_sched_args),
+                               .n_hparams = g->sched->n_hparams, .hparams = g->sched_hp,
+                               .epoch = epoch, .base_lr = g->base_lr, .last_lr = last_lr,
+                               .state = g->sched->n_sched_state ? (double *)g->sched_state : NULL};
+}
+
+/* The lr of group `g` at `epoch`, following `last_lr`. */
+static int sched_lr(const session *s, const param_group *g, int64_t epoch, double last_lr, double *out,
                     request_error *err)
 {
-    if (!s->sched) {
-        *out = s->hp[s->opt->lr_index];
+    if (!g->sched) {
+        *out = g->hp[s->opt->lr_index];
         return 0;
     }
-    optimd_sched_args a = {.struct_size = sizeof a, .n_hparams = s->sched->n_hparams,
-                           .hparams = s->sched_hp, .epoch = epoch,
-                           .base_lr = s->base_lr, .last_lr = last_lr};
+    optimd_sched_args a = sched_args(g, epoch, last_lr);
     host_call hc;
-    host_call_begin(&hc, s->sched->desc->id, NULL);
+    host_call_begin(&hc, g->sched->desc->id, NULL);
     double lr = NAN;
-    optimd_status st = s->sched->desc->scheduler->lr(&hc.table, &a, &lr);
+    optimd_status st = g->sched->desc->scheduler->lr(&hc.table, &a, &lr);
     host_call_end(&hc);
     if (st != OPTIMD_OK || !isfinite(lr))
-        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", s->sched->desc->id,
+        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", g->sched->desc->id,
                     (long long)epoch, hc.call.error[0] ? hc.call.error : "no finite lr");
     *out = lr;
+    return 0;
+}
+
+/* The momentum a cycling scheduler sets at `epoch` (NaN: leave it). */
+static int sched_momentum(const param_group *g, int64_t epoch, double *out, request_error *err)
+{
+    *out = NAN;
+    if (!g->sched || !g->sched->sched_momentum) return 0;
+    optimd_sched_args a = sched_args(g, epoch, g->lr);
+    host_call hc;
+    host_call_begin(&hc, g->sched->desc->id, NULL);
+    optimd_status st = g->sched->sched_momentum(&hc.table, &a, out);
+    host_call_end(&hc);
+    if (st != OPTIMD_OK)
+        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", g->sched->desc->id,
+                    (long long)epoch, hc.call.error[0] ? hc.call.error : "no momentum");
+    return 0;
+}
+
+/* Moves group `g` to `epoch`: its lr (from last_lr) and, for a scheduler
+ * that cycles it, the optimizer's momentum (torch sets both in step()). */
+static int sched_advance(const session *s, param_group *g, int64_t epoch, double last_lr,
+                         request_error *err)
+{
+    double lr, m;
+    if (sched_lr(s, g, epoch, last_lr, &lr, err) || sched_momentum(g, epoch, &m, err)) return -1;
+    if (!isnan(m)) {
+        if (s->momentum_index < 0)
+            return fail(err, OPTIMD_E_BAD_HPARAM,
+                        "scheduler %s cycles momentum, but optimizer %s has neither 'momentum' nor "
+                        "'beta1'; set its cycle_momentum to false",
+                        g->sched->desc->id, s->opt->desc->id);
+        g->hp[s->momentum_index] = m;
+    }
+    g->lr = lr;
     return 0;
 }
 
@@ -71,13 +113,49 @@ static void session_destroy(session *s)
     free(s->clients);
     if (s->wal_fd >= 0) close(s->wal_fd);
     name_index_free(&s->index);
-    free(s->hp);
-    free(s->sched_hp);
+    for (uint32_t i = 0; i < s->n_groups; i++) {
+        free(s->groups[i].hp);
+        free(s->groups[i].sched_hp);
+    }
+    free(s->groups);
     pthread_mutex_destroy(&s->mutex);
     free(s);
 }
 
-/* A session with default hyperparameters and no parameters. */
+/* Appends a group with default hyperparameters. */
+static param_group *add_group(session *s, const char *name, size_t len, const plugin *sched,
+                              request_error *err)
+{
+    if (s->n_groups == SESSION_MAX_GROUPS) {
+        fail(err, OPTIMD_E_LIMIT, "a session has at most %d parameter groups", SESSION_MAX_GROUPS);
+        return NULL;
+    }
+    param_group *grown = realloc(s->groups, (s->n_groups + 1) * sizeof *grown);
+    if (!grown) {
+        fail(err, OPTIMD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    s->groups = grown;
+    param_group *g = &s->groups[s->n_groups];
+    memset(g, 0, sizeof *g);
+    memcpy(g->name, name, len);
+    g->sched = sched;
+    g->hp = calloc(s->opt->n_hparams ? s->opt->n_hparams : 1, sizeof *g->hp);
+    g->sched_hp = calloc(sched && sched->n_hparams ? sched->n_hparams : 1, sizeof *g->sched_hp);
+    if (!g->hp || !g->sched_hp) {
+        free(g->hp);
+        free(g->sched_hp);
+        fail(err, OPTIMD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    s->n_groups++;
+    hparams_defaults(s->opt, g->hp);
+    if (sched) hparams_defaults(sched, g->sched_hp);
+    return g;
+}
+
+/* A session with default hyperparameters, the default group and no
+ * parameters. */
 static session *session_alloc(const char *name, const plugin *opt, const plugin *sched,
                               request_error *err)
 {
@@ -93,16 +171,12 @@ static session *session_alloc(const char *name, const plugin *opt, const plugin 
     pthread_mutex_init(&s->mutex, NULL);
     name_index_init(&s->index);
     s->opt = opt;
-    s->sched = sched;
-    s->hp = calloc(opt->n_hparams ? opt->n_hparams : 1, sizeof *s->hp);
-    s->sched_hp = calloc(sched && sched->n_hparams ? sched->n_hparams : 1, sizeof *s->sched_hp);
-    if (!s->hp || !s->sched_hp) {
-        fail(err, OPTIMD_E_NOMEM, "out of memory");
+    s->momentum_index = plugin_hparam_index(opt, "momentum", 8);
+    if (s->momentum_index < 0) s->momentum_index = plugin_hparam_index(opt, "beta1", 5);
+    if (!add_group(s, DEFAULT_GROUP, strlen(DEFAULT_GROUP), sched, err)) {
         session_destroy(s);
         return NULL;
     }
-    hparams_defaults(opt, s->hp);
-    if (sched) hparams_defaults(sched, s->sched_hp);
     return s;
 }
 
@@ -114,29 +188,112 @@ session *session_restore(const char *name, const char *token, const plugin *opt,
     return s;
 }
 
+param_group *session_restore_group(session *s, const char *name, const plugin *sched, request_error *err)
+{
+    if (strlen(name) > GROUP_NAME_MAX) {
+        fail(err, OPTIMD_E_BAD_REQUEST, "group name too long");
+        return NULL;
+    }
+    return add_group(s, name, strlen(name), sched, err);
+}
+
+static bool valid_group_name(const char *name, size_t len)
+{
+    if (len < 1 || len > GROUP_NAME_MAX) return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+int session_find_group(const session *s, const char *name, size_t len)
+{
+    for (uint32_t i = 0; i < s->n_groups; i++)
+        if (strlen(s->groups[i].name) == len && memcmp(s->groups[i].name, name, len) == 0) return (int)i;
+    return -1;
+}
+
+int session_request_group(const session *s, const msgpack_object *req, bool all_if_absent, int *group,
+                          request_error *err)
+{
+    const char *name = NULL;
+    size_t len = 0;
+    *group = all_if_absent ? -1 : 0;
+    if (wire_get_str(req, "group", false, &name, &len, err)) return -1;
+    if (!name) return 0;
+    *group = session_find_group(s, name, len);
+    if (*group < 0)
+        return fail(err, OPTIMD_E_BAD_REQUEST, "session '%s' has no parameter group '%.*s'", s->name,
+                    (int)(len > GROUP_NAME_MAX ? GROUP_NAME_MAX : len), name);
+    return 0;
+}
+
+/* The default group's hyperparameters, then each group's: its own keys
+ * over the default group's values (torch's defaults + per-group options). */
+static int configure_groups(session *s, const msgpack_object *hp_map, const msgpack_object *sched_map,
+                            const group_spec *specs, uint32_t n_specs, request_error *err)
+{
+    param_group *g0 = &s->groups[0];
+    if (hparams_apply(s->opt, hp_map, false, g0->hp, NULL, err) || hparams_validate(s->opt, g0->hp, err))
+        return -1;
+    if (g0->sched) {
+        if (hparams_apply(g0->sched, sched_map, false, g0->sched_hp, NULL, err) ||
+            hparams_validate(g0->sched, g0->sched_hp, err))
+            return -1;
+    } else if (sched_map && sched_map->via.map.size) {
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'sched_hparams' given without a scheduler");
+    }
+    for (uint32_t i = 0; i < n_specs; i++) {
+        const group_spec *gs = &specs[i];
+        if (!valid_group_name(gs->name, gs->name_len))
+            return fail(err, OPTIMD_E_BAD_REQUEST,
+                        "group names are 1 to %d bytes of A-Z a-z 0-9 _ . -", GROUP_NAME_MAX);
+        if (session_find_group(s, gs->name, gs->name_len) >= 0)
+            return fail(err, OPTIMD_E_BAD_REQUEST, "parameter group '%.*s' is declared twice",
+                        (int)gs->name_len, gs->name);
+        const plugin *sched = gs->sched_given ? gs->sched : s->groups[0].sched;
+        param_group *g = add_group(s, gs->name, gs->name_len, sched, err);
+        if (!g) return -1;
+        g0 = &s->groups[0];
+        memcpy(g->hp, g0->hp, s->opt->n_hparams * sizeof *g->hp);
+        if (hparams_apply(s->opt, gs->hparams, false, g->hp, NULL, err) || hparams_validate(s->opt, g->hp, err))
+            return -1;
+        if (sched) {
+            /* The default group's scheduler settings carry over with it. */
+            if (!gs->sched_given) memcpy(g->sched_hp, g0->sched_hp, sched->n_hparams * sizeof *g->sched_hp);
+            if (hparams_apply(sched, gs->sched_hparams, false, g->sched_hp, NULL, err) ||
+                hparams_validate(sched, g->sched_hp, err))
+                return -1;
+        } else if (gs->sched_hparams && gs->sched_hparams->via.map.size) {
+            return fail(err, OPTIMD_E_BAD_REQUEST, "group '%s': 'sched_hparams' given without a scheduler",
+                        g->name);
+        }
+    }
+    for (uint32_t i = 0; i < s->n_groups; i++) {
+        param_group *g = &s->groups[i];
+        g->base_lr = g->hp[s->opt->lr_index];
+        if (sched_advance(s, g, 0, g->base_lr, err)) return -1;
+        /* A momentum the scheduler set must still satisfy the optimizer. */
+        if (hparams_validate(s->opt, g->hp, err)) return -1;
+    }
+    return 0;
+}
+
 session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
                         const plugin *sched, const msgpack_object *sched_map,
-                        request_error *err)
+                        const group_spec *groups, uint32_t n_groups, request_error *err)
 {
     session *s = session_alloc(name, opt, sched, err);
     if (!s) return NULL;
-    if (hparams_apply(opt, hp_map, false, s->hp, NULL, err) || hparams_validate(opt, s->hp, err))
-        goto fail_out;
-    if (sched) {
-        if (hparams_apply(sched, sched_map, false, s->sched_hp, NULL, err) ||
-            hparams_validate(sched, s->sched_hp, err))
-            goto fail_out;
-    } else if (sched_map && sched_map->via.map.size) {
-        fail(err, OPTIMD_E_BAD_REQUEST, "'sched_hparams' given without a scheduler");
-        goto fail_out;
+    if (configure_groups(s, hp_map, sched_map, groups, n_groups, err)) {
+        session_destroy(s);
+        return NULL;
     }
-    s->base_lr = s->hp[opt->lr_index];
-    if (sched_lr(s, 0, s->base_lr, &s->lr, err)) goto fail_out;
     make_token(s->token);
     return s;
-fail_out:
-    session_destroy(s);
-    return NULL;
 }
 
 void session_new_token(session *s)
@@ -197,9 +354,11 @@ static bool dtype_supported(const session *s, uint32_t dtype)
     return (s->opt->desc->optimizer->dtypes >> dtype) & 1u;
 }
 
-int session_register(session *s, const msgpack_object *params, session_commit_fn commit, void *ctx,
-                     request_error *err)
+int session_register(session *s, const msgpack_object *params, int group, session_commit_fn commit,
+                     void *ctx, request_error *err)
 {
+    if (group < 0 || (uint32_t)group >= s->n_groups)
+        return fail(err, OPTIMD_E_INTERNAL, "register into group %d of %u", group, s->n_groups);
     uint32_t n = params->via.map.size;
     if (s->n_params + n > SESSION_MAX_PARAMS)
         return fail(err, OPTIMD_E_LIMIT, "a session holds at most %d parameters", SESSION_MAX_PARAMS);
@@ -239,6 +398,7 @@ int session_register(session *s, const msgpack_object *params, session_commit_fn
         if (session_append_param(s, kv->key.via.str.ptr, kv->key.via.str.size, t.dtype, t.ndim,
                                  t.shape, t.data))
             goto undo;
+        s->params[s->n_params - 1].group = (uint32_t)group;
     }
     s->version++;
     return 0;
@@ -322,11 +482,11 @@ static bool all_finite(const wire_tensor *g)
     return true;
 }
 
-static bool slot_enabled(const session *s, const optimd_slot_def *d)
+static bool slot_enabled(const session *s, const param *p, const optimd_slot_def *d)
 {
     if (!d->enabled_by) return true;
     int h = plugin_hparam_index(s->opt, d->enabled_by, strlen(d->enabled_by));
-    return h >= 0 && s->hp[h] != 0.0;
+    return h >= 0 && s->groups[p->group].hp[h] != 0.0;
 }
 
 void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layout *out)
@@ -362,7 +522,7 @@ int session_ensure_slots(const session *s, param *p)
     void **slots = calloc(o->n_slots, sizeof *slots);
     if (!slots) return -1;
     for (uint32_t i = 0; i < o->n_slots; i++) {
-        if (!slot_enabled(s, &o->slots[i])) continue;
+        if (!slot_enabled(s, p, &o->slots[i])) continue;
         slot_layout l;
         session_slot_layout(s, p, i, &l);
         size_t bytes = l.nbytes;
@@ -378,11 +538,11 @@ int session_ensure_slots(const session *s, param *p)
     return 0;
 }
 
-typedef struct pending_grad {
+struct pending_grad {
     param *p;
     wire_tensor g;
-    void *aligned_copy;        /* set when the message held it unaligned */
-} pending_grad;
+    void *aligned_copy;        /* set when the message held it unaligned, or clipping writes it */
+};
 
 static void tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *data)
 {
@@ -452,8 +612,133 @@ static void mark_named(session *s, const msgpack_object *grads, uint64_t serial)
     }
 }
 
-int session_step(session *s, const msgpack_object *grads, const step_identity *id, compute_pool *pool,
-                 session_commit_fn commit, void *ctx, step_result *res, request_error *err)
+/* The p-norm of n values as torch 1.13's CPU kernels compute torch.norm
+ * with one thread, so that clipping scales by the same coefficient:
+ *  - p = 2: 8 float (4 double) lanes, each accumulating x*x with a fused
+ *    multiply-add, summed lane by lane, then the tail, fused too, and sqrt;
+ *  - p = 1: a sequential sum of |x|; p = inf: the largest |x| (exact);
+ *  - other p: a sequential sum of |x|^p, then ^(1/p) (within 1 ulp of
+ *    torch; its pow rounds differently somewhere).
+ * Accumulation is in the values' dtype, as torch's is. */
+static double norm_f32(const float *x, int64_t n, double p)
+{
+    if (p == 2.0) {
+        float lane[8] = {0};
+        int64_t d = 0;
+        for (; d + 8 <= n; d += 8)
+            for (int j = 0; j < 8; j++) lane[j] = fmaf(x[d + j], x[d + j], lane[j]);
+        float acc = lane[0];
+        for (int j = 1; j < 8; j++) acc = acc + lane[j];
+        for (; d < n; d++) acc = fmaf(x[d], x[d], acc);
+        return sqrtf(acc);
+    }
+    float acc = 0.0f, pf = (float)p;
+    for (int64_t i = 0; i < n; i++) {
+        float v = fabsf(x[i]);
+        if (isinf(p)) acc = v > acc ? v : acc;
+        else if (p == 1.0) acc = acc + v;
+        else acc = acc + powf(v, pf);
+    }
+    return isinf(p) || p == 1.0 ? acc : powf(acc, 1.0f / pf);
+}
+
+static double norm_f64(const double *x, int64_t n, double p)
+{
+    if (p == 2.0) {
+        double lane[4] = {0};
+        int64_t d = 0;
+        for (; d + 4 <= n; d += 4)
+            for (int j = 0; j < 4; j++) lane[j] = fma(x[d + j], x[d + j], lane[j]);
+        double acc = lane[0];
+        for (int j = 1; j < 4; j++) acc = acc + lane[j];
+        for (; d < n; d++) acc = fma(x[d], x[d], acc);
+        return sqrt(acc);
+    }
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double v = fabs(x[i]);
+        if (isinf(p)) acc = v > acc ? v : acc;
+        else if (p == 1.0) acc = acc + v;
+        else acc = acc + pow(v, p);
+    }
+    return isinf(p) || p == 1.0 ? acc : pow(acc, 1.0 / p);
+}
+
+static double grad_norm(const void *data, uint32_t dtype, int64_t numel, double p)
+{
+    return dtype == OPTIMD_DTYPE_F32 ? norm_f32(data, numel, p) : norm_f64(data, numel, p);
+}
+
+/* torch.norm(torch.stack(norms), p): the same kernel over the norms. */
+static double norm_of_norms(const double *norms, size_t n, double p, bool f32)
+{
+    if (!f32) return norm_f64(norms, (int64_t)n, p);
+    float *f = malloc((n ? n : 1) * sizeof *f);
+    if (!f) return NAN;
+    for (size_t i = 0; i < n; i++) f[i] = (float)norms[i];
+    double total = norm_f32(f, (int64_t)n, p);
+    free(f);
+    return total;
+}
+
+/* Multiplies the gradients by torch's clip coefficient for `total`:
+ * clamp(max_norm / (total + 1e-6), max=1), where torch 1.13 computes the
+ * division as reciprocal(total + 1e-6) * max_norm, in the gradients'
+ * dtype; every gradient is multiplied, even by 1. */
+static void scale_by_clip(void **data, const uint32_t *dtypes, const int64_t *numels, size_t n,
+                          double total, double max_norm, bool f32)
+{
+    double coef;
+    if (f32) {
+        float r = 1.0f / ((float)total + (float)1e-6);
+        float c = r * (float)max_norm;
+        coef = c < 1.0f ? c : 1.0f;
+    } else {
+        double c = (1.0 / (total + 1e-6)) * max_norm;
+        coef = c < 1.0 ? c : 1.0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (dtypes[i] == OPTIMD_DTYPE_F32) {
+            float *g = data[i], cf = (float)coef;
+            for (int64_t k = 0; k < numels[i]; k++) g[k] *= cf;
+        } else {
+            double *g = data[i];
+            for (int64_t k = 0; k < numels[i]; k++) g[k] *= coef;
+        }
+    }
+}
+
+typedef struct pending_grad pending_grad;
+static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, const step_clip *clip,
+                          step_result *res);
+
+/* The step's optional clipping: "clip_value" (float > 0) and "clip_norm"
+ * {max_norm, norm_type = 2, per_group = false}. */
+int step_clip_parse(const msgpack_object *req, step_clip *clip, request_error *err)
+{
+    memset(clip, 0, sizeof *clip);
+    clip->norm_type = 2.0;
+    const msgpack_object *norm;
+    if (wire_get_number(req, "clip_value", false, &clip->value, err) ||
+        wire_get_map(req, "clip_norm", false, &norm, err))
+        return -1;
+    if (wire_map_get(req, "clip_value") && !(clip->value > 0 && isfinite(clip->value)))
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'clip_value' must be a finite number > 0");
+    if (!norm) return 0;
+    if (wire_get_number(norm, "max_norm", true, &clip->max_norm, err) ||
+        wire_get_number(norm, "norm_type", false, &clip->norm_type, err) ||
+        wire_get_bool(norm, "per_group", false, &clip->per_group, err))
+        return -1;
+    if (!(clip->max_norm > 0 && isfinite(clip->max_norm)))
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'clip_norm.max_norm' must be a finite number > 0");
+    if (!(clip->norm_type > 0))
+        return fail(err, OPTIMD_E_BAD_REQUEST, "'clip_norm.norm_type' must be > 0 (inf for the max norm)");
+    return 0;
+}
+
+int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
+                 compute_pool *pool, session_commit_fn commit, void *ctx, step_result *res,
+                 request_error *err)
 {
     memset(res, 0, sizeof *res);
     client_seq *cs = NULL;
@@ -473,7 +758,9 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     const optimd_optimizer *o = s->opt->desc->optimizer;
     uint32_t n = grads->via.map.size;
     pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
-    double *hp = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *hp);
+    /* Each group's hyperparameters with its scheduled lr, side by side. */
+    const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
+    double *hp = malloc((size_t)s->n_groups * n_hp * sizeof *hp);
     optimd_tensor *slot_views = calloc(o->n_slots ? o->n_slots : 1, sizeof *slot_views);
     slot_layout *layouts = calloc(o->n_slots ? o->n_slots : 1, sizeof *layouts);
     int rc = 0;
@@ -525,7 +812,9 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     for (uint32_t i = 0; i < n; i++) {
         pending_grad *pg = &pend[i];
         size_t esize = wire_dtype_size(pg->g.dtype);
-        if (((uintptr_t)pg->g.data % esize) != 0) {
+        /* Clipping writes the gradient; the received one stays as logged. */
+        bool clipping = clip && (clip->value > 0 || clip->max_norm > 0);
+        if (clipping || ((uintptr_t)pg->g.data % esize) != 0) {
             pg->aligned_copy = aligned_alloc(64, (pg->g.nbytes + 63) / 64 * 64 + 64);
             if (!pg->aligned_copy) {
                 rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
@@ -554,8 +843,14 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     }
 
     /* From here on the step is applied. */
-    memcpy(hp, s->hp, s->opt->n_hparams * sizeof *hp);
-    hp[s->opt->lr_index] = s->lr;
+    if (clip && clip_gradients(s, pend, n, clip, res)) {
+        rc = fail(err, OPTIMD_E_NOMEM, "out of memory for gradient clipping");
+        goto out;
+    }
+    for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+        memcpy(hp + (size_t)gi * n_hp, s->groups[gi].hp, s->opt->n_hparams * sizeof *hp);
+        hp[(size_t)gi * n_hp + (size_t)s->opt->lr_index] = s->groups[gi].lr;
+    }
     for (uint32_t i = 0; i < n; i++) {
         pending_grad *pg = &pend[i];
         param *p = pg->p;
@@ -567,7 +862,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             slot_view(&slot_views[k], &layouts[k], p->slots ? p->slots[k] : NULL);
         }
         optimd_step_args a = {.struct_size = sizeof a, .n_hparams = s->opt->n_hparams,
-                              .hparams = hp, .step = p->steps + 1, .param = &pv, .grad = &gv,
+                              .hparams = hp + (size_t)p->group * n_hp, .step = p->steps + 1, .param = &pv, .grad = &gv,
                               .slots = slot_views, .n_slots = o->n_slots};
         host_call hc;
         host_call_begin(&hc, s->opt->desc->id, pool);
@@ -585,19 +880,21 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         }
         p->steps++;
     }
-    res->lr = s->lr;
     s->steps++;
     s->version++;
-    double next;
-    if (sched_lr(s, (int64_t)s->steps, s->lr, &next, err)) {
-        /* Keep the last lr rather than stop the session. */
-        log_error("session %s: %s", s->name, err->message);
-        err->code = 0;
-    } else {
-        s->lr = next;
+    for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+        param_group *g = &s->groups[gi];
+        res->lrs[gi] = g->lr;
+        if (sched_advance(s, g, (int64_t)s->steps, g->lr, err)) {
+            /* Keep the last lr rather than stop the session. */
+            log_error("session %s, group %s: %s", s->name, g->name, err->message);
+            err->code = 0;
+        }
+        res->next_lrs[gi] = g->lr;
     }
+    res->lr = res->lrs[0];
     res->steps = s->steps;
-    res->next_lr = s->lr;
+    res->next_lr = res->next_lrs[0];
     if (cs) {
         cs->seq = id->seq;
         cs->steps = res->steps;
@@ -614,22 +911,123 @@ out:
     return rc;
 }
 
-int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn commit, void *ctx,
-                        request_error *err)
+/* clip_grad_value_, then clip_grad_norm_ over the whole request or per
+ * group, on the gradients' writable copies. -1: out of memory. */
+static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, const step_clip *clip,
+                          step_result *res)
 {
-    double *staged = malloc((s->opt->n_hparams ? s->opt->n_hparams : 1) * sizeof *staged);
-    if (!staged) return fail(err, OPTIMD_E_NOMEM, "out of memory");
-    memcpy(staged, s->hp, s->opt->n_hparams * sizeof *staged);
-    int rc = hparams_apply(s->opt, map, true, staged, NULL, err);
-    if (rc == 0) rc = hparams_validate(s->opt, staged, err);
-    if (rc == 0 && commit) rc = commit(ctx, s, err);
-    if (rc == 0) {
-        double old_lr = s->hp[s->opt->lr_index];
-        memcpy(s->hp, staged, s->opt->n_hparams * sizeof *staged);
-        if (staged[s->opt->lr_index] != old_lr || wire_map_get(map, "lr"))
-            s->lr = staged[s->opt->lr_index];
-        s->version++;
+    if (clip->value > 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            int64_t numel = pend[i].g.numel;
+            if (pend[i].g.dtype == OPTIMD_DTYPE_F32) {
+                float *g = pend[i].aligned_copy, v = (float)clip->value;
+                for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -v ? -v : g[k] > v ? v : g[k];
+            } else {
+                double *g = pend[i].aligned_copy, v = clip->value;
+                for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -v ? -v : g[k] > v ? v : g[k];
+            }
+        }
     }
+    if (!(clip->max_norm > 0)) return 0;
+    double *norms = malloc((n ? n : 1) * sizeof *norms);
+    void **data = malloc((n ? n : 1) * sizeof *data);
+    uint32_t *dtypes = malloc((n ? n : 1) * sizeof *dtypes);
+    int64_t *numels = malloc((n ? n : 1) * sizeof *numels);
+    int rc = norms && data && dtypes && numels ? 0 : -1;
+    uint32_t scopes = clip->per_group ? s->n_groups : 1;
+    for (uint32_t scope = 0; rc == 0 && scope < scopes; scope++) {
+        size_t m = 0;
+        bool f32 = true;
+        for (uint32_t i = 0; i < n; i++) {
+            if (clip->per_group && pend[i].p->group != scope) continue;
+            data[m] = pend[i].aligned_copy;
+            dtypes[m] = pend[i].g.dtype;
+            numels[m] = pend[i].g.numel;
+            norms[m] = grad_norm(data[m], dtypes[m], numels[m], clip->norm_type);
+            f32 = f32 && dtypes[m] == OPTIMD_DTYPE_F32;
+            m++;
+        }
+        /* torch: no gradients, norm 0 (and nothing to scale). */
+        double total = m ? norm_of_norms(norms, m, clip->norm_type, f32) : 0.0;
+        scale_by_clip(data, dtypes, numels, m, total, clip->max_norm, f32);
+        if (clip->per_group) {
+            res->group_norms[scope] = total;
+            res->group_clipped[scope] = m > 0;
+        } else {
+            res->grad_norm = total;
+        }
+    }
+    free(norms);
+    free(data);
+    free(dtypes);
+    free(numels);
+    return rc;
+}
+
+int session_set_hparams(session *s, const msgpack_object *map, int group, session_commit_fn commit,
+                        void *ctx, request_error *err)
+{
+    /* Every group the request names is checked before any changes. */
+    uint32_t first = group < 0 ? 0 : (uint32_t)group, last = group < 0 ? s->n_groups : (uint32_t)group + 1;
+    const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
+    double *staged = malloc((size_t)s->n_groups * n_hp * sizeof *staged);
+    if (!staged) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    int rc = 0;
+    for (uint32_t gi = first; gi < last && rc == 0; gi++) {
+        double *st = staged + (size_t)gi * n_hp;
+        memcpy(st, s->groups[gi].hp, s->opt->n_hparams * sizeof *st);
+        rc = hparams_apply(s->opt, map, true, st, NULL, err);
+        if (rc == 0) rc = hparams_validate(s->opt, st, err);
+    }
+    if (rc == 0 && commit) rc = commit(ctx, s, err);
+    for (uint32_t gi = first; gi < last && rc == 0; gi++) {
+        param_group *g = &s->groups[gi];
+        const double *st = staged + (size_t)gi * n_hp;
+        double old_lr = g->hp[s->opt->lr_index];
+        memcpy(g->hp, st, s->opt->n_hparams * sizeof *st);
+        if (st[s->opt->lr_index] != old_lr || wire_map_get(map, "lr")) g->lr = st[s->opt->lr_index];
+    }
+    if (rc == 0) s->version++;
     free(staged);
     return rc;
+}
+
+int session_observe(session *s, double metric, int group, session_commit_fn commit, void *ctx,
+                    request_error *err)
+{
+    uint32_t first = group < 0 ? 0 : (uint32_t)group, last = group < 0 ? s->n_groups : (uint32_t)group + 1;
+    uint32_t observing = 0;
+    for (uint32_t gi = first; gi < last; gi++) observing += s->groups[gi].sched && s->groups[gi].sched->sched_observe;
+    if (observing == 0) {
+        if (group < 0)
+            return fail(err, OPTIMD_E_BAD_REQUEST, "no scheduler of session '%s' takes a metric (give a "
+                        "group a scheduler such as plateau)", s->name);
+        return fail(err, OPTIMD_E_BAD_REQUEST, "the scheduler of group '%s' takes no metric (use one such "
+                    "as plateau)", s->groups[group].name);
+    }
+    if (commit && commit(ctx, s, err)) return -1;
+    for (uint32_t gi = first; gi < last; gi++) {
+        param_group *g = &s->groups[gi];
+        if (!g->sched || !g->sched->sched_observe) continue;
+        /* On a plugin failure the state may be half written; keeping the
+         * lr is the best there is, and the plugin's bug is logged. */
+        double before[SCHED_MAX_STATE];
+        memcpy(before, g->sched_state, sizeof before);
+        optimd_sched_args a = sched_args(g, (int64_t)g->observed + 1, g->lr);
+        host_call hc;
+        host_call_begin(&hc, g->sched->desc->id, NULL);
+        double lr = NAN;
+        optimd_status st = g->sched->sched_observe(&hc.table, &a, metric, &lr);
+        host_call_end(&hc);
+        if (st != OPTIMD_OK || !isfinite(lr)) {
+            memcpy(g->sched_state, before, sizeof before);
+            log_error("session %s, group %s: scheduler %s failed on a metric: %s", s->name, g->name,
+                      g->sched->desc->id, hc.call.error[0] ? hc.call.error : "no finite lr");
+            continue;
+        }
+        g->observed++;
+        g->lr = lr;
+    }
+    s->version++;
+    return 0;
 }

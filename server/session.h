@@ -26,9 +26,14 @@
 #define SESSION_OPEN_KEY_MIN 16
 #define SESSION_OPEN_KEY_MAX 64
 
+#define GROUP_NAME_MAX 64
+#define SESSION_MAX_GROUPS 64
+#define DEFAULT_GROUP "default"
+
 typedef struct param {
     uint32_t dtype;
     uint32_t ndim;
+    uint32_t group;            /* index into the session's groups */
     int64_t shape[WIRE_MAX_DIMS];
     int64_t strides[WIRE_MAX_DIMS];
     int64_t numel;
@@ -40,6 +45,29 @@ typedef struct param {
 } param;
 
 struct session;
+
+/* A parameter group (torch's param_groups): its own hyperparameters and
+ * scheduler. Group 0 is "default", made from open's top-level keys. */
+typedef struct param_group {
+    char name[GROUP_NAME_MAX + 1];
+    const plugin *sched;       /* NULL: constant lr */
+    double *hp;                /* optimizer hyperparameters; hp[lr] is the lr last set */
+    double *sched_hp;
+    double sched_state[SCHED_MAX_STATE];   /* the scheduler's n_state values */
+    double base_lr;            /* the scheduler's base (lr at open) */
+    double lr;                 /* the lr the next step uses */
+    uint64_t observed;         /* metrics reported (a plateau scheduler's epochs) */
+} param_group;
+
+/* What open says of a group besides "default" (ops.c finds the plugins). */
+typedef struct group_spec {
+    const char *name;
+    size_t name_len;
+    const msgpack_object *hparams;         /* over the default group's; NULL: none */
+    bool sched_given;                      /* false: the default group's scheduler */
+    const plugin *sched;                   /* when given; NULL: none */
+    const msgpack_object *sched_hparams;   /* NULL: defaults, or the default group's */
+} group_spec;
 
 /* When a step is durable (docs/protocol.md, open). */
 typedef enum durability {
@@ -77,11 +105,9 @@ typedef struct session {
     _Atomic int64_t last_used;   /* CLOCK_MONOTONIC seconds of its last request */
 
     const plugin *opt;
-    const plugin *sched;       /* NULL: constant lr */
-    double *hp;                /* optimizer hyperparameters; hp[lr] is the lr last set */
-    double *sched_hp;
-    double base_lr;            /* the scheduler's base (lr at open) */
-    double lr;                 /* the lr the next step uses */
+    param_group *groups;       /* groups[0] is "default" */
+    uint32_t n_groups;
+    int momentum_index;        /* the hparam a scheduler's momentum sets, or -1 */
     uint64_t steps;            /* successful step requests */
     uint64_t request_serial;
     uint64_t version;          /* grows by one with every change of state */
@@ -102,14 +128,24 @@ typedef struct session {
     name_index index;
 } session;
 
-/* A new session with one reference. Validates the hyperparameter maps. */
+/* A new session with one reference. Validates the hyperparameter maps of
+ * the default group and of `groups` (n_groups more). */
 session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
                         const plugin *sched, const msgpack_object *sched_map,
-                        request_error *err);
+                        const group_spec *groups, uint32_t n_groups, request_error *err);
 /* A session rebuilt from a snapshot: default hyperparameters, no
- * parameters; the store fills in the rest. */
+ * parameters, the default group only; the store fills in the rest. */
 session *session_restore(const char *name, const char *token, const plugin *opt,
                          const plugin *sched, request_error *err);
+/* Appends a group with default hyperparameters (restoring a snapshot). */
+param_group *session_restore_group(session *s, const char *name, const plugin *sched,
+                                   request_error *err);
+/* Index of a group or -1. */
+int session_find_group(const session *s, const char *name, size_t len);
+/* Which group a request names: its optional `group` key; `all_if_absent`
+ * gives -1 (every group) when absent, else the default group (0). */
+int session_request_group(const session *s, const msgpack_object *req, bool all_if_absent,
+                          int *group, request_error *err);
 /* Adds a parameter without checks (the caller made them). -1: no memory. */
 int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
                          uint32_t ndim, const int64_t *shape, const void *data);
@@ -137,10 +173,10 @@ void session_unlock(session *s);
 /* Index of a parameter or -1. */
 int64_t session_find_param(const session *s, const char *name, size_t len);
 
-/* All-or-nothing registration of a map name -> tensor. `commit` may be
- * NULL (replaying the log). */
-int session_register(session *s, const msgpack_object *params, session_commit_fn commit, void *ctx,
-                     request_error *err);
+/* All-or-nothing registration of a map name -> tensor into `group`.
+ * `commit` may be NULL (replaying the log). */
+int session_register(session *s, const msgpack_object *params, int group, session_commit_fn commit,
+                     void *ctx, request_error *err);
 
 /* Who sent a step: a client id and its sequence number (0: unsequenced). */
 typedef struct step_identity {
@@ -149,11 +185,28 @@ typedef struct step_identity {
     uint64_t seq;
 } step_identity;
 
+/* Gradient clipping before the update (torch clip_grad_value_ and
+ * clip_grad_norm_ semantics; docs/protocol.md, step). */
+typedef struct step_clip {
+    double value;              /* > 0: clamp every gradient to [-value, value] */
+    double max_norm;           /* > 0: scale by max_norm / (norm + 1e-6) when below 1 */
+    double norm_type;          /* p of the p-norm; INFINITY for the max norm */
+    bool per_group;            /* a norm per parameter group instead of one */
+} step_clip;
+
+/* Reads a step request's "clip_value" and "clip_norm" (none: all zero). */
+int step_clip_parse(const msgpack_object *req, step_clip *clip, request_error *err);
+
 typedef struct step_result {
     bool duplicate;            /* seq already applied: nothing changed now */
     uint64_t steps;            /* the session's step count after the step */
-    double lr;                 /* the lr the step used */
+    double lr;                 /* the lr the step used (default group) */
     double next_lr;
+    double lrs[SESSION_MAX_GROUPS];        /* per group, when not a duplicate */
+    double next_lrs[SESSION_MAX_GROUPS];
+    double grad_norm;          /* with clip.max_norm: the norm before clipping */
+    double group_norms[SESSION_MAX_GROUPS];   /* ... per group, with per_group */
+    bool group_clipped[SESSION_MAX_GROUPS];   /* the group had gradients */
 } step_result;
 
 /* One step request: the map name -> gradient. Everything is checked before
@@ -161,12 +214,19 @@ typedef struct step_result {
  * daemon has) carry mark == request_serial. A sequenced step whose seq is
  * not above the client's last one is a duplicate: answered from the record
  * of its first application, not applied. */
-int session_step(session *s, const msgpack_object *grads, const step_identity *id, compute_pool *pool,
-                 session_commit_fn commit, void *ctx, step_result *res, request_error *err);
+int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
+                 compute_pool *pool, session_commit_fn commit, void *ctx, step_result *res,
+                 request_error *err);
 
-/* Mutable hyperparameters; "lr" also becomes the next step's lr. */
-int session_set_hparams(session *s, const msgpack_object *map, session_commit_fn commit, void *ctx,
-                        request_error *err);
+/* Mutable hyperparameters of `group` (-1: every group); "lr" also becomes
+ * the next step's lr. */
+int session_set_hparams(session *s, const msgpack_object *map, int group, session_commit_fn commit,
+                        void *ctx, request_error *err);
+
+/* A metric for the schedulers that take one (ReduceLROnPlateau), of
+ * `group` (-1: every group whose scheduler does). */
+int session_observe(session *s, double metric, int group, session_commit_fn commit, void *ctx,
+                    request_error *err);
 
 /* A client's sequence record, created if `create` (NULL: none, or the
  * table is full). */

@@ -38,6 +38,32 @@ static void write_hparams(FILE *f, const plugin *p, const double *values)
     fputc('}', f);
 }
 
+/* A group's keys, each preceded by a comma. */
+static void write_group(FILE *f, const session *s, const param_group *g)
+{
+    fputs(",\"scheduler\":", f);
+    if (g->sched) json_write_string(f, g->sched->desc->id, strlen(g->sched->desc->id));
+    else fputs("null", f);
+    fputs(",\"hparams\":", f);
+    write_hparams(f, s->opt, g->hp);
+    fputs(",\"sched_hparams\":", f);
+    if (g->sched) write_hparams(f, g->sched, g->sched_hp);
+    else fputs("{}", f);
+    fputs(",\"base_lr\":", f);
+    write_number(f, g->base_lr);
+    fputs(",\"lr\":", f);
+    write_number(f, g->lr);
+    fprintf(f, ",\"observed\":%llu,\"sched_state\":[", (unsigned long long)g->observed);
+    for (uint32_t i = 0; g->sched && i < g->sched->n_sched_state; i++) {
+        if (i) fputc(',', f);
+        /* %.17g round-trips; the JSON reader takes the inf/nan spellings a
+         * plateau's "best" may hold. */
+        if (isfinite(g->sched_state[i])) fprintf(f, "%.17g", g->sched_state[i]);
+        else fputs(isnan(g->sched_state[i]) ? "\"nan\"" : g->sched_state[i] > 0 ? "\"inf\"" : "\"-inf\"", f);
+    }
+    fputc(']', f);
+}
+
 static void write_manifest(FILE *f, const session *s)
 {
     fprintf(f, "{\"format\":%d,\"session\":", SNAPSHOT_FORMAT);
@@ -52,18 +78,17 @@ static void write_manifest(FILE *f, const session *s)
     json_write_string(f, s->opt->desc->id, strlen(s->opt->desc->id));
     fputs(",\"optimizer_version\":", f);
     json_write_string(f, s->opt->desc->version, strlen(s->opt->desc->version));
-    fputs(",\"scheduler\":", f);
-    if (s->sched) json_write_string(f, s->sched->desc->id, strlen(s->sched->desc->id));
-    else fputs("null", f);
-    fputs(",\"hparams\":", f);
-    write_hparams(f, s->opt, s->hp);
-    fputs(",\"sched_hparams\":", f);
-    if (s->sched) write_hparams(f, s->sched, s->sched_hp);
-    else fputs("{}", f);
-    fputs(",\"base_lr\":", f);
-    write_number(f, s->base_lr);
-    fputs(",\"lr\":", f);
-    write_number(f, s->lr);
+    /* The default group at the top level (as format 1 always had it), the
+     * others in "groups". */
+    write_group(f, s, &s->groups[0]);
+    fputs(",\"groups\":[", f);
+    for (uint32_t gi = 1; gi < s->n_groups; gi++) {
+        fputs(gi > 1 ? ",{\"name\":" : "{\"name\":", f);
+        json_write_string(f, s->groups[gi].name, strlen(s->groups[gi].name));
+        write_group(f, s, &s->groups[gi]);
+        fputc('}', f);
+    }
+    fputc(']', f);
     fprintf(f, ",\"steps\":%llu,\"version\":%llu,\"durability\":%d,\"clients\":[", (unsigned long long)s->steps,
             (unsigned long long)s->version, s->durability);
     for (size_t i = 0; i < s->n_clients; i++) {
@@ -83,7 +108,7 @@ static void write_manifest(FILE *f, const session *s)
         if (i) fputc(',', f);
         fputs("{\"name\":", f);
         json_write_string(f, s->names[i], strlen(s->names[i]));
-        fprintf(f, ",\"steps\":%llu}", (unsigned long long)p->steps);
+        fprintf(f, ",\"steps\":%llu,\"group\":%u}", (unsigned long long)p->steps, p->group);
     }
     fputs("]}", f);
 }
@@ -235,17 +260,61 @@ static int restore_hparams(reader *r, const plugin *p, const json_value *stored,
     return 0;
 }
 
+/* A group's stored settings (the keys write_group wrote) into `g`. */
+static int restore_group(reader *r, const session *s, param_group *g, const json_value *stored)
+{
+    double base_lr, lr, observed = 0;
+    if (!json_get_number(stored, "base_lr", &base_lr) || !json_get_number(stored, "lr", &lr))
+        return why(r, "group '%s' lacks base_lr or lr", g->name);
+    if (restore_hparams(r, s->opt, json_get(stored, "hparams"), g->hp) ||
+        (g->sched && restore_hparams(r, g->sched, json_get(stored, "sched_hparams"), g->sched_hp)))
+        return -1;
+    g->base_lr = base_lr;
+    g->lr = lr;
+    json_get_number(stored, "observed", &observed);
+    g->observed = (uint64_t)observed;
+    const json_value *state = json_get(stored, "sched_state");
+    uint32_t want = g->sched ? g->sched->n_sched_state : 0;
+    if (state && state->type == JSON_ARRAY) {
+        if (state->count != want)
+            return why(r, "group '%s': %zu scheduler state values, %s declares %u", g->name, state->count,
+                       g->sched ? g->sched->desc->id : "no scheduler", want);
+        for (size_t i = 0; i < state->count; i++) {
+            const json_value *v = &state->items[i];
+            if (v->type == JSON_NUMBER) g->sched_state[i] = v->number;
+            else if (v->type == JSON_STRING && strcmp(v->string, "nan") == 0) g->sched_state[i] = NAN;
+            else if (v->type == JSON_STRING && strcmp(v->string, "inf") == 0) g->sched_state[i] = INFINITY;
+            else if (v->type == JSON_STRING && strcmp(v->string, "-inf") == 0) g->sched_state[i] = -INFINITY;
+            else return why(r, "group '%s': scheduler state value %zu is not a number", g->name, i);
+        }
+    } else if (want) {
+        return why(r, "group '%s' lacks its scheduler state", g->name);
+    }
+    return 0;
+}
+
+/* A scheduler id stored as a string or null. */
+static int stored_scheduler(reader *r, const plugin_registry *reg, const json_value *v, const plugin **out)
+{
+    *out = NULL;
+    if (!v || v->type == JSON_NULL) return 0;
+    if (v->type != JSON_STRING) return why(r, "a stored scheduler is not a string");
+    *out = plugin_registry_find(reg, v->string, v->string_len);
+    if (!*out || (*out)->desc->kind != OPTIMD_KIND_SCHEDULER)
+        return why(r, "scheduler plugin '%s' is not loaded", v->string);
+    return 0;
+}
+
 static session *restore(reader *r, const json_value *man, const plugin_registry *reg, const char *rename_to)
 {
     const char *name, *token, *opt_id, *opt_version;
-    double format, steps, base_lr, lr;
+    double format, steps;
     const json_value *sched_v = json_get(man, "scheduler");
     const json_value *params = json_get(man, "params");
     if (!json_get_number(man, "format", &format) || format != SNAPSHOT_FORMAT ||
         !json_get_string(man, "session", &name) || !json_get_string(man, "token", &token) ||
         !json_get_string(man, "optimizer", &opt_id) || !json_get_string(man, "optimizer_version", &opt_version) ||
-        !json_get_number(man, "steps", &steps) || !json_get_number(man, "base_lr", &base_lr) ||
-        !json_get_number(man, "lr", &lr) || !sched_v || !params || params->type != JSON_ARRAY ||
+        !json_get_number(man, "steps", &steps) || !sched_v || !params || params->type != JSON_ARRAY ||
         strlen(name) > SESSION_NAME_MAX || strlen(token) != SESSION_TOKEN_LEN) {
         why(r, "the manifest lacks a key or has one of the wrong type");
         return NULL;
@@ -260,27 +329,33 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
     if (strcmp(opt->desc->version, opt_version) != 0)
         log_warn("session %s was saved with %s %s; continuing with %s (state carried by slot key)", name,
                  opt_id, opt_version, opt->desc->version);
-    if (sched_v->type == JSON_STRING) {
-        sched = plugin_registry_find(reg, sched_v->string, sched_v->string_len);
-        if (!sched || sched->desc->kind != OPTIMD_KIND_SCHEDULER) {
-            why(r, "scheduler plugin '%s' is not loaded", sched_v->string);
-            return NULL;
-        }
-    }
+    if (stored_scheduler(r, reg, sched_v, &sched)) return NULL;
     request_error err = {0};
     session *s = session_restore(name, token, opt, sched, &err);
     if (!s) {
         why(r, "%s", err.message);
         return NULL;
     }
-    if (restore_hparams(r, opt, json_get(man, "hparams"), s->hp) ||
-        (sched && restore_hparams(r, sched, json_get(man, "sched_hparams"), s->sched_hp)))
-        goto fail_out;
+    if (restore_group(r, s, &s->groups[0], man)) goto fail_out;
+    const json_value *groups = json_get(man, "groups");
+    for (size_t gi = 0; groups && groups->type == JSON_ARRAY && gi < groups->count; gi++) {
+        const json_value *gv = &groups->items[gi];
+        const char *gname;
+        const plugin *gsched;
+        if (!json_get_string(gv, "name", &gname) || stored_scheduler(r, reg, json_get(gv, "scheduler"), &gsched)) {
+            if (!r->why[0]) why(r, "group entry %zu is malformed", gi);
+            goto fail_out;
+        }
+        param_group *g = session_restore_group(s, gname, gsched, &err);
+        if (!g) {
+            why(r, "%s", err.message);
+            goto fail_out;
+        }
+        if (restore_group(r, s, g, gv)) goto fail_out;
+    }
     const char *open_key;
     if (json_get_string(man, "open_key", &open_key) && strlen(open_key) <= SESSION_OPEN_KEY_MAX)
         snprintf(s->open_key, sizeof s->open_key, "%s", open_key);
-    s->base_lr = base_lr;
-    s->lr = lr;
     s->steps = (uint64_t)steps;
     double version, durability;
     const json_value *clients = json_get(man, "clients");
@@ -335,6 +410,13 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         }
         param *p = &s->params[s->n_params - 1];
         p->steps = (uint64_t)psteps;
+        double pgroup = 0;
+        json_get_number(&params->items[i], "group", &pgroup);
+        if (pgroup < 0 || pgroup >= s->n_groups) {
+            why(r, "parameter '%s' is in group %g of %u", pname, pgroup, s->n_groups);
+            goto fail_out;
+        }
+        p->group = (uint32_t)pgroup;
         if (p->steps == 0) continue;
         if (session_ensure_slots(s, p)) {
             why(r, "out of memory");

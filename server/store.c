@@ -256,17 +256,27 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
     size_t op_len = 0;
     wire_get_str(req, "op", true, &op, &op_len, &err);
     const msgpack_object *map = NULL;
-    if (op_len == 8 && memcmp(op, "register", 8) == 0 && wire_get_map(req, "params", true, &map, &err) == 0) {
-        result = session_register(s, map, NULL, NULL, &err);
+    int group;
+    if (op_len == 8 && memcmp(op, "register", 8) == 0 && wire_get_map(req, "params", true, &map, &err) == 0 &&
+        session_request_group(s, req, false, &group, &err) == 0) {
+        result = session_register(s, map, group, NULL, NULL, &err);
     } else if (op_len == 4 && memcmp(op, "step", 4) == 0 && wire_get_map(req, "grads", true, &map, &err) == 0) {
         step_identity id = {"", 0, 0};
+        step_clip clip;
         wire_get_uint(req, "seq", false, &id.seq, &err);
         wire_get_str(req, "client", false, &id.client, &id.client_len, &err);
         step_result res;
-        result = session_step(s, map, &id, rc->pool, NULL, NULL, &res, &err);
+        if (step_clip_parse(req, &clip, &err) == 0)
+            result = session_step(s, map, &id, &clip, rc->pool, NULL, NULL, &res, &err);
     } else if (op_len == 11 && memcmp(op, "set_hparams", 11) == 0 &&
-               wire_get_map(req, "hparams", true, &map, &err) == 0) {
-        result = session_set_hparams(s, map, NULL, NULL, &err);
+               wire_get_map(req, "hparams", true, &map, &err) == 0 &&
+               session_request_group(s, req, true, &group, &err) == 0) {
+        result = session_set_hparams(s, map, group, NULL, NULL, &err);
+    } else if (op_len == 7 && memcmp(op, "observe", 7) == 0) {
+        double metric;
+        if (wire_get_number(req, "metric", true, &metric, &err) == 0 &&
+            session_request_group(s, req, true, &group, &err) == 0)
+            result = session_observe(s, metric, group, NULL, NULL, &err);
     }
     if (result != 0 || s->version != version) {
         log_error("session %s: log record %llu (%.*s) did not apply (%s); replay stops", s->name,

@@ -149,6 +149,21 @@ int wire_get_bool(const msgpack_object *map, const char *key, bool required,
     return 0;
 }
 
+int wire_get_number(const msgpack_object *map, const char *key, bool required,
+                    double *out, request_error *err)
+{
+    int rc;
+    const msgpack_object *v = lookup(map, key, required, err, &rc);
+    if (!v) return rc;
+    switch (v->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: *out = v->via.f64; return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)v->via.u64; return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (double)v->via.i64; return 0;
+    default: return fail(err, OPTIMD_E_BAD_REQUEST, "'%s' must be a number", key);
+    }
+}
+
 int wire_get_map(const msgpack_object *map, const char *key, bool required,
                  const msgpack_object **out, request_error *err)
 {

@@ -47,6 +47,9 @@ int wire_get_uint(const msgpack_object *map, const char *key, bool required,
                   uint64_t *out, request_error *err);
 int wire_get_bool(const msgpack_object *map, const char *key, bool required,
                   bool *out, request_error *err);
+/* A number: float32, float64 or an integer. */
+int wire_get_number(const msgpack_object *map, const char *key, bool required,
+                    double *out, request_error *err);
 /* A map value; *out is NULL when the key is absent or nil and optional. */
 int wire_get_map(const msgpack_object *map, const char *key, bool required,
                  const msgpack_object **out, request_error *err);
