@@ -1,0 +1,127 @@
+/*
+ * signum: signSGD with momentum (Bernstein et al., 2018, "signSGD:
+ * Compressed Optimisation for Non-Convex Problems", Algorithm "Signum").
+ * The optimd plugin template: copy this project, rename, change the math.
+ *
+ *   m = momentum * m + (1 - momentum) * g
+ *   p = p - lr * sign(m)              (sign(0) = 0)
+ *
+ * Two hyperparameters (lr, momentum), one state slot (m), f32 and f64.
+ * Every operation is rounded in the parameter's dtype, in the order written
+ * above, so a client can reproduce a step exactly.
+ */
+#include <optimd/plugin.h>
+
+#include <stddef.h>
+
+enum { HP_LR, HP_MOMENTUM, HP_COUNT };
+enum { SLOT_MOMENTUM_BUFFER, SLOT_COUNT };
+
+static const optimd_hparam_def hparams[HP_COUNT] = {
+    [HP_LR] = {.struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_FLOAT,
+               .flags = OPTIMD_HP_MUTABLE, .key = "lr",
+               .doc = "Learning rate: every element moves by exactly lr per step.",
+               .min = 0.0, .max = 1e6, .default_value = 1e-3},
+    [HP_MOMENTUM] = {.struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_FLOAT,
+                     .flags = OPTIMD_HP_MUTABLE | OPTIMD_HP_MAX_EXCLUSIVE, .key = "momentum",
+                     .doc = "Decay of the gradient average whose sign is followed; 0 is signSGD.",
+                     .min = 0.0, .max = 1.0, .default_value = 0.9},
+};
+
+static const optimd_slot_def slots[SLOT_COUNT] = {
+    [SLOT_MOMENTUM_BUFFER] = {.struct_size = sizeof(optimd_slot_def),
+                              .shape = OPTIMD_SLOT_LIKE_PARAM, .dtype = 0,
+                              .key = "momentum_buffer",
+                              .doc = "Exponential average of the gradients.",
+                              .enabled_by = NULL},
+};
+
+/* Below this many elements, handing work to the host's threads costs more
+ * than it saves. */
+#define PARALLEL_MIN ((int64_t)65536)
+#define PARALLEL_GRAIN ((int64_t)16384)
+
+/* Shared, read-only, by the chunks of one step. */
+typedef struct job {
+    void *param;
+    const void *grad;
+    void *m;
+    double lr, momentum;
+} job;
+
+static void update_f32(void *user, int64_t begin, int64_t end)
+{
+    const job *j = user;
+    float *p = j->param, *m = j->m;
+    const float *g = j->grad;
+    const float lr = (float)j->lr, b = (float)j->momentum, c = 1.0f - b;
+    for (int64_t i = begin; i < end; i++) {
+        float mi = b * m[i] + c * g[i];
+        m[i] = mi;
+        float s = (mi > 0.0f) - (mi < 0.0f);
+        p[i] = p[i] - lr * s;
+    }
+}
+
+static void update_f64(void *user, int64_t begin, int64_t end)
+{
+    const job *j = user;
+    double *p = j->param, *m = j->m;
+    const double *g = j->grad;
+    const double lr = j->lr, b = j->momentum, c = 1.0 - b;
+    for (int64_t i = begin; i < end; i++) {
+        double mi = b * m[i] + c * g[i];
+        m[i] = mi;
+        double s = (mi > 0.0) - (mi < 0.0);
+        p[i] = p[i] - lr * s;
+    }
+}
+
+static optimd_status step(const optimd_host *host, const optimd_step_args *args)
+{
+    /* Check everything before writing anything. */
+    if (args->n_hparams != HP_COUNT || args->n_slots != SLOT_COUNT ||
+        args->slots[SLOT_MOMENTUM_BUFFER].data == NULL) {
+        host->set_error(host->call, "signum: malformed step arguments");
+        return OPTIMD_ERR_INVALID;
+    }
+    uint32_t dtype = args->param->dtype;
+    if ((dtype != OPTIMD_DTYPE_F32 && dtype != OPTIMD_DTYPE_F64) || args->grad->dtype != dtype ||
+        args->slots[SLOT_MOMENTUM_BUFFER].dtype != dtype) {
+        host->set_error(host->call, "signum: parameters must be f32 or f64");
+        return OPTIMD_ERR_DTYPE;
+    }
+    job j = {.param = args->param->data,
+             .grad = args->grad->data,
+             .m = args->slots[SLOT_MOMENTUM_BUFFER].data,
+             .lr = args->hparams[HP_LR],
+             .momentum = args->hparams[HP_MOMENTUM]};
+    optimd_range_fn fn = dtype == OPTIMD_DTYPE_F32 ? update_f32 : update_f64;
+    int64_t n = args->param->numel;
+    if (n >= PARALLEL_MIN) return host->parallel_for(host->call, n, PARALLEL_GRAIN, fn, &j);
+    fn(&j, 0, n);
+    return OPTIMD_OK;
+}
+
+static const optimd_optimizer optimizer = {
+    .struct_size = sizeof(optimd_optimizer),
+    .n_hparams = HP_COUNT,
+    .hparams = hparams,
+    .n_slots = SLOT_COUNT,
+    .dtypes = (1u << OPTIMD_DTYPE_F32) | (1u << OPTIMD_DTYPE_F64),
+    .slots = slots,
+    .check_hparams = NULL,
+    .step = step,
+};
+
+OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {
+    .abi_major = OPTIMD_ABI_MAJOR,
+    .abi_minor = OPTIMD_ABI_MINOR,
+    .struct_size = sizeof(optimd_plugin_desc),
+    .kind = OPTIMD_KIND_OPTIMIZER,
+    .id = "signum",
+    .version = "1.0.0",
+    .description = "signSGD with momentum (Signum): p -= lr * sign(EMA of gradients)",
+    .optimizer = &optimizer,
+    .scheduler = NULL,
+};
