@@ -1,0 +1,135 @@
+package optimd
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.nanomsg.org/mangos/v3"
+	"go.nanomsg.org/mangos/v3/protocol/req"
+
+	// The transports the daemon listens on.
+	_ "go.nanomsg.org/mangos/v3/transport/ipc"
+	_ "go.nanomsg.org/mangos/v3/transport/tcp"
+	_ "go.nanomsg.org/mangos/v3/transport/ws"
+)
+
+// DefaultURL is where the daemon listens unless told otherwise.
+const DefaultURL = "tcp://127.0.0.1:7878"
+
+// Options tune a Client. The zero value is usable.
+type Options struct {
+	// Timeout bounds a request whose context has no deadline; 0 means no
+	// bound beyond the context's.
+	Timeout time.Duration
+	// DialAsync connects in the background (and keeps retrying) instead of
+	// failing Dial when the daemon is not reachable yet.
+	DialAsync bool
+}
+
+// Client is a connection to one daemon: one REQ socket. It is safe for
+// concurrent use; each request runs on its own REQ context, so several can
+// be in flight at once.
+//
+// A Client never resends a request by itself: an unsequenced step sent
+// twice is applied twice. To retry a step safely, give it a Seq (see
+// StepOptions) and resend it with the same Seq.
+type Client struct {
+	sock    mangos.Socket
+	timeout time.Duration
+	lastID  atomic.Uint64
+}
+
+// Dial connects to the daemon at url (tcp://host:port, ipc:///path or
+// ws://host:port/path). opts may be nil.
+func Dial(url string, opts *Options) (*Client, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	sock, err := req.NewSocket()
+	if err != nil {
+		return nil, err
+	}
+	// REQ resends a request that got no reply after a while; a resent
+	// unsequenced step would be applied twice (protocol.md §1). 0 = never.
+	if err := sock.SetOption(mangos.OptionRetryTime, time.Duration(0)); err != nil {
+		sock.Close()
+		return nil, err
+	}
+	// Replies with tensors exceed mangos' 1 MiB default; 0 = no limit.
+	if err := sock.SetOption(mangos.OptionMaxRecvSize, 0); err != nil {
+		sock.Close()
+		return nil, err
+	}
+	if err := sock.DialOptions(url, map[string]any{mangos.OptionDialAsynch: opts.DialAsync}); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("optimd: dial %s: %w", url, err)
+	}
+	return &Client{sock: sock, timeout: opts.Timeout}, nil
+}
+
+// Close closes the connection. Sessions stay on the daemon.
+func (c *Client) Close() error {
+	return c.sock.Close()
+}
+
+// Do sends req with a fresh request id (stored in req.ID) and returns the
+// raw reply, for the matching Parse*Reply function. The op methods (Step,
+// Pull, ...) are Do plus parsing. The call returns when the reply arrives,
+// ctx is done, or the client's Timeout passes.
+func (c *Client) Do(ctx context.Context, r *Request) ([]byte, error) {
+	if c.timeout > 0 {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, c.timeout)
+			defer cancel()
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
+	}
+	r.ID = c.lastID.Add(1)
+	body, err := r.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("optimd: %s: encode: %w", r.Op, err)
+	}
+	mctx, err := c.sock.OpenContext()
+	if err != nil {
+		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
+	}
+	defer mctx.Close()
+	if err := mctx.SetOption(mangos.OptionRetryTime, time.Duration(0)); err != nil {
+		return nil, err
+	}
+	// Closing the REQ context wakes a blocked Send or Recv, so a cancelled
+	// or expired ctx ends the call at once.
+	stop := context.AfterFunc(ctx, func() { mctx.Close() })
+	defer stop()
+
+	reply, err := exchange(mctx, body)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("optimd: %s: %w", r.Op, ctxErr)
+		}
+		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
+	}
+	return reply, nil
+}
+
+func exchange(mctx mangos.Context, body []byte) ([]byte, error) {
+	if err := mctx.Send(body); err != nil {
+		return nil, err
+	}
+	return mctx.Recv()
+}
+
+// call is Do followed by parse.
+func call[T any](ctx context.Context, c *Client, r *Request, parse func(id uint64, b []byte) (T, error)) (T, error) {
+	b, err := c.Do(ctx, r)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return parse(r.ID, b)
+}

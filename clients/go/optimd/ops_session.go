@@ -1,0 +1,395 @@
+package optimd
+
+import (
+	"context"
+	"fmt"
+)
+
+// Ops on a session's lifetime and settings: open, attach, info, hparams,
+// set_hparams, close, export, import.
+
+// Session names a session and carries the token every request on it
+// needs. Keep the token: the daemon lists it nowhere.
+type Session struct {
+	Name  string `json:"session"`
+	Token string `json:"token"`
+}
+
+// Hparams maps hyperparameter keys to values. In a request a value is a
+// Go bool, integer or float; in a reply it is a bool, int64 or float64.
+type Hparams map[string]any
+
+// Durability says when a session's changes reach the disk (protocol.md,
+// open).
+type Durability string
+
+const (
+	DurabilityAlways   Durability = "always"   // logged and flushed before the reply
+	DurabilityInterval Durability = "interval" // logged first, flushed every --sync-interval
+	DurabilityNone     Durability = "none"     // snapshots only
+)
+
+// OpenOptions are open's optional keys; a zero field is left out of the
+// request (the daemon's default applies).
+type OpenOptions struct {
+	Hparams      Hparams
+	Scheduler    string // a scheduler plugin id
+	SchedHparams Hparams
+	Durability   Durability
+}
+
+// OpenResult is the reply to open.
+type OpenResult struct {
+	Session
+	LR float64 `json:"lr"` // the lr the first step will use
+}
+
+// NewOpenRequest builds open for a new session named name, driven by the
+// optimizer plugin optimizer. opts may be nil.
+func NewOpenRequest(name, optimizer string, opts *OpenOptions) *Request {
+	r := newRequest("open")
+	r.Args["session"] = name
+	r.Args["optimizer"] = optimizer
+	if opts != nil {
+		if opts.Hparams != nil {
+			r.Args["hparams"] = map[string]any(opts.Hparams)
+		}
+		if opts.Scheduler != "" {
+			r.Args["scheduler"] = opts.Scheduler
+		}
+		if opts.SchedHparams != nil {
+			r.Args["sched_hparams"] = map[string]any(opts.SchedHparams)
+		}
+		if opts.Durability != "" {
+			r.Args["durability"] = string(opts.Durability)
+		}
+	}
+	return r
+}
+
+// ParseOpenReply parses the reply to open request id.
+func ParseOpenReply(id uint64, b []byte) (*OpenResult, error) {
+	return parseReply("open", id, b, func(m map[string]any) (*OpenResult, error) {
+		var res OpenResult
+		var err error
+		if res.Session, err = parseSession(m); err != nil {
+			return nil, err
+		}
+		if res.LR, err = getFloat(m, "lr"); err != nil {
+			return nil, err
+		}
+		return &res, nil
+	})
+}
+
+func parseSession(m map[string]any) (Session, error) {
+	var s Session
+	var err error
+	if s.Name, err = getString(m, "session"); err != nil {
+		return s, err
+	}
+	if s.Token, err = getString(m, "token"); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// Open creates a session. opts may be nil.
+func (c *Client) Open(ctx context.Context, name, optimizer string, opts *OpenOptions) (*OpenResult, error) {
+	return call(ctx, c, NewOpenRequest(name, optimizer, opts), ParseOpenReply)
+}
+
+// ParamInfo describes one registered parameter.
+type ParamInfo struct {
+	Name  string   `json:"name"`
+	DType DType    `json:"dtype"`
+	Shape []uint64 `json:"shape"`
+	Steps uint64   `json:"steps"` // steps that updated it
+}
+
+// SessionInfo is the reply to info and attach.
+type SessionInfo struct {
+	// ClientSeq is the highest seq applied for the client named in the
+	// request; nil when the request named none.
+	ClientSeq        *uint64     `json:"client_seq"`
+	Session          string      `json:"session"`
+	Durability       Durability  `json:"durability"`
+	Optimizer        string      `json:"optimizer"`
+	OptimizerVersion string      `json:"optimizer_version"`
+	Scheduler        string      `json:"scheduler"` // "" for none
+	Hparams          Hparams     `json:"hparams"`
+	SchedHparams     Hparams     `json:"sched_hparams"`
+	BaseLR           float64     `json:"base_lr"`
+	LR               float64     `json:"lr"` // the lr the next step will use
+	Steps            uint64      `json:"steps"`
+	Params           []ParamInfo `json:"params"` // in registration order
+}
+
+// NewInfoRequest builds info; with client non-empty the reply carries
+// that client's ClientSeq.
+func NewInfoRequest(s Session, client string) *Request {
+	r := sessionRequest("info", s)
+	if client != "" {
+		r.Args["client"] = client
+	}
+	return r
+}
+
+// NewAttachRequest builds attach.
+func NewAttachRequest(s Session) *Request { return sessionRequest("attach", s) }
+
+// ParseInfoReply parses the reply to info request id.
+func ParseInfoReply(id uint64, b []byte) (*SessionInfo, error) {
+	return parseReply("info", id, b, parseSessionInfo)
+}
+
+// ParseAttachReply parses the reply to attach request id.
+func ParseAttachReply(id uint64, b []byte) (*SessionInfo, error) {
+	return parseReply("attach", id, b, parseSessionInfo)
+}
+
+func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
+	var res SessionInfo
+	var err error
+	if _, ok := m["client_seq"]; ok {
+		seq, err := getUint(m, "client_seq")
+		if err != nil {
+			return nil, err
+		}
+		res.ClientSeq = &seq
+	}
+	for key, dst := range map[string]*string{"session": &res.Session,
+		"optimizer": &res.Optimizer, "optimizer_version": &res.OptimizerVersion} {
+		if *dst, err = getString(m, key); err != nil {
+			return nil, err
+		}
+	}
+	dur, err := getString(m, "durability")
+	if err != nil {
+		return nil, err
+	}
+	res.Durability = Durability(dur)
+	if res.Scheduler, err = getOptString(m, "scheduler"); err != nil {
+		return nil, err
+	}
+	if err := parseHparamsKeys(m, &res.Hparams, &res.SchedHparams, &res.BaseLR, &res.LR); err != nil {
+		return nil, err
+	}
+	if res.Steps, err = getUint(m, "steps"); err != nil {
+		return nil, err
+	}
+	params, err := getArray(m, "params")
+	if err != nil {
+		return nil, err
+	}
+	res.Params = make([]ParamInfo, len(params))
+	for i, v := range params {
+		pm, ok := v.(map[string]any)
+		if !ok {
+			return nil, wrongType(fmt.Sprintf("params[%d]", i), v, "map")
+		}
+		p := &res.Params[i]
+		if p.Name, err = getString(pm, "name"); err != nil {
+			return nil, err
+		}
+		dt, err := getString(pm, "dtype")
+		if err != nil {
+			return nil, err
+		}
+		p.DType = DType(dt)
+		shape, err := getArray(pm, "shape")
+		if err != nil {
+			return nil, err
+		}
+		p.Shape = make([]uint64, len(shape))
+		for j, d := range shape {
+			if p.Shape[j], err = asUint("shape", d); err != nil {
+				return nil, err
+			}
+		}
+		if p.Steps, err = getUint(pm, "steps"); err != nil {
+			return nil, err
+		}
+	}
+	return &res, nil
+}
+
+// parseHparamsKeys reads the keys info and hparams replies share.
+func parseHparamsKeys(m map[string]any, hp, shp *Hparams, baseLR, lr *float64) error {
+	var err error
+	if *hp, err = getHparams(m, "hparams"); err != nil {
+		return err
+	}
+	if *shp, err = getHparams(m, "sched_hparams"); err != nil {
+		return err
+	}
+	if *baseLR, err = getFloat(m, "base_lr"); err != nil {
+		return err
+	}
+	*lr, err = getFloat(m, "lr")
+	return err
+}
+
+// Info describes a session. With client non-empty, ClientSeq tells the
+// highest seq the session applied for that client, so a worker that keeps
+// its client id across restarts can go on numbering above it.
+func (c *Client) Info(ctx context.Context, s Session, client string) (*SessionInfo, error) {
+	return call(ctx, c, NewInfoRequest(s, client), ParseInfoReply)
+}
+
+// Attach checks the token and describes the session, as Info does; use it
+// when (re)connecting to an existing session.
+func (c *Client) Attach(ctx context.Context, s Session) (*SessionInfo, error) {
+	return call(ctx, c, NewAttachRequest(s), ParseAttachReply)
+}
+
+// HparamsResult is the reply to hparams and set_hparams.
+type HparamsResult struct {
+	Hparams      Hparams `json:"hparams"`
+	SchedHparams Hparams `json:"sched_hparams"`
+	BaseLR       float64 `json:"base_lr"` // the lr given at open
+	LR           float64 `json:"lr"`      // the lr the next step will use
+}
+
+// NewHparamsRequest builds hparams.
+func NewHparamsRequest(s Session) *Request { return sessionRequest("hparams", s) }
+
+// NewSetHparamsRequest builds set_hparams.
+func NewSetHparamsRequest(s Session, hp Hparams) *Request {
+	r := sessionRequest("set_hparams", s)
+	if hp == nil {
+		hp = Hparams{}
+	}
+	r.Args["hparams"] = map[string]any(hp)
+	return r
+}
+
+func parseHparamsResult(m map[string]any) (*HparamsResult, error) {
+	var res HparamsResult
+	if err := parseHparamsKeys(m, &res.Hparams, &res.SchedHparams, &res.BaseLR, &res.LR); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// ParseHparamsReply parses the reply to hparams request id.
+func ParseHparamsReply(id uint64, b []byte) (*HparamsResult, error) {
+	return parseReply("hparams", id, b, parseHparamsResult)
+}
+
+// ParseSetHparamsReply parses the reply to set_hparams request id.
+func ParseSetHparamsReply(id uint64, b []byte) (*HparamsResult, error) {
+	return parseReply("set_hparams", id, b, parseHparamsResult)
+}
+
+// Hparams returns a session's hyperparameters and lrs.
+func (c *Client) Hparams(ctx context.Context, s Session) (*HparamsResult, error) {
+	return call(ctx, c, NewHparamsRequest(s), ParseHparamsReply)
+}
+
+// SetHparams changes mutable hyperparameters before the next step; all
+// keys are checked before any changes.
+func (c *Client) SetHparams(ctx context.Context, s Session, hp Hparams) (*HparamsResult, error) {
+	return call(ctx, c, NewSetHparamsRequest(s, hp), ParseSetHparamsReply)
+}
+
+// CloseResult is the reply to close: no keys.
+type CloseResult struct{}
+
+// NewCloseRequest builds close.
+func NewCloseRequest(s Session) *Request { return sessionRequest("close", s) }
+
+// ParseCloseReply parses the reply to close request id.
+func ParseCloseReply(id uint64, b []byte) (*CloseResult, error) {
+	return parseReply("close", id, b, func(map[string]any) (*CloseResult, error) {
+		return &CloseResult{}, nil
+	})
+}
+
+// CloseSession deletes a session and its files on the daemon. (Close
+// closes the Client's connection.)
+func (c *Client) CloseSession(ctx context.Context, s Session) error {
+	_, err := call(ctx, c, NewCloseRequest(s), ParseCloseReply)
+	return err
+}
+
+// ExportResult is the reply to export.
+type ExportResult struct {
+	Snapshot []byte `json:"snapshot"` // one safetensors file
+}
+
+// NewExportRequest builds export.
+func NewExportRequest(s Session) *Request { return sessionRequest("export", s) }
+
+// ParseExportReply parses the reply to export request id.
+func ParseExportReply(id uint64, b []byte) (*ExportResult, error) {
+	return parseReply("export", id, b, func(m map[string]any) (*ExportResult, error) {
+		snap, err := getBin(m, "snapshot")
+		if err != nil {
+			return nil, err
+		}
+		return &ExportResult{Snapshot: snap}, nil
+	})
+}
+
+// Export returns the whole session (parameters, state, hyperparameters,
+// counters, sequence records, token) as one safetensors file, for Import.
+func (c *Client) Export(ctx context.Context, s Session) ([]byte, error) {
+	res, err := call(ctx, c, NewExportRequest(s), ParseExportReply)
+	if err != nil {
+		return nil, err
+	}
+	return res.Snapshot, nil
+}
+
+// ImportOptions are import's optional keys; a zero field keeps what the
+// snapshot says.
+type ImportOptions struct {
+	Session    string // a new name
+	Durability Durability
+}
+
+// ImportResult is the reply to import. The token is new.
+type ImportResult struct {
+	Session
+	Steps uint64 `json:"steps"`
+}
+
+// NewImportRequest builds import. opts may be nil.
+func NewImportRequest(snapshot []byte, opts *ImportOptions) *Request {
+	r := newRequest("import")
+	if snapshot == nil {
+		snapshot = []byte{}
+	}
+	r.Args["snapshot"] = snapshot
+	if opts != nil {
+		if opts.Session != "" {
+			r.Args["session"] = opts.Session
+		}
+		if opts.Durability != "" {
+			r.Args["durability"] = string(opts.Durability)
+		}
+	}
+	return r
+}
+
+// ParseImportReply parses the reply to import request id.
+func ParseImportReply(id uint64, b []byte) (*ImportResult, error) {
+	return parseReply("import", id, b, func(m map[string]any) (*ImportResult, error) {
+		var res ImportResult
+		var err error
+		if res.Session, err = parseSession(m); err != nil {
+			return nil, err
+		}
+		if res.Steps, err = getUint(m, "steps"); err != nil {
+			return nil, err
+		}
+		return &res, nil
+	})
+}
+
+// Import creates a session from an exported snapshot, with a new token.
+// opts may be nil.
+func (c *Client) Import(ctx context.Context, snapshot []byte, opts *ImportOptions) (*ImportResult, error) {
+	return call(ctx, c, NewImportRequest(snapshot, opts), ParseImportReply)
+}

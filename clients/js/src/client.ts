@@ -1,0 +1,215 @@
+/**
+ * The optimd client: one method per protocol op, each a promise of the op's
+ * typed result.
+ *
+ * Concurrency: a REQ connection carries one request at a time, so the
+ * client keeps a small pool of connections (`maxConnections`, default 4)
+ * and calls made without awaiting the previous one travel in parallel. Two
+ * such calls on one session may then reach the daemon in either order;
+ * await each `step` before the next when order matters.
+ */
+import { TransportError } from "./errors.js";
+import { ReqSocket } from "./sp.js";
+import type { Tensor } from "./tensor.js";
+import {
+  type Hello,
+  type HparamMap,
+  type HparamsResult,
+  type ImportOptions,
+  type ImportResult,
+  type OpenOptions,
+  type OpenResult,
+  type Op,
+  type PluginInfo,
+  type Request,
+  type Results,
+  type SessionInfo,
+  type SessionRef,
+  type SessionSummary,
+  type StepOptions,
+  type StepResult,
+  encodeRequest,
+  parseReply,
+  requests,
+} from "./wire.js";
+
+export interface ClientOptions {
+  /** Default limit for one call, connecting included, in ms (default
+   * 60000; 0: none). */
+  timeoutMs?: number;
+  /** Most connections, hence most requests in flight (default 4). */
+  maxConnections?: number;
+  /** Largest reply accepted in bytes (default 0: no limit, as protocol.md
+   * §1 advises for tensor replies). */
+  maxReplyBytes?: number;
+}
+
+export interface CallOptions {
+  /** This call's limit in ms, overriding the client's `timeoutMs`. */
+  timeoutMs?: number;
+}
+
+export class Client {
+  readonly url: string;
+  private readonly timeoutMs: number;
+  private readonly maxConnections: number;
+  private readonly maxReplyBytes: number;
+  private readonly idle: ReqSocket[] = [];
+  private readonly waiters: Array<(s: ReqSocket | undefined) => void> = [];
+  private open_ = 0; // connections made or being made
+  private nextId = 1;
+  private closed = false;
+
+  constructor(url: string, options: ClientOptions = {}) {
+    this.url = url;
+    this.timeoutMs = options.timeoutMs ?? 60000;
+    this.maxConnections = Math.max(1, options.maxConnections ?? 4);
+    this.maxReplyBytes = options.maxReplyBytes ?? 0;
+  }
+
+  /** Sends a built request and returns the parsed result. Every op method
+   * goes through here. */
+  async call<O extends Op>(req: Request<O>, options: CallOptions = {}): Promise<Results[O]> {
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : 0;
+    const id = this.nextId;
+    this.nextId = this.nextId >= Number.MAX_SAFE_INTEGER ? 1 : this.nextId + 1;
+    const body = encodeRequest(req, id);
+    const socket = await this.acquire(deadline);
+    let reply: Buffer;
+    try {
+      const left = deadline > 0 ? Math.max(1, deadline - Date.now()) : 0;
+      reply = await socket.request(body, left);
+    } catch (err) {
+      // A timed-out or failed connection is dropped: a late reply would only
+      // be discarded, and a fresh connection costs one round trip.
+      socket.close();
+      this.release(socket);
+      throw err;
+    }
+    this.release(socket);
+    return parseReply(req.op, reply, id);
+  }
+
+  /** Closes every connection; calls after this fail. */
+  close(): void {
+    this.closed = true;
+    for (const s of this.idle.splice(0)) s.close();
+    for (const w of this.waiters.splice(0)) w(undefined);
+  }
+
+  private async acquire(deadline: number): Promise<ReqSocket> {
+    for (;;) {
+      if (this.closed) throw new TransportError("the client is closed");
+      const s = this.idle.pop();
+      if (s) {
+        if (s.usable) return s;
+        this.open_--;
+        continue;
+      }
+      if (this.open_ < this.maxConnections) {
+        this.open_++;
+        try {
+          const left = deadline > 0 ? Math.max(1, deadline - Date.now()) : 0;
+          return await ReqSocket.dial(this.url, left, { maxRecvSize: this.maxReplyBytes });
+        } catch (err) {
+          this.open_--;
+          this.wakeOne();
+          throw err;
+        }
+      }
+      const handed = await new Promise<ReqSocket | undefined>((resolve) => this.waiters.push(resolve));
+      if (handed) return handed;
+    }
+  }
+
+  private release(s: ReqSocket): void {
+    if (!s.usable) {
+      this.open_--;
+      this.wakeOne();
+      return;
+    }
+    if (this.closed) {
+      s.close();
+      return;
+    }
+    const w = this.waiters.shift();
+    if (w) w(s);
+    else this.idle.push(s);
+  }
+
+  /** A waiter may now dial a connection of its own. */
+  private wakeOne(): void {
+    const w = this.waiters.shift();
+    if (w) w(undefined);
+  }
+
+  // ------------------------------------------------------------- the ops
+
+  hello(opts: { client?: string } = {}, call?: CallOptions): Promise<Hello> {
+    return this.call(requests.hello(opts), call);
+  }
+
+  async plugins(call?: CallOptions): Promise<PluginInfo[]> {
+    return (await this.call(requests.plugins(), call)).plugins;
+  }
+
+  /** Creates a session; the result (`session`, `token`, `lr`) is the
+   * SessionRef every later session call takes. */
+  open(session: string, optimizer: string, opts: OpenOptions = {}, call?: CallOptions): Promise<OpenResult> {
+    return this.call(requests.open(session, optimizer, opts), call);
+  }
+
+  attach(s: SessionRef, call?: CallOptions): Promise<SessionInfo> {
+    return this.call(requests.attach(s), call);
+  }
+
+  info(s: SessionRef, opts: { client?: string } = {}, call?: CallOptions): Promise<SessionInfo> {
+    return this.call(requests.info(s, opts), call);
+  }
+
+  hparams(s: SessionRef, call?: CallOptions): Promise<HparamsResult> {
+    return this.call(requests.hparams(s), call);
+  }
+
+  setHparams(s: SessionRef, hparams: HparamMap, call?: CallOptions): Promise<HparamsResult> {
+    return this.call(requests.setHparams(s, hparams), call);
+  }
+
+  /** The `close` op: deletes the session and its files. (`close()` closes
+   * the client's connections.) */
+  async closeSession(s: SessionRef, call?: CallOptions): Promise<void> {
+    await this.call(requests.close(s), call);
+  }
+
+  async sessions(call?: CallOptions): Promise<SessionSummary[]> {
+    return (await this.call(requests.sessions(), call)).sessions;
+  }
+
+  /** Registers parameters; resolves with how many were registered. */
+  async register(s: SessionRef, params: Record<string, Tensor>, call?: CallOptions): Promise<number> {
+    return (await this.call(requests.register(s, params), call)).registered;
+  }
+
+  step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}, call?: CallOptions): Promise<StepResult> {
+    return this.call(requests.step(s, grads, opts), call);
+  }
+
+  async pull(s: SessionRef, names?: readonly string[], call?: CallOptions): Promise<Record<string, Tensor>> {
+    return (await this.call(requests.pull(s, names), call)).params;
+  }
+
+  async state(s: SessionRef, names?: readonly string[], call?: CallOptions): Promise<Record<string, Record<string, Tensor>>> {
+    return (await this.call(requests.state(s, names), call)).state;
+  }
+
+  /** The session as one safetensors file (protocol.md `export`). */
+  async export(s: SessionRef, call?: CallOptions): Promise<Uint8Array> {
+    return (await this.call(requests.export(s), call)).snapshot;
+  }
+
+  /** Creates a session from an exported snapshot; it gets a new token. */
+  import(snapshot: Uint8Array, opts: ImportOptions = {}, call?: CallOptions): Promise<ImportResult> {
+    return this.call(requests.import(snapshot, opts), call);
+  }
+}

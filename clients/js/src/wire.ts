@@ -1,0 +1,583 @@
+/**
+ * The message layer of protocol 1 (docs/protocol.md §2-§4): building
+ * requests and checking replies, with no I/O, so that both can be used and
+ * tested without a socket.
+ *
+ * Results keep the protocol's key names (`next_lr`, `max_message`, ...):
+ * a result is the reply map without its envelope (`v`, `id`, `ok`), each
+ * key checked for its type. Keys a reply has beyond the op's are ignored,
+ * so a newer daemon's additions do not break this client.
+ */
+import { DecodeError, Decoder, Encoder } from "@msgpack/msgpack";
+import { ProtocolError, ServerError } from "./errors.js";
+import { type Dtype, type Tensor, decodeTensor, encodeTensor } from "./tensor.js";
+
+export const PROTOCOL_VERSION = 1;
+
+export type HparamValue = number | boolean;
+export type HparamMap = Record<string, HparamValue>;
+export type Durability = "always" | "interval" | "none";
+
+/** A session's name and the token `open` (or `import`) returned; the
+ * results of both can be passed wherever a SessionRef is asked for. */
+export interface SessionRef {
+  session: string;
+  token: string;
+}
+
+// ---------------------------------------------------------------- results
+
+export interface Hello {
+  server: string;
+  version: string;
+  protocol: number;
+  abi: [number, number];
+  max_message: number;
+}
+
+export interface HparamDecl {
+  key: string;
+  type: "float" | "int" | "bool";
+  required: boolean;
+  mutable: boolean;
+  min: number;
+  max: number;
+  min_exclusive: boolean;
+  max_exclusive: boolean;
+  default: HparamValue | null;
+  doc: string;
+}
+
+export interface SlotDecl {
+  key: string;
+  dtype: "param" | "f32" | "f64";
+  shape: "param" | "scalar";
+  enabled_by: string | null;
+  doc: string;
+}
+
+export interface PluginInfo {
+  id: string;
+  kind: "optimizer" | "scheduler";
+  version: string;
+  description: string;
+  hparams: HparamDecl[];
+  /** Optimizers only (absent when the reply has none). */
+  slots?: SlotDecl[];
+  /** Optimizers only (absent when the reply has none). */
+  dtypes?: Dtype[];
+}
+
+export interface PluginsResult {
+  plugins: PluginInfo[];
+}
+
+export interface OpenResult extends SessionRef {
+  lr: number;
+}
+
+export interface HparamsResult {
+  hparams: HparamMap;
+  sched_hparams: HparamMap;
+  base_lr: number;
+  lr: number;
+}
+
+export interface ParamInfo {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  steps: number;
+}
+
+export interface SessionInfo extends HparamsResult {
+  session: string;
+  durability: Durability;
+  optimizer: string;
+  optimizer_version: string;
+  scheduler: string | null;
+  steps: number;
+  params: ParamInfo[];
+  /** Present when the request named a `client`. */
+  client_seq?: number;
+}
+
+export type CloseResult = Record<string, never>;
+
+export interface SessionSummary {
+  session: string;
+  optimizer: string;
+  scheduler: string | null;
+  params: number;
+  steps: number;
+}
+
+export interface SessionsResult {
+  sessions: SessionSummary[];
+}
+
+export interface RegisterResult {
+  registered: number;
+}
+
+export interface StepResult {
+  steps: number;
+  lr: number;
+  next_lr: number;
+  duplicate: boolean;
+  /** Absent when the step was sent with `return: false`. */
+  params?: Record<string, Tensor>;
+}
+
+export interface PullResult {
+  params: Record<string, Tensor>;
+}
+
+export interface StateResult {
+  state: Record<string, Record<string, Tensor>>;
+}
+
+export interface ExportResult {
+  snapshot: Uint8Array;
+}
+
+export interface ImportResult extends SessionRef {
+  steps: number;
+}
+
+/** The result type of each op. */
+export interface Results {
+  hello: Hello;
+  plugins: PluginsResult;
+  open: OpenResult;
+  attach: SessionInfo;
+  info: SessionInfo;
+  hparams: HparamsResult;
+  set_hparams: HparamsResult;
+  close: CloseResult;
+  sessions: SessionsResult;
+  register: RegisterResult;
+  step: StepResult;
+  pull: PullResult;
+  state: StateResult;
+  export: ExportResult;
+  import: ImportResult;
+}
+
+export type Op = keyof Results;
+
+export const OPS: readonly Op[] = [
+  "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
+  "sessions", "register", "step", "pull", "state", "export", "import",
+];
+
+// --------------------------------------------------------------- requests
+
+/** A request before encoding: the op and its keys (without the envelope). */
+export interface Request<O extends Op = Op> {
+  op: O;
+  fields: Record<string, unknown>;
+}
+
+export interface OpenOptions {
+  hparams?: HparamMap;
+  scheduler?: string | null;
+  sched_hparams?: HparamMap;
+  durability?: Durability;
+}
+
+export interface StepOptions {
+  /** Whether the reply carries the updated parameters (default true). */
+  return?: boolean;
+  /** Sequence number, 1 to 2^53, in `client`'s numbering (exactly-once). */
+  seq?: number;
+  /** Client id for `seq` (at most 64 bytes; default ""). */
+  client?: string;
+}
+
+export interface ImportOptions {
+  session?: string;
+  durability?: Durability;
+}
+
+function str(v: unknown, what: string): string {
+  if (typeof v !== "string") throw new TypeError(`${what} must be a string`);
+  return v;
+}
+
+function ref(s: SessionRef): Record<string, unknown> {
+  if (typeof s !== "object" || s === null) throw new TypeError("a session must be a {session, token} object");
+  return { session: str(s.session, "session"), token: str(s.token, "token") };
+}
+
+function hparamMap(m: HparamMap, what: string): HparamMap {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) throw new TypeError(`${what} must be an object`);
+  for (const [k, v] of Object.entries(m)) {
+    if (typeof v === "number" ? !Number.isFinite(v) : typeof v !== "boolean") {
+      throw new TypeError(`${what}.${k} must be a finite number or a boolean`);
+    }
+  }
+  return m;
+}
+
+function tensorMap(m: Record<string, Tensor>, what: string): Record<string, unknown> {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) throw new TypeError(`${what} must be an object`);
+  const out: Record<string, unknown> = {};
+  for (const [k, t] of Object.entries(m)) out[k] = encodeTensor(t, `${what}.${k}`);
+  return out;
+}
+
+function names(n: readonly string[] | undefined): string[] | undefined {
+  if (n === undefined) return undefined;
+  if (!Array.isArray(n)) throw new TypeError("names must be an array of strings");
+  return n.map((x) => str(x, "a name"));
+}
+
+/** Request builders, one per op; {@link Client} sends what they build. */
+export const requests = {
+  hello(opts: { client?: string } = {}): Request<"hello"> {
+    return { op: "hello", fields: { client: opts.client } };
+  },
+  plugins(): Request<"plugins"> {
+    return { op: "plugins", fields: {} };
+  },
+  open(session: string, optimizer: string, opts: OpenOptions = {}): Request<"open"> {
+    const fields: Record<string, unknown> = { session: str(session, "session"), optimizer: str(optimizer, "optimizer") };
+    if (opts.hparams !== undefined) fields["hparams"] = hparamMap(opts.hparams, "hparams");
+    if (opts.scheduler !== undefined) fields["scheduler"] = opts.scheduler === null ? null : str(opts.scheduler, "scheduler");
+    if (opts.sched_hparams !== undefined) fields["sched_hparams"] = hparamMap(opts.sched_hparams, "sched_hparams");
+    if (opts.durability !== undefined) fields["durability"] = str(opts.durability, "durability");
+    return { op: "open", fields };
+  },
+  attach(s: SessionRef): Request<"attach"> {
+    return { op: "attach", fields: ref(s) };
+  },
+  info(s: SessionRef, opts: { client?: string } = {}): Request<"info"> {
+    const fields = ref(s);
+    if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
+    return { op: "info", fields };
+  },
+  hparams(s: SessionRef): Request<"hparams"> {
+    return { op: "hparams", fields: ref(s) };
+  },
+  setHparams(s: SessionRef, hparams: HparamMap): Request<"set_hparams"> {
+    return { op: "set_hparams", fields: { ...ref(s), hparams: hparamMap(hparams, "hparams") } };
+  },
+  close(s: SessionRef): Request<"close"> {
+    return { op: "close", fields: ref(s) };
+  },
+  sessions(): Request<"sessions"> {
+    return { op: "sessions", fields: {} };
+  },
+  register(s: SessionRef, params: Record<string, Tensor>): Request<"register"> {
+    return { op: "register", fields: { ...ref(s), params: tensorMap(params, "params") } };
+  },
+  step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}): Request<"step"> {
+    const fields: Record<string, unknown> = { ...ref(s), grads: tensorMap(grads, "grads") };
+    if (opts.return !== undefined) {
+      if (typeof opts.return !== "boolean") throw new TypeError("return must be a boolean");
+      fields["return"] = opts.return;
+    }
+    if (opts.seq !== undefined) {
+      if (!Number.isSafeInteger(opts.seq) || opts.seq < 0) throw new RangeError("seq must be an integer from 0 to 2^53");
+      fields["seq"] = opts.seq;
+    }
+    if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
+    return { op: "step", fields };
+  },
+  pull(s: SessionRef, paramNames?: readonly string[]): Request<"pull"> {
+    return { op: "pull", fields: { ...ref(s), names: names(paramNames) } };
+  },
+  state(s: SessionRef, paramNames?: readonly string[]): Request<"state"> {
+    return { op: "state", fields: { ...ref(s), names: names(paramNames) } };
+  },
+  export(s: SessionRef): Request<"export"> {
+    return { op: "export", fields: ref(s) };
+  },
+  import(snapshot: Uint8Array, opts: ImportOptions = {}): Request<"import"> {
+    if (!(snapshot instanceof Uint8Array)) throw new TypeError("snapshot must be a Uint8Array");
+    const fields: Record<string, unknown> = { snapshot };
+    if (opts.session !== undefined) fields["session"] = str(opts.session, "session");
+    if (opts.durability !== undefined) fields["durability"] = str(opts.durability, "durability");
+    return { op: "import", fields };
+  },
+};
+
+// No useBigInt64 when encoding: with it, @msgpack/msgpack writes integers
+// of 2^32 and above as floats; without it they stay uint64 (all ids and seq
+// numbers this client sends are safe integers).
+const encoder = new Encoder({ ignoreUndefined: true });
+
+/** The msgpack bytes of a request with envelope `{v: 1, id, op}`. */
+export function encodeRequest(req: Request, id: number): Uint8Array {
+  if (!Number.isSafeInteger(id) || id < 0) throw new RangeError("a request id must be a safe non-negative integer");
+  return encoder.encode({ v: PROTOCOL_VERSION, id, op: req.op, ...req.fields });
+}
+
+// ----------------------------------------------------------------- replies
+
+// useBigInt64: 64-bit integers arrive as bigint, so an id near 2^64 is
+// compared exactly; map keys must be strings (protocol.md §1).
+const decoder = new Decoder({
+  useBigInt64: true,
+  mapKeyConverter: (key) => {
+    if (typeof key !== "string") throw new DecodeError(`a map key is a ${typeof key}, not a string`);
+    return key;
+  },
+});
+
+type Obj = Record<string, unknown>;
+
+function isMap(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) && !(v instanceof Date);
+}
+
+function has(o: Obj, k: string): boolean {
+  return Object.prototype.hasOwnProperty.call(o, k);
+}
+
+class Reader {
+  constructor(private readonly o: Obj, private readonly what: string) {}
+
+  private get(k: string): unknown {
+    if (!has(this.o, k)) throw new ProtocolError(`${this.what}: no '${k}'`);
+    return this.o[k];
+  }
+  present(k: string): boolean {
+    return has(this.o, k);
+  }
+  fail(k: string, kind: string): never {
+    throw new ProtocolError(`${this.what}: '${k}' is not ${kind}`);
+  }
+  str(k: string): string {
+    const v = this.get(k);
+    return typeof v === "string" ? v : this.fail(k, "a string");
+  }
+  optStr(k: string): string | null {
+    const v = this.get(k);
+    return v === null || typeof v === "string" ? v : this.fail(k, "a string or nil");
+  }
+  oneOf<T extends string>(k: string, allowed: readonly T[]): T {
+    const v = this.str(k);
+    return (allowed as readonly string[]).includes(v) ? (v as T) : this.fail(k, allowed.join(" or "));
+  }
+  bool(k: string): boolean {
+    const v = this.get(k);
+    return typeof v === "boolean" ? v : this.fail(k, "a bool");
+  }
+  uint(k: string): number {
+    const v = uintValue(this.get(k));
+    return v ?? this.fail(k, "an unsigned integer");
+  }
+  float(k: string): number {
+    const v = this.get(k);
+    if (typeof v === "number") return v;
+    if (typeof v === "bigint") return Number(v);
+    return this.fail(k, "a number");
+  }
+  array(k: string): unknown[] {
+    const v = this.get(k);
+    return Array.isArray(v) ? v : this.fail(k, "an array");
+  }
+  map(k: string): Obj {
+    const v = this.get(k);
+    return isMap(v) ? v : this.fail(k, "a map");
+  }
+  bin(k: string): Uint8Array {
+    const v = this.get(k);
+    return v instanceof Uint8Array ? v : this.fail(k, "bin");
+  }
+  hparams(k: string): HparamMap {
+    const m = this.map(k);
+    const out: HparamMap = {};
+    for (const [name, v] of Object.entries(m)) {
+      if (typeof v === "number" || typeof v === "boolean") out[name] = v;
+      else if (typeof v === "bigint") out[name] = Number(v);
+      else throw new ProtocolError(`${this.what}: '${k}.${name}' is not a number or bool`);
+    }
+    return out;
+  }
+  tensors(k: string): Record<string, Tensor> {
+    const m = this.map(k);
+    const out: Record<string, Tensor> = {};
+    for (const [name, t] of Object.entries(m)) out[name] = decodeTensor(t, `${this.what}: '${k}.${name}'`);
+    return out;
+  }
+  /** Every value of the whole map as a tensor (a `state` entry). */
+  tensorsOf(): Record<string, Tensor> {
+    const out: Record<string, Tensor> = {};
+    for (const [k, t] of Object.entries(this.o)) out[k] = decodeTensor(t, `${this.what}.${k}`);
+    return out;
+  }
+  hparamOrNull(k: string): HparamValue | null {
+    const v = this.get(k);
+    if (v === null || typeof v === "number" || typeof v === "boolean") return v;
+    if (typeof v === "bigint") return Number(v);
+    return this.fail(k, "a number, bool or nil");
+  }
+  list<T>(k: string, each: (r: Reader) => T): T[] {
+    return this.array(k).map((item, i) => {
+      if (!isMap(item)) throw new ProtocolError(`${this.what}: '${k}[${i}]' is not a map`);
+      return each(new Reader(item, `${this.what}: '${k}[${i}]'`));
+    });
+  }
+}
+
+function uintValue(v: unknown): number | undefined {
+  if (typeof v === "number") return Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  if (typeof v === "bigint") return v >= 0n && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : undefined;
+  return undefined;
+}
+
+function intValue(v: unknown): bigint | undefined {
+  if (typeof v === "number") return Number.isSafeInteger(v) ? BigInt(v) : undefined;
+  if (typeof v === "bigint") return v;
+  return undefined;
+}
+
+function hparamsResult(r: Reader): HparamsResult {
+  return { hparams: r.hparams("hparams"), sched_hparams: r.hparams("sched_hparams"), base_lr: r.float("base_lr"), lr: r.float("lr") };
+}
+
+function hparamDecl(r: Reader): HparamDecl {
+  return {
+    key: r.str("key"),
+    type: r.oneOf("type", ["float", "int", "bool"] as const),
+    required: r.bool("required"),
+    mutable: r.bool("mutable"),
+    min: r.float("min"),
+    max: r.float("max"),
+    min_exclusive: r.bool("min_exclusive"),
+    max_exclusive: r.bool("max_exclusive"),
+    default: r.hparamOrNull("default"),
+    doc: r.str("doc"),
+  };
+}
+
+const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
+  hello: (r) => {
+    const abi = r.array("abi");
+    const major = uintValue(abi[0]);
+    const minor = uintValue(abi[1]);
+    if (abi.length !== 2 || major === undefined || minor === undefined) r.fail("abi", "[major, minor]");
+    return {
+      server: r.str("server"),
+      version: r.str("version"),
+      protocol: r.uint("protocol"),
+      abi: [major!, minor!],
+      max_message: r.uint("max_message"),
+    };
+  },
+  plugins: (r) => ({
+    plugins: r.list("plugins", (p) => {
+      const info: PluginInfo = {
+        id: p.str("id"),
+        kind: p.oneOf("kind", ["optimizer", "scheduler"] as const),
+        version: p.str("version"),
+        description: p.str("description"),
+        hparams: p.list("hparams", hparamDecl),
+      };
+      if (p.present("slots")) {
+        info.slots = p.list("slots", (s) => ({
+          key: s.str("key"),
+          dtype: s.oneOf("dtype", ["param", "f32", "f64"] as const),
+          shape: s.oneOf("shape", ["param", "scalar"] as const),
+          enabled_by: s.optStr("enabled_by"),
+          doc: s.str("doc"),
+        }));
+      }
+      if (p.present("dtypes")) {
+        info.dtypes = p.array("dtypes").map((d): Dtype => (d === "f32" || d === "f64" ? d : p.fail("dtypes", "a list of f32/f64")));
+      }
+      return info;
+    }),
+  }),
+  open: (r) => ({ session: r.str("session"), token: r.str("token"), lr: r.float("lr") }),
+  attach: (r) => sessionInfo(r),
+  info: (r) => sessionInfo(r),
+  hparams: hparamsResult,
+  set_hparams: hparamsResult,
+  close: () => ({}),
+  sessions: (r) => ({
+    sessions: r.list("sessions", (s) => ({
+      session: s.str("session"),
+      optimizer: s.str("optimizer"),
+      scheduler: s.optStr("scheduler"),
+      params: s.uint("params"),
+      steps: s.uint("steps"),
+    })),
+  }),
+  register: (r) => ({ registered: r.uint("registered") }),
+  step: (r) => {
+    const out: StepResult = { steps: r.uint("steps"), lr: r.float("lr"), next_lr: r.float("next_lr"), duplicate: r.bool("duplicate") };
+    if (r.present("params")) out.params = r.tensors("params");
+    return out;
+  },
+  pull: (r) => ({ params: r.tensors("params") }),
+  state: (r) => {
+    const m = r.map("state");
+    const state: Record<string, Record<string, Tensor>> = {};
+    for (const [name, slots] of Object.entries(m)) {
+      if (!isMap(slots)) throw new ProtocolError(`state: 'state.${name}' is not a map`);
+      state[name] = new Reader(slots, `state: '${name}'`).tensorsOf();
+    }
+    return { state };
+  },
+  export: (r) => ({ snapshot: r.bin("snapshot") }),
+  import: (r) => ({ session: r.str("session"), token: r.str("token"), steps: r.uint("steps") }),
+};
+
+function sessionInfo(r: Reader): SessionInfo {
+  const info: SessionInfo = {
+    session: r.str("session"),
+    durability: r.oneOf("durability", ["always", "interval", "none"] as const),
+    optimizer: r.str("optimizer"),
+    optimizer_version: r.str("optimizer_version"),
+    scheduler: r.optStr("scheduler"),
+    ...hparamsResult(r),
+    steps: r.uint("steps"),
+    params: r.list("params", (p) => ({
+      name: p.str("name"),
+      dtype: p.oneOf("dtype", ["f32", "f64"] as const),
+      shape: p.array("shape").map((d) => {
+        const x = uintValue(d);
+        return x ?? p.fail("shape", "an array of unsigned integers");
+      }),
+      steps: p.uint("steps"),
+    })),
+  };
+  if (r.present("client_seq")) info.client_seq = r.uint("client_seq");
+  return info;
+}
+
+/**
+ * Decodes a reply to request `requestId` of op `op` and returns its result.
+ * Throws {@link ServerError} for an error reply and {@link ProtocolError}
+ * for anything that is not a valid reply (never anything else).
+ */
+export function parseReply<O extends Op>(op: O, message: Uint8Array, requestId: number | bigint): Results[O] {
+  let value: unknown;
+  try {
+    value = decoder.decode(message);
+  } catch (err) {
+    throw new ProtocolError(`the reply is not one msgpack value: ${(err as Error).message}`, { cause: err });
+  }
+  if (!isMap(value)) throw new ProtocolError("the reply is not a map");
+  const r = new Reader(value, op);
+  const v = intValue(has(value, "v") ? value["v"] : undefined);
+  if (v !== BigInt(PROTOCOL_VERSION)) throw new ProtocolError(`the reply's protocol version is ${String(value["v"])}, not 1`);
+  const ok = r.bool("ok");
+  const id = intValue(has(value, "id") ? value["id"] : undefined);
+  if (id === undefined || id < 0n) throw new ProtocolError("the reply has no unsigned 'id'");
+  // An error about an undecodable request carries id 0 (protocol.md §2).
+  if (id !== BigInt(requestId) && !(!ok && id === 0n)) {
+    throw new ProtocolError(`the reply's id is ${id}, the request's ${requestId}`);
+  }
+  if (!ok) {
+    const code = intValue(has(value, "code") ? value["code"] : undefined);
+    if (code === undefined || code < 0n || code > 0x7fffffffn) throw new ProtocolError("an error reply without an integer 'code'");
+    throw new ServerError(Number(code), r.str("error"), r.str("message"), id);
+  }
+  if (!(op in parsers)) throw new TypeError(`unknown op ${op}`);
+  return parsers[op](r);
+}

@@ -1,0 +1,786 @@
+//! Requests and replies as bytes, with no socket involved: `request::*`
+//! builds the msgpack of a request, `reply::*` checks and decodes the msgpack
+//! of a reply. The [`Client`](crate::Client) is these two around a transport;
+//! the conformance test calls them directly.
+
+use std::collections::BTreeMap;
+use std::io::IoSlice;
+
+use rmp::encode as enc;
+use rmpv::Value;
+
+use crate::error::{Error, Result};
+use crate::tensor::{byte_len, Dtype, Tensor, TensorRef};
+use crate::types::*;
+
+/// The protocol version this client speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+// Tensor data below this size is copied into the message head: one more
+// iovec per tensor costs more than copying a few hundred bytes.
+const INLINE_MAX: usize = 512;
+
+/// An encoded request: msgpack bytes, except that large tensor data is
+/// borrowed from the caller and spliced in where it belongs, so sending it
+/// copies nothing.
+#[derive(Debug)]
+pub struct Message<'a> {
+    head: Vec<u8>,
+    // (offset in head, bytes): the borrowed bytes follow head[..offset].
+    chunks: Vec<(usize, &'a [u8])>,
+}
+
+impl<'a> Message<'a> {
+    fn new() -> Message<'a> {
+        Message { head: Vec::with_capacity(256), chunks: Vec::new() }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.chunks.iter().map(|(_, c)| c.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole message as one buffer (copies).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        for s in self.slices() {
+            out.extend_from_slice(&s);
+        }
+        out
+    }
+
+    /// The message as consecutive slices, for a vectored write.
+    pub fn slices(&self) -> Vec<IoSlice<'_>> {
+        let mut out = Vec::with_capacity(2 * self.chunks.len() + 1);
+        let mut at = 0;
+        for &(off, chunk) in &self.chunks {
+            if off > at {
+                out.push(IoSlice::new(&self.head[at..off]));
+            }
+            if !chunk.is_empty() {
+                out.push(IoSlice::new(chunk));
+            }
+            at = off;
+        }
+        if at < self.head.len() {
+            out.push(IoSlice::new(&self.head[at..]));
+        }
+        out
+    }
+
+    fn map(&mut self, len: usize) -> Result<()> {
+        let len = u32::try_from(len).map_err(|_| Error::invalid("map too large"))?;
+        enc::write_map_len(&mut self.head, len).expect("Vec write");
+        Ok(())
+    }
+
+    fn array(&mut self, len: usize) -> Result<()> {
+        let len = u32::try_from(len).map_err(|_| Error::invalid("array too large"))?;
+        enc::write_array_len(&mut self.head, len).expect("Vec write");
+        Ok(())
+    }
+
+    fn str(&mut self, s: &str) -> Result<()> {
+        if u32::try_from(s.len()).is_err() {
+            return Err(Error::invalid("string too long"));
+        }
+        enc::write_str(&mut self.head, s).expect("Vec write");
+        Ok(())
+    }
+
+    fn uint(&mut self, v: u64) {
+        enc::write_uint(&mut self.head, v).expect("Vec write");
+    }
+
+    fn bool(&mut self, v: bool) {
+        enc::write_bool(&mut self.head, v).expect("Vec write");
+    }
+
+    fn bin(&mut self, data: &'a [u8]) -> Result<()> {
+        let len = u32::try_from(data.len()).map_err(|_| Error::invalid("binary over 4 GiB"))?;
+        enc::write_bin_len(&mut self.head, len).expect("Vec write");
+        if data.len() <= INLINE_MAX {
+            self.head.extend_from_slice(data);
+        } else {
+            self.chunks.push((self.head.len(), data));
+        }
+        Ok(())
+    }
+
+    fn hvalue(&mut self, v: &HValue) {
+        match *v {
+            HValue::Bool(b) => self.bool(b),
+            HValue::Int(i) => {
+                enc::write_sint(&mut self.head, i).expect("Vec write");
+            }
+            HValue::Float(f) => enc::write_f64(&mut self.head, f).expect("Vec write"),
+        }
+    }
+
+    fn hparams(&mut self, h: &Hparams) -> Result<()> {
+        self.map(h.len())?;
+        for (k, v) in h {
+            self.str(k)?;
+            self.hvalue(v);
+        }
+        Ok(())
+    }
+
+    fn tensor(&mut self, t: &TensorRef<'a>) -> Result<()> {
+        self.map(3)?;
+        self.str("dtype")?;
+        self.str(t.dtype().as_str())?;
+        self.str("shape")?;
+        self.array(t.shape().len())?;
+        for &d in t.shape() {
+            self.uint(d);
+        }
+        self.str("data")?;
+        match t.borrowed_bytes() {
+            Some(b) => self.bin(b),
+            None => {
+                // Only on big-endian hosts: the bytes were converted and
+                // live in the TensorRef, not the caller's slice.
+                let len = u32::try_from(t.bytes().len()).map_err(|_| Error::invalid("binary over 4 GiB"))?;
+                enc::write_bin_len(&mut self.head, len).expect("Vec write");
+                self.head.extend_from_slice(t.bytes());
+                Ok(())
+            }
+        }
+    }
+
+    fn tensors(&mut self, ts: &[(&str, TensorRef<'a>)]) -> Result<()> {
+        self.map(ts.len())?;
+        for (name, t) in ts {
+            self.str(name)?;
+            self.tensor(t)?;
+        }
+        Ok(())
+    }
+
+    fn names(&mut self, names: &[&str]) -> Result<()> {
+        self.array(names.len())?;
+        for n in names {
+            self.str(n)?;
+        }
+        Ok(())
+    }
+
+    /// The envelope and, for session ops, session and token; `extra` is the
+    /// number of op-specific keys that follow.
+    fn envelope(&mut self, id: u64, op: &str, session: Option<&Session>, extra: usize) -> Result<()> {
+        self.map(3 + extra + if session.is_some() { 2 } else { 0 })?;
+        self.str("v")?;
+        self.uint(PROTOCOL_VERSION);
+        self.str("id")?;
+        self.uint(id);
+        self.str("op")?;
+        self.str(op)?;
+        if let Some(s) = session {
+            self.str("session")?;
+            self.str(&s.name)?;
+            self.str("token")?;
+            self.str(&s.token)?;
+        }
+        Ok(())
+    }
+}
+
+/// Request builders, one per op. `id` is the envelope's request id, echoed
+/// by the reply.
+pub mod request {
+    use super::*;
+
+    pub fn hello(id: u64, client: Option<&str>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "hello", None, client.is_some() as usize)?;
+        if let Some(c) = client {
+            m.str("client")?;
+            m.str(c)?;
+        }
+        Ok(m)
+    }
+
+    pub fn plugins(id: u64) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "plugins", None, 0)?;
+        Ok(m)
+    }
+
+    pub fn sessions(id: u64) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "sessions", None, 0)?;
+        Ok(m)
+    }
+
+    pub fn open(id: u64, session: &str, optimizer: &str, o: &OpenOptions) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        let extra = 2
+            + o.hparams.is_some() as usize
+            + o.scheduler.is_some() as usize
+            + o.sched_hparams.is_some() as usize
+            + o.durability.is_some() as usize;
+        m.envelope(id, "open", None, extra)?;
+        m.str("session")?;
+        m.str(session)?;
+        m.str("optimizer")?;
+        m.str(optimizer)?;
+        if let Some(h) = &o.hparams {
+            m.str("hparams")?;
+            m.hparams(h)?;
+        }
+        if let Some(s) = &o.scheduler {
+            m.str("scheduler")?;
+            m.str(s)?;
+        }
+        if let Some(h) = &o.sched_hparams {
+            m.str("sched_hparams")?;
+            m.hparams(h)?;
+        }
+        if let Some(d) = o.durability {
+            m.str("durability")?;
+            m.str(d.as_str())?;
+        }
+        Ok(m)
+    }
+
+    fn session_only(id: u64, op: &str, s: &Session) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, op, Some(s), 0)?;
+        Ok(m)
+    }
+
+    pub fn attach(id: u64, s: &Session) -> Result<Message<'static>> {
+        session_only(id, "attach", s)
+    }
+
+    pub fn info(id: u64, s: &Session, client: Option<&str>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "info", Some(s), client.is_some() as usize)?;
+        if let Some(c) = client {
+            m.str("client")?;
+            m.str(c)?;
+        }
+        Ok(m)
+    }
+
+    pub fn hparams(id: u64, s: &Session) -> Result<Message<'static>> {
+        session_only(id, "hparams", s)
+    }
+
+    pub fn set_hparams(id: u64, s: &Session, h: &Hparams) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "set_hparams", Some(s), 1)?;
+        m.str("hparams")?;
+        m.hparams(h)?;
+        Ok(m)
+    }
+
+    pub fn close(id: u64, s: &Session) -> Result<Message<'static>> {
+        session_only(id, "close", s)
+    }
+
+    pub fn export(id: u64, s: &Session) -> Result<Message<'static>> {
+        session_only(id, "export", s)
+    }
+
+    pub fn register<'a>(id: u64, s: &Session, params: &[(&str, TensorRef<'a>)]) -> Result<Message<'a>> {
+        let mut m = Message::new();
+        m.envelope(id, "register", Some(s), 1)?;
+        m.str("params")?;
+        m.tensors(params)?;
+        Ok(m)
+    }
+
+    pub fn step<'a>(id: u64, s: &Session, grads: &[(&str, TensorRef<'a>)], o: &StepOptions) -> Result<Message<'a>> {
+        if let Some(seq) = o.seq {
+            if seq > 1u64 << 53 {
+                return Err(Error::invalid("seq above 2^53"));
+            }
+        }
+        if o.client.as_ref().is_some_and(|c| c.len() > 64) {
+            return Err(Error::invalid("client id longer than 64 bytes"));
+        }
+        let mut m = Message::new();
+        let extra = 1 + o.return_params.is_some() as usize + o.seq.is_some() as usize + o.client.is_some() as usize;
+        m.envelope(id, "step", Some(s), extra)?;
+        m.str("grads")?;
+        m.tensors(grads)?;
+        if let Some(r) = o.return_params {
+            m.str("return")?;
+            m.bool(r);
+        }
+        if let Some(seq) = o.seq {
+            m.str("seq")?;
+            m.uint(seq);
+        }
+        if let Some(c) = &o.client {
+            m.str("client")?;
+            m.str(c)?;
+        }
+        Ok(m)
+    }
+
+    fn names_op(id: u64, op: &str, s: &Session, names: Option<&[&str]>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, op, Some(s), names.is_some() as usize)?;
+        if let Some(n) = names {
+            m.str("names")?;
+            m.names(n)?;
+        }
+        Ok(m)
+    }
+
+    pub fn pull(id: u64, s: &Session, names: Option<&[&str]>) -> Result<Message<'static>> {
+        names_op(id, "pull", s, names)
+    }
+
+    pub fn state(id: u64, s: &Session, names: Option<&[&str]>) -> Result<Message<'static>> {
+        names_op(id, "state", s, names)
+    }
+
+    pub fn import<'a>(id: u64, snapshot: &'a [u8], o: &ImportOptions) -> Result<Message<'a>> {
+        let mut m = Message::new();
+        let extra = 1 + o.session.is_some() as usize + o.durability.is_some() as usize;
+        m.envelope(id, "import", None, extra)?;
+        m.str("snapshot")?;
+        m.bin(snapshot)?;
+        if let Some(name) = &o.session {
+            m.str("session")?;
+            m.str(name)?;
+        }
+        if let Some(d) = o.durability {
+            m.str("durability")?;
+            m.str(d.as_str())?;
+        }
+        Ok(m)
+    }
+}
+
+/// A decoded map with string keys, taken apart key by key; `ctx` names
+/// where it sits in the reply, for error messages.
+struct Fields {
+    map: BTreeMap<String, Value>,
+    ctx: String,
+}
+
+fn bad(ctx: &str, what: &str) -> Error {
+    Error::protocol(format!("{ctx}: {what}"))
+}
+
+impl Fields {
+    fn from_value(v: Value, ctx: &str) -> Result<Fields> {
+        let pairs = match v {
+            Value::Map(p) => p,
+            _ => return Err(bad(ctx, "not a map")),
+        };
+        let mut map = BTreeMap::new();
+        for (k, v) in pairs {
+            let k = match k {
+                Value::String(s) => s.into_str().ok_or_else(|| bad(ctx, "key is not UTF-8"))?,
+                _ => return Err(bad(ctx, "a key is not a string")),
+            };
+            if map.contains_key(&k) {
+                return Err(bad(ctx, &format!("key {k:?} given twice")));
+            }
+            map.insert(k, v);
+        }
+        Ok(Fields { map, ctx: ctx.to_owned() })
+    }
+
+    fn path(&self, key: &str) -> String {
+        format!("{}.{}", self.ctx, key)
+    }
+
+    fn opt(&mut self, key: &str) -> Option<(Value, String)> {
+        let p = self.path(key);
+        self.map.remove(key).map(|v| (v, p))
+    }
+
+    fn req(&mut self, key: &str) -> Result<(Value, String)> {
+        self.opt(key).ok_or_else(|| bad(&self.ctx, &format!("missing key {key:?}")))
+    }
+
+    fn str(&mut self, key: &str) -> Result<String> {
+        let (v, p) = self.req(key)?;
+        as_str(v, &p)
+    }
+
+    fn opt_str_or_nil(&mut self, key: &str) -> Result<Option<String>> {
+        let (v, p) = self.req(key)?;
+        match v {
+            Value::Nil => Ok(None),
+            v => as_str(v, &p).map(Some),
+        }
+    }
+
+    fn uint(&mut self, key: &str) -> Result<u64> {
+        let (v, p) = self.req(key)?;
+        as_uint(&v, &p)
+    }
+
+    fn float(&mut self, key: &str) -> Result<f64> {
+        let (v, p) = self.req(key)?;
+        as_float(&v, &p)
+    }
+
+    fn bool(&mut self, key: &str) -> Result<bool> {
+        let (v, p) = self.req(key)?;
+        match v {
+            Value::Boolean(b) => Ok(b),
+            _ => Err(bad(&p, "not a bool")),
+        }
+    }
+
+    fn array(&mut self, key: &str) -> Result<(Vec<Value>, String)> {
+        let (v, p) = self.req(key)?;
+        match v {
+            Value::Array(a) => Ok((a, p)),
+            _ => Err(bad(&p, "not an array")),
+        }
+    }
+
+    fn fields(&mut self, key: &str) -> Result<Fields> {
+        let (v, p) = self.req(key)?;
+        Fields::from_value(v, &p)
+    }
+
+    fn hparams(&mut self, key: &str) -> Result<Hparams> {
+        let f = self.fields(key)?;
+        let mut out = Hparams::new();
+        for (k, v) in f.map {
+            let p = format!("{}.{}", f.ctx, k);
+            out.insert(k, as_hvalue(&v, &p)?);
+        }
+        Ok(out)
+    }
+
+    fn tensors(&mut self, key: &str) -> Result<BTreeMap<String, Tensor>> {
+        let f = self.fields(key)?;
+        tensor_map(f)
+    }
+}
+
+fn as_str(v: Value, p: &str) -> Result<String> {
+    match v {
+        Value::String(s) => s.into_str().ok_or_else(|| bad(p, "not UTF-8")),
+        _ => Err(bad(p, "not a string")),
+    }
+}
+
+fn as_uint(v: &Value, p: &str) -> Result<u64> {
+    match v {
+        Value::Integer(i) => i.as_u64().ok_or_else(|| bad(p, "negative")),
+        _ => Err(bad(p, "not an unsigned integer")),
+    }
+}
+
+// The protocol lets an integer stand where a float is expected.
+fn as_float(v: &Value, p: &str) -> Result<f64> {
+    match v {
+        Value::F64(f) => Ok(*f),
+        Value::F32(f) => Ok(*f as f64),
+        Value::Integer(i) => i.as_f64().ok_or_else(|| bad(p, "not a number")),
+        _ => Err(bad(p, "not a number")),
+    }
+}
+
+fn as_hvalue(v: &Value, p: &str) -> Result<HValue> {
+    match v {
+        Value::Boolean(b) => Ok(HValue::Bool(*b)),
+        Value::Integer(i) => i.as_i64().map(HValue::Int).ok_or_else(|| bad(p, "integer out of range")),
+        Value::F64(f) => Ok(HValue::Float(*f)),
+        Value::F32(f) => Ok(HValue::Float(*f as f64)),
+        _ => Err(bad(p, "not a bool, integer or float")),
+    }
+}
+
+fn as_shape(v: Value, p: &str) -> Result<Vec<u64>> {
+    match v {
+        Value::Array(a) => a.iter().map(|d| as_uint(d, p)).collect(),
+        _ => Err(bad(p, "not an array")),
+    }
+}
+
+fn as_tensor(v: Value, p: &str) -> Result<Tensor> {
+    let mut f = Fields::from_value(v, p)?;
+    let dtype = f.str("dtype")?;
+    let dtype = Dtype::parse(&dtype).ok_or_else(|| bad(p, &format!("unknown dtype {dtype:?}")))?;
+    let (shape, sp) = f.req("shape")?;
+    let shape = as_shape(shape, &sp)?;
+    let (data, dp) = f.req("data")?;
+    let data = match data {
+        Value::Binary(b) => b,
+        _ => return Err(bad(&dp, "not binary")),
+    };
+    let want = byte_len(dtype, &shape).ok_or_else(|| bad(p, "shape too large"))?;
+    if data.len() != want {
+        return Err(bad(
+            p,
+            &format!("{} data bytes for {} shape {:?} ({} expected)", data.len(), dtype.as_str(), shape, want),
+        ));
+    }
+    Tensor::from_bytes(dtype, shape, data).map_err(|e| bad(p, &e.to_string()))
+}
+
+fn tensor_map(f: Fields) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in f.map {
+        let p = format!("{}.{}", f.ctx, k);
+        out.insert(k, as_tensor(v, &p)?);
+    }
+    Ok(out)
+}
+
+/// Reply parsers, one per op. Each takes the reply bytes and the id of the
+/// request they answer, checks the envelope (one msgpack map and nothing
+/// after it, `v` = 1, the same `id`, `ok`), turns an error reply into
+/// [`Error::Server`], and checks every result key's presence and type.
+pub mod reply {
+    use super::*;
+
+    /// The envelope: on success, the remaining (result) keys.
+    fn envelope(bytes: &[u8], id: u64) -> Result<Fields> {
+        let mut rd = bytes;
+        let v = rmpv::decode::read_value(&mut rd).map_err(|e| Error::protocol(format!("reply is not msgpack: {e}")))?;
+        if !rd.is_empty() {
+            return Err(Error::protocol(format!("{} bytes after the reply's msgpack value", rd.len())));
+        }
+        let mut f = Fields::from_value(v, "reply")?;
+        let version = f.uint("v")?;
+        if version != PROTOCOL_VERSION {
+            return Err(Error::protocol(format!("reply has protocol version {version}")));
+        }
+        let got = f.uint("id")?;
+        if got != id {
+            return Err(Error::protocol(format!("reply id {got} answers no request of ours (sent {id})")));
+        }
+        if f.bool("ok")? {
+            return Ok(f);
+        }
+        let (code, p) = f.req("code")?;
+        let code = match code {
+            Value::Integer(i) => i.as_i64().ok_or_else(|| bad(&p, "out of range"))?,
+            _ => return Err(bad(&p, "not an integer")),
+        };
+        let name = f.str("error")?;
+        let message = f.str("message")?;
+        Err(Error::Server { code, name, message })
+    }
+
+    /// For ops whose reply has no keys of its own (`close`); also checks any
+    /// other reply's envelope alone.
+    pub fn empty(bytes: &[u8], id: u64) -> Result<()> {
+        envelope(bytes, id).map(|_| ())
+    }
+
+    pub fn hello(bytes: &[u8], id: u64) -> Result<Hello> {
+        let mut f = envelope(bytes, id)?;
+        let (abi, p) = f.array("abi")?;
+        if abi.len() != 2 {
+            return Err(bad(&p, "not [major, minor]"));
+        }
+        Ok(Hello {
+            server: f.str("server")?,
+            version: f.str("version")?,
+            protocol: f.uint("protocol")?,
+            abi: (as_uint(&abi[0], &p)?, as_uint(&abi[1], &p)?),
+            max_message: f.uint("max_message")?,
+        })
+    }
+
+    fn hparam_decl(v: Value, p: &str) -> Result<HparamDecl> {
+        let mut f = Fields::from_value(v, p)?;
+        let (default, dp) = f.req("default")?;
+        Ok(HparamDecl {
+            key: f.str("key")?,
+            kind: f.str("type")?,
+            required: f.bool("required")?,
+            mutable: f.bool("mutable")?,
+            min: f.float("min")?,
+            max: f.float("max")?,
+            min_exclusive: f.bool("min_exclusive")?,
+            max_exclusive: f.bool("max_exclusive")?,
+            default: match default {
+                Value::Nil => None,
+                v => Some(as_hvalue(&v, &dp)?),
+            },
+            doc: f.str("doc")?,
+        })
+    }
+
+    fn slot_decl(v: Value, p: &str) -> Result<SlotDecl> {
+        let mut f = Fields::from_value(v, p)?;
+        Ok(SlotDecl {
+            key: f.str("key")?,
+            dtype: f.str("dtype")?,
+            shape: f.str("shape")?,
+            enabled_by: f.opt_str_or_nil("enabled_by")?,
+            doc: f.str("doc")?,
+        })
+    }
+
+    fn plugin(v: Value, p: &str) -> Result<PluginInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        let (hp, hpp) = f.array("hparams")?;
+        let hparams = hp
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| hparam_decl(v, &format!("{hpp}[{i}]")))
+            .collect::<Result<_>>()?;
+        let slots = match f.opt("slots") {
+            None => None,
+            Some((Value::Array(a), sp)) => Some(
+                a.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| slot_decl(v, &format!("{sp}[{i}]")))
+                    .collect::<Result<_>>()?,
+            ),
+            Some((_, sp)) => return Err(bad(&sp, "not an array")),
+        };
+        let dtypes = match f.opt("dtypes") {
+            None => None,
+            Some((Value::Array(a), dp)) => Some(a.into_iter().map(|v| as_str(v, &dp)).collect::<Result<_>>()?),
+            Some((_, dp)) => return Err(bad(&dp, "not an array")),
+        };
+        Ok(PluginInfo {
+            id: f.str("id")?,
+            kind: f.str("kind")?,
+            version: f.str("version")?,
+            description: f.str("description")?,
+            hparams,
+            slots,
+            dtypes,
+        })
+    }
+
+    pub fn plugins(bytes: &[u8], id: u64) -> Result<Vec<PluginInfo>> {
+        let mut f = envelope(bytes, id)?;
+        let (a, p) = f.array("plugins")?;
+        a.into_iter().enumerate().map(|(i, v)| plugin(v, &format!("{p}[{i}]"))).collect()
+    }
+
+    pub fn open(bytes: &[u8], id: u64) -> Result<Opened> {
+        let mut f = envelope(bytes, id)?;
+        Ok(Opened { session: Session { name: f.str("session")?, token: f.str("token")? }, lr: f.float("lr")? })
+    }
+
+    fn param_info(v: Value, p: &str) -> Result<ParamInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        let name = f.str("name")?;
+        let dtype = f.str("dtype")?;
+        let dtype = Dtype::parse(&dtype).ok_or_else(|| bad(p, &format!("unknown dtype {dtype:?}")))?;
+        let (shape, sp) = f.req("shape")?;
+        Ok(ParamInfo { name, dtype, shape: as_shape(shape, &sp)?, steps: f.uint("steps")? })
+    }
+
+    /// `info` and `attach`.
+    pub fn info(bytes: &[u8], id: u64) -> Result<SessionInfo> {
+        let mut f = envelope(bytes, id)?;
+        let client_seq = match f.opt("client_seq") {
+            None => None,
+            Some((v, p)) => Some(as_uint(&v, &p)?),
+        };
+        let durability = f.str("durability")?;
+        let durability = Durability::parse(&durability)
+            .ok_or_else(|| Error::protocol(format!("reply.durability: unknown value {durability:?}")))?;
+        let (params, pp) = f.array("params")?;
+        Ok(SessionInfo {
+            client_seq,
+            session: f.str("session")?,
+            durability,
+            optimizer: f.str("optimizer")?,
+            optimizer_version: f.str("optimizer_version")?,
+            scheduler: f.opt_str_or_nil("scheduler")?,
+            hparams: f.hparams("hparams")?,
+            sched_hparams: f.hparams("sched_hparams")?,
+            base_lr: f.float("base_lr")?,
+            lr: f.float("lr")?,
+            steps: f.uint("steps")?,
+            params: params
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| param_info(v, &format!("{pp}[{i}]")))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// `hparams` and `set_hparams`.
+    pub fn hparams(bytes: &[u8], id: u64) -> Result<HparamsInfo> {
+        let mut f = envelope(bytes, id)?;
+        Ok(HparamsInfo {
+            hparams: f.hparams("hparams")?,
+            sched_hparams: f.hparams("sched_hparams")?,
+            base_lr: f.float("base_lr")?,
+            lr: f.float("lr")?,
+        })
+    }
+
+    pub fn sessions(bytes: &[u8], id: u64) -> Result<Vec<SessionSummary>> {
+        let mut f = envelope(bytes, id)?;
+        let (a, p) = f.array("sessions")?;
+        a.into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut s = Fields::from_value(v, &format!("{p}[{i}]"))?;
+                Ok(SessionSummary {
+                    session: s.str("session")?,
+                    optimizer: s.str("optimizer")?,
+                    scheduler: s.opt_str_or_nil("scheduler")?,
+                    params: s.uint("params")?,
+                    steps: s.uint("steps")?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn register(bytes: &[u8], id: u64) -> Result<u64> {
+        envelope(bytes, id)?.uint("registered")
+    }
+
+    pub fn step(bytes: &[u8], id: u64) -> Result<StepResult> {
+        let mut f = envelope(bytes, id)?;
+        let params = match f.opt("params") {
+            None => None,
+            Some((v, p)) => Some(tensor_map(Fields::from_value(v, &p)?)?),
+        };
+        Ok(StepResult {
+            steps: f.uint("steps")?,
+            lr: f.float("lr")?,
+            next_lr: f.float("next_lr")?,
+            duplicate: f.bool("duplicate")?,
+            params,
+        })
+    }
+
+    pub fn pull(bytes: &[u8], id: u64) -> Result<BTreeMap<String, Tensor>> {
+        envelope(bytes, id)?.tensors("params")
+    }
+
+    pub fn state(bytes: &[u8], id: u64) -> Result<StateMap> {
+        let f = envelope(bytes, id)?.fields("state")?;
+        let mut out = StateMap::new();
+        for (k, v) in f.map {
+            let p = format!("{}.{}", f.ctx, k);
+            out.insert(k, tensor_map(Fields::from_value(v, &p)?)?);
+        }
+        Ok(out)
+    }
+
+    pub fn export(bytes: &[u8], id: u64) -> Result<Vec<u8>> {
+        let (v, p) = envelope(bytes, id)?.req("snapshot")?;
+        match v {
+            Value::Binary(b) => Ok(b),
+            _ => Err(bad(&p, "not binary")),
+        }
+    }
+
+    pub fn import(bytes: &[u8], id: u64) -> Result<Imported> {
+        let mut f = envelope(bytes, id)?;
+        Ok(Imported { session: Session { name: f.str("session")?, token: f.str("token")? }, steps: f.uint("steps")? })
+    }
+}

@@ -1,0 +1,119 @@
+//! Test support: a real optimd on a free loopback port, and the environment
+//! CTest provides.
+#![allow(dead_code)]
+
+pub mod json;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// An environment variable CTest sets (tests/CMakeLists.txt,
+/// OPTIMD_TEST_ENV). Missing means the test was not started by CTest; that
+/// fails the test rather than skipping it, so a broken setup cannot pass.
+pub fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set. These tests run the real daemon: run them with \
+             `ctest -R rust_client` from a build tree, or export OPTIMD_BIN, OPTIMD_PLUGIN_DIR \
+             and OPTIMD_SOURCE_DIR yourself"
+        ),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A scratch directory unique to this process and call.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("optimd-rs-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// `$OPTIMD_BIN --listen tcp://127.0.0.1:0 ...`; `url` is the address it
+/// bound. `stop` sends SIGTERM and asserts a clean exit.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Daemon {
+        let dir = scratch_dir("daemon");
+        let ready = dir.join("ready");
+        let log = fs::File::create(dir.join("optimd.log")).expect("log file");
+        let child = Command::new(env("OPTIMD_BIN"))
+            .args(["--listen", "tcp://127.0.0.1:0", "--plugin-dir", &env("OPTIMD_PLUGIN_DIR")])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn $OPTIMD_BIN");
+        let mut d = Daemon { child: Some(child), dir, url: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(s) = fs::read_to_string(&ready) {
+                let url = s.lines().next().unwrap_or("").trim().to_owned();
+                if !url.is_empty() {
+                    d.url = url;
+                    return d;
+                }
+            }
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("optimd exited during start-up ({status}):\n{}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("optimd not ready after 60 s:\n{}", d.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("optimd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait, and assert exit status 0 (sanitizer builds report
+    /// leaks and errors through it).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "optimd exited with {status}; its log:\n{}", self.log());
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A test that panicked before stop(): do not leave the daemon behind.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The client against the real daemon ($OPTIMD_BIN), one daemon per test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::Daemon;
+use optimd::*;
+
+fn client(d: &Daemon) -> Client {
+    Client::connect_timeout(&d.url, Duration::from_secs(60)).expect("connect")
+}
+
+fn server_code(r: Result<impl std::fmt::Debug>) -> ErrorCode {
+    match r {
+        Err(e @ Error::Server { .. }) => e.code().expect("a known code"),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[test]
+fn scenario_open_register_step_pull_bad_token_close() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+
+    let h = c.hello(Some("rust-test")).unwrap();
+    assert_eq!(h.server, "optimd");
+    assert_eq!(h.protocol, 1);
+    assert!(h.max_message > 0);
+
+    let opened = c.open("e2e", "adamw", &OpenOptions::new().hparam("lr", 0.01)).unwrap();
+    assert_eq!(opened.session.name, "e2e");
+    assert_eq!(opened.session.token.len(), 32);
+    assert_eq!(opened.lr, 0.01);
+    let s = opened.session;
+
+    let w = [1.0f32, -2.0, 3.0, 0.5, -0.25, 4.0];
+    let b = [0.5f64, -0.5];
+    let n = c
+        .register(&s, &[("w", TensorRef::f32(&[2, 3], &w).unwrap()), ("b", TensorRef::f64(&[2], &b).unwrap())])
+        .unwrap();
+    assert_eq!(n, 2);
+
+    let gw = [0.1f32, 0.2, -0.3, 0.4, -0.5, 0.6];
+    let r = c.step(&s, &[("w", TensorRef::f32(&[2, 3], &gw).unwrap())], &StepOptions::new()).unwrap();
+    assert_eq!(r.steps, 1);
+    assert!(!r.duplicate);
+    assert_eq!(r.lr, 0.01);
+    let params = r.params.expect("params returned by default");
+    assert_eq!(params.len(), 1, "only the stepped parameter comes back");
+    let new_w = params["w"].to_f32().unwrap();
+    assert_eq!(params["w"].shape(), &[2, 3]);
+    // Adam's first step moves each element by about lr against its
+    // gradient's sign (plus the decoupled decay).
+    for i in 0..6 {
+        let moved = new_w[i] - w[i];
+        assert!(moved * gw[i] < 0.0, "element {i} moved {moved} with gradient {}", gw[i]);
+    }
+
+    let pulled = c.pull(&s, None).unwrap();
+    assert_eq!(pulled.len(), 2);
+    assert_eq!(pulled["w"], params["w"]);
+    assert_eq!(pulled["b"].to_f64().unwrap(), b, "b took no step");
+    let only_b = c.pull(&s, Some(&["b"])).unwrap();
+    assert_eq!(only_b.keys().collect::<Vec<_>>(), ["b"]);
+
+    let forged = Session::new("e2e", "0".repeat(32));
+    let e = c.pull(&forged, None).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadToken), "{e}");
+    match &e {
+        Error::Server { code, name, .. } => {
+            assert_eq!(*code, 21);
+            assert_eq!(name, "BAD_TOKEN");
+        }
+        _ => unreachable!(),
+    }
+    // A refused request leaves the connection usable.
+    assert_eq!(c.pull(&s, Some(&[])).unwrap().len(), 0);
+
+    c.close_session(&s).unwrap();
+    assert_eq!(server_code(c.info(&s, None)), ErrorCode::UnknownSession);
+    drop(c);
+    d.stop();
+}
+
+/// torch.optim.AdamW (1.13) in float64, written from the paper's update:
+/// decay, moments, bias corrections.
+struct AdamW64 {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    wd: f64,
+    t: i32,
+    m: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl AdamW64 {
+    fn step(&mut self, p: &mut [f64], g: &[f64]) {
+        self.t += 1;
+        let bc1 = 1.0 - self.b1.powi(self.t);
+        let bc2 = 1.0 - self.b2.powi(self.t);
+        for i in 0..p.len() {
+            p[i] *= 1.0 - self.lr * self.wd;
+            self.m[i] = self.b1 * self.m[i] + (1.0 - self.b1) * g[i];
+            self.v[i] = self.b2 * self.v[i] + (1.0 - self.b2) * g[i] * g[i];
+            let denom = self.v[i].sqrt() / bc2.sqrt() + self.eps;
+            p[i] -= self.lr / bc1 * self.m[i] / denom;
+        }
+    }
+}
+
+fn ulp32(x: f64) -> f64 {
+    let f = x.abs() as f32;
+    (f32::from_bits(f.to_bits() + 1) - f) as f64
+}
+
+#[test]
+fn adamw_matches_an_independent_float64_computation() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let (lr, b1, b2, eps, wd) = (0.05, 0.8, 0.95, 1e-6, 0.1);
+    let opts = OpenOptions::new()
+        .hparam("lr", lr)
+        .hparam("beta1", b1)
+        .hparam("beta2", b2)
+        .hparam("eps", eps)
+        .hparam("weight_decay", wd);
+    let s = c.open("adamw64", "adamw", &opts).unwrap().session;
+
+    let w0: Vec<f32> = vec![1.5, -0.75, 0.3, 2.0, -1.25, 0.05, 0.9, -3.0];
+    c.register(&s, &[("w", TensorRef::vec_f32(&w0))]).unwrap();
+    let mut reference = AdamW64 { lr, b1, b2, eps, wd, t: 0, m: vec![0.0; 8], v: vec![0.0; 8] };
+    let mut p64: Vec<f64> = w0.iter().map(|&x| x as f64).collect();
+    let mut w = w0.clone();
+    let mut worst = 0.0f64;
+    for k in 0..6 {
+        // Gradients of varied size and sign, different every step.
+        let g: Vec<f32> = (0..8).map(|i| ((i as f32 + 1.0) * 0.37 + k as f32 * 0.91).sin() * (1.0 + i as f32)).collect();
+        let r = c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new()).unwrap();
+        assert_eq!(r.steps, k + 1);
+        w = r.params.unwrap()["w"].to_f32().unwrap();
+        let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+        let before = p64.clone();
+        reference.step(&mut p64, &g64);
+        for i in 0..8 {
+            // float32 rounds relative to the operands: where the update
+            // nearly cancels the parameter, the result's own ulp is far finer
+            // than the error the operands carry.
+            let scale = before[i].abs().max(p64[i].abs());
+            let err = (w[i] as f64 - p64[i]).abs() / ulp32(scale);
+            worst = worst.max(err);
+            assert!(err <= 4.0, "step {} element {i}: daemon {} vs float64 {} ({err:.2} ulp)", k + 1, w[i], p64[i]);
+        }
+    }
+    // The parameters did move: a daemon that ignored steps would fail above,
+    // but make the point explicit.
+    assert!(w.iter().zip(&w0).all(|(a, b)| a != b));
+    eprintln!("adamw vs float64: worst error {worst:.2} float32 ulp over 6 steps");
+
+    // state: the moments the daemon holds are the reference's, in f32.
+    let st = c.state(&s, Some(&["w"])).unwrap();
+    let m = st["w"]["exp_avg"].to_f32().unwrap();
+    let v = st["w"]["exp_avg_sq"].to_f32().unwrap();
+    for i in 0..8 {
+        assert!(((m[i] as f64) - reference.m[i]).abs() <= 8.0 * ulp32(reference.m[i]), "exp_avg[{i}]");
+        assert!(((v[i] as f64) - reference.v[i]).abs() <= 8.0 * ulp32(reference.v[i]), "exp_avg_sq[{i}]");
+    }
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn every_other_op() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+
+    let plugins = c.plugins().unwrap();
+    let adamw = plugins.iter().find(|p| p.id == "adamw").expect("adamw loaded");
+    assert_eq!(adamw.kind, "optimizer");
+    let lr_decl = adamw.hparams.iter().find(|h| h.key == "lr").expect("lr declared");
+    assert_eq!(lr_decl.kind, "float");
+    assert!(lr_decl.mutable);
+    assert_eq!(lr_decl.default, Some(HValue::Float(1e-3)));
+    assert!(adamw.dtypes.as_ref().unwrap().iter().any(|d| d == "f32"));
+    assert!(adamw.slots.as_ref().unwrap().iter().any(|s| s.key == "exp_avg"));
+    let step_sched = plugins.iter().find(|p| p.id == "step").expect("step scheduler loaded");
+    assert_eq!(step_sched.kind, "scheduler");
+    assert!(step_sched.slots.is_none() && step_sched.dtypes.is_none());
+    let step_size = step_sched.hparams.iter().find(|h| h.key == "step_size").unwrap();
+    assert!(step_size.required && step_size.default.is_none());
+
+    // open with every optional key.
+    let opts = OpenOptions::new()
+        .hparam("lr", 0.5)
+        .hparam("momentum", 0.9)
+        .scheduler("step")
+        .sched_hparam("step_size", 2)
+        .sched_hparam("gamma", 0.5)
+        .durability(Durability::Always);
+    let s = c.open("ops", "sgd", &opts).unwrap().session;
+    c.register(&s, &[("x", TensorRef::vec_f64(&[1.0, 2.0]))]).unwrap();
+
+    let info = c.attach(&s).unwrap();
+    assert_eq!(info.session, "ops");
+    assert_eq!(info.durability, Durability::Always);
+    assert_eq!(info.optimizer, "sgd");
+    assert_eq!(info.scheduler.as_deref(), Some("step"));
+    assert_eq!(info.hparams["momentum"], HValue::Float(0.9));
+    assert_eq!(info.sched_hparams["step_size"], HValue::Int(2));
+    assert_eq!(info.base_lr, 0.5);
+    assert_eq!(info.client_seq, None);
+    assert_eq!(info.params, vec![ParamInfo { name: "x".into(), dtype: Dtype::F64, shape: vec![2], steps: 0 }]);
+    assert_eq!(server_code(c.attach(&Session::new("ops", "f".repeat(32)))), ErrorCode::BadToken);
+
+    // The schedule: lr 0.5, 0.5, then 0.25 from step 3 on.
+    let g = [1.0f64, 1.0];
+    let mut lrs = Vec::new();
+    for _ in 0..3 {
+        let r = c.step(&s, &[("x", TensorRef::vec_f64(&g))], &StepOptions::new().return_params(false)).unwrap();
+        assert!(r.params.is_none(), "return: false leaves params out");
+        lrs.push(r.lr);
+    }
+    assert_eq!(lrs, [0.5, 0.5, 0.25]);
+
+    let hp = c.hparams(&s).unwrap();
+    assert_eq!(hp.lr, 0.25);
+    assert_eq!(hp.base_lr, 0.5);
+    let mut change = Hparams::new();
+    change.insert("momentum".into(), HValue::Float(0.0));
+    let hp = c.set_hparams(&s, &change).unwrap();
+    assert_eq!(hp.hparams["momentum"], HValue::Float(0.0));
+    change.insert("nesterov".into(), HValue::Bool(true));
+    let e = c.set_hparams(&s, &change).unwrap_err();
+    assert!(matches!(e.code(), Some(ErrorCode::NotMutable | ErrorCode::BadHparam)), "{e}");
+
+    let sessions = c.sessions().unwrap();
+    let mine = sessions.iter().find(|x| x.session == "ops").expect("listed");
+    assert_eq!((mine.optimizer.as_str(), mine.scheduler.as_deref(), mine.params, mine.steps), ("sgd", Some("step"), 1, 3));
+
+    let st = c.state(&s, None).unwrap();
+    assert_eq!(st["x"]["momentum_buffer"].shape(), &[2]);
+
+    let info = c.info(&s, Some("nobody")).unwrap();
+    assert_eq!(info.client_seq, Some(0));
+    assert_eq!(info.steps, 3);
+    assert_eq!(info.params[0].steps, 3);
+
+    // Refusals carry their codes.
+    assert_eq!(server_code(c.open("ops", "sgd", &OpenOptions::new().hparam("lr", 0.1))), ErrorCode::SessionExists);
+    assert_eq!(server_code(c.open("other", "nosuch", &OpenOptions::new())), ErrorCode::UnknownPlugin);
+    assert_eq!(server_code(c.open("other", "step", &OpenOptions::new())), ErrorCode::WrongKind);
+    assert_eq!(
+        server_code(c.open("other", "sgd", &OpenOptions::new().hparam("lr", 0.1).hparam("nope", 1.0))),
+        ErrorCode::UnknownHparam
+    );
+    assert_eq!(server_code(c.open("other", "sgd", &OpenOptions::new().hparam("lr", -1.0))), ErrorCode::BadHparam);
+    assert_eq!(server_code(c.register(&s, &[("x", TensorRef::vec_f64(&g))])), ErrorCode::ParamExists);
+    assert_eq!(server_code(c.step(&s, &[("x", TensorRef::vec_f64(&[1.0]))], &StepOptions::new())), ErrorCode::BadTensor);
+    assert_eq!(
+        server_code(c.step(&s, &[("x", TensorRef::vec_f64(&[f64::NAN, 0.0]))], &StepOptions::new())),
+        ErrorCode::Nonfinite
+    );
+    assert_eq!(server_code(c.pull(&s, Some(&["nope"]))), ErrorCode::UnknownParam);
+
+    c.close_session(&s).unwrap();
+    assert!(c.sessions().unwrap().iter().all(|x| x.session != "ops"));
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn sequenced_step_retry_is_a_duplicate() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let s = c.open("seq", "adam", &OpenOptions::new().hparam("lr", 0.1)).unwrap().session;
+    c.register(&s, &[("w", TensorRef::vec_f32(&[1.0, 2.0, 3.0]))]).unwrap();
+    let g = [0.5f32, -0.5, 1.0];
+    let opts = StepOptions::new().seq("worker-0", 7);
+    let first = c.step(&s, &[("w", TensorRef::vec_f32(&g))], &opts).unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.steps, 1);
+
+    // The retry of a step whose reply was lost: the same seq again, on a
+    // fresh connection as a client that timed out would make.
+    c.disconnect();
+    let again = c.step(&s, &[("w", TensorRef::vec_f32(&g))], &opts).unwrap();
+    assert!(again.duplicate, "a repeated seq must not be applied twice");
+    assert_eq!(again.steps, first.steps);
+    assert_eq!(again.lr, first.lr);
+    assert_eq!(again.params, first.params, "the duplicate reply carries the current values");
+    assert_eq!(c.info(&s, None).unwrap().steps, 1);
+    assert_eq!(c.info(&s, Some("worker-0")).unwrap().client_seq, Some(7));
+
+    // A higher seq is applied; another client's numbering is its own.
+    assert!(!c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new().seq("worker-0", 9)).unwrap().duplicate);
+    assert!(!c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new().seq("worker-1", 1)).unwrap().duplicate);
+    assert_eq!(c.info(&s, None).unwrap().steps, 3);
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn export_import_roundtrip() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let s = c.open("src", "adamw", &OpenOptions::new().hparam("lr", 0.02)).unwrap().session;
+    let w: Vec<f32> = (0..100).map(|i| i as f32 * 0.01).collect();
+    c.register(&s, &[("w", TensorRef::vec_f32(&w))]).unwrap();
+    let g = vec![0.3f32; 100];
+    for seq in 1..=3 {
+        c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new().seq("a", seq)).unwrap();
+    }
+    let snap = c.export(&s).unwrap();
+    assert!(snap.len() > 800, "a snapshot holds at least w and its two moments");
+
+    let imp = c.import(&snap, &ImportOptions { session: Some("dst".into()), durability: Some(Durability::None) }).unwrap();
+    assert_eq!(imp.session.name, "dst");
+    assert_eq!(imp.steps, 3);
+    assert_ne!(imp.session.token, s.token, "import gives a new token");
+    let t = imp.session;
+    assert_eq!(c.pull(&t, None).unwrap(), c.pull(&s, None).unwrap());
+    assert_eq!(c.state(&t, None).unwrap(), c.state(&s, None).unwrap());
+    let info = c.info(&t, Some("a")).unwrap();
+    assert_eq!(info.client_seq, Some(3), "sequence numbers travel with the snapshot");
+    assert_eq!(info.durability, Durability::None);
+    assert_eq!(info.hparams["lr"], HValue::Float(0.02));
+    assert_eq!(server_code(c.pull(&Session::new("dst", s.token.clone()), None)), ErrorCode::BadToken);
+
+    // Both go on identically.
+    let a = c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new()).unwrap();
+    let b = c.step(&t, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new()).unwrap();
+    assert_eq!(a.params, b.params);
+
+    assert_eq!(server_code(c.import(&snap, &ImportOptions::default())), ErrorCode::SessionExists);
+    assert_eq!(server_code(c.import(b"not a snapshot", &ImportOptions { session: Some("x".into()), durability: None })), ErrorCode::BadRequest);
+    drop(c);
+    d.stop();
+}
+
+#[test]
+fn large_tensors_and_the_ipc_transport() {
+    let sock = common::scratch_dir("ipc").join("optimd.sock");
+    let ipc_url = format!("ipc://{}", sock.display());
+    let d = Daemon::start_with(&["--listen", &ipc_url]);
+    let mut c = Client::connect_timeout(&ipc_url, Duration::from_secs(60)).expect("ipc connect");
+    assert_eq!(c.hello(None).unwrap().server, "optimd");
+    let s = c.open("big", "sgd", &OpenOptions::new().hparam("lr", 0.5)).unwrap().session;
+    // 3 MiB each way: several reads and a vectored write of borrowed data.
+    let n = 3 << 18;
+    let w: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    c.register(&s, &[("w", TensorRef::vec_f32(&w))]).unwrap();
+    let g = vec![2.0f32; n];
+    let r = c.step(&s, &[("w", TensorRef::vec_f32(&g))], &StepOptions::new()).unwrap();
+    let got = r.params.unwrap()["w"].to_f32().unwrap();
+    for (i, (&a, &b)) in got.iter().zip(&w).enumerate() {
+        assert_eq!(a, b - 1.0, "element {i}");
+    }
+    // The same session over TCP: one daemon, two transports.
+    let mut t = Client::connect(&d.url).unwrap();
+    let pulled = t.pull(&s, None).unwrap();
+    assert_eq!(pulled["w"].to_f32().unwrap(), got);
+    // A reply over the client's limit is refused, not allocated.
+    t.set_max_reply(1 << 20);
+    assert!(matches!(t.pull(&s, None), Err(Error::Protocol(_))));
+    drop((c, t));
+    d.stop();
+}
+
+/// A REP peer that greets correctly and then never answers: the call must
+/// give up at its timeout.
+#[test]
+fn a_call_times_out_and_the_client_recovers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&[0, b'S', b'P', 0, 0, 49, 0, 0]).unwrap();
+        let mut greeting = [0u8; 8];
+        conn.read_exact(&mut greeting).unwrap();
+        let mut sink = Vec::new();
+        let _ = conn.read_to_end(&mut sink); // until the client hangs up
+        greeting
+    });
+    let mut c = Client::connect_timeout(&url, Duration::from_secs(30)).unwrap();
+    let e = c.with_timeout(Duration::from_millis(300)).hello(None).unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert_eq!(c.timeout(), Duration::from_secs(30), "the guard restores the timeout");
+    drop(c);
+    let greeting = server.join().unwrap();
+    assert_eq!(greeting, [0, b'S', b'P', 0, 0, 48, 0, 0], "the client greets as REQ0");
+
+    // A peer that is not REP is refused at connect.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(&[0, b'S', b'P', 0, 0, 48, 0, 0]).unwrap();
+        let mut b = [0u8; 8];
+        let _ = conn.read_exact(&mut b);
+    });
+    assert!(matches!(Client::connect(&url), Err(Error::Protocol(_))));
+    server.join().unwrap();
+
+    assert!(matches!(Client::connect("ws://127.0.0.1:1/x"), Err(Error::Invalid(_))));
+}
