@@ -75,7 +75,9 @@ static int find_key(const optimd_hparam_def *defs, uint32_t n, const char *key, 
 static bool check_optimizer(const char *path, plugin *p)
 {
     const optimd_optimizer *o = p->desc->optimizer;
-    if (!o || o->struct_size < sizeof *o || !o->step) {
+    /* The sizes of ABI 1.0's tables, not today's: a table only grows, and
+     * members past a plugin's struct_size are read as absent. */
+    if (!o || o->struct_size < offsetof(optimd_optimizer, step) + sizeof o->step || !o->step) {
         log_warn("plugin %s: optimizer table missing, too small or without step", path);
         return false;
     }
@@ -174,7 +176,7 @@ static bool load_one(const char *path, plugin *p)
         log_warn("plugin %s: built for ABI %u.%u, this daemon speaks %u.0 to %u.%u", path,
                  d->abi_major, d->abi_minor, OPTIMD_ABI_MAJOR, OPTIMD_ABI_MAJOR, OPTIMD_ABI_MINOR);
         ok = false;
-    } else if (d->struct_size < sizeof *d) {
+    } else if (d->struct_size < offsetof(optimd_plugin_desc, scheduler) + sizeof d->scheduler) {
         log_warn("plugin %s: descriptor struct_size %u < %zu", path, d->struct_size, sizeof *d);
         ok = false;
     } else if (!valid_key(d->id, ".-") || !d->version) {
