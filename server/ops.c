@@ -283,13 +283,8 @@ static int admit_session(request *r, session *s, char name[SESSION_NAME_MAX + 1]
     return 0;
 }
 
-static const plugin *find_plugin(request *r, const char *key, uint32_t kind, bool required)
+static const plugin *lookup_plugin(request *r, const char *id, size_t len, uint32_t kind)
 {
-    const char *id;
-    size_t len;
-    const msgpack_object *v = wire_map_get(r->root, key);
-    if (!required && (!v || v->type == MSGPACK_OBJECT_NIL)) return NULL;
-    if (wire_get_str(r->root, key, true, &id, &len, &r->err)) return NULL;
     const plugin *p = plugin_registry_find(&r->srv->plugins, id, len);
     if (!p)
         fail(&r->err, OPTIMD_E_UNKNOWN_PLUGIN, "no plugin '%.*s' is loaded", (int)(len > 64 ? 64 : len), id);
@@ -298,6 +293,81 @@ static const plugin *find_plugin(request *r, const char *key, uint32_t kind, boo
              p->desc->kind == OPTIMD_KIND_OPTIMIZER ? "n" : "", kind_name(p->desc->kind),
              kind == OPTIMD_KIND_OPTIMIZER ? "n" : "", kind_name(kind));
     return r->err.code ? NULL : p;
+}
+
+static const plugin *find_plugin(request *r, const char *key, uint32_t kind, bool required)
+{
+    const char *id;
+    size_t len;
+    const msgpack_object *v = wire_map_get(r->root, key);
+    if (!required && (!v || v->type == MSGPACK_OBJECT_NIL)) return NULL;
+    if (wire_get_str(r->root, key, true, &id, &len, &r->err)) return NULL;
+    return lookup_plugin(r, id, len, kind);
+}
+
+/* The schedule a map (the request, or one of its groups) gives: its
+ * "scheduler" (absent or nil: none), and for "sequential" / "chained" its
+ * "schedulers" [{scheduler, sched_hparams?}] and "milestones". */
+static int get_schedule(request *r, const msgpack_object *map, const plugin **sched, sched_composite *c)
+{
+    memset(c, 0, sizeof *c);
+    *sched = NULL;
+    const msgpack_object *sv = wire_map_get(map, "scheduler");
+    const msgpack_object *parts = wire_map_get(map, "schedulers");
+    const msgpack_object *milestones = wire_map_get(map, "milestones");
+    const char *id = NULL;
+    size_t len = 0;
+    if (sv && sv->type != MSGPACK_OBJECT_NIL && wire_get_str(map, "scheduler", true, &id, &len, &r->err))
+        return -1;
+    for (int combine = SCHED_SEQUENTIAL; id && combine <= SCHED_CHAINED; combine++)
+        if (strlen(sched_combine_name(combine)) == len && memcmp(sched_combine_name(combine), id, len) == 0)
+            c->combine = combine;
+    if (c->combine == SCHED_ONE) {
+        if (parts || milestones)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST,
+                        "'schedulers' and 'milestones' go with scheduler \"sequential\" or \"chained\"");
+        if (id && !(*sched = lookup_plugin(r, id, len, OPTIMD_KIND_SCHEDULER))) return -1;
+        return 0;
+    }
+    if (wire_map_get(map, "sched_hparams"))
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST,
+                    "a combined schedule takes each scheduler's 'sched_hparams' in 'schedulers'");
+    if (!parts || parts->type != MSGPACK_OBJECT_ARRAY || parts->via.array.size < 2 ||
+        parts->via.array.size > SCHED_MAX_PARTS)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'schedulers' must be an array of 2 to %d maps "
+                    "{scheduler, sched_hparams}", SCHED_MAX_PARTS);
+    c->n_parts = parts->via.array.size;
+    for (uint32_t k = 0; k < c->n_parts; k++) {
+        const msgpack_object *part = &parts->via.array.ptr[k];
+        if (part->type != MSGPACK_OBJECT_MAP)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'schedulers' must be an array of maps");
+        const char *pid;
+        size_t plen;
+        if (wire_get_str(part, "scheduler", true, &pid, &plen, &r->err) ||
+            wire_get_map(part, "sched_hparams", false, &c->part_hparams[k], &r->err) ||
+            !(c->parts[k] = lookup_plugin(r, pid, plen, OPTIMD_KIND_SCHEDULER)))
+            return -1;
+        /* torch combines LR schedulers only; ReduceLROnPlateau is not one. */
+        if (c->parts[k]->n_sched_state)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "scheduler '%s' keeps state and takes metrics; it "
+                        "cannot be part of a combined schedule", c->parts[k]->desc->id);
+    }
+    if (c->combine == SCHED_CHAINED) {
+        if (milestones)
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'milestones' go with \"sequential\" only");
+        return 0;
+    }
+    if (!milestones || milestones->type != MSGPACK_OBJECT_ARRAY || milestones->via.array.size != c->n_parts - 1)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "a sequential schedule of %u schedulers needs %u "
+                    "'milestones'", c->n_parts, c->n_parts - 1);
+    for (uint32_t k = 0; k + 1 < c->n_parts; k++) {
+        const msgpack_object *m = &milestones->via.array.ptr[k];
+        if (m->type != MSGPACK_OBJECT_POSITIVE_INTEGER || m->via.u64 < 1 || m->via.u64 > INT32_MAX ||
+            (k && (int64_t)m->via.u64 <= c->milestones[k - 1]))
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'milestones' must be rising positive integers");
+        c->milestones[k] = (int64_t)m->via.u64;
+    }
+    return 0;
 }
 
 /* The request's optional "open_key": 16 to 64 printable ASCII bytes. */
@@ -372,16 +442,11 @@ static int get_group_specs(request *r, group_spec *specs, uint32_t *n)
         if (gs->name_len == strlen(DEFAULT_GROUP) && memcmp(gs->name, DEFAULT_GROUP, gs->name_len) == 0)
             return fail(&r->err, OPTIMD_E_BAD_REQUEST,
                         "group 'default' is the session's own; give its settings at the top level");
-        const msgpack_object *sv = wire_map_get(g, "scheduler");
-        if (sv) {
+        if (wire_map_get(g, "scheduler")) {
             gs->sched_given = true;
-            if (sv->type != MSGPACK_OBJECT_NIL) {
-                const msgpack_object *saved = r->root;
-                r->root = g;
-                gs->sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
-                r->root = saved;
-                if (!gs->sched) return -1;
-            }
+            if (get_schedule(r, g, &gs->sched, &gs->composite)) return -1;
+        } else if (wire_map_get(g, "schedulers") || wire_map_get(g, "milestones")) {
+            return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'schedulers' and 'milestones' need 'scheduler'");
         }
         (*n)++;
     }
@@ -398,8 +463,9 @@ static int op_open(request *r)
     if (answer_retried_open(r, name, open_key, open_key_len)) return 0;
     const plugin *opt = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
     if (!opt) return -1;
-    const plugin *sched = find_plugin(r, "scheduler", OPTIMD_KIND_SCHEDULER, false);
-    if (r->err.code) return -1;
+    const plugin *sched;
+    sched_composite composite;
+    if (get_schedule(r, r->root, &sched, &composite)) return -1;
     const msgpack_object *hp, *sched_hp;
     int durability = DURABILITY_INTERVAL;
     if (wire_get_map(r->root, "hparams", false, &hp, &r->err) ||
@@ -408,7 +474,7 @@ static int op_open(request *r)
     group_spec specs[SESSION_MAX_GROUPS];
     uint32_t n_specs = 0;
     if (get_group_specs(r, specs, &n_specs)) return -1;
-    session *s = session_create(name, opt, hp, sched, sched_hp, specs, n_specs, &r->err);
+    session *s = session_create(name, opt, hp, sched, sched_hp, &composite, specs, n_specs, &r->err);
     if (!s) return -1;
     s->durability = durability;
     if (open_key) memcpy(s->open_key, open_key, open_key_len);
@@ -440,8 +506,33 @@ static void pack_group_settings(msgpack_packer *pk, const session *s, const para
 
 static void pack_sched_id(msgpack_packer *pk, const param_group *g)
 {
-    if (g->sched) wire_pack_str(pk, g->sched->desc->id);
+    if (g->combine != SCHED_ONE) wire_pack_str(pk, sched_combine_name(g->combine));
+    else if (g->sched) wire_pack_str(pk, g->sched->desc->id);
     else msgpack_pack_nil(pk);
+}
+
+/* A combined schedule's parts: "schedulers" and (sequential) "milestones";
+ * returns how many keys it packed when `pk` is NULL too. */
+static uint32_t pack_composite(msgpack_packer *pk, const param_group *g)
+{
+    if (g->combine == SCHED_ONE) return 0;
+    uint32_t keys = g->combine == SCHED_SEQUENTIAL ? 2 : 1;
+    if (!pk) return keys;
+    wire_pack_str(pk, "schedulers");
+    msgpack_pack_array(pk, g->n_parts);
+    for (uint32_t k = 0; k < g->n_parts; k++) {
+        msgpack_pack_map(pk, 2);
+        wire_pack_str(pk, "scheduler");
+        wire_pack_str(pk, g->parts[k]->desc->id);
+        wire_pack_str(pk, "sched_hparams");
+        hparams_pack(pk, g->parts[k], g->part_hp[k]);
+    }
+    if (g->combine == SCHED_SEQUENTIAL) {
+        wire_pack_str(pk, "milestones");
+        msgpack_pack_array(pk, g->n_parts - 1);
+        for (uint32_t k = 0; k + 1 < g->n_parts; k++) msgpack_pack_int64(pk, g->milestones[k]);
+    }
+    return keys;
 }
 
 /* The default group's settings at the top level (5 keys: hparams,
@@ -455,11 +546,12 @@ static void pack_lrs(msgpack_packer *pk, const session *s)
         const param_group *g = &s->groups[gi];
         uint64_t members = 0;
         for (size_t i = 0; i < s->n_params; i++) members += s->params[i].group == gi;
-        msgpack_pack_map(pk, 7);
+        msgpack_pack_map(pk, 7 + pack_composite(NULL, g));
         wire_pack_str(pk, "name");
         wire_pack_str(pk, g->name);
         wire_pack_str(pk, "scheduler");
         pack_sched_id(pk, g);
+        pack_composite(pk, g);
         pack_group_settings(pk, s, g);
         wire_pack_str(pk, "params");
         msgpack_pack_uint64(pk, members);
@@ -479,7 +571,7 @@ static int op_info(request *r)
     session_lock(s);
     /* A client that keeps its id across restarts resumes its numbering. */
     const client_seq *cs = client ? session_client(s, client, client_len, false) : NULL;
-    msgpack_packer *pk = reply_begin(r, client ? 13 : 12);
+    msgpack_packer *pk = reply_begin(r, (client ? 13 : 12) + pack_composite(NULL, &s->groups[0]));
     if (client) {
         wire_pack_str(pk, "client_seq");
         msgpack_pack_uint64(pk, cs ? cs->seq : 0);
@@ -494,6 +586,7 @@ static int op_info(request *r)
     wire_pack_str(pk, s->opt->desc->version);
     wire_pack_str(pk, "scheduler");
     pack_sched_id(pk, &s->groups[0]);
+    pack_composite(pk, &s->groups[0]);
     pack_lrs(pk, s);
     wire_pack_str(pk, "steps");
     msgpack_pack_uint64(pk, s->steps);

@@ -182,6 +182,10 @@ static bool load_one(const char *path, plugin *p)
     } else if (!valid_key(d->id, ".-") || !d->version) {
         log_warn("plugin %s: id must match [a-z0-9_.-]+ and version must be set", path);
         ok = false;
+    } else if (strcmp(d->id, "sequential") == 0 || strcmp(d->id, "chained") == 0) {
+        /* The names of the daemon's combined schedules (protocol.md, open). */
+        log_warn("plugin %s: id '%s' is reserved", path, d->id);
+        ok = false;
     } else if (d->kind == OPTIMD_KIND_OPTIMIZER) {
         ok = check_optimizer(path, p);
     } else if (d->kind == OPTIMD_KIND_SCHEDULER) {

@@ -20,40 +20,109 @@ static optimd_sched_args sched_args(const param_group *g, int64_t epoch, double 
                                .state = g->sched->n_sched_state ? (double *)g->sched_state : NULL};
 }
 
+/* One scheduler plugin's lr (want_momentum false) or momentum at `epoch`. */
+static int call_sched(const plugin *p, const double *hp, const double *state, int64_t epoch, double base_lr,
+                      double last_lr, bool want_momentum, double *out, request_error *err)
+{
+    optimd_sched_args a = {.struct_size = sizeof a, .n_hparams = p->n_hparams, .hparams = hp,
+                           .epoch = epoch, .base_lr = base_lr, .last_lr = last_lr,
+                           .state = p->n_sched_state ? (double *)state : NULL};
+    *out = NAN;
+    if (want_momentum && !p->sched_momentum) return 0;
+    host_call hc;
+    host_call_begin(&hc, p->desc->id, NULL);
+    optimd_status st = want_momentum ? p->sched_momentum(&hc.table, &a, out)
+                                     : p->desc->scheduler->lr(&hc.table, &a, out);
+    host_call_end(&hc);
+    if (st != OPTIMD_OK || (!want_momentum && !isfinite(*out)))
+        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", p->desc->id,
+                    (long long)epoch,
+                    hc.call.error[0] ? hc.call.error : want_momentum ? "no momentum" : "no finite lr");
+    return 0;
+}
+
+/* Which part of a sequential schedule runs at `epoch`, and at which of its
+ * own epochs: torch's SequentialLR, bisect_right over the milestones; at a
+ * milestone the part restarts with step(0), its closed form at epoch 0. */
+static uint32_t sequential_part(const param_group *g, int64_t epoch, int64_t *part_epoch)
+{
+    uint32_t idx = 0;
+    while (idx < g->n_parts - 1 && g->milestones[idx] <= epoch) idx++;
+    *part_epoch = idx ? epoch - g->milestones[idx - 1] : epoch;
+    return idx;
+}
+
 /* The lr of group `g` at `epoch`, following `last_lr`. */
 static int sched_lr(const session *s, const param_group *g, int64_t epoch, double last_lr, double *out,
                     request_error *err)
 {
+    if (g->combine == SCHED_SEQUENTIAL) {
+        int64_t pe;
+        uint32_t k = sequential_part(g, epoch, &pe);
+        return call_sched(g->parts[k], g->part_hp[k], NULL, pe, g->base_lr, pe == 0 ? g->base_lr : last_lr,
+                          false, out, err);
+    }
+    if (g->combine == SCHED_CHAINED) {
+        /* torch's ChainedScheduler: each part steps from the lr the one
+         * before it left; at epoch 0 (construction) each part starts from
+         * that lr as its base, as a scheduler built on an optimizer whose
+         * lr another one already changed does. */
+        double lr = last_lr;
+        for (uint32_t k = 0; k < g->n_parts; k++)
+            if (call_sched(g->parts[k], g->part_hp[k], NULL, epoch, epoch == 0 ? lr : g->base_lr, lr, false,
+                           &lr, err))
+                return -1;
+        *out = lr;
+        return 0;
+    }
     if (!g->sched) {
         *out = g->hp[s->opt->lr_index];
         return 0;
     }
     optimd_sched_args a = sched_args(g, epoch, last_lr);
-    host_call hc;
-    host_call_begin(&hc, g->sched->desc->id, NULL);
-    double lr = NAN;
-    optimd_status st = g->sched->desc->scheduler->lr(&hc.table, &a, &lr);
-    host_call_end(&hc);
-    if (st != OPTIMD_OK || !isfinite(lr))
-        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", g->sched->desc->id,
-                    (long long)epoch, hc.call.error[0] ? hc.call.error : "no finite lr");
-    *out = lr;
-    return 0;
+    return call_sched(g->sched, g->sched_hp, a.state, epoch, a.base_lr, last_lr, false, out, err);
 }
 
 /* The momentum a cycling scheduler sets at `epoch` (NaN: leave it). */
 static int sched_momentum(const param_group *g, int64_t epoch, double *out, request_error *err)
 {
     *out = NAN;
-    if (!g->sched || !g->sched->sched_momentum) return 0;
-    optimd_sched_args a = sched_args(g, epoch, g->lr);
-    host_call hc;
-    host_call_begin(&hc, g->sched->desc->id, NULL);
-    optimd_status st = g->sched->sched_momentum(&hc.table, &a, out);
-    host_call_end(&hc);
-    if (st != OPTIMD_OK)
-        return fail(err, OPTIMD_E_PLUGIN, "scheduler %s failed at epoch %lld: %s", g->sched->desc->id,
-                    (long long)epoch, hc.call.error[0] ? hc.call.error : "no momentum");
+    if (g->combine == SCHED_SEQUENTIAL) {
+        int64_t pe;
+        uint32_t k = sequential_part(g, epoch, &pe);
+        return call_sched(g->parts[k], g->part_hp[k], NULL, pe, g->base_lr, g->lr, true, out, err);
+    }
+    if (g->combine == SCHED_CHAINED) {
+        /* Each part that cycles momentum writes it in turn; the last wins. */
+        for (uint32_t k = 0; k < g->n_parts; k++) {
+            double m;
+            if (call_sched(g->parts[k], g->part_hp[k], NULL, epoch, g->base_lr, g->lr, true, &m, err)) return -1;
+            if (!isnan(m)) *out = m;
+        }
+        return 0;
+    }
+    if (!g->sched) return 0;
+    return call_sched(g->sched, g->sched_hp, g->sched_state, epoch, g->base_lr, g->lr, true, out, err);
+}
+
+const char *sched_combine_name(int combine)
+{
+    return combine == SCHED_SEQUENTIAL ? "sequential" : combine == SCHED_CHAINED ? "chained" : NULL;
+}
+
+int session_set_composite(param_group *g, int combine, const plugin *const *parts, uint32_t n,
+                          const int64_t *milestones, request_error *err)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        g->part_hp[k] = calloc(parts[k]->n_hparams ? parts[k]->n_hparams : 1, sizeof *g->part_hp[k]);
+        if (!g->part_hp[k]) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+        g->parts[k] = parts[k];
+        g->n_parts = k + 1;
+        hparams_defaults(parts[k], g->part_hp[k]);
+    }
+    if (combine == SCHED_SEQUENTIAL) memcpy(g->milestones, milestones, (n - 1) * sizeof *milestones);
+    g->combine = combine;
+    g->sched = NULL;
     return 0;
 }
 
@@ -116,6 +185,7 @@ static void session_destroy(session *s)
     for (uint32_t i = 0; i < s->n_groups; i++) {
         free(s->groups[i].hp);
         free(s->groups[i].sched_hp);
+        for (uint32_t k = 0; k < s->groups[i].n_parts; k++) free(s->groups[i].part_hp[k]);
     }
     free(s->groups);
     pthread_mutex_destroy(&s->mutex);
@@ -233,12 +303,35 @@ int session_request_group(const session *s, const msgpack_object *req, bool all_
 
 /* The default group's hyperparameters, then each group's: its own keys
  * over the default group's values (torch's defaults + per-group options). */
+/* A combined schedule for `g`: its parts with their hyperparameters over
+ * the defaults. */
+static int apply_composite(param_group *g, const sched_composite *c, request_error *err)
+{
+    if (session_set_composite(g, c->combine, c->parts, c->n_parts, c->milestones, err)) return -1;
+    for (uint32_t k = 0; k < c->n_parts; k++)
+        if (hparams_apply(c->parts[k], c->part_hparams[k], false, g->part_hp[k], NULL, err) ||
+            hparams_validate(c->parts[k], g->part_hp[k], err))
+            return -1;
+    return 0;
+}
+
+/* The default group's combined schedule, hyperparameters included. */
+static int copy_composite(param_group *g, const param_group *from, request_error *err)
+{
+    if (session_set_composite(g, from->combine, from->parts, from->n_parts, from->milestones, err)) return -1;
+    for (uint32_t k = 0; k < from->n_parts; k++)
+        memcpy(g->part_hp[k], from->part_hp[k], from->parts[k]->n_hparams * sizeof *g->part_hp[k]);
+    return 0;
+}
+
 static int configure_groups(session *s, const msgpack_object *hp_map, const msgpack_object *sched_map,
-                            const group_spec *specs, uint32_t n_specs, request_error *err)
+                            const sched_composite *composite, const group_spec *specs, uint32_t n_specs,
+                            request_error *err)
 {
     param_group *g0 = &s->groups[0];
     if (hparams_apply(s->opt, hp_map, false, g0->hp, NULL, err) || hparams_validate(s->opt, g0->hp, err))
         return -1;
+    if (composite && composite->combine != SCHED_ONE && apply_composite(g0, composite, err)) return -1;
     if (g0->sched) {
         if (hparams_apply(g0->sched, sched_map, false, g0->sched_hp, NULL, err) ||
             hparams_validate(g0->sched, g0->sched_hp, err))
@@ -258,6 +351,11 @@ static int configure_groups(session *s, const msgpack_object *hp_map, const msgp
         param_group *g = add_group(s, gs->name, gs->name_len, sched, err);
         if (!g) return -1;
         g0 = &s->groups[0];
+        if (gs->sched_given && gs->composite.combine != SCHED_ONE) {
+            if (apply_composite(g, &gs->composite, err)) return -1;
+        } else if (!gs->sched_given && g0->combine != SCHED_ONE) {
+            if (copy_composite(g, g0, err)) return -1;
+        }
         memcpy(g->hp, g0->hp, s->opt->n_hparams * sizeof *g->hp);
         if (hparams_apply(s->opt, gs->hparams, false, g->hp, NULL, err) || hparams_validate(s->opt, g->hp, err))
             return -1;
@@ -284,11 +382,12 @@ static int configure_groups(session *s, const msgpack_object *hp_map, const msgp
 
 session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
                         const plugin *sched, const msgpack_object *sched_map,
-                        const group_spec *groups, uint32_t n_groups, request_error *err)
+                        const sched_composite *composite, const group_spec *groups, uint32_t n_groups,
+                        request_error *err)
 {
     session *s = session_alloc(name, opt, sched, err);
     if (!s) return NULL;
-    if (configure_groups(s, hp_map, sched_map, groups, n_groups, err)) {
+    if (configure_groups(s, hp_map, sched_map, composite, groups, n_groups, err)) {
         session_destroy(s);
         return NULL;
     }

@@ -46,11 +46,30 @@ typedef struct param {
 
 struct session;
 
+/* How a group's schedule is made: one scheduler plugin (or none), or
+ * several combined as torch's SequentialLR or ChainedScheduler. */
+#define SCHED_MAX_PARTS 8
+typedef enum sched_combine { SCHED_ONE = 0, SCHED_SEQUENTIAL = 1, SCHED_CHAINED = 2 } sched_combine;
+
+/* A combined schedule as open gives it (ops.c finds the plugins). */
+typedef struct sched_composite {
+    int combine;               /* SCHED_SEQUENTIAL or SCHED_CHAINED; SCHED_ONE: not combined */
+    uint32_t n_parts;
+    const plugin *parts[SCHED_MAX_PARTS];
+    const msgpack_object *part_hparams[SCHED_MAX_PARTS];   /* NULL: defaults */
+    int64_t milestones[SCHED_MAX_PARTS - 1];               /* sequential: n_parts - 1, rising */
+} sched_composite;
+
 /* A parameter group (torch's param_groups): its own hyperparameters and
  * scheduler. Group 0 is "default", made from open's top-level keys. */
 typedef struct param_group {
     char name[GROUP_NAME_MAX + 1];
-    const plugin *sched;       /* NULL: constant lr */
+    const plugin *sched;       /* SCHED_ONE: the scheduler, or NULL for a constant lr */
+    int combine;               /* sched_combine */
+    uint32_t n_parts;          /* combined: the schedulers, in order */
+    const plugin *parts[SCHED_MAX_PARTS];
+    double *part_hp[SCHED_MAX_PARTS];
+    int64_t milestones[SCHED_MAX_PARTS - 1];
     double *hp;                /* optimizer hyperparameters; hp[lr] is the lr last set */
     double *sched_hp;
     double sched_state[SCHED_MAX_STATE];   /* the scheduler's n_state values */
@@ -65,9 +84,18 @@ typedef struct group_spec {
     size_t name_len;
     const msgpack_object *hparams;         /* over the default group's; NULL: none */
     bool sched_given;                      /* false: the default group's scheduler */
-    const plugin *sched;                   /* when given; NULL: none */
+    const plugin *sched;                   /* when given; NULL: none (or combined) */
     const msgpack_object *sched_hparams;   /* NULL: defaults, or the default group's */
+    sched_composite composite;             /* when given and combined */
 } group_spec;
+
+/* Names of the combined schedules ("sequential", "chained"); NULL for SCHED_ONE. */
+const char *sched_combine_name(int combine);
+/* Gives group `g` a combined schedule of `parts` with default
+ * hyperparameters (restoring a snapshot; open goes through
+ * session_create). */
+int session_set_composite(param_group *g, int combine, const plugin *const *parts, uint32_t n,
+                          const int64_t *milestones, request_error *err);
 
 /* When a step is durable (docs/protocol.md, open). */
 typedef enum durability {
@@ -132,7 +160,8 @@ typedef struct session {
  * the default group and of `groups` (n_groups more). */
 session *session_create(const char *name, const plugin *opt, const msgpack_object *hp_map,
                         const plugin *sched, const msgpack_object *sched_map,
-                        const group_spec *groups, uint32_t n_groups, request_error *err);
+                        const sched_composite *composite, const group_spec *groups, uint32_t n_groups,
+                        request_error *err);
 /* A session rebuilt from a snapshot: default hyperparameters, no
  * parameters, the default group only; the store fills in the rest. */
 session *session_restore(const char *name, const char *token, const plugin *opt,

@@ -42,8 +42,23 @@ static void write_hparams(FILE *f, const plugin *p, const double *values)
 static void write_group(FILE *f, const session *s, const param_group *g)
 {
     fputs(",\"scheduler\":", f);
-    if (g->sched) json_write_string(f, g->sched->desc->id, strlen(g->sched->desc->id));
+    if (g->combine != SCHED_ONE) fprintf(f, "\"%s\"", sched_combine_name(g->combine));
+    else if (g->sched) json_write_string(f, g->sched->desc->id, strlen(g->sched->desc->id));
     else fputs("null", f);
+    if (g->combine != SCHED_ONE) {
+        fputs(",\"schedulers\":[", f);
+        for (uint32_t k = 0; k < g->n_parts; k++) {
+            fputs(k ? ",{\"scheduler\":" : "{\"scheduler\":", f);
+            json_write_string(f, g->parts[k]->desc->id, strlen(g->parts[k]->desc->id));
+            fputs(",\"sched_hparams\":", f);
+            write_hparams(f, g->parts[k], g->part_hp[k]);
+            fputc('}', f);
+        }
+        fputs("],\"milestones\":[", f);
+        for (uint32_t k = 0; g->combine == SCHED_SEQUENTIAL && k + 1 < g->n_parts; k++)
+            fprintf(f, "%s%lld", k ? "," : "", (long long)g->milestones[k]);
+        fputc(']', f);
+    }
     fputs(",\"hparams\":", f);
     write_hparams(f, s->opt, g->hp);
     fputs(",\"sched_hparams\":", f);
@@ -260,9 +275,54 @@ static int restore_hparams(reader *r, const plugin *p, const json_value *stored,
     return 0;
 }
 
-/* A group's stored settings (the keys write_group wrote) into `g`. */
-static int restore_group(reader *r, const session *s, param_group *g, const json_value *stored)
+/* A scheduler id stored as a string or null ("sequential" and "chained"
+ * leave *out NULL: restore_composite reads them). */
+static int stored_scheduler(reader *r, const plugin_registry *reg, const json_value *v, const plugin **out)
 {
+    *out = NULL;
+    if (!v || v->type == JSON_NULL) return 0;
+    if (v->type != JSON_STRING) return why(r, "a stored scheduler is not a string");
+    if (strcmp(v->string, "sequential") == 0 || strcmp(v->string, "chained") == 0) return 0;
+    *out = plugin_registry_find(reg, v->string, v->string_len);
+    if (!*out || (*out)->desc->kind != OPTIMD_KIND_SCHEDULER)
+        return why(r, "scheduler plugin '%s' is not loaded", v->string);
+    return 0;
+}
+
+/* A combined schedule's parts, as write_group stored them. */
+static int restore_composite(reader *r, const plugin_registry *reg, param_group *g, const json_value *stored)
+{
+    const char *id;
+    if (!json_get_string(stored, "scheduler", &id)) return 0;
+    int combine = strcmp(id, "sequential") == 0 ? SCHED_SEQUENTIAL : strcmp(id, "chained") == 0 ? SCHED_CHAINED
+                                                                                                 : SCHED_ONE;
+    if (combine == SCHED_ONE) return 0;
+    const json_value *parts = json_get(stored, "schedulers"), *ms = json_get(stored, "milestones");
+    if (!parts || parts->type != JSON_ARRAY || parts->count < 2 || parts->count > SCHED_MAX_PARTS || !ms ||
+        ms->type != JSON_ARRAY || ms->count != (combine == SCHED_SEQUENTIAL ? parts->count - 1 : 0))
+        return why(r, "group '%s': a malformed combined schedule", g->name);
+    const plugin *plugins[SCHED_MAX_PARTS];
+    int64_t milestones[SCHED_MAX_PARTS - 1] = {0};
+    for (size_t k = 0; k < parts->count; k++)
+        if (stored_scheduler(r, reg, json_get(&parts->items[k], "scheduler"), &plugins[k]) || !plugins[k])
+            return r->why[0] ? -1 : why(r, "group '%s': part %zu of its schedule is missing", g->name, k);
+    for (size_t k = 0; k < ms->count; k++) {
+        if (ms->items[k].type != JSON_NUMBER) return why(r, "group '%s': a milestone is not a number", g->name);
+        milestones[k] = (int64_t)ms->items[k].number;
+    }
+    request_error err = {0};
+    if (session_set_composite(g, combine, plugins, (uint32_t)parts->count, milestones, &err))
+        return why(r, "%s", err.message);
+    for (size_t k = 0; k < parts->count; k++)
+        if (restore_hparams(r, plugins[k], json_get(&parts->items[k], "sched_hparams"), g->part_hp[k])) return -1;
+    return 0;
+}
+
+/* A group's stored settings (the keys write_group wrote) into `g`. */
+static int restore_group(reader *r, const plugin_registry *reg, const session *s, param_group *g,
+                         const json_value *stored)
+{
+    if (restore_composite(r, reg, g, stored)) return -1;
     double base_lr, lr, observed = 0;
     if (!json_get_number(stored, "base_lr", &base_lr) || !json_get_number(stored, "lr", &lr))
         return why(r, "group '%s' lacks base_lr or lr", g->name);
@@ -290,18 +350,6 @@ static int restore_group(reader *r, const session *s, param_group *g, const json
     } else if (want) {
         return why(r, "group '%s' lacks its scheduler state", g->name);
     }
-    return 0;
-}
-
-/* A scheduler id stored as a string or null. */
-static int stored_scheduler(reader *r, const plugin_registry *reg, const json_value *v, const plugin **out)
-{
-    *out = NULL;
-    if (!v || v->type == JSON_NULL) return 0;
-    if (v->type != JSON_STRING) return why(r, "a stored scheduler is not a string");
-    *out = plugin_registry_find(reg, v->string, v->string_len);
-    if (!*out || (*out)->desc->kind != OPTIMD_KIND_SCHEDULER)
-        return why(r, "scheduler plugin '%s' is not loaded", v->string);
     return 0;
 }
 
@@ -336,7 +384,7 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         why(r, "%s", err.message);
         return NULL;
     }
-    if (restore_group(r, s, &s->groups[0], man)) goto fail_out;
+    if (restore_group(r, reg, s, &s->groups[0], man)) goto fail_out;
     const json_value *groups = json_get(man, "groups");
     for (size_t gi = 0; groups && groups->type == JSON_ARRAY && gi < groups->count; gi++) {
         const json_value *gv = &groups->items[gi];
@@ -351,7 +399,7 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
             why(r, "%s", err.message);
             goto fail_out;
         }
-        if (restore_group(r, s, g, gv)) goto fail_out;
+        if (restore_group(r, reg, s, g, gv)) goto fail_out;
     }
     const char *open_key;
     if (json_get_string(man, "open_key", &open_key) && strlen(open_key) <= SESSION_OPEN_KEY_MAX)
