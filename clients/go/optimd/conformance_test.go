@@ -144,6 +144,7 @@ func buildRequest(c *callArgs) *optimd.Request {
 		return optimd.NewOpenRequest(c.str("session"), c.str("optimizer"), &optimd.OpenOptions{
 			Hparams: c.hparams("hparams"), Scheduler: c.str("scheduler"),
 			SchedHparams: c.hparams("sched_hparams"), Durability: optimd.Durability(c.str("durability")),
+			OpenKey: c.str("open_key"), Groups: c.groups("groups"),
 		})
 	case "attach":
 		return optimd.NewAttachRequest(session())
@@ -152,12 +153,18 @@ func buildRequest(c *callArgs) *optimd.Request {
 	case "hparams":
 		return optimd.NewHparamsRequest(session())
 	case "set_hparams":
+		if _, ok := c.m["group"]; ok {
+			return optimd.NewSetGroupHparamsRequest(session(), c.str("group"), c.hparams("hparams"))
+		}
 		return optimd.NewSetHparamsRequest(session(), c.hparams("hparams"))
 	case "close":
 		return optimd.NewCloseRequest(session())
 	case "export":
 		return optimd.NewExportRequest(session())
 	case "register":
+		if _, ok := c.m["group"]; ok {
+			return optimd.NewRegisterInGroupRequest(session(), c.str("group"), c.tensors("params"))
+		}
 		return optimd.NewRegisterRequest(session(), c.tensors("params"))
 	case "step":
 		ret := true
@@ -166,7 +173,10 @@ func buildRequest(c *callArgs) *optimd.Request {
 		}
 		return optimd.NewStepRequest(session(), c.tensors("grads"), &optimd.StepOptions{
 			NoReturn: !ret, Seq: c.uint("seq"), Client: c.str("client"),
+			ClipValue: c.float("clip_value"), ClipNorm: c.clipNorm("clip_norm"),
 		})
+	case "observe":
+		return optimd.NewObserveRequest(session(), c.float("metric"), c.str("group"))
 	case "pull":
 		return optimd.NewPullRequest(session(), c.strings("names"))
 	case "state":
@@ -224,6 +234,73 @@ func (c *callArgs) boolean(key string) bool {
 		c.t.Fatalf("call key %q: %T", key, v)
 	}
 	return b
+}
+
+func (c *callArgs) float(key string) float64 {
+	v, ok := c.get(key)
+	if !ok {
+		return 0
+	}
+	n, isNum := v.(json.Number)
+	if !isNum {
+		c.t.Fatalf("call key %q: %T", key, v)
+	}
+	f, err := n.Float64()
+	if err != nil {
+		c.t.Fatalf("call key %q: %v", key, err)
+	}
+	return f
+}
+
+// sub reads a nested map of the call with the same bookkeeping: its keys
+// must all be mapped too.
+func (c *callArgs) sub(key string, v any) *callArgs {
+	m, ok := v.(map[string]any)
+	if !ok {
+		c.t.Fatalf("call key %q: %T, not a map", key, v)
+	}
+	return &callArgs{t: c.t, m: m}
+}
+
+func (c *callArgs) groups(key string) []optimd.GroupSpec {
+	v, ok := c.get(key)
+	if !ok {
+		return nil
+	}
+	a, isArr := v.([]any)
+	if !isArr {
+		c.t.Fatalf("call key %q: %T", key, v)
+	}
+	out := make([]optimd.GroupSpec, len(a))
+	for i, e := range a {
+		g := c.sub(fmt.Sprintf("%s[%d]", key, i), e)
+		out[i] = optimd.GroupSpec{Name: g.str("name"), Hparams: g.hparams("hparams"),
+			SchedHparams: g.hparams("sched_hparams")}
+		// The protocol tells an absent scheduler (the default group's)
+		// from a nil one (none).
+		if sv, present := g.m["scheduler"]; present && sv == nil {
+			g.get("scheduler")
+			out[i].NoScheduler = true
+		} else {
+			out[i].Scheduler = g.str("scheduler")
+		}
+		g.done()
+	}
+	return out
+}
+
+func (c *callArgs) clipNorm(key string) *optimd.ClipNorm {
+	v, ok := c.get(key)
+	if !ok {
+		return nil
+	}
+	n := c.sub(key, v)
+	cn := &optimd.ClipNorm{MaxNorm: n.float("max_norm"), NormType: n.float("norm_type")}
+	if _, ok := n.m["per_group"]; ok {
+		cn.PerGroup = n.boolean("per_group")
+	}
+	n.done()
+	return cn
 }
 
 func (c *callArgs) uint(key string) uint64 {
@@ -401,6 +478,7 @@ var replyParsers = map[string]func(id uint64, b []byte) (any, error){
 	"state":       wrapParse(optimd.ParseStateReply),
 	"export":      wrapParse(optimd.ParseExportReply),
 	"import":      wrapParse(optimd.ParseImportReply),
+	"observe":     wrapParse(optimd.ParseObserveReply),
 }
 
 func wrapParse[T any](f func(uint64, []byte) (T, error)) func(uint64, []byte) (any, error) {
@@ -464,8 +542,9 @@ var tensorType = reflect.TypeOf(optimd.Tensor{})
 
 // canonical turns a parsed result into the JSON shapes of the vectors:
 // struct fields under their json tags (embedded structs flattened), nil
-// pointers, slices and maps left out (an absent key), tensors as
-// {dtype, shape, data-hex}, bins as hex, numbers as float64.
+// pointers, slices and maps and omitempty zero values left out (an absent
+// key), tensors as {dtype, shape, data-hex}, bins as hex, numbers as
+// float64.
 func canonical(v reflect.Value) any {
 	switch v.Kind() {
 	case reflect.Interface, reflect.Pointer:
@@ -526,8 +605,13 @@ func canonicalFields(v reflect.Value, out map[string]any) {
 			canonicalFields(fv, out)
 			continue
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if name == "" || name == "-" {
+			continue
+		}
+		// omitempty marks a key older daemons leave out (testdata's
+		// sample predates it).
+		if opts == "omitempty" && fv.IsZero() {
 			continue
 		}
 		switch fv.Kind() {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// Ops on a session's parameters: register, step, pull, state.
+// Ops on a session's parameters: register, step, observe, pull, state.
 
 // RegisterResult is the reply to register.
 type RegisterResult struct {
@@ -13,9 +13,19 @@ type RegisterResult struct {
 }
 
 // NewRegisterRequest builds register: params maps names to initial values.
+// They join DefaultGroup.
 func NewRegisterRequest(s Session, params map[string]Tensor) *Request {
+	return NewRegisterInGroupRequest(s, "", params)
+}
+
+// NewRegisterInGroupRequest builds register for the parameter group named
+// group ("": DefaultGroup).
+func NewRegisterInGroupRequest(s Session, group string, params map[string]Tensor) *Request {
 	r := sessionRequest("register", s)
 	r.Args["params"] = tensorMapToWire(params)
+	if group != "" {
+		r.Args["group"] = group
+	}
 	return r
 }
 
@@ -33,7 +43,13 @@ func ParseRegisterReply(id uint64, b []byte) (*RegisterResult, error) {
 // Register adds parameters to a session and returns how many it added.
 // Their optimizer state is created, zero-filled, on their first step.
 func (c *Client) Register(ctx context.Context, s Session, params map[string]Tensor) (uint64, error) {
-	res, err := call(ctx, c, NewRegisterRequest(s, params), ParseRegisterReply)
+	return c.RegisterInGroup(ctx, s, "", params)
+}
+
+// RegisterInGroup is Register into the parameter group named group ("":
+// DefaultGroup; an unknown group is ErrBadRequest).
+func (c *Client) RegisterInGroup(ctx context.Context, s Session, group string, params map[string]Tensor) (uint64, error) {
+	res, err := call(ctx, c, NewRegisterInGroupRequest(s, group, params), ParseRegisterReply)
 	if err != nil {
 		return 0, err
 	}
@@ -52,15 +68,43 @@ type StepOptions struct {
 	// Client names the numbering Seq belongs to (at most 64 bytes); give
 	// each worker a stable id.
 	Client string
+	// ClipValue > 0 clamps every gradient element to [-ClipValue,
+	// ClipValue] before the update (torch's clip_grad_value_).
+	ClipValue float64
+	// ClipNorm scales the gradients down to a total norm of at most
+	// MaxNorm before the update (torch's clip_grad_norm_); after
+	// ClipValue when both are given.
+	ClipNorm *ClipNorm
+}
+
+// ClipNorm configures norm clipping of a step's gradients.
+type ClipNorm struct {
+	MaxNorm float64 // > 0
+	// NormType is the p of the p-norm, > 0 or math.Inf(1); 0 sends none
+	// (the daemon's default, 2).
+	NormType float64
+	// PerGroup clips each group's gradients separately; the reply then
+	// has GradNorms instead of GradNorm.
+	PerGroup bool
 }
 
 // StepResult is the reply to step.
 type StepResult struct {
-	Steps     uint64            `json:"steps"`     // the session's step count after this step
-	LR        float64           `json:"lr"`        // the lr this step used
-	NextLR    float64           `json:"next_lr"`   // the lr the next step will use
-	Duplicate bool              `json:"duplicate"` // a retry of a step already applied
-	Params    map[string]Tensor `json:"params"`    // new values; nil with NoReturn
+	Steps     uint64  `json:"steps"`     // the session's step count after this step
+	LR        float64 `json:"lr"`        // the lr this step used (default group)
+	NextLR    float64 `json:"next_lr"`   // the lr the next step will use (default group)
+	Duplicate bool    `json:"duplicate"` // a retry of a step already applied
+	// LRs and NextLRs map each group to LR and NextLR's counterparts;
+	// only for an applied step on a session with more than one group.
+	LRs     map[string]float64 `json:"lrs"`
+	NextLRs map[string]float64 `json:"next_lrs"`
+	// GradNorm is the total gradient norm before clipping, with ClipNorm
+	// (not PerGroup) on an applied step; nil otherwise.
+	GradNorm *float64 `json:"grad_norm"`
+	// GradNorms is the same per group (for groups that had gradients),
+	// with ClipNorm.PerGroup.
+	GradNorms map[string]float64 `json:"grad_norms"`
+	Params    map[string]Tensor  `json:"params"` // new values; nil with NoReturn
 }
 
 // NewStepRequest builds step: grads maps parameter names to gradients (any
@@ -80,7 +124,39 @@ func NewStepRequest(s Session, grads map[string]Tensor, opts *StepOptions) *Requ
 	if opts.Client != "" {
 		r.Args["client"] = opts.Client
 	}
+	if opts.ClipValue != 0 {
+		r.Args["clip_value"] = opts.ClipValue
+	}
+	if cn := opts.ClipNorm; cn != nil {
+		m := map[string]any{"max_norm": cn.MaxNorm}
+		if cn.NormType != 0 {
+			m["norm_type"] = cn.NormType
+		}
+		if cn.PerGroup {
+			m["per_group"] = true
+		}
+		r.Args["clip_norm"] = m
+	}
 	return r
+}
+
+// getLRMap reads an optional map from group name to float; absent gives
+// nil.
+func getLRMap(m map[string]any, key string) (map[string]float64, error) {
+	if _, ok := m[key]; !ok {
+		return nil, nil
+	}
+	raw, err := getMap(m, key)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]float64, len(raw))
+	for k, v := range raw {
+		if out[k], err = asFloat(key+"."+k, v); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // ParseStepReply parses the reply to step request id.
@@ -100,6 +176,22 @@ func ParseStepReply(id uint64, b []byte) (*StepResult, error) {
 		if res.Duplicate, err = getBool(m, "duplicate"); err != nil {
 			return nil, err
 		}
+		if res.LRs, err = getLRMap(m, "lrs"); err != nil {
+			return nil, err
+		}
+		if res.NextLRs, err = getLRMap(m, "next_lrs"); err != nil {
+			return nil, err
+		}
+		if _, ok := m["grad_norm"]; ok {
+			n, err := getFloat(m, "grad_norm")
+			if err != nil {
+				return nil, err
+			}
+			res.GradNorm = &n
+		}
+		if res.GradNorms, err = getLRMap(m, "grad_norms"); err != nil {
+			return nil, err
+		}
 		if v, ok := m["params"]; ok {
 			if res.Params, err = tensorMapFromWire(v); err != nil {
 				return nil, fmt.Errorf("key \"params\": %w", err)
@@ -113,6 +205,50 @@ func ParseStepReply(id uint64, b []byte) (*StepResult, error) {
 // nil.
 func (c *Client) Step(ctx context.Context, s Session, grads map[string]Tensor, opts *StepOptions) (*StepResult, error) {
 	return call(ctx, c, NewStepRequest(s, grads, opts), ParseStepReply)
+}
+
+// ObserveResult is the reply to observe.
+type ObserveResult struct {
+	LR  float64            `json:"lr"`  // the next lr of the named group, or of the default group
+	LRs map[string]float64 `json:"lrs"` // every group's next lr
+}
+
+// NewObserveRequest builds observe: metric goes to the schedulers that
+// take one (plateau) of the group named group ("": every such group).
+func NewObserveRequest(s Session, metric float64, group string) *Request {
+	r := sessionRequest("observe", s)
+	r.Args["metric"] = metric
+	if group != "" {
+		r.Args["group"] = group
+	}
+	return r
+}
+
+// ParseObserveReply parses the reply to observe request id.
+func ParseObserveReply(id uint64, b []byte) (*ObserveResult, error) {
+	return parseReply("observe", id, b, func(m map[string]any) (*ObserveResult, error) {
+		var res ObserveResult
+		var err error
+		if res.LR, err = getFloat(m, "lr"); err != nil {
+			return nil, err
+		}
+		if _, err = get(m, "lrs"); err != nil {
+			return nil, err
+		}
+		if res.LRs, err = getLRMap(m, "lrs"); err != nil {
+			return nil, err
+		}
+		return &res, nil
+	})
+}
+
+// Observe reports a metric (e.g. a validation loss; NaN counts as a bad
+// epoch) to the schedulers that take one, as torch's
+// ReduceLROnPlateau.step(metric) does, for the group named group ("":
+// every group whose scheduler takes metrics). It fails with
+// ErrBadRequest when no targeted group has such a scheduler.
+func (c *Client) Observe(ctx context.Context, s Session, metric float64, group string) (*ObserveResult, error) {
+	return call(ctx, c, NewObserveRequest(s, metric, group), ParseObserveReply)
 }
 
 // PullResult is the reply to pull.

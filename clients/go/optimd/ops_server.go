@@ -83,10 +83,22 @@ type HparamDecl struct {
 type SlotDecl struct {
 	Key       string `json:"key"`
 	DType     string `json:"dtype"`      // "param", "f32" or "f64"
-	Shape     string `json:"shape"`      // "param" or "scalar"
+	Shape     string `json:"shape"`      // "param", "scalar", "rows", "cols", or one this client does not know
 	EnabledBy string `json:"enabled_by"` // bool hyperparameter switching it on; "" if always on
 	Doc       string `json:"doc"`
 }
+
+// SlotDecl.Shape values the protocol defines. For a parameter of shape
+// [..., r, c] a "rows" slot has shape [..., r] and a "cols" slot [..., c]
+// (factored statistics, as Adafactor keeps); below 2 dimensions "rows" has
+// the parameter's shape and "cols" is a scalar. Later daemons may add
+// shapes: compare against these rather than rejecting others.
+const (
+	SlotShapeParam  = "param"
+	SlotShapeScalar = "scalar"
+	SlotShapeRows   = "rows"
+	SlotShapeCols   = "cols"
+)
 
 // PluginInfo describes one loaded plugin.
 type PluginInfo struct {

@@ -2,6 +2,8 @@ package optimd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 )
 
@@ -36,12 +38,58 @@ type OpenOptions struct {
 	Scheduler    string // a scheduler plugin id
 	SchedHparams Hparams
 	Durability   Durability
+	// OpenKey (16 to 64 printable ASCII bytes, see NewOpenKey) makes the
+	// open safe to retry: sent again with the same key, an open whose
+	// first attempt created the session answers with that session
+	// (OpenResult.Existing) instead of ErrSessionExists. Keep it secret,
+	// like the token.
+	OpenKey string
+	// Groups are parameter groups besides DefaultGroup, configured by the
+	// fields above (torch's param_groups).
+	Groups []GroupSpec
+}
+
+// DefaultGroup is the group that OpenOptions' own Hparams and Scheduler
+// configure, and that parameters join unless registered elsewhere.
+const DefaultGroup = "default"
+
+// GroupSpec declares one parameter group at open.
+type GroupSpec struct {
+	// Name: 1 to 64 bytes of A-Z a-z 0-9 _ . -, unique, not DefaultGroup.
+	Name string
+	// Hparams are applied over the default group's, so a group names only
+	// what differs.
+	Hparams Hparams
+	// Scheduler "" keeps the default group's scheduler (with its
+	// SchedHparams as the starting point); a plugin id starts from that
+	// plugin's defaults. NoScheduler gives the group none and wins over
+	// Scheduler.
+	Scheduler    string
+	NoScheduler  bool
+	SchedHparams Hparams
+}
+
+// NewOpenKey returns a random open key (32 hex digits) for
+// OpenOptions.OpenKey. Use one key for every attempt of one open.
+func NewOpenKey() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		// crypto/rand does not fail on the platforms Go supports; a
+		// predictable key would let another client claim the session.
+		panic("optimd: crypto/rand: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // OpenResult is the reply to open.
 type OpenResult struct {
 	Session
-	LR float64 `json:"lr"` // the lr the first step will use
+	// LR is the lr the first step will use (for an Existing session, the
+	// next step).
+	LR float64 `json:"lr"`
+	// Existing is true when the session was created by an earlier attempt
+	// of this open (same OpenKey).
+	Existing bool `json:"existing"`
 }
 
 // NewOpenRequest builds open for a new session named name, driven by the
@@ -63,6 +111,28 @@ func NewOpenRequest(name, optimizer string, opts *OpenOptions) *Request {
 		if opts.Durability != "" {
 			r.Args["durability"] = string(opts.Durability)
 		}
+		if opts.OpenKey != "" {
+			r.Args["open_key"] = opts.OpenKey
+		}
+		if opts.Groups != nil {
+			groups := make([]any, len(opts.Groups))
+			for i, g := range opts.Groups {
+				gm := map[string]any{"name": g.Name}
+				if g.Hparams != nil {
+					gm["hparams"] = map[string]any(g.Hparams)
+				}
+				if g.NoScheduler {
+					gm["scheduler"] = nil
+				} else if g.Scheduler != "" {
+					gm["scheduler"] = g.Scheduler
+				}
+				if g.SchedHparams != nil {
+					gm["sched_hparams"] = map[string]any(g.SchedHparams)
+				}
+				groups[i] = gm
+			}
+			r.Args["groups"] = groups
+		}
 	}
 	return r
 }
@@ -77,6 +147,12 @@ func ParseOpenReply(id uint64, b []byte) (*OpenResult, error) {
 		}
 		if res.LR, err = getFloat(m, "lr"); err != nil {
 			return nil, err
+		}
+		// Daemons from before open_key answer without it.
+		if _, ok := m["existing"]; ok {
+			if res.Existing, err = getBool(m, "existing"); err != nil {
+				return nil, err
+			}
 		}
 		return &res, nil
 	})
@@ -102,6 +178,7 @@ func (c *Client) Open(ctx context.Context, name, optimizer string, opts *OpenOpt
 // ParamInfo describes one registered parameter.
 type ParamInfo struct {
 	Name  string   `json:"name"`
+	Group string   `json:"group,omitempty"` // "" from a daemon without groups
 	DType DType    `json:"dtype"`
 	Shape []uint64 `json:"shape"`
 	Steps uint64   `json:"steps"` // steps that updated it
@@ -123,6 +200,66 @@ type SessionInfo struct {
 	LR               float64     `json:"lr"` // the lr the next step will use
 	Steps            uint64      `json:"steps"`
 	Params           []ParamInfo `json:"params"` // in registration order
+	// Groups are every parameter group, DefaultGroup first; the fields
+	// above (Scheduler to LR) are the default group's. nil from a daemon
+	// without groups.
+	Groups []GroupInfo `json:"groups"`
+}
+
+// GroupInfo describes one parameter group.
+type GroupInfo struct {
+	Name         string  `json:"name"`
+	Scheduler    string  `json:"scheduler"` // "" for none
+	Hparams      Hparams `json:"hparams"`
+	SchedHparams Hparams `json:"sched_hparams"`
+	BaseLR       float64 `json:"base_lr"`
+	LR           float64 `json:"lr"`     // the lr the group's next step will use
+	Params       uint64  `json:"params"` // parameters in the group
+}
+
+// Group returns the group named name, or nil.
+func (s *SessionInfo) Group(name string) *GroupInfo { return findGroup(s.Groups, name) }
+
+func findGroup(groups []GroupInfo, name string) *GroupInfo {
+	for i := range groups {
+		if groups[i].Name == name {
+			return &groups[i]
+		}
+	}
+	return nil
+}
+
+// parseGroups reads the groups array of info, hparams and set_hparams
+// replies; absent (a daemon without groups) gives nil.
+func parseGroups(m map[string]any) ([]GroupInfo, error) {
+	if _, ok := m["groups"]; !ok {
+		return nil, nil
+	}
+	raw, err := getArray(m, "groups")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]GroupInfo, len(raw))
+	for i, v := range raw {
+		gm, ok := v.(map[string]any)
+		if !ok {
+			return nil, wrongType(fmt.Sprintf("groups[%d]", i), v, "map")
+		}
+		g := &out[i]
+		if g.Name, err = getString(gm, "name"); err != nil {
+			return nil, fmt.Errorf("groups[%d]: %w", i, err)
+		}
+		if g.Scheduler, err = getOptString(gm, "scheduler"); err != nil {
+			return nil, fmt.Errorf("groups[%d]: %w", i, err)
+		}
+		if err := parseHparamsKeys(gm, &g.Hparams, &g.SchedHparams, &g.BaseLR, &g.LR); err != nil {
+			return nil, fmt.Errorf("groups[%d]: %w", i, err)
+		}
+		if g.Params, err = getUint(gm, "params"); err != nil {
+			return nil, fmt.Errorf("groups[%d]: %w", i, err)
+		}
+	}
+	return out, nil
 }
 
 // NewInfoRequest builds info; with client non-empty the reply carries
@@ -192,6 +329,11 @@ func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
 		if p.Name, err = getString(pm, "name"); err != nil {
 			return nil, err
 		}
+		if _, ok := pm["group"]; ok {
+			if p.Group, err = getString(pm, "group"); err != nil {
+				return nil, err
+			}
+		}
 		dt, err := getString(pm, "dtype")
 		if err != nil {
 			return nil, err
@@ -210,6 +352,9 @@ func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
 		if p.Steps, err = getUint(pm, "steps"); err != nil {
 			return nil, err
 		}
+	}
+	if res.Groups, err = parseGroups(m); err != nil {
+		return nil, err
 	}
 	return &res, nil
 }
@@ -249,24 +394,42 @@ type HparamsResult struct {
 	SchedHparams Hparams `json:"sched_hparams"`
 	BaseLR       float64 `json:"base_lr"` // the lr given at open
 	LR           float64 `json:"lr"`      // the lr the next step will use
+	// Groups as in SessionInfo; the fields above are the default group's.
+	Groups []GroupInfo `json:"groups"`
 }
+
+// Group returns the group named name, or nil.
+func (h *HparamsResult) Group(name string) *GroupInfo { return findGroup(h.Groups, name) }
 
 // NewHparamsRequest builds hparams.
 func NewHparamsRequest(s Session) *Request { return sessionRequest("hparams", s) }
 
-// NewSetHparamsRequest builds set_hparams.
+// NewSetHparamsRequest builds set_hparams for every group.
 func NewSetHparamsRequest(s Session, hp Hparams) *Request {
+	return NewSetGroupHparamsRequest(s, "", hp)
+}
+
+// NewSetGroupHparamsRequest builds set_hparams for the group named group
+// ("": every group, each keeping the keys hp does not name).
+func NewSetGroupHparamsRequest(s Session, group string, hp Hparams) *Request {
 	r := sessionRequest("set_hparams", s)
 	if hp == nil {
 		hp = Hparams{}
 	}
 	r.Args["hparams"] = map[string]any(hp)
+	if group != "" {
+		r.Args["group"] = group
+	}
 	return r
 }
 
 func parseHparamsResult(m map[string]any) (*HparamsResult, error) {
 	var res HparamsResult
 	if err := parseHparamsKeys(m, &res.Hparams, &res.SchedHparams, &res.BaseLR, &res.LR); err != nil {
+		return nil, err
+	}
+	var err error
+	if res.Groups, err = parseGroups(m); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -287,10 +450,16 @@ func (c *Client) Hparams(ctx context.Context, s Session) (*HparamsResult, error)
 	return call(ctx, c, NewHparamsRequest(s), ParseHparamsReply)
 }
 
-// SetHparams changes mutable hyperparameters before the next step; all
-// keys are checked before any changes.
+// SetHparams changes mutable hyperparameters of every group before the
+// next step; all keys are checked before any changes.
 func (c *Client) SetHparams(ctx context.Context, s Session, hp Hparams) (*HparamsResult, error) {
 	return call(ctx, c, NewSetHparamsRequest(s, hp), ParseSetHparamsReply)
+}
+
+// SetGroupHparams is SetHparams for one group (an unknown group is
+// ErrBadRequest).
+func (c *Client) SetGroupHparams(ctx context.Context, s Session, group string, hp Hparams) (*HparamsResult, error) {
+	return call(ctx, c, NewSetGroupHparamsRequest(s, group, hp), ParseSetHparamsReply)
 }
 
 // CloseResult is the reply to close: no keys.

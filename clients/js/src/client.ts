@@ -8,6 +8,7 @@
  * such calls on one session may then reach the daemon in either order;
  * await each `step` before the next when order matters.
  */
+import { randomBytes } from "node:crypto";
 import { TransportError } from "./errors.js";
 import { ReqSocket } from "./sp.js";
 import type { Tensor } from "./tensor.js";
@@ -17,12 +18,16 @@ import {
   type HparamsResult,
   type ImportOptions,
   type ImportResult,
+  type ObserveOptions,
+  type ObserveResult,
   type OpenOptions,
   type OpenResult,
   type Op,
   type PluginInfo,
   type Request,
+  type RegisterOptions,
   type Results,
+  type SetHparamsOptions,
   type SessionInfo,
   type SessionRef,
   type SessionSummary,
@@ -32,6 +37,11 @@ import {
   parseReply,
   requests,
 } from "./wire.js";
+
+/** A fresh random `open_key` (32 hex characters) for one open and its retries. */
+export function newOpenKey(): string {
+  return randomBytes(16).toString("hex");
+}
 
 export interface ClientOptions {
   /** Default limit for one call, connecting included, in ms (default
@@ -154,8 +164,9 @@ export class Client {
     return (await this.call(requests.plugins(), call)).plugins;
   }
 
-  /** Creates a session; the result (`session`, `token`, `lr`) is the
-   * SessionRef every later session call takes. */
+  /** Creates a session; the result (`session`, `token`, `lr`, `existing`)
+   * is the SessionRef every later session call takes. To retry an open whose
+   * reply was lost, send the same `open_key` again. */
   open(session: string, optimizer: string, opts: OpenOptions = {}, call?: CallOptions): Promise<OpenResult> {
     return this.call(requests.open(session, optimizer, opts), call);
   }
@@ -172,8 +183,9 @@ export class Client {
     return this.call(requests.hparams(s), call);
   }
 
-  setHparams(s: SessionRef, hparams: HparamMap, call?: CallOptions): Promise<HparamsResult> {
-    return this.call(requests.setHparams(s, hparams), call);
+  /** Changes mutable hyperparameters of one group (`group`) or of all. */
+  setHparams(s: SessionRef, hparams: HparamMap, opts: SetHparamsOptions = {}, call?: CallOptions): Promise<HparamsResult> {
+    return this.call(requests.setHparams(s, hparams, opts), call);
   }
 
   /** The `close` op: deletes the session and its files. (`close()` closes
@@ -186,13 +198,19 @@ export class Client {
     return (await this.call(requests.sessions(), call)).sessions;
   }
 
-  /** Registers parameters; resolves with how many were registered. */
-  async register(s: SessionRef, params: Record<string, Tensor>, call?: CallOptions): Promise<number> {
-    return (await this.call(requests.register(s, params), call)).registered;
+  /** Registers parameters into a group (default "default"); resolves with
+   * how many were registered. */
+  async register(s: SessionRef, params: Record<string, Tensor>, opts: RegisterOptions = {}, call?: CallOptions): Promise<number> {
+    return (await this.call(requests.register(s, params, opts), call)).registered;
   }
 
   step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}, call?: CallOptions): Promise<StepResult> {
     return this.call(requests.step(s, grads, opts), call);
+  }
+
+  /** Reports a metric to the schedulers that take one (`plateau`). */
+  observe(s: SessionRef, metric: number, opts: ObserveOptions = {}, call?: CallOptions): Promise<ObserveResult> {
+    return this.call(requests.observe(s, metric, opts), call);
   }
 
   async pull(s: SessionRef, names?: readonly string[], call?: CallOptions): Promise<Record<string, Tensor>> {

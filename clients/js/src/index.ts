@@ -1,4 +1,4 @@
-export { Client, type CallOptions, type ClientOptions } from "./client.js";
+export { Client, type CallOptions, type ClientOptions, newOpenKey } from "./client.js";
 export {
   ErrorCode,
   type ErrorName,

@@ -48,10 +48,16 @@ export interface HparamDecl {
   doc: string;
 }
 
+/** A slot's shape rule (protocol.md `plugins`): the parameter's shape, one
+ * element, or a factored statistic over the last two dimensions. Any other
+ * string a newer daemon sends is passed through: clients must accept shapes
+ * they do not know. */
+export type SlotShape = "param" | "scalar" | "rows" | "cols" | (string & {});
+
 export interface SlotDecl {
   key: string;
   dtype: "param" | "f32" | "f64";
-  shape: "param" | "scalar";
+  shape: SlotShape;
   enabled_by: string | null;
   doc: string;
 }
@@ -74,17 +80,37 @@ export interface PluginsResult {
 
 export interface OpenResult extends SessionRef {
   lr: number;
+  /** True when a session made by an earlier open with the same `open_key`
+   * answered (a retried open), false for a new session. */
+  existing: boolean;
+}
+
+/** One parameter group (torch's param_groups entry) as the daemon reports it. */
+export interface GroupInfo {
+  name: string;
+  scheduler: string | null;
+  hparams: HparamMap;
+  sched_hparams: HparamMap;
+  base_lr: number;
+  /** The lr this group's next step will use. */
+  lr: number;
+  /** How many parameters are in the group. */
+  params: number;
 }
 
 export interface HparamsResult {
+  /** The top-level `hparams`, `sched_hparams`, `base_lr` and `lr` are the
+   * default group's; `groups` has every group, "default" first. */
   hparams: HparamMap;
   sched_hparams: HparamMap;
   base_lr: number;
   lr: number;
+  groups: GroupInfo[];
 }
 
 export interface ParamInfo {
   name: string;
+  group: string;
   dtype: Dtype;
   shape: number[];
   steps: number;
@@ -122,11 +148,29 @@ export interface RegisterResult {
 
 export interface StepResult {
   steps: number;
+  /** The default group's lr for this step and the next. */
   lr: number;
   next_lr: number;
   duplicate: boolean;
+  /** Every group's lr for this step and the next: present when the session
+   * has more than one group and the step was applied (not a duplicate). */
+  lrs?: Record<string, number>;
+  next_lrs?: Record<string, number>;
+  /** The total gradient norm before clipping: with `clip_norm` (not
+   * per-group), not on a duplicate. */
+  grad_norm?: number;
+  /** Per group that had gradients: with `clip_norm.per_group`, not on a
+   * duplicate. */
+  grad_norms?: Record<string, number>;
   /** Absent when the step was sent with `return: false`. */
   params?: Record<string, Tensor>;
+}
+
+export interface ObserveResult {
+  /** The next lr of the group named in the request, or of the default group. */
+  lr: number;
+  /** Every group's next lr. */
+  lrs: Record<string, number>;
 }
 
 export interface PullResult {
@@ -158,6 +202,7 @@ export interface Results {
   sessions: SessionsResult;
   register: RegisterResult;
   step: StepResult;
+  observe: ObserveResult;
   pull: PullResult;
   state: StateResult;
   export: ExportResult;
@@ -168,7 +213,7 @@ export type Op = keyof Results;
 
 export const OPS: readonly Op[] = [
   "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
-  "sessions", "register", "step", "pull", "state", "export", "import",
+  "sessions", "register", "step", "observe", "pull", "state", "export", "import",
 ];
 
 // --------------------------------------------------------------- requests
@@ -179,11 +224,39 @@ export interface Request<O extends Op = Op> {
   fields: Record<string, unknown>;
 }
 
+/** A parameter group besides "default" (protocol.md `open`). */
+export interface GroupSpec {
+  /** 1 to 64 bytes of `A-Z a-z 0-9 _ . -`, not "default". */
+  name: string;
+  /** Applied over the default group's hyperparameters: name only what differs. */
+  hparams?: HparamMap;
+  /** Absent: the default group's scheduler (its sched_hparams as the
+   * starting point); null: none; an id: that scheduler with its defaults. */
+  scheduler?: string | null;
+  sched_hparams?: HparamMap;
+}
+
 export interface OpenOptions {
   hparams?: HparamMap;
   scheduler?: string | null;
   sched_hparams?: HparamMap;
   durability?: Durability;
+  /** Groups besides "default", which the keys above configure. */
+  groups?: readonly GroupSpec[];
+  /** 16 to 64 printable ASCII characters, chosen at random per open
+   * ({@link newOpenKey}) and sent with every attempt of it: a retry whose
+   * first attempt created the session answers with it (`existing: true`)
+   * instead of SESSION_EXISTS. A secret, like the token. */
+  open_key?: string;
+}
+
+export interface ClipNorm {
+  /** > 0. */
+  max_norm: number;
+  /** > 0, default 2; `Infinity` for the max norm. */
+  norm_type?: number;
+  /** Clip each group's gradients by their own norm (default false). */
+  per_group?: boolean;
 }
 
 export interface StepOptions {
@@ -193,6 +266,26 @@ export interface StepOptions {
   seq?: number;
   /** Client id for `seq` (at most 64 bytes; default ""). */
   client?: string;
+  /** Clamp every gradient element to [-clip_value, clip_value] (> 0). */
+  clip_value?: number;
+  /** Scale the gradients down to a total norm of at most `max_norm`
+   * (torch's clip_grad_norm_); the reply then has `grad_norm` or `grad_norms`. */
+  clip_norm?: ClipNorm;
+}
+
+export interface RegisterOptions {
+  /** The group the parameters join (default "default"). */
+  group?: string;
+}
+
+export interface SetHparamsOptions {
+  /** Only this group (default: every group, each keeping the keys not given). */
+  group?: string;
+}
+
+export interface ObserveOptions {
+  /** Only this group (default: every group whose scheduler takes a metric). */
+  group?: string;
 }
 
 export interface ImportOptions {
@@ -218,6 +311,39 @@ function hparamMap(m: HparamMap, what: string): HparamMap {
     }
   }
   return m;
+}
+
+function positive(v: unknown, what: string): number {
+  if (typeof v !== "number" || !(v > 0)) throw new RangeError(`${what} must be a number > 0`);
+  return v;
+}
+
+function group(g: GroupSpec, i: number): Record<string, unknown> {
+  const what = `groups[${i}]`;
+  if (typeof g !== "object" || g === null) throw new TypeError(`${what} must be an object`);
+  const out: Record<string, unknown> = { name: str(g.name, `${what}.name`) };
+  if (g.hparams !== undefined) out["hparams"] = hparamMap(g.hparams, `${what}.hparams`);
+  if (g.scheduler !== undefined) out["scheduler"] = g.scheduler === null ? null : str(g.scheduler, `${what}.scheduler`);
+  if (g.sched_hparams !== undefined) out["sched_hparams"] = hparamMap(g.sched_hparams, `${what}.sched_hparams`);
+  return out;
+}
+
+function openKey(k: unknown): string {
+  if (typeof k !== "string" || !/^[\x21-\x7e]{16,64}$/.test(k)) {
+    throw new RangeError("open_key must be 16 to 64 printable ASCII characters (0x21 to 0x7e)");
+  }
+  return k;
+}
+
+function clipNorm(c: ClipNorm): Record<string, unknown> {
+  if (typeof c !== "object" || c === null) throw new TypeError("clip_norm must be an object");
+  const out: Record<string, unknown> = { max_norm: positive(c.max_norm, "clip_norm.max_norm") };
+  if (c.norm_type !== undefined) out["norm_type"] = positive(c.norm_type, "clip_norm.norm_type");
+  if (c.per_group !== undefined) {
+    if (typeof c.per_group !== "boolean") throw new TypeError("clip_norm.per_group must be a boolean");
+    out["per_group"] = c.per_group;
+  }
+  return out;
 }
 
 function tensorMap(m: Record<string, Tensor>, what: string): Record<string, unknown> {
@@ -247,6 +373,11 @@ export const requests = {
     if (opts.scheduler !== undefined) fields["scheduler"] = opts.scheduler === null ? null : str(opts.scheduler, "scheduler");
     if (opts.sched_hparams !== undefined) fields["sched_hparams"] = hparamMap(opts.sched_hparams, "sched_hparams");
     if (opts.durability !== undefined) fields["durability"] = str(opts.durability, "durability");
+    if (opts.groups !== undefined) {
+      if (!Array.isArray(opts.groups)) throw new TypeError("groups must be an array");
+      fields["groups"] = opts.groups.map(group);
+    }
+    if (opts.open_key !== undefined) fields["open_key"] = openKey(opts.open_key);
     return { op: "open", fields };
   },
   attach(s: SessionRef): Request<"attach"> {
@@ -260,8 +391,10 @@ export const requests = {
   hparams(s: SessionRef): Request<"hparams"> {
     return { op: "hparams", fields: ref(s) };
   },
-  setHparams(s: SessionRef, hparams: HparamMap): Request<"set_hparams"> {
-    return { op: "set_hparams", fields: { ...ref(s), hparams: hparamMap(hparams, "hparams") } };
+  setHparams(s: SessionRef, hparams: HparamMap, opts: SetHparamsOptions = {}): Request<"set_hparams"> {
+    const fields: Record<string, unknown> = { ...ref(s), hparams: hparamMap(hparams, "hparams") };
+    if (opts.group !== undefined) fields["group"] = str(opts.group, "group");
+    return { op: "set_hparams", fields };
   },
   close(s: SessionRef): Request<"close"> {
     return { op: "close", fields: ref(s) };
@@ -269,8 +402,10 @@ export const requests = {
   sessions(): Request<"sessions"> {
     return { op: "sessions", fields: {} };
   },
-  register(s: SessionRef, params: Record<string, Tensor>): Request<"register"> {
-    return { op: "register", fields: { ...ref(s), params: tensorMap(params, "params") } };
+  register(s: SessionRef, params: Record<string, Tensor>, opts: RegisterOptions = {}): Request<"register"> {
+    const fields: Record<string, unknown> = { ...ref(s), params: tensorMap(params, "params") };
+    if (opts.group !== undefined) fields["group"] = str(opts.group, "group");
+    return { op: "register", fields };
   },
   step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}): Request<"step"> {
     const fields: Record<string, unknown> = { ...ref(s), grads: tensorMap(grads, "grads") };
@@ -283,7 +418,16 @@ export const requests = {
       fields["seq"] = opts.seq;
     }
     if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
+    if (opts.clip_value !== undefined) fields["clip_value"] = positive(opts.clip_value, "clip_value");
+    if (opts.clip_norm !== undefined) fields["clip_norm"] = clipNorm(opts.clip_norm);
     return { op: "step", fields };
+  },
+  /** `metric` may be NaN (a bad epoch, as torch counts it). */
+  observe(s: SessionRef, metric: number, opts: ObserveOptions = {}): Request<"observe"> {
+    if (typeof metric !== "number") throw new TypeError("metric must be a number");
+    const fields: Record<string, unknown> = { ...ref(s), metric };
+    if (opts.group !== undefined) fields["group"] = str(opts.group, "group");
+    return { op: "observe", fields };
   },
   pull(s: SessionRef, paramNames?: readonly string[]): Request<"pull"> {
     return { op: "pull", fields: { ...ref(s), names: names(paramNames) } };
@@ -387,6 +531,17 @@ class Reader {
     const v = this.get(k);
     return v instanceof Uint8Array ? v : this.fail(k, "bin");
   }
+  /** A map from name to number (a group's lr or grad norm). */
+  floats(k: string): Record<string, number> {
+    const m = this.map(k);
+    const out: Record<string, number> = {};
+    for (const [name, v] of Object.entries(m)) {
+      if (typeof v === "number") out[name] = v;
+      else if (typeof v === "bigint") out[name] = Number(v);
+      else throw new ProtocolError(`${this.what}: '${k}.${name}' is not a number`);
+    }
+    return out;
+  }
   hparams(k: string): HparamMap {
     const m = this.map(k);
     const out: HparamMap = {};
@@ -436,7 +591,21 @@ function intValue(v: unknown): bigint | undefined {
 }
 
 function hparamsResult(r: Reader): HparamsResult {
-  return { hparams: r.hparams("hparams"), sched_hparams: r.hparams("sched_hparams"), base_lr: r.float("base_lr"), lr: r.float("lr") };
+  return {
+    hparams: r.hparams("hparams"),
+    sched_hparams: r.hparams("sched_hparams"),
+    base_lr: r.float("base_lr"),
+    lr: r.float("lr"),
+    groups: r.list("groups", (g) => ({
+      name: g.str("name"),
+      scheduler: g.optStr("scheduler"),
+      hparams: g.hparams("hparams"),
+      sched_hparams: g.hparams("sched_hparams"),
+      base_lr: g.float("base_lr"),
+      lr: g.float("lr"),
+      params: g.uint("params"),
+    })),
+  };
 }
 
 function hparamDecl(r: Reader): HparamDecl {
@@ -481,7 +650,7 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
         info.slots = p.list("slots", (s) => ({
           key: s.str("key"),
           dtype: s.oneOf("dtype", ["param", "f32", "f64"] as const),
-          shape: s.oneOf("shape", ["param", "scalar"] as const),
+          shape: s.str("shape"),
           enabled_by: s.optStr("enabled_by"),
           doc: s.str("doc"),
         }));
@@ -492,7 +661,7 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
       return info;
     }),
   }),
-  open: (r) => ({ session: r.str("session"), token: r.str("token"), lr: r.float("lr") }),
+  open: (r) => ({ session: r.str("session"), token: r.str("token"), lr: r.float("lr"), existing: r.bool("existing") }),
   attach: (r) => sessionInfo(r),
   info: (r) => sessionInfo(r),
   hparams: hparamsResult,
@@ -510,9 +679,14 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   register: (r) => ({ registered: r.uint("registered") }),
   step: (r) => {
     const out: StepResult = { steps: r.uint("steps"), lr: r.float("lr"), next_lr: r.float("next_lr"), duplicate: r.bool("duplicate") };
+    if (r.present("lrs")) out.lrs = r.floats("lrs");
+    if (r.present("next_lrs")) out.next_lrs = r.floats("next_lrs");
+    if (r.present("grad_norm")) out.grad_norm = r.float("grad_norm");
+    if (r.present("grad_norms")) out.grad_norms = r.floats("grad_norms");
     if (r.present("params")) out.params = r.tensors("params");
     return out;
   },
+  observe: (r) => ({ lr: r.float("lr"), lrs: r.floats("lrs") }),
   pull: (r) => ({ params: r.tensors("params") }),
   state: (r) => {
     const m = r.map("state");
@@ -538,6 +712,7 @@ function sessionInfo(r: Reader): SessionInfo {
     steps: r.uint("steps"),
     params: r.list("params", (p) => ({
       name: p.str("name"),
+      group: p.str("group"),
       dtype: p.oneOf("dtype", ["f32", "f64"] as const),
       shape: p.array("shape").map((d) => {
         const x = uintValue(d);

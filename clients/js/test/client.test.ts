@@ -1,7 +1,9 @@
 /**
  * The Client against the real daemon: every op, the end-to-end scenario,
  * AdamW checked against an independent float64 computation, exactly-once
- * retries, export/import, errors, concurrency and the IPC transport.
+ * retries, export/import, errors, concurrency, the IPC transport, and the
+ * protocol's later additions: parameter groups, clipping, observe and
+ * open_key retries.
  */
 import assert from "node:assert/strict";
 import * as path from "node:path";
@@ -16,6 +18,7 @@ import {
   type SessionRef,
   TimeoutError,
   TransportError,
+  newOpenKey,
   tensor,
 } from "../src/index.js";
 import { Daemon, tempDir } from "./support.js";
@@ -99,6 +102,9 @@ test("plugins", async () => {
   const amsgrad = adamw.hparams.find((h) => h.key === "amsgrad")!;
   assert.equal(amsgrad.type, "bool");
   assert.equal(amsgrad.default, false);
+  // Factored slot shapes (adafactor's row and column statistics) come through.
+  const shapes = new Set(plugins.flatMap((p) => p.slots ?? []).map((x) => x.shape));
+  assert.ok(shapes.has("rows") && shapes.has("cols"), `slot shapes: ${[...shapes]}`);
   const step = plugins.find((p) => p.id === "step")!;
   assert.equal(step.kind, "scheduler");
   assert.equal(step.hparams.find((h) => h.key === "step_size")?.required, true);
@@ -118,6 +124,7 @@ describe("end to end: AdamW session", () => {
     assert.equal(opened.session, "js-adamw");
     assert.match(opened.token, /^[0-9a-f]{32}$/);
     assert.equal(opened.lr, lr);
+    assert.equal(opened.existing, false);
     s = opened;
     const n = await client.register(s, {
       w: tensor(new Float32Array(w0), [2, 3]),
@@ -376,6 +383,131 @@ test("large tensors (4 Mi elements) round-trip", async () => {
   assert.equal(p.length, n);
   for (let i = 0; i < n; i += 4099) assert.equal(p[i], Math.fround(Math.fround((i % 1000) / 1000) - 0.5));
   await client.closeSession(s);
+});
+
+test("two parameter groups: per-group lr and schedule in info and step", async () => {
+  // default: lr 0.1 halved after every step (StepLR step_size 1); head: lr
+  // 0.5 and no scheduler. SGD, so each parameter moves by exactly lr * g.
+  const s = await client.open("js-groups", "sgd", {
+    hparams: { lr: 0.1 },
+    scheduler: "step",
+    sched_hparams: { step_size: 1, gamma: 0.5 },
+    groups: [{ name: "head", hparams: { lr: 0.5 }, scheduler: null }],
+  });
+  assert.equal(s.existing, false);
+  assert.equal(await client.register(s, { w: tensor(new Float64Array([1, 1])) }), 1);
+  assert.equal(await client.register(s, { h: tensor(new Float64Array([1])) }, { group: "head" }), 1);
+  await assert.rejects(client.register(s, { x: tensor(new Float64Array([1])) }, { group: "nosuch" }),
+                       assertServerError(ErrorCode.BAD_REQUEST, "BAD_REQUEST"));
+
+  const info = await client.info(s);
+  assert.deepEqual(info.params.map((p) => [p.name, p.group]), [["w", "default"], ["h", "head"]]);
+  assert.deepEqual(info.groups.map((g) => [g.name, g.scheduler, g.base_lr, g.lr, g.params]), [
+    ["default", "step", 0.1, 0.1, 1],
+    ["head", null, 0.5, 0.5, 1],
+  ]);
+  assert.equal(info.groups[1]!.hparams["lr"], 0.5);
+  assert.equal(info.lr, 0.1, "the top-level lr is the default group's");
+
+  const r = await client.step(s, { w: tensor(new Float64Array([2, 4])), h: tensor(new Float64Array([2])) });
+  assert.deepEqual(r.lrs, { default: 0.1, head: 0.5 });
+  assert.deepEqual(r.next_lrs, { default: 0.05, head: 0.5 });
+  assert.equal(r.lr, 0.1);
+  assert.equal(r.next_lr, 0.05);
+  assert.deepEqual([...r.params!["w"]!.data], [1 - 0.1 * 2, 1 - 0.1 * 4]);
+  assert.deepEqual([...r.params!["h"]!.data], [1 - 0.5 * 2]);
+
+  // set_hparams on one group leaves the other alone.
+  const hp = await client.setHparams(s, { lr: 0.25 }, { group: "head" });
+  assert.deepEqual(hp.groups.map((g) => [g.name, g.lr]), [["default", 0.05], ["head", 0.25]]);
+  assert.deepEqual(await client.hparams(s), hp);
+  const r2 = await client.step(s, { h: tensor(new Float64Array([1])) });
+  assert.deepEqual(r2.lrs, { default: 0.05, head: 0.25 });
+  assert.deepEqual([...r2.params!["h"]!.data], [1 - 0.5 * 2 - 0.25]);
+  await assert.rejects(client.setHparams(s, { lr: 1 }, { group: "nosuch" }), assertServerError(ErrorCode.BAD_REQUEST, "BAD_REQUEST"));
+  await client.closeSession(s);
+
+  // One group only: no lrs in the step reply.
+  const single = await client.open("js-groups-1", "sgd", { hparams: { lr: 0.1 } });
+  await client.register(single, { w: tensor(new Float64Array([1])) });
+  const plain = await client.step(single, { w: tensor(new Float64Array([1])) });
+  assert.equal(plain.lrs, undefined);
+  assert.equal(plain.next_lrs, undefined);
+  assert.deepEqual((await client.info(single)).groups.map((g) => g.name), ["default"]);
+  await client.closeSession(single);
+});
+
+test("clipped steps: grad_norm, grad_norms, clip_value", async () => {
+  const s = await client.open("js-clip", "sgd", { hparams: { lr: 1 }, groups: [{ name: "head" }] });
+  await client.register(s, { w: tensor(new Float64Array([0, 0])) });
+  await client.register(s, { h: tensor(new Float64Array([0])) }, { group: "head" });
+
+  // |[3, 4]| = 5; torch scales by max_norm / (5 + 1e-6).
+  const r = await client.step(s, { w: tensor(new Float64Array([3, 4])) }, { clip_norm: { max_norm: 1 } });
+  assert.equal(r.grad_norm, 5);
+  assert.equal(r.grad_norms, undefined);
+  const coef = 1 / (5 + 1e-6);
+  const w = r.params!["w"]!.data;
+  assert.ok(Math.abs(w[0]! + 3 * coef) < 1e-15 && Math.abs(w[1]! + 4 * coef) < 1e-15, `w = ${[...w]}`);
+
+  // Per group: each group's norm on its own; a norm under max_norm is left as is.
+  const pg = await client.step(s, { w: tensor(new Float64Array([0, 0.5])), h: tensor(new Float64Array([-12])) },
+                               { clip_norm: { max_norm: 2, per_group: true } });
+  assert.equal(pg.grad_norm, undefined);
+  assert.deepEqual(pg.grad_norms, { default: 0.5, head: 12 });
+  assert.ok(Math.abs(pg.params!["w"]!.data[1]! - (w[1]! - 0.5)) < 1e-15);
+  assert.ok(Math.abs(pg.params!["h"]!.data[0]! - 12 * (2 / (12 + 1e-6))) < 1e-14);
+
+  // clip_value clamps each element; no norm is reported without clip_norm.
+  const before = await client.pull(s, ["w"]);
+  const cv = await client.step(s, { w: tensor(new Float64Array([7, -0.25])) }, { clip_value: 1 });
+  assert.equal(cv.grad_norm, undefined);
+  assert.deepEqual([...cv.params!["w"]!.data], [before["w"]!.data[0]! - 1, before["w"]!.data[1]! + 0.25]);
+  await client.closeSession(s);
+});
+
+test("observe drives the plateau scheduler (patience 0, factor 0.5)", async () => {
+  const s = await client.open("js-plateau", "sgd", {
+    hparams: { lr: 1 },
+    scheduler: "plateau",
+    sched_hparams: { patience: 0, factor: 0.5 },
+    groups: [{ name: "fixed", scheduler: null }],
+  });
+  await client.register(s, { w: tensor(new Float64Array([0])) });
+  // The first metric is the best so far; a worse one halves the lr at once.
+  assert.deepEqual(await client.observe(s, 1.0), { lr: 1, lrs: { default: 1, fixed: 1 } });
+  assert.deepEqual(await client.observe(s, 2.0), { lr: 0.5, lrs: { default: 0.5, fixed: 1 } });
+  assert.equal((await client.observe(s, 0.25)).lr, 0.5, "an improvement keeps the lr");
+  assert.equal((await client.observe(s, NaN)).lr, 0.25, "NaN counts as a bad epoch");
+  assert.equal((await client.info(s)).lr, 0.25);
+  const r = await client.step(s, { w: tensor(new Float64Array([1])) });
+  assert.equal(r.lr, 0.25);
+  assert.deepEqual([...r.params!["w"]!.data], [-0.25]);
+  await assert.rejects(client.observe(s, 1, { group: "fixed" }), assertServerError(ErrorCode.BAD_REQUEST, "BAD_REQUEST"));
+  await assert.rejects(client.observe(s, 1, { group: "nosuch" }), assertServerError(ErrorCode.BAD_REQUEST, "BAD_REQUEST"));
+  await client.closeSession(s);
+});
+
+test("a retried open with the same open_key returns the same session", async () => {
+  const key = newOpenKey();
+  assert.match(key, /^[0-9a-f]{32}$/);
+  assert.notEqual(newOpenKey(), key);
+  const opts = { hparams: { lr: 0.5 }, open_key: key };
+  const first = await client.open("js-key", "sgd", opts);
+  assert.equal(first.existing, false);
+  await client.register(first, { w: tensor(new Float32Array([1])) });
+  await client.step(first, { w: tensor(new Float32Array([1])) });
+  const again = await client.open("js-key", "sgd", opts);
+  assert.equal(again.existing, true);
+  assert.equal(again.token, first.token);
+  assert.equal(again.session, "js-key");
+  assert.equal((await client.info(again)).steps, 1, "the retry created nothing new");
+  // Another key (or none) does not get the session.
+  await assert.rejects(client.open("js-key", "sgd", { ...opts, open_key: newOpenKey() }),
+                       assertServerError(ErrorCode.SESSION_EXISTS, "SESSION_EXISTS"));
+  await assert.rejects(client.open("js-key", "sgd", { hparams: { lr: 0.5 } }),
+                       assertServerError(ErrorCode.SESSION_EXISTS, "SESSION_EXISTS"));
+  await client.closeSession(again);
 });
 
 describe("transport failures", () => {

@@ -54,39 +54,68 @@ function jsonTensors(j: Json | undefined): Record<string, Tensor> {
   return out;
 }
 
-/** Options object with the keys of `call` that are present. */
-function pick<T>(call: JObj, keys: string[]): T {
-  const out: Record<string, unknown> = {};
-  for (const k of keys) if (Object.prototype.hasOwnProperty.call(call, k)) out[k] = call[k];
-  return out as T;
+/**
+ * Reads a vector's `call` and remembers which keys were used, so that a key
+ * this runner does not map onto the API fails the vector by name instead of
+ * being dropped (and the request then compared without it).
+ */
+class Call {
+  private readonly used = new Set<string>(["op"]);
+  constructor(readonly call: JObj) {}
+  get<T>(k: string): T {
+    this.used.add(k);
+    return this.call[k] as T;
+  }
+  /** An options object with those of `keys` that are present. */
+  pick<T>(keys: string[]): T {
+    const out: Record<string, unknown> = {};
+    for (const k of keys) if (Object.prototype.hasOwnProperty.call(this.call, k)) out[k] = this.get(k);
+    return out as T;
+  }
+  session(): SessionRef {
+    return { session: this.get("session"), token: this.get("token") };
+  }
+  unused(): string[] {
+    return Object.keys(this.call).filter((k) => !this.used.has(k));
+  }
 }
 
-/** Maps a vector's `call` (protocol request keys) onto the public API. */
-export function buildRequest(call: JObj): Request {
-  const op = call["op"] as Op;
-  const s: SessionRef = { session: call["session"] as string, token: call["token"] as string };
-  const names = call["names"] as string[] | undefined;
-  switch (op) {
-    case "hello": return requests.hello(pick(call, ["client"]));
+function build(c: Call): Request {
+  const op = c.get<string>("op");
+  switch (op as Op) {
+    case "hello": return requests.hello(c.pick(["client"]));
     case "plugins": return requests.plugins();
     case "open":
-      return requests.open(call["session"] as string, call["optimizer"] as string,
-                           pick(call, ["hparams", "scheduler", "sched_hparams", "durability"]));
-    case "attach": return requests.attach(s);
-    case "info": return requests.info(s, pick(call, ["client"]));
-    case "hparams": return requests.hparams(s);
-    case "set_hparams": return requests.setHparams(s, call["hparams"] as Record<string, number | boolean>);
-    case "close": return requests.close(s);
+      return requests.open(c.get("session"), c.get("optimizer"),
+                           c.pick(["hparams", "scheduler", "sched_hparams", "durability", "groups", "open_key"]));
+    case "attach": return requests.attach(c.session());
+    case "info": return requests.info(c.session(), c.pick(["client"]));
+    case "hparams": return requests.hparams(c.session());
+    case "set_hparams": return requests.setHparams(c.session(), c.get("hparams"), c.pick(["group"]));
+    case "close": return requests.close(c.session());
     case "sessions": return requests.sessions();
-    case "register": return requests.register(s, jsonTensors(call["params"]));
-    case "step": return requests.step(s, jsonTensors(call["grads"]), pick(call, ["return", "seq", "client"]));
-    case "pull": return requests.pull(s, names);
-    case "state": return requests.state(s, names);
-    case "export": return requests.export(s);
+    case "register": return requests.register(c.session(), jsonTensors(c.get("params")), c.pick(["group"]));
+    case "step":
+      return requests.step(c.session(), jsonTensors(c.get("grads")),
+                           c.pick(["return", "seq", "client", "clip_value", "clip_norm"]));
+    case "observe": return requests.observe(c.session(), c.get("metric"), c.pick(["group"]));
+    case "pull": return requests.pull(c.session(), c.get("names"));
+    case "state": return requests.state(c.session(), c.get("names"));
+    case "export": return requests.export(c.session());
     case "import":
-      return requests.import(fromHex(call["snapshot"] as string), pick(call, ["session", "durability"]));
+      return requests.import(fromHex(c.get("snapshot")), c.pick(["session", "durability"]));
   }
   throw new Error(`vector names op ${String(op)}, which this client does not know`);
+}
+
+/** Maps a vector's `call` (protocol request keys) onto the public API;
+ * throws when the call has a key the mapping does not use. */
+export function buildRequest(call: JObj): Request {
+  const c = new Call(call);
+  const req = build(c);
+  const left = c.unused();
+  if (left.length > 0) throw new Error(`call keys not mapped onto the client's API: ${left.join(", ")}`);
+  return req;
 }
 
 /** A parsed result as JSON, tensors and bins as the vectors write them. */
@@ -159,3 +188,11 @@ if (shared && fs.existsSync(shared)) {
 } else {
   test("tests/protocol/vectors.json", { skip: `not found (${shared ?? "OPTIMD_SOURCE_DIR unset"})` }, () => {});
 }
+
+test("the runner refuses a vector it cannot map", () => {
+  const token = "0123456789abcdef0123456789abcdef";
+  assert.throws(() => buildRequest({ op: "hello", client: "x", shiny_new_key: 1 }), /shiny_new_key/);
+  assert.throws(() => buildRequest({ op: "step", session: "s", token, grads: {}, clip_nrom: 1 }), /clip_nrom/);
+  assert.throws(() => buildRequest({ op: "frobnicate" }), /frobnicate/);
+  assert.equal(buildRequest({ op: "observe", session: "s", token, metric: 1.5, group: "g" }).op, "observe");
+});

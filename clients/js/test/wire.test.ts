@@ -138,3 +138,84 @@ test("replies: results, errors and every kind of invalid reply", () => {
   assert.deepEqual(Object.keys(parsed.state), ["w", "v"]);
   assert.deepEqual([...parsed.state["w"]!["exp_avg"]!.data], [0]);
 });
+
+/** The request's keys (envelope aside) as typed msgpack nodes. */
+function fieldsOf(bytes: Uint8Array) {
+  const node = readMsgpack(bytes);
+  assert.ok(node.t === "map");
+  const m = new Map(node.v.map(([k, v]) => [k.t === "str" ? k.v : "?", v]));
+  for (const k of ["v", "id", "op"]) m.delete(k);
+  return m;
+}
+
+test("groups, open_key, clipping and observe in requests", () => {
+  const open = fieldsOf(encodeRequest(requests.open("run1", "sgd", {
+    hparams: { lr: 0.5 },
+    groups: [{ name: "head", scheduler: null }, { name: "body", hparams: { lr: 0.25 }, scheduler: "plateau", sched_hparams: { patience: 0 } }],
+    open_key: "k".repeat(16),
+  }), 1));
+  assert.deepEqual([...open.keys()].sort(), ["groups", "hparams", "open_key", "optimizer", "session"]);
+  const groups = open.get("groups");
+  assert.ok(groups?.t === "arr" && groups.v.length === 2);
+  // scheduler: null is sent as nil ("no scheduler"), not left out ("the default group's").
+  assert.deepEqual(groups.v[0], { t: "map", v: [[{ t: "str", v: "name" }, { t: "str", v: "head" }], [{ t: "str", v: "scheduler" }, { t: "nil" }]] });
+  assert.deepEqual(open.get("open_key"), { t: "str", v: "kkkkkkkkkkkkkkkk" });
+  for (const bad of ["k".repeat(15), "k".repeat(65), "has a space here!", "é".repeat(16)]) {
+    assert.throws(() => requests.open("r", "sgd", { open_key: bad }), RangeError, bad);
+  }
+  assert.throws(() => requests.open("r", "sgd", { groups: [{ hparams: {} } as never] }), TypeError);
+
+  const step = fieldsOf(encodeRequest(requests.step(s, {}, { clip_value: 0.5, clip_norm: { max_norm: 2, norm_type: Infinity, per_group: true } }), 2));
+  assert.deepEqual(step.get("clip_value"), { t: "float", v: 0.5, f32: false });
+  const cn = step.get("clip_norm");
+  assert.ok(cn?.t === "map");
+  const cnm = new Map(cn.v.map(([k, v]) => [k.t === "str" ? k.v : "?", v]));
+  assert.deepEqual(cnm.get("norm_type"), { t: "float", v: Infinity, f32: false });
+  assert.deepEqual(cnm.get("per_group"), { t: "bool", v: true });
+  assert.deepEqual(cnm.get("max_norm"), { t: "int", v: 2n });
+  for (const bad of [{ clip_value: 0 }, { clip_value: NaN }, { clip_norm: { max_norm: -1 } }, { clip_norm: { max_norm: 1, norm_type: 0 } }]) {
+    assert.throws(() => requests.step(s, {}, bad), RangeError, JSON.stringify(bad));
+  }
+
+  const obs = fieldsOf(encodeRequest(requests.observe(s, NaN, { group: "head" }), 3));
+  assert.deepEqual([...obs.keys()].sort(), ["group", "metric", "session", "token"]);
+  const metric = obs.get("metric");
+  assert.ok(metric?.t === "float" && Number.isNaN(metric.v), "NaN is a metric (a bad epoch)");
+  assert.throws(() => requests.observe(s, "1" as never), TypeError);
+
+  assert.deepEqual(fieldsOf(encodeRequest(requests.register(s, {}, { group: "head" }), 4)).get("group"), { t: "str", v: "head" });
+  assert.deepEqual(fieldsOf(encodeRequest(requests.setHparams(s, { lr: 1 }, { group: "head" }), 5)).get("group"), { t: "str", v: "head" });
+  assert.ok(!fieldsOf(encodeRequest(requests.setHparams(s, { lr: 1 }), 6)).has("group"));
+});
+
+test("group lrs, grad norms, observe and unknown slot shapes in replies", () => {
+  const step = parseReply("step", ok(4, {
+    steps: 2, lr: 0.1, next_lr: 0.1, duplicate: false,
+    lrs: { default: 0.1, head: 1 }, next_lrs: { default: 0.1, head: 0.5 }, grad_norms: { head: 3 },
+  }), 4);
+  assert.deepEqual(step.lrs, { default: 0.1, head: 1 });
+  assert.deepEqual(step.next_lrs, { default: 0.1, head: 0.5 });
+  assert.deepEqual(step.grad_norms, { head: 3 });
+  assert.equal(step.grad_norm, undefined);
+  assert.equal(parseReply("step", ok(4, { steps: 2, lr: 0.1, next_lr: 0.1, duplicate: false, grad_norm: 2.5 }), 4).grad_norm, 2.5);
+  assert.deepEqual(parseReply("observe", ok(4, { lr: 0.5, lrs: { default: 0.5 } }), 4), { lr: 0.5, lrs: { default: 0.5 } });
+  assert.equal(parseReply("open", ok(4, { session: "s", token: TOKEN, lr: 1, existing: true }), 4).existing, true);
+
+  const slot = (shape: string) => ({ key: "k", dtype: "f32", shape, enabled_by: null, doc: "" });
+  const plugins = parseReply("plugins", ok(4, {
+    plugins: [{ id: "x", kind: "optimizer", version: "1", description: "", hparams: [], slots: [slot("rows"), slot("cols"), slot("diagonal")], dtypes: ["f32"] }],
+  }), 4);
+  assert.deepEqual(plugins.plugins[0]!.slots!.map((x) => x.shape), ["rows", "cols", "diagonal"]);
+
+  const invalid: Array<[string, Uint8Array, "step" | "observe" | "open" | "hparams"]> = [
+    ["lrs value a string", ok(4, { steps: 1, lr: 1, next_lr: 1, duplicate: false, lrs: { default: "1" } }), "step"],
+    ["lrs an array", ok(4, { steps: 1, lr: 1, next_lr: 1, duplicate: false, lrs: [1] }), "step"],
+    ["grad_norm a map", ok(4, { steps: 1, lr: 1, next_lr: 1, duplicate: false, grad_norm: { a: 1 } }), "step"],
+    ["observe without lrs", ok(4, { lr: 1 }), "observe"],
+    ["open without existing", ok(4, { session: "s", token: TOKEN, lr: 1 }), "open"],
+    ["hparams without groups", ok(4, { hparams: {}, sched_hparams: {}, base_lr: 1, lr: 1 }), "hparams"],
+    ["a group without params", ok(4, { hparams: {}, sched_hparams: {}, base_lr: 1, lr: 1,
+      groups: [{ name: "default", scheduler: null, hparams: {}, sched_hparams: {}, base_lr: 1, lr: 1 }] }), "hparams"],
+  ];
+  for (const [what, bytes, op] of invalid) assert.throws(() => parseReply(op, bytes, 4), ProtocolError, what);
+});
