@@ -453,6 +453,22 @@ static int get_group_specs(request *r, group_spec *specs, uint32_t *n)
     return 0;
 }
 
+/* open's optional "lookahead": {k = 5, alpha = 0.5}; *k stays 0 when absent. */
+static int get_lookahead(request *r, uint32_t *k, double *alpha)
+{
+    const msgpack_object *la;
+    if (wire_get_map(r->root, "lookahead", false, &la, &r->err)) return -1;
+    if (!la) return 0;
+    uint64_t steps = 5;
+    *alpha = 0.5;
+    if (wire_get_uint(la, "k", false, &steps, &r->err) || wire_get_number(la, "alpha", false, alpha, &r->err))
+        return -1;
+    if (steps < 1 || steps > UINT32_MAX || !(*alpha > 0 && *alpha <= 1))
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'lookahead' needs k >= 1 and 0 < alpha <= 1");
+    *k = (uint32_t)steps;
+    return 0;
+}
+
 static int op_open(request *r)
 {
     char name[SESSION_NAME_MAX + 1], token[SESSION_TOKEN_LEN + 1];
@@ -473,10 +489,14 @@ static int op_open(request *r)
         return -1;
     group_spec specs[SESSION_MAX_GROUPS];
     uint32_t n_specs = 0;
-    if (get_group_specs(r, specs, &n_specs)) return -1;
+    uint32_t la_k = 0;
+    double la_alpha = 0;
+    if (get_group_specs(r, specs, &n_specs) || get_lookahead(r, &la_k, &la_alpha)) return -1;
     session *s = session_create(name, opt, hp, sched, sched_hp, &composite, specs, n_specs, &r->err);
     if (!s) return -1;
     s->durability = durability;
+    s->lookahead_k = la_k;
+    s->lookahead_alpha = la_alpha;
     if (open_key) memcpy(s->open_key, open_key, open_key_len);
     double lr = s->groups[0].lr;
     if (admit_session(r, s, name, token)) {
@@ -571,7 +591,17 @@ static int op_info(request *r)
     session_lock(s);
     /* A client that keeps its id across restarts resumes its numbering. */
     const client_seq *cs = client ? session_client(s, client, client_len, false) : NULL;
-    msgpack_packer *pk = reply_begin(r, (client ? 13 : 12) + pack_composite(NULL, &s->groups[0]));
+    msgpack_packer *pk = reply_begin(r, (client ? 14 : 13) + pack_composite(NULL, &s->groups[0]));
+    wire_pack_str(pk, "lookahead");
+    if (s->lookahead_k) {
+        msgpack_pack_map(pk, 2);
+        wire_pack_str(pk, "k");
+        msgpack_pack_uint32(pk, s->lookahead_k);
+        wire_pack_str(pk, "alpha");
+        msgpack_pack_double(pk, s->lookahead_alpha);
+    } else {
+        msgpack_pack_nil(pk);
+    }
     if (client) {
         wire_pack_str(pk, "client_seq");
         msgpack_pack_uint64(pk, cs ? cs->seq : 0);
@@ -901,10 +931,14 @@ static int op_state(request *r)
         msgpack_pack_map(pk, (uint32_t)count);
         for (size_t i = 0; i < count; i++) {
             const param *p = &s->params[idx[i]];
-            uint32_t n_slots = 0;
+            uint32_t n_slots = p->slow != NULL;
             for (uint32_t k = 0; p->slots && k < o->n_slots; k++) n_slots += p->slots[k] != NULL;
             wire_pack_str(pk, s->names[idx[i]]);
             msgpack_pack_map(pk, n_slots);
+            if (p->slow) {
+                wire_pack_str(pk, "lookahead_slow");
+                wire_pack_tensor(pk, p->dtype, p->ndim, p->shape, p->slow, p->nbytes);
+            }
             for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
                 if (!p->slots[k]) continue;
                 slot_layout l;

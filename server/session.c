@@ -164,6 +164,7 @@ static void make_token(char out[SESSION_TOKEN_LEN + 1])
 static void param_release(const session *s, param *p)
 {
     free(p->data);
+    free(p->slow);
     if (p->slots) {
         for (uint32_t i = 0; i < s->opt->desc->optimizer->n_slots; i++) free(p->slots[i]);
         free(p->slots);
@@ -613,6 +614,37 @@ void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layo
     out->nbytes = (size_t)out->numel * wire_dtype_size(out->dtype);
 }
 
+int session_ensure_slow(const session *s, param *p)
+{
+    /* The slow weights start as the parameter before its first step (the
+     * paper's phi_0 = theta_0). */
+    if (!s->lookahead_k || p->slow) return 0;
+    p->slow = aligned_alloc(64, (p->nbytes + 63) / 64 * 64 + 64);
+    if (!p->slow) return -1;
+    memcpy(p->slow, p->data, p->nbytes);
+    return 0;
+}
+
+/* Lookahead's synchronisation, in torch's op order for a wrapper written
+ * as slow.add_(param - slow, alpha=alpha); param.copy_(slow): a fused
+ * multiply-add of the rounded difference (reference §1.1). */
+static void lookahead_sync(const session *s, param *p)
+{
+    if (p->dtype == OPTIMD_DTYPE_F32) {
+        float *slow = p->slow, *w = p->data, a = (float)s->lookahead_alpha;
+        for (int64_t i = 0; i < p->numel; i++) {
+            slow[i] = fmaf(a, w[i] - slow[i], slow[i]);
+            w[i] = slow[i];
+        }
+    } else {
+        double *slow = p->slow, *w = p->data, a = s->lookahead_alpha;
+        for (int64_t i = 0; i < p->numel; i++) {
+            slow[i] = fma(a, w[i] - slow[i], slow[i]);
+            w[i] = slow[i];
+        }
+    }
+}
+
 /* Zero-filled slots for a parameter's first step. */
 int session_ensure_slots(const session *s, param *p)
 {
@@ -921,7 +953,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             }
             memcpy(pg->aligned_copy, pg->g.data, pg->g.nbytes);
         }
-        if (session_ensure_slots(s, pg->p)) {
+        if (session_ensure_slots(s, pg->p) || session_ensure_slow(s, pg->p)) {
             rc = fail(err, OPTIMD_E_NOMEM, "out of memory for optimizer state");
             break;
         }
@@ -978,6 +1010,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             goto out;
         }
         p->steps++;
+        if (s->lookahead_k && p->steps % s->lookahead_k == 0) lookahead_sync(s, p);
     }
     s->steps++;
     s->version++;

@@ -40,6 +40,7 @@ typedef struct param {
     size_t nbytes;
     void *data;                /* 64-byte aligned */
     void **slots;              /* per declared slot; NULL until first step or when disabled */
+    void *slow;                /* lookahead's slow weights; NULL until the first step */
     uint64_t steps;            /* steps that updated this parameter */
     uint64_t mark;             /* last step request that named it (duplicate check) */
 } param;
@@ -136,6 +137,10 @@ typedef struct session {
     param_group *groups;       /* groups[0] is "default" */
     uint32_t n_groups;
     int momentum_index;        /* the hparam a scheduler's momentum sets, or -1 */
+    uint32_t lookahead_k;      /* Lookahead around the optimizer: every k steps of a
+                                * parameter, slow += alpha * (param - slow), param = slow;
+                                * 0: off */
+    double lookahead_alpha;
     uint64_t steps;            /* successful step requests */
     uint64_t request_serial;
     uint64_t version;          /* grows by one with every change of state */
@@ -191,6 +196,9 @@ typedef struct slot_layout {
 
 /* The layout of slot `k` (declaration order) of parameter `p`. */
 void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layout *out);
+/* With lookahead on: the parameter's slow weights, a copy of it, if it has
+ * none yet. */
+int session_ensure_slow(const session *s, param *p);
 /* Allocates a parameter's zero-filled state slots if it has none yet. */
 int session_ensure_slots(const session *s, param *p);
 

@@ -104,6 +104,11 @@ static void write_manifest(FILE *f, const session *s)
         fputc('}', f);
     }
     fputc(']', f);
+    if (s->lookahead_k) {
+        fprintf(f, ",\"lookahead\":{\"k\":%u,\"alpha\":", s->lookahead_k);
+        write_number(f, s->lookahead_alpha);
+        fputc('}', f);
+    }
     fprintf(f, ",\"steps\":%llu,\"version\":%llu,\"durability\":%d,\"clients\":[", (unsigned long long)s->steps,
             (unsigned long long)s->version, s->durability);
     for (size_t i = 0; i < s->n_clients; i++) {
@@ -179,6 +184,9 @@ int snapshot_write(const session *s, FILE *f)
             write_entry(h, &first, "state/", s->names[i], o->slots[k].key, l.dtype, l.ndim, l.shape,
                         &offset, l.nbytes);
         }
+        if (p->slow)
+            write_entry(h, &first, "lookahead/", s->names[i], NULL, p->dtype, p->ndim, p->shape, &offset,
+                        p->nbytes);
     }
     fputc('}', h);
     fclose(h);
@@ -202,6 +210,7 @@ int snapshot_write(const session *s, FILE *f)
             size_t bytes = l.nbytes;
             if (bytes && fwrite(p->slots[k], 1, bytes, f) != bytes) rc = -1;
         }
+        if (rc == 0 && p->slow && p->nbytes && fwrite(p->slow, 1, p->nbytes, f) != p->nbytes) rc = -1;
     }
     return rc;
 }
@@ -433,6 +442,17 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         c->lr = clr;
         c->next_lr = cnext;
     }
+    const json_value *la = json_get(man, "lookahead");
+    if (la && la->type == JSON_OBJECT) {
+        double k, alpha;
+        if (!json_get_number(la, "k", &k) || !json_get_number(la, "alpha", &alpha) || k < 1 || k > UINT32_MAX ||
+            !(alpha > 0 && alpha <= 1)) {
+            why(r, "the manifest's lookahead is malformed");
+            goto fail_out;
+        }
+        s->lookahead_k = (uint32_t)k;
+        s->lookahead_alpha = alpha;
+    }
     const optimd_optimizer *o = opt->desc->optimizer;
     char key[PARAM_NAME_MAX + 80];
     for (size_t i = 0; i < params->count; i++) {
@@ -466,6 +486,19 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         }
         p->group = (uint32_t)pgroup;
         if (p->steps == 0) continue;
+        if (s->lookahead_k) {
+            snprintf(key, sizeof key, "lookahead/%s", pname);
+            const void *slow = find_tensor(r, key, p->dtype, p->numel, NULL, NULL);
+            if (!slow) {
+                if (!r->why[0]) why(r, "tensor '%s' (lookahead's slow weights) is missing", key);
+                goto fail_out;
+            }
+            if (session_ensure_slow(s, p)) {
+                why(r, "out of memory");
+                goto fail_out;
+            }
+            memcpy(p->slow, slow, p->nbytes);
+        }
         if (session_ensure_slots(s, p)) {
             why(r, "out of memory");
             goto fail_out;

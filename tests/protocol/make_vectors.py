@@ -105,6 +105,17 @@ request("step_clipped", "a step with clipping by value and by norm per group",
          "clip_norm": {"max_norm": 1.0, "norm_type": 2.0, "per_group": True}})
 request("observe", "a metric for a plateau scheduler", {"op": "observe", **S, "metric": 0.125})
 request("observe_group", "a metric for one group", {"op": "observe", **S, "metric": 3.5, "group": "head"})
+request("open_lookahead_sequential", "open with lookahead and a sequential schedule",
+        {"op": "open", "session": "run1", "optimizer": "sgd", "hparams": {"lr": 0.1},
+         "lookahead": {"k": 5, "alpha": 0.5}, "scheduler": "sequential",
+         "schedulers": [{"scheduler": "linear", "sched_hparams": {"start_factor": 0.1, "total_iters": 3}},
+                        {"scheduler": "exponential", "sched_hparams": {"gamma": 0.5}}],
+         "milestones": [3]})
+request("open_chained_group", "a group with a chained schedule",
+        {"op": "open", "session": "run1", "optimizer": "sgd", "hparams": {"lr": 0.1},
+         "groups": [{"name": "g", "scheduler": "chained",
+                     "schedulers": [{"scheduler": "constant", "sched_hparams": {"factor": 0.5}},
+                                    {"scheduler": "exponential", "sched_hparams": {"gamma": 0.9}}]}]})
 request("attach", "attach with a token", {"op": "attach", **S})
 request("info", "info naming the client, for client_seq", {"op": "info", **S, "client": "w0"})
 request("hparams", "hparams of a session", {"op": "hparams", **S})
@@ -179,7 +190,7 @@ reply_ok("hparams", "hyperparameters of a one-group session", "hparams",
                       "sched_hparams": {"step_size": 3, "gamma": 0.5}, "base_lr": 0.1, "lr": 0.01,
                       "params": 1}]})
 reply_ok("info", "info with client_seq", "info",
-         {"client_seq": 41, "durability": "always", "session": "run1", "optimizer": "sgd",
+         {"client_seq": 41, "lookahead": None, "durability": "always", "session": "run1", "optimizer": "sgd",
           "optimizer_version": "1.0.0", "scheduler": None,
           "hparams": {"lr": 0.5, "momentum": 0.0, "nesterov": False, "dampening": 0.0,
                       "weight_decay": 0.0, "maximize": False},
@@ -190,6 +201,16 @@ reply_ok("info", "info with client_seq", "info",
                       "sched_hparams": {}, "base_lr": 0.5, "lr": 0.5, "params": 1}],
           "steps": 41,
           "params": [{"name": "w", "group": "default", "dtype": "f32", "shape": [2], "steps": 41}]})
+SEQ_PARTS = [{"scheduler": "linear", "sched_hparams": {"start_factor": 0.1, "end_factor": 1.0, "total_iters": 3}},
+             {"scheduler": "exponential", "sched_hparams": {"gamma": 0.5}}]
+SGD_HP = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False, "maximize": False}
+reply_ok("info_lookahead_sequential", "info of a session with lookahead and a sequential schedule", "info",
+         {"lookahead": {"k": 5, "alpha": 0.5}, "durability": "interval", "session": "run1", "optimizer": "sgd",
+          "optimizer_version": "1.0.0", "scheduler": "sequential", "schedulers": SEQ_PARTS, "milestones": [3],
+          "hparams": SGD_HP, "sched_hparams": {}, "base_lr": 0.1, "lr": 0.01,
+          "groups": [{"name": "default", "scheduler": "sequential", "schedulers": SEQ_PARTS, "milestones": [3],
+                      "hparams": SGD_HP, "sched_hparams": {}, "base_lr": 0.1, "lr": 0.01, "params": 0}],
+          "steps": 0, "params": []})
 reply_ok("plugins", "one optimizer and one scheduler", "plugins",
          {"plugins": [
              {"id": "sgd", "kind": "optimizer", "version": "1.0.0", "description": "SGD",
@@ -215,7 +236,7 @@ reply_ok("plugins", "one optimizer and one scheduler", "plugins",
               "hparams": [{"key": "step_size", "type": "int", "required": True, "mutable": False,
                            "min": 1.0, "max": 2147483647.0, "min_exclusive": False,
                            "max_exclusive": False, "default": None, "doc": "Epochs."}],
-              "slots": [], "dtypes": []}]})
+              }]})
 # A float32-encoded lr must read as the same number.
 raw = (b"\x88" + pack("v") + pack(1) + pack("id") + pack(REQUEST_ID) + pack("ok") + pack(True)
        + pack("steps") + pack(1) + pack("lr") + b"\xca" + struct.pack(">f", 0.5)

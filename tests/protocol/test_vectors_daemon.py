@@ -167,6 +167,11 @@ class Vectors(unittest.TestCase):
         out["import"] = call("import", snapshot=out["export"]["snapshot"], session="imported")
         out["open"] = call("open", session="fresh", optimizer="sgd", hparams={"lr": 0.5})
         out["open_existing"] = out["open"]
+        seq = next(v for v in VECTORS["requests"] if v["name"] == "open_lookahead_sequential")
+        body = msgpack.unpackb(bytes.fromhex(seq["msgpack"]), raw=False)
+        body["session"] = "seq"
+        opened = self.send(body)
+        out["info_lookahead_sequential"] = call("info", session="seq", token=opened["token"])
         out["close"] = call("close", session="fresh", token=out["open"]["token"])
         return out
 
