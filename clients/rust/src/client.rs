@@ -144,6 +144,8 @@ impl Client {
     }
 
     /// `open`: a new session `name` run by optimizer plugin `optimizer`.
+    /// Not re-sent on a transport error; with an `open_key` in `options`,
+    /// calling it again with the same options is safe.
     pub fn open(&mut self, name: &str, optimizer: &str, options: &OpenOptions) -> Result<Opened> {
         self.call(|id| request::open(id, name, optimizer, options), reply::open)
     }
@@ -163,8 +165,21 @@ impl Client {
         self.call(|id| request::hparams(id, s), reply::hparams)
     }
 
+    /// `set_hparams` on every group; each keeps the keys not given.
     pub fn set_hparams(&mut self, s: &Session, hparams: &Hparams) -> Result<HparamsInfo> {
-        self.call(|id| request::set_hparams(id, s, hparams), reply::hparams)
+        self.call(|id| request::set_hparams(id, s, hparams, None), reply::hparams)
+    }
+
+    /// `set_hparams` on one group.
+    pub fn set_group_hparams(&mut self, s: &Session, group: &str, hparams: &Hparams) -> Result<HparamsInfo> {
+        self.call(|id| request::set_hparams(id, s, hparams, Some(group)), reply::hparams)
+    }
+
+    /// `observe`: reports a metric (a validation loss, say) to the
+    /// schedulers that take one (`plateau`): those of every group, or of
+    /// `group` only. Returns the next lrs.
+    pub fn observe(&mut self, s: &Session, metric: f64, group: Option<&str>) -> Result<Observed> {
+        self.call(|id| request::observe(id, s, metric, group), reply::observe)
     }
 
     /// `close`: deletes the session and its files.
@@ -174,7 +189,12 @@ impl Client {
 
     /// `register`: initial values of new parameters; returns how many.
     pub fn register(&mut self, s: &Session, params: &[(&str, TensorRef<'_>)]) -> Result<u64> {
-        self.call(|id| request::register(id, s, params), reply::register)
+        self.call(|id| request::register(id, s, params, None), reply::register)
+    }
+
+    /// `register` into parameter group `group` (declared at `open`).
+    pub fn register_in_group(&mut self, s: &Session, group: &str, params: &[(&str, TensorRef<'_>)]) -> Result<u64> {
+        self.call(|id| request::register(id, s, params, Some(group)), reply::register)
     }
 
     /// `step`: one optimizer update with these gradients.

@@ -98,10 +98,16 @@ impl Session {
 /// the daemon's default applies.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OpenOptions {
+    /// The default group's hyperparameters.
     pub hparams: Option<Hparams>,
+    /// The default group's scheduler.
     pub scheduler: Option<String>,
     pub sched_hparams: Option<Hparams>,
     pub durability: Option<Durability>,
+    /// `open_key`: makes re-sending this open safe (see [`new_open_key`]).
+    pub open_key: Option<String>,
+    /// Parameter groups besides `"default"`, in declaration order.
+    pub groups: Option<Vec<GroupSpec>>,
 }
 
 impl OpenOptions {
@@ -128,10 +134,137 @@ impl OpenOptions {
         self.durability = Some(d);
         self
     }
+
+    /// `open_key`: 16 to 64 bytes of printable ASCII (0x21 to 0x7e), the same
+    /// on every attempt of this open. An open re-sent with it after a lost
+    /// reply answers with the session the first attempt created
+    /// (`Opened::existing`) instead of `SESSION_EXISTS`.
+    pub fn open_key(mut self, key: impl Into<String>) -> OpenOptions {
+        self.open_key = Some(key.into());
+        self
+    }
+
+    /// Adds a parameter group (torch's `param_groups[i]`).
+    pub fn group(mut self, g: GroupSpec) -> OpenOptions {
+        self.groups.get_or_insert_with(Vec::new).push(g);
+        self
+    }
+}
+
+/// A fresh random `open_key`: 32 lowercase hex digits from the OS's
+/// random source. Keep it for the retries of one open; it is a secret like
+/// the token (it can claim the session while the name is taken by it).
+///
+/// ```no_run
+/// # use optimd::{Client, OpenOptions};
+/// # fn main() -> optimd::Result<()> {
+/// # let mut client = Client::connect("tcp://127.0.0.1:7878")?;
+/// let opts = OpenOptions::new().hparam("lr", 1e-3).open_key(optimd::new_open_key());
+/// let mut attempt = 0;
+/// let opened = loop {
+///     attempt += 1;
+///     match client.open("run1", "adamw", &opts) {
+///         Err(optimd::Error::Transport(e)) if attempt < 3 => eprintln!("{e}; retrying"),
+///         other => break other?,
+///     }
+/// };
+/// // opened.existing: true when an earlier attempt had created the session.
+/// # let _ = opened; Ok(())
+/// # }
+/// ```
+pub fn new_open_key() -> String {
+    let mut bytes = [0u8; 16];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    if !filled {
+        // std's hasher keys come from the OS's random source too, fresh
+        // for every RandomState.
+        use std::hash::{BuildHasher, Hasher};
+        for half in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which scheduler a parameter group runs (`open`'s `groups[i].scheduler`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GroupScheduler {
+    /// Key left out: the default group's scheduler, its `sched_hparams` the
+    /// starting point.
+    #[default]
+    Inherit,
+    /// nil: no scheduler; the group's lr changes only by `set_hparams`.
+    Off,
+    /// This scheduler plugin, its own defaults the starting point.
+    Plugin(String),
+}
+
+/// One parameter group of `open` besides `"default"`.
+///
+/// ```no_run
+/// # use optimd::{Client, GroupSpec, OpenOptions, TensorRef};
+/// # fn main() -> optimd::Result<()> {
+/// # let mut client = Client::connect("tcp://127.0.0.1:7878")?;
+/// # let (wv, bv) = (vec![0.0f32; 4], vec![0.0f32; 2]);
+/// # let (w, b) = (TensorRef::vec_f32(&wv), TensorRef::vec_f32(&bv));
+/// let opts = OpenOptions::new()
+///     .hparam("lr", 1e-3)
+///     .scheduler("cosine").sched_hparam("T_max", 100)
+///     .group(GroupSpec::new("no_decay").hparam("weight_decay", 0.0))      // default's scheduler
+///     .group(GroupSpec::new("head").hparam("lr", 1e-2).no_scheduler())     // none
+///     .group(GroupSpec::new("tail").scheduler("plateau").sched_hparam("patience", 2));
+/// let s = client.open("run1", "adamw", &opts)?.session;
+/// client.register(&s, &[("w", w)])?;                          // into "default"
+/// client.register_in_group(&s, "no_decay", &[("bias", b)])?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSpec {
+    /// 1 to 64 bytes of `A-Z a-z 0-9 _ . -`, not `"default"`.
+    pub name: String,
+    /// Applied over the default group's hyperparameters: name only what
+    /// differs.
+    pub hparams: Option<Hparams>,
+    pub scheduler: GroupScheduler,
+    /// Applied over the scheduler's starting point.
+    pub sched_hparams: Option<Hparams>,
+}
+
+impl GroupSpec {
+    pub fn new(name: impl Into<String>) -> GroupSpec {
+        GroupSpec { name: name.into(), hparams: None, scheduler: GroupScheduler::Inherit, sched_hparams: None }
+    }
+
+    pub fn hparam(mut self, key: &str, value: impl Into<HValue>) -> GroupSpec {
+        self.hparams.get_or_insert_with(Hparams::new).insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn scheduler(mut self, id: &str) -> GroupSpec {
+        self.scheduler = GroupScheduler::Plugin(id.to_owned());
+        self
+    }
+
+    /// This group runs without a scheduler even when the default group has
+    /// one.
+    pub fn no_scheduler(mut self) -> GroupSpec {
+        self.scheduler = GroupScheduler::Off;
+        self
+    }
+
+    pub fn sched_hparam(mut self, key: &str, value: impl Into<HValue>) -> GroupSpec {
+        self.sched_hparams.get_or_insert_with(Hparams::new).insert(key.to_owned(), value.into());
+        self
+    }
 }
 
 /// Optional keys of `step`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOptions {
     /// `return`: whether the reply carries the updated parameters (the
     /// daemon's default is true).
@@ -140,6 +273,12 @@ pub struct StepOptions {
     pub seq: Option<u64>,
     /// `client`: whose numbering `seq` belongs to (at most 64 bytes).
     pub client: Option<String>,
+    /// `clip_value`: every gradient element clamped to ±this (> 0),
+    /// torch's `clip_grad_value_`.
+    pub clip_value: Option<f64>,
+    /// `clip_norm`: torch's `clip_grad_norm_`; the reply then carries the
+    /// norm before clipping ([`StepResult::grad_norm`]).
+    pub clip_norm: Option<ClipNorm>,
 }
 
 impl StepOptions {
@@ -155,6 +294,46 @@ impl StepOptions {
     pub fn seq(mut self, client: &str, seq: u64) -> StepOptions {
         self.client = Some(client.to_owned());
         self.seq = Some(seq);
+        self
+    }
+
+    pub fn clip_value(mut self, v: f64) -> StepOptions {
+        self.clip_value = Some(v);
+        self
+    }
+
+    pub fn clip_norm(mut self, c: ClipNorm) -> StepOptions {
+        self.clip_norm = Some(c);
+        self
+    }
+}
+
+/// `step`'s `clip_norm`: gradients scaled so that their total norm is at
+/// most `max_norm`. `None` fields are left to the daemon (2-norm, over the
+/// whole step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipNorm {
+    /// > 0.
+    pub max_norm: f64,
+    /// `norm_type`: p of the p-norm (> 0), `f64::INFINITY` for the max norm.
+    pub norm_type: Option<f64>,
+    /// `per_group`: each group's gradients clipped on their own; the reply
+    /// has one norm per group.
+    pub per_group: Option<bool>,
+}
+
+impl ClipNorm {
+    pub fn new(max_norm: f64) -> ClipNorm {
+        ClipNorm { max_norm, norm_type: None, per_group: None }
+    }
+
+    pub fn norm_type(mut self, p: f64) -> ClipNorm {
+        self.norm_type = Some(p);
+        self
+    }
+
+    pub fn per_group(mut self, yes: bool) -> ClipNorm {
+        self.per_group = Some(yes);
         self
     }
 }
@@ -199,10 +378,39 @@ pub struct SlotDecl {
     pub key: String,
     /// "param", "f32" or "f64".
     pub dtype: String,
-    /// "param" or "scalar".
+    /// "param", "scalar", "rows" or "cols"; kept as sent, since the
+    /// protocol may add shapes ([`SlotDecl::shape_kind`]).
     pub shape: String,
     pub enabled_by: Option<String>,
     pub doc: String,
+}
+
+/// A slot's `shape`, for matching. Shapes this client does not know are
+/// not an error: they come back as `Other`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotShape<'a> {
+    /// The parameter's shape.
+    Param,
+    /// One element, shape `[]`.
+    Scalar,
+    /// Factored statistics: `[..., r]` of a `[..., r, c]` parameter (the
+    /// parameter's shape below 2 dimensions).
+    Rows,
+    /// `[..., c]` of a `[..., r, c]` parameter (`[]` below 2 dimensions).
+    Cols,
+    Other(&'a str),
+}
+
+impl SlotDecl {
+    pub fn shape_kind(&self) -> SlotShape<'_> {
+        match self.shape.as_str() {
+            "param" => SlotShape::Param,
+            "scalar" => SlotShape::Scalar,
+            "rows" => SlotShape::Rows,
+            "cols" => SlotShape::Cols,
+            other => SlotShape::Other(other),
+        }
+    }
 }
 
 /// One loaded plugin, from `plugins`.
@@ -224,17 +432,41 @@ pub struct PluginInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Opened {
     pub session: Session,
-    /// The lr the first step will use.
+    /// The lr the first step will use (for an `existing` session, the lr
+    /// its next step will use).
     pub lr: f64,
+    /// True when the daemon answered a re-sent open (same `open_key`) with
+    /// the session an earlier attempt created.
+    pub existing: bool,
 }
 
 /// A registered parameter, from `info`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamInfo {
     pub name: String,
+    /// The parameter group it belongs to.
+    pub group: String,
     pub dtype: Dtype,
     pub shape: Vec<u64>,
     pub steps: u64,
+}
+
+/// One parameter group as `info`, `hparams` and `set_hparams` report it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupInfo {
+    pub name: String,
+    pub scheduler: Option<String>,
+    pub hparams: Hparams,
+    pub sched_hparams: Hparams,
+    pub base_lr: f64,
+    /// The lr the group's next step will use.
+    pub lr: f64,
+    /// How many parameters are in it.
+    pub params: u64,
+}
+
+fn find_group<'a>(groups: &'a [GroupInfo], name: &str) -> Option<&'a GroupInfo> {
+    groups.iter().find(|g| g.name == name)
 }
 
 /// Reply of `info` and `attach`.
@@ -253,15 +485,34 @@ pub struct SessionInfo {
     pub lr: f64,
     pub steps: u64,
     pub params: Vec<ParamInfo>,
+    /// Every group, `"default"` first. The top-level `scheduler`,
+    /// `hparams`, `sched_hparams`, `base_lr` and `lr` are the default
+    /// group's.
+    pub groups: Vec<GroupInfo>,
+}
+
+impl SessionInfo {
+    pub fn group(&self, name: &str) -> Option<&GroupInfo> {
+        find_group(&self.groups, name)
+    }
 }
 
 /// Reply of `hparams` and `set_hparams`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HparamsInfo {
+    /// The default group's, as the next four.
     pub hparams: Hparams,
     pub sched_hparams: Hparams,
     pub base_lr: f64,
     pub lr: f64,
+    /// Every group, `"default"` first.
+    pub groups: Vec<GroupInfo>,
+}
+
+impl HparamsInfo {
+    pub fn group(&self, name: &str) -> Option<&GroupInfo> {
+        find_group(&self.groups, name)
+    }
 }
 
 /// One session, from `sessions`.
@@ -274,15 +525,66 @@ pub struct SessionSummary {
     pub steps: u64,
 }
 
+/// Group name → lr.
+pub type GroupLrs = BTreeMap<String, f64>;
+
+/// The gradient norm before clipping, when the step asked for `clip_norm`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GradNorm {
+    /// `grad_norm`: over all of the step's gradients.
+    Total(f64),
+    /// `grad_norms` (`per_group`): group name → norm, for each group that
+    /// had gradients in the step.
+    PerGroup(BTreeMap<String, f64>),
+}
+
 /// Reply of `step`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepResult {
     pub steps: u64,
+    /// The lr this step used (default group).
     pub lr: f64,
+    /// The lr the next step will use (default group).
     pub next_lr: f64,
     pub duplicate: bool,
+    /// Per group, with more than one group and not on a duplicate.
+    pub lrs: Option<GroupLrs>,
+    pub next_lrs: Option<GroupLrs>,
+    /// With `clip_norm`, not on a duplicate.
+    pub grad_norm: Option<GradNorm>,
     /// Absent when the request said `return: false`.
     pub params: Option<BTreeMap<String, Tensor>>,
+}
+
+impl StepResult {
+    /// The lr this step used for `group`: from `lrs`, or `lr` for
+    /// `"default"` when the reply has no per-group map.
+    pub fn lr_of(&self, group: &str) -> Option<f64> {
+        group_lr(&self.lrs, self.lr, group)
+    }
+
+    /// The lr `group`'s next step will use, likewise.
+    pub fn next_lr_of(&self, group: &str) -> Option<f64> {
+        group_lr(&self.next_lrs, self.next_lr, group)
+    }
+}
+
+fn group_lr(map: &Option<GroupLrs>, default: f64, group: &str) -> Option<f64> {
+    match map {
+        Some(m) => m.get(group).copied(),
+        None if group == "default" => Some(default),
+        None => None,
+    }
+}
+
+/// Reply of `observe`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// The next lr of the group named in the request, or of the default
+    /// group.
+    pub lr: f64,
+    /// Every group's next lr.
+    pub lrs: GroupLrs,
 }
 
 /// Reply of `import`.

@@ -100,6 +100,14 @@ impl<'a> Message<'a> {
         enc::write_bool(&mut self.head, v).expect("Vec write");
     }
 
+    fn float(&mut self, v: f64) {
+        enc::write_f64(&mut self.head, v).expect("Vec write");
+    }
+
+    fn nil(&mut self) {
+        enc::write_nil(&mut self.head).expect("Vec write");
+    }
+
     fn bin(&mut self, data: &'a [u8]) -> Result<()> {
         let len = u32::try_from(data.len()).map_err(|_| Error::invalid("binary over 4 GiB"))?;
         enc::write_bin_len(&mut self.head, len).expect("Vec write");
@@ -126,6 +134,51 @@ impl<'a> Message<'a> {
         for (k, v) in h {
             self.str(k)?;
             self.hvalue(v);
+        }
+        Ok(())
+    }
+
+    fn group_spec(&mut self, g: &GroupSpec) -> Result<()> {
+        let keys = 1
+            + g.hparams.is_some() as usize
+            + !matches!(g.scheduler, GroupScheduler::Inherit) as usize
+            + g.sched_hparams.is_some() as usize;
+        self.map(keys)?;
+        self.str("name")?;
+        self.str(&g.name)?;
+        if let Some(h) = &g.hparams {
+            self.str("hparams")?;
+            self.hparams(h)?;
+        }
+        match &g.scheduler {
+            GroupScheduler::Inherit => {}
+            GroupScheduler::Off => {
+                self.str("scheduler")?;
+                self.nil();
+            }
+            GroupScheduler::Plugin(id) => {
+                self.str("scheduler")?;
+                self.str(id)?;
+            }
+        }
+        if let Some(h) = &g.sched_hparams {
+            self.str("sched_hparams")?;
+            self.hparams(h)?;
+        }
+        Ok(())
+    }
+
+    fn clip_norm(&mut self, c: &ClipNorm) -> Result<()> {
+        self.map(1 + c.norm_type.is_some() as usize + c.per_group.is_some() as usize)?;
+        self.str("max_norm")?;
+        self.float(c.max_norm);
+        if let Some(p) = c.norm_type {
+            self.str("norm_type")?;
+            self.float(p);
+        }
+        if let Some(b) = c.per_group {
+            self.str("per_group")?;
+            self.bool(b);
         }
         Ok(())
     }
@@ -218,12 +271,21 @@ pub mod request {
     }
 
     pub fn open(id: u64, session: &str, optimizer: &str, o: &OpenOptions) -> Result<Message<'static>> {
+        if let Some(k) = &o.open_key {
+            // Checked here: a key the daemon refuses would turn every retry
+            // into the same BAD_REQUEST.
+            if !(16..=64).contains(&k.len()) || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                return Err(Error::invalid("open_key must be 16 to 64 printable ASCII bytes (no space)"));
+            }
+        }
         let mut m = Message::new();
         let extra = 2
             + o.hparams.is_some() as usize
             + o.scheduler.is_some() as usize
             + o.sched_hparams.is_some() as usize
-            + o.durability.is_some() as usize;
+            + o.durability.is_some() as usize
+            + o.open_key.is_some() as usize
+            + o.groups.is_some() as usize;
         m.envelope(id, "open", None, extra)?;
         m.str("session")?;
         m.str(session)?;
@@ -244,6 +306,17 @@ pub mod request {
         if let Some(d) = o.durability {
             m.str("durability")?;
             m.str(d.as_str())?;
+        }
+        if let Some(k) = &o.open_key {
+            m.str("open_key")?;
+            m.str(k)?;
+        }
+        if let Some(groups) = &o.groups {
+            m.str("groups")?;
+            m.array(groups.len())?;
+            for g in groups {
+                m.group_spec(g)?;
+            }
         }
         Ok(m)
     }
@@ -272,11 +345,29 @@ pub mod request {
         session_only(id, "hparams", s)
     }
 
-    pub fn set_hparams(id: u64, s: &Session, h: &Hparams) -> Result<Message<'static>> {
+    /// `group` None: every group.
+    pub fn set_hparams(id: u64, s: &Session, h: &Hparams, group: Option<&str>) -> Result<Message<'static>> {
         let mut m = Message::new();
-        m.envelope(id, "set_hparams", Some(s), 1)?;
+        m.envelope(id, "set_hparams", Some(s), 1 + group.is_some() as usize)?;
         m.str("hparams")?;
         m.hparams(h)?;
+        if let Some(g) = group {
+            m.str("group")?;
+            m.str(g)?;
+        }
+        Ok(m)
+    }
+
+    /// `group` None: every group whose scheduler takes a metric.
+    pub fn observe(id: u64, s: &Session, metric: f64, group: Option<&str>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "observe", Some(s), 1 + group.is_some() as usize)?;
+        m.str("metric")?;
+        m.float(metric);
+        if let Some(g) = group {
+            m.str("group")?;
+            m.str(g)?;
+        }
         Ok(m)
     }
 
@@ -288,11 +379,21 @@ pub mod request {
         session_only(id, "export", s)
     }
 
-    pub fn register<'a>(id: u64, s: &Session, params: &[(&str, TensorRef<'a>)]) -> Result<Message<'a>> {
+    /// `group` None: the daemon's default, `"default"`.
+    pub fn register<'a>(
+        id: u64,
+        s: &Session,
+        params: &[(&str, TensorRef<'a>)],
+        group: Option<&str>,
+    ) -> Result<Message<'a>> {
         let mut m = Message::new();
-        m.envelope(id, "register", Some(s), 1)?;
+        m.envelope(id, "register", Some(s), 1 + group.is_some() as usize)?;
         m.str("params")?;
         m.tensors(params)?;
+        if let Some(g) = group {
+            m.str("group")?;
+            m.str(g)?;
+        }
         Ok(m)
     }
 
@@ -306,7 +407,12 @@ pub mod request {
             return Err(Error::invalid("client id longer than 64 bytes"));
         }
         let mut m = Message::new();
-        let extra = 1 + o.return_params.is_some() as usize + o.seq.is_some() as usize + o.client.is_some() as usize;
+        let extra = 1
+            + o.return_params.is_some() as usize
+            + o.seq.is_some() as usize
+            + o.client.is_some() as usize
+            + o.clip_value.is_some() as usize
+            + o.clip_norm.is_some() as usize;
         m.envelope(id, "step", Some(s), extra)?;
         m.str("grads")?;
         m.tensors(grads)?;
@@ -321,6 +427,14 @@ pub mod request {
         if let Some(c) = &o.client {
             m.str("client")?;
             m.str(c)?;
+        }
+        if let Some(v) = o.clip_value {
+            m.str("clip_value")?;
+            m.float(v);
+        }
+        if let Some(c) = &o.clip_norm {
+            m.str("clip_norm")?;
+            m.clip_norm(c)?;
         }
         Ok(m)
     }
@@ -463,6 +577,28 @@ impl Fields {
         let f = self.fields(key)?;
         tensor_map(f)
     }
+
+    /// A map str → float (group name → lr or norm).
+    fn floats(&mut self, key: &str) -> Result<BTreeMap<String, f64>> {
+        let f = self.fields(key)?;
+        float_map(f)
+    }
+
+    fn opt_floats(&mut self, key: &str) -> Result<Option<BTreeMap<String, f64>>> {
+        match self.opt(key) {
+            None => Ok(None),
+            Some((v, p)) => float_map(Fields::from_value(v, &p)?).map(Some),
+        }
+    }
+}
+
+fn float_map(f: Fields) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in f.map {
+        let p = format!("{}.{}", f.ctx, k);
+        out.insert(k, as_float(&v, &p)?);
+    }
+    Ok(out)
 }
 
 fn as_str(v: Value, p: &str) -> Result<String> {
@@ -556,10 +692,14 @@ pub mod reply {
             return Err(Error::protocol(format!("reply has protocol version {version}")));
         }
         let got = f.uint("id")?;
-        if got != id {
+        let ok = f.bool("ok")?;
+        // A request the daemon could not decode is answered with id 0
+        // (protocol.md §2): it never learnt ours. The SP layer has already
+        // matched the reply to this request.
+        if got != id && (ok || got != 0) {
             return Err(Error::protocol(format!("reply id {got} answers no request of ours (sent {id})")));
         }
-        if f.bool("ok")? {
+        if ok {
             return Ok(f);
         }
         let (code, p) = f.req("code")?;
@@ -666,7 +806,11 @@ pub mod reply {
 
     pub fn open(bytes: &[u8], id: u64) -> Result<Opened> {
         let mut f = envelope(bytes, id)?;
-        Ok(Opened { session: Session { name: f.str("session")?, token: f.str("token")? }, lr: f.float("lr")? })
+        Ok(Opened {
+            session: Session { name: f.str("session")?, token: f.str("token")? },
+            lr: f.float("lr")?,
+            existing: f.bool("existing")?,
+        })
     }
 
     fn param_info(v: Value, p: &str) -> Result<ParamInfo> {
@@ -675,7 +819,25 @@ pub mod reply {
         let dtype = f.str("dtype")?;
         let dtype = Dtype::parse(&dtype).ok_or_else(|| bad(p, &format!("unknown dtype {dtype:?}")))?;
         let (shape, sp) = f.req("shape")?;
-        Ok(ParamInfo { name, dtype, shape: as_shape(shape, &sp)?, steps: f.uint("steps")? })
+        Ok(ParamInfo { name, group: f.str("group")?, dtype, shape: as_shape(shape, &sp)?, steps: f.uint("steps")? })
+    }
+
+    fn group_info(v: Value, p: &str) -> Result<GroupInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        Ok(GroupInfo {
+            name: f.str("name")?,
+            scheduler: f.opt_str_or_nil("scheduler")?,
+            hparams: f.hparams("hparams")?,
+            sched_hparams: f.hparams("sched_hparams")?,
+            base_lr: f.float("base_lr")?,
+            lr: f.float("lr")?,
+            params: f.uint("params")?,
+        })
+    }
+
+    fn groups(f: &mut Fields) -> Result<Vec<GroupInfo>> {
+        let (a, p) = f.array("groups")?;
+        a.into_iter().enumerate().map(|(i, v)| group_info(v, &format!("{p}[{i}]"))).collect()
     }
 
     /// `info` and `attach`.
@@ -706,6 +868,7 @@ pub mod reply {
                 .enumerate()
                 .map(|(i, v)| param_info(v, &format!("{pp}[{i}]")))
                 .collect::<Result<_>>()?,
+            groups: groups(&mut f)?,
         })
     }
 
@@ -717,7 +880,13 @@ pub mod reply {
             sched_hparams: f.hparams("sched_hparams")?,
             base_lr: f.float("base_lr")?,
             lr: f.float("lr")?,
+            groups: groups(&mut f)?,
         })
+    }
+
+    pub fn observe(bytes: &[u8], id: u64) -> Result<Observed> {
+        let mut f = envelope(bytes, id)?;
+        Ok(Observed { lr: f.float("lr")?, lrs: f.floats("lrs")? })
     }
 
     pub fn sessions(bytes: &[u8], id: u64) -> Result<Vec<SessionSummary>> {
@@ -748,11 +917,20 @@ pub mod reply {
             None => None,
             Some((v, p)) => Some(tensor_map(Fields::from_value(v, &p)?)?),
         };
+        let grad_norm = match (f.opt("grad_norm"), f.opt_floats("grad_norms")?) {
+            (None, None) => None,
+            (Some((v, p)), None) => Some(GradNorm::Total(as_float(&v, &p)?)),
+            (None, Some(m)) => Some(GradNorm::PerGroup(m)),
+            (Some(_), Some(_)) => return Err(bad("reply", "both grad_norm and grad_norms")),
+        };
         Ok(StepResult {
             steps: f.uint("steps")?,
             lr: f.float("lr")?,
             next_lr: f.float("next_lr")?,
             duplicate: f.bool("duplicate")?,
+            lrs: f.opt_floats("lrs")?,
+            next_lrs: f.opt_floats("next_lrs")?,
+            grad_norm,
             params,
         })
     }

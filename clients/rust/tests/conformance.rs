@@ -42,6 +42,31 @@ fn durability(j: &Json) -> Durability {
     Durability::parse(j.str()).expect("durability")
 }
 
+fn group_from_json(j: &Json) -> GroupSpec {
+    let g = j.obj();
+    check_used(g, &["name", "hparams", "scheduler", "sched_hparams"]);
+    GroupSpec {
+        name: g.get("name").expect("group name").str().to_owned(),
+        hparams: g.get("hparams").map(hparams_from_json),
+        scheduler: match g.get("scheduler") {
+            None => GroupScheduler::Inherit,
+            Some(Json::Null) => GroupScheduler::Off,
+            Some(id) => GroupScheduler::Plugin(id.str().to_owned()),
+        },
+        sched_hparams: g.get("sched_hparams").map(hparams_from_json),
+    }
+}
+
+fn clip_norm_from_json(j: &Json) -> ClipNorm {
+    let c = j.obj();
+    check_used(c, &["max_norm", "norm_type", "per_group"]);
+    ClipNorm {
+        max_norm: c.get("max_norm").expect("max_norm").f64(),
+        norm_type: c.get("norm_type").map(Json::f64),
+        per_group: c.get("per_group").map(Json::bool),
+    }
+}
+
 /// Builds the request a vector's `call` describes, through the public API.
 fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
     let c = call.obj();
@@ -63,11 +88,13 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                 scheduler: get("scheduler").map(|s| s.str().to_owned()),
                 sched_hparams: get("sched_hparams").map(hparams_from_json),
                 durability: get("durability").map(durability),
+                open_key: get("open_key").map(|k| k.str().to_owned()),
+                groups: get("groups").map(|a| a.arr().iter().map(group_from_json).collect()),
             };
             request::open(id, get("session").unwrap().str(), get("optimizer").unwrap().str(), &o)
         }
         "attach" | "hparams" | "close" | "export" | "info" | "set_hparams" | "register" | "step" | "pull"
-        | "state" => {
+        | "state" | "observe" => {
             get("session");
             get("token");
             let s = session();
@@ -77,7 +104,14 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                 "close" => request::close(id, &s),
                 "export" => request::export(id, &s),
                 "info" => request::info(id, &s, get("client").map(Json::str)),
-                "set_hparams" => request::set_hparams(id, &s, &hparams_from_json(get("hparams").unwrap())),
+                "set_hparams" => {
+                    let h = hparams_from_json(get("hparams").expect("hparams"));
+                    request::set_hparams(id, &s, &h, get("group").map(Json::str))
+                }
+                "observe" => {
+                    let metric = get("metric").expect("metric").f64();
+                    request::observe(id, &s, metric, get("group").map(Json::str))
+                }
                 "register" | "step" => {
                     let key = if op == "register" { "params" } else { "grads" };
                     let map = get(key).expect("tensor map").obj();
@@ -86,12 +120,14 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                     let refs: Vec<(&str, TensorRef<'_>)> =
                         map.keys().map(String::as_str).zip(owned[start..].iter().map(Tensor::as_ref)).collect();
                     let bytes = if op == "register" {
-                        request::register(id, &s, &refs).map(|m| m.to_vec())
+                        request::register(id, &s, &refs, get("group").map(Json::str)).map(|m| m.to_vec())
                     } else {
                         let o = StepOptions {
                             return_params: get("return").map(Json::bool),
                             seq: get("seq").map(Json::u64),
                             client: get("client").map(|s| s.str().to_owned()),
+                            clip_value: get("clip_value").map(Json::f64),
+                            clip_norm: get("clip_norm").map(clip_norm_from_json),
                         };
                         request::step(id, &s, &refs, &o).map(|m| m.to_vec())
                     };
@@ -204,12 +240,35 @@ fn obj(pairs: Vec<(&str, Json)>) -> Json {
     Json::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
+fn fmap(m: &BTreeMap<String, f64>) -> Json {
+    Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::Float(*v))).collect())
+}
+
+fn groups_json(gs: &[GroupInfo]) -> Json {
+    Json::Array(
+        gs.iter()
+            .map(|g| {
+                obj(vec![
+                    ("name", s(&g.name)),
+                    ("scheduler", opt_s(&g.scheduler)),
+                    ("hparams", hmap(&g.hparams)),
+                    ("sched_hparams", hmap(&g.sched_hparams)),
+                    ("base_lr", Json::Float(g.base_lr)),
+                    ("lr", Json::Float(g.lr)),
+                    ("params", u(g.params)),
+                ])
+            })
+            .collect(),
+    )
+}
+
 fn hparams_json(h: &HparamsInfo) -> Vec<(&'static str, Json)> {
     vec![
         ("hparams", hmap(&h.hparams)),
         ("sched_hparams", hmap(&h.sched_hparams)),
         ("base_lr", Json::Float(h.base_lr)),
         ("lr", Json::Float(h.lr)),
+        ("groups", groups_json(&h.groups)),
     ]
 }
 
@@ -288,7 +347,12 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
         }
         "open" => {
             let o = reply::open(bytes, id)?;
-            obj(vec![("session", s(&o.session.name)), ("token", s(&o.session.token)), ("lr", Json::Float(o.lr))])
+            obj(vec![
+                ("session", s(&o.session.name)),
+                ("token", s(&o.session.token)),
+                ("lr", Json::Float(o.lr)),
+                ("existing", Json::Bool(o.existing)),
+            ])
         }
         "info" | "attach" => {
             let i = reply::info(bytes, id)?;
@@ -311,6 +375,7 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
                             .map(|p| {
                                 obj(vec![
                                     ("name", s(&p.name)),
+                                    ("group", s(&p.group)),
                                     ("dtype", s(p.dtype.as_str())),
                                     ("shape", Json::Array(p.shape.iter().map(|&d| u(d)).collect())),
                                     ("steps", u(p.steps)),
@@ -319,6 +384,7 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
                             .collect(),
                     ),
                 ),
+                ("groups", groups_json(&i.groups)),
             ];
             if let Some(cs) = i.client_seq {
                 o.push(("client_seq", u(cs)));
@@ -358,10 +424,25 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
                 ("next_lr", Json::Float(r.next_lr)),
                 ("duplicate", Json::Bool(r.duplicate)),
             ];
+            if let Some(m) = &r.lrs {
+                o.push(("lrs", fmap(m)));
+            }
+            if let Some(m) = &r.next_lrs {
+                o.push(("next_lrs", fmap(m)));
+            }
+            match &r.grad_norm {
+                None => {}
+                Some(GradNorm::Total(n)) => o.push(("grad_norm", Json::Float(*n))),
+                Some(GradNorm::PerGroup(m)) => o.push(("grad_norms", fmap(m))),
+            }
             if let Some(p) = &r.params {
                 o.push(("params", tmap(p)));
             }
             obj(o)
+        }
+        "observe" => {
+            let r = reply::observe(bytes, id)?;
+            obj(vec![("lr", Json::Float(r.lr)), ("lrs", fmap(&r.lrs))])
         }
         "pull" => obj(vec![("params", tmap(&reply::pull(bytes, id)?))]),
         "state" => {

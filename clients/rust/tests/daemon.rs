@@ -192,6 +192,10 @@ fn every_other_op() {
     assert!(step_sched.slots.is_none() && step_sched.dtypes.is_none());
     let step_size = step_sched.hparams.iter().find(|h| h.key == "step_size").unwrap();
     assert!(step_size.required && step_size.default.is_none());
+    // Factored slots: the shapes protocol.md added for Adafactor.
+    let adafactor = plugins.iter().find(|p| p.id == "adafactor").expect("adafactor loaded");
+    let kinds: Vec<SlotShape<'_>> = adafactor.slots.as_ref().unwrap().iter().map(SlotDecl::shape_kind).collect();
+    assert!(kinds.contains(&SlotShape::Rows) && kinds.contains(&SlotShape::Cols), "{kinds:?}");
 
     // open with every optional key.
     let opts = OpenOptions::new()
@@ -213,7 +217,13 @@ fn every_other_op() {
     assert_eq!(info.sched_hparams["step_size"], HValue::Int(2));
     assert_eq!(info.base_lr, 0.5);
     assert_eq!(info.client_seq, None);
-    assert_eq!(info.params, vec![ParamInfo { name: "x".into(), dtype: Dtype::F64, shape: vec![2], steps: 0 }]);
+    assert_eq!(
+        info.params,
+        vec![ParamInfo { name: "x".into(), group: "default".into(), dtype: Dtype::F64, shape: vec![2], steps: 0 }]
+    );
+    assert_eq!(info.groups.len(), 1, "a session opened without groups has only the default one");
+    assert_eq!(info.groups[0].name, "default");
+    assert_eq!((info.groups[0].base_lr, info.groups[0].params), (0.5, 1));
     assert_eq!(server_code(c.attach(&Session::new("ops", "f".repeat(32)))), ErrorCode::BadToken);
 
     // The schedule: lr 0.5, 0.5, then 0.25 from step 3 on.
@@ -406,4 +416,223 @@ fn a_call_times_out_and_the_client_recovers() {
     server.join().unwrap();
 
     assert!(matches!(Client::connect("ws://127.0.0.1:1/x"), Err(Error::Invalid(_))));
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+fn lrs(pairs: &[(&str, f64)]) -> GroupLrs {
+    pairs.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Two parameter groups: each parameter moves by its own group's lr, and
+/// info, step and set_hparams report the groups apart.
+#[test]
+fn two_groups_have_their_own_lr() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    // The head group halves its lr after every step; the default group
+    // has no scheduler.
+    let opts = OpenOptions::new()
+        .hparam("lr", 0.1)
+        .group(GroupSpec::new("head").hparam("lr", 0.5).scheduler("step").sched_hparam("step_size", 1).sched_hparam("gamma", 0.5));
+    let opened = c.open("grouped", "sgd", &opts).unwrap();
+    assert!(!opened.existing);
+    assert_eq!(opened.lr, 0.1, "open reports the default group's lr");
+    let s = opened.session;
+    c.register(&s, &[("w", TensorRef::vec_f64(&[1.0, 2.0]))]).unwrap();
+    assert_eq!(c.register_in_group(&s, "head", &[("h", TensorRef::vec_f64(&[3.0, -1.0]))]).unwrap(), 1);
+
+    let info = c.info(&s, None).unwrap();
+    let names: Vec<&str> = info.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["default", "head"]);
+    let head = info.group("head").unwrap();
+    assert_eq!((head.scheduler.as_deref(), head.base_lr, head.lr, head.params), (Some("step"), 0.5, 0.5, 1));
+    assert_eq!(head.hparams["lr"], HValue::Float(0.5));
+    let default = info.group("default").unwrap();
+    assert_eq!((default.scheduler.as_deref(), default.lr, default.params), (None, 0.1, 1));
+    assert_eq!((info.lr, info.scheduler.as_deref()), (0.1, None), "the top level is the default group");
+    let groups_of: Vec<(&str, &str)> = info.params.iter().map(|p| (p.name.as_str(), p.group.as_str())).collect();
+    assert_eq!(groups_of, [("w", "default"), ("h", "head")]);
+
+    // Gradients whose products with the lrs are exact, so the expected
+    // values are too.
+    let (gw, gh) = ([2.0f64, -4.0], [0.5f64, 1.0]);
+    let grads = [("w", TensorRef::vec_f64(&gw)), ("h", TensorRef::vec_f64(&gh))];
+    let r = c.step(&s, &grads, &StepOptions::new()).unwrap();
+    assert_eq!(r.lrs, Some(lrs(&[("default", 0.1), ("head", 0.5)])));
+    assert_eq!(r.next_lrs, Some(lrs(&[("default", 0.1), ("head", 0.25)])));
+    assert_eq!((r.lr_of("head"), r.next_lr_of("head"), r.lr_of("nope")), (Some(0.5), Some(0.25), None));
+    assert_eq!(r.grad_norm, None, "no clip_norm, no norm");
+    let p = r.params.unwrap();
+    assert_eq!(p["w"].to_f64().unwrap(), [1.0 - 0.1 * 2.0, 2.0 + 0.1 * 4.0]);
+    assert_eq!(p["h"].to_f64().unwrap(), [3.0 - 0.5 * 0.5, -1.0 - 0.5 * 1.0]);
+    assert_eq!(c.info(&s, None).unwrap().group("head").unwrap().lr, 0.25);
+
+    // One group's hyperparameters, then every group's.
+    let mut lr = Hparams::new();
+    lr.insert("lr".into(), HValue::Float(2.0));
+    let hp = c.set_group_hparams(&s, "head", &lr).unwrap();
+    assert_eq!((hp.group("head").unwrap().lr, hp.group("default").unwrap().lr), (2.0, 0.1));
+    let mut momentum = Hparams::new();
+    momentum.insert("momentum".into(), HValue::Float(0.25));
+    let hp = c.set_hparams(&s, &momentum).unwrap();
+    for g in &hp.groups {
+        assert_eq!(g.hparams["momentum"], HValue::Float(0.25), "group {}", g.name);
+    }
+    assert_eq!(hp.group("head").unwrap().lr, 2.0, "keys not given are kept");
+    let r = c.step(&s, &grads, &StepOptions::new().return_params(false)).unwrap();
+    assert_eq!(r.lrs, Some(lrs(&[("default", 0.1), ("head", 2.0)])));
+
+    assert_eq!(server_code(c.set_group_hparams(&s, "nope", &lr)), ErrorCode::BadRequest);
+    assert_eq!(server_code(c.register_in_group(&s, "nope", &[("z", TensorRef::vec_f64(&[0.0]))])), ErrorCode::BadRequest);
+    drop(c);
+    d.stop();
+}
+
+/// Clipping by norm (whole step and per group) and by value, against the
+/// geometry: a gradient clipped to norm 1 is its direction.
+#[test]
+fn clipped_steps_report_the_gradient_norm() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let opts = OpenOptions::new().hparam("lr", 1.0).group(GroupSpec::new("b"));
+    let s = c.open("clipped", "sgd", &opts).unwrap().session;
+    c.register(&s, &[("w", TensorRef::vec_f32(&[0.0, 0.0]))]).unwrap();
+    c.register_in_group(&s, "b", &[("v", TensorRef::vec_f32(&[0.0, 0.0]))]).unwrap();
+    let (gw, gv) = ([3.0f32, 4.0], [0.0f32, 12.0]);
+    let grads = [("w", TensorRef::vec_f32(&gw)), ("v", TensorRef::vec_f32(&gv))];
+
+    // Over the whole step: |(3, 4, 0, 12)| = 13, scaled to norm 1; SGD with
+    // lr 1 then moves each parameter by minus its clipped gradient.
+    let r = c.step(&s, &grads, &StepOptions::new().clip_norm(ClipNorm::new(1.0))).unwrap();
+    match r.grad_norm {
+        Some(GradNorm::Total(n)) => assert!((n - 13.0).abs() < 1e-5, "grad_norm {n}"),
+        other => panic!("expected grad_norm, got {other:?}"),
+    }
+    let p = r.params.unwrap();
+    let (w1, v1) = (p["w"].to_f32().unwrap(), p["v"].to_f32().unwrap());
+    assert_close(&w1, &[-3.0 / 13.0, -4.0 / 13.0], 1e-6, "w after a clip to 1 over the step");
+    assert_close(&v1, &[0.0, -12.0 / 13.0], 1e-6, "v after a clip to 1 over the step");
+
+    // Per group: 5 and 12, each group scaled to norm 1 on its own.
+    let per_group = StepOptions::new().clip_norm(ClipNorm::new(1.0).norm_type(2.0).per_group(true));
+    let r = c.step(&s, &grads, &per_group).unwrap();
+    match &r.grad_norm {
+        Some(GradNorm::PerGroup(m)) => {
+            assert_eq!(m.keys().collect::<Vec<_>>(), ["b", "default"]);
+            assert!((m["default"] - 5.0).abs() < 1e-5 && (m["b"] - 12.0).abs() < 1e-5, "{m:?}");
+        }
+        other => panic!("expected grad_norms, got {other:?}"),
+    }
+    let p = r.params.unwrap();
+    let (w2, v2) = (p["w"].to_f32().unwrap(), p["v"].to_f32().unwrap());
+    assert_close(&w2, &[w1[0] as f64 - 0.6, w1[1] as f64 - 0.8], 1e-6, "w after a per-group clip");
+    assert_close(&v2, &[0.0, v1[1] as f64 - 1.0], 1e-6, "v after a per-group clip");
+
+    // By value: (3, -4) clamped to ±2; no norm was asked for.
+    let gw3 = [3.0f32, -4.0];
+    let r = c.step(&s, &[("w", TensorRef::vec_f32(&gw3))], &StepOptions::new().clip_value(2.0)).unwrap();
+    assert_eq!(r.grad_norm, None);
+    let w3 = r.params.unwrap()["w"].to_f32().unwrap();
+    assert_close(&w3, &[w2[0] as f64 - 2.0, w2[1] as f64 + 2.0], 1e-6, "w after a clip by value");
+
+    // Both: values are clamped first, so the norm reported is |(2, -2)|,
+    // under max_norm: nothing is scaled.
+    let both = StepOptions::new().clip_value(2.0).clip_norm(ClipNorm::new(100.0));
+    let r = c.step(&s, &[("w", TensorRef::vec_f32(&gw3))], &both).unwrap();
+    match r.grad_norm {
+        Some(GradNorm::Total(n)) => assert!((n - 8f64.sqrt()).abs() < 1e-5, "grad_norm {n}"),
+        other => panic!("expected grad_norm, got {other:?}"),
+    }
+    let w4 = r.params.unwrap()["w"].to_f32().unwrap();
+    assert_close(&w4, &[w3[0] as f64 - 2.0, w3[1] as f64 + 2.0], 1e-6, "w after both clips");
+
+    assert_eq!(
+        server_code(c.step(&s, &[("w", TensorRef::vec_f32(&gw3))], &StepOptions::new().clip_value(-1.0))),
+        ErrorCode::BadRequest
+    );
+    drop(c);
+    d.stop();
+}
+
+/// `plateau` (torch's ReduceLROnPlateau) with patience 0 and factor 0.5:
+/// one metric worse than the best so far halves the lr.
+#[test]
+fn observe_drives_the_plateau_scheduler() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let opts = OpenOptions::new()
+        .hparam("lr", 1.0)
+        .scheduler("plateau")
+        .sched_hparam("patience", 0)
+        .sched_hparam("factor", 0.5);
+    let s = c.open("plateau", "sgd", &opts).unwrap().session;
+    c.register(&s, &[("w", TensorRef::vec_f64(&[1.0]))]).unwrap();
+
+    let o = c.observe(&s, 1.0, None).unwrap();
+    assert_eq!((o.lr, &o.lrs), (1.0, &lrs(&[("default", 1.0)])), "the first metric is the best so far");
+    let o = c.observe(&s, 2.0, None).unwrap();
+    assert_eq!((o.lr, &o.lrs), (0.5, &lrs(&[("default", 0.5)])), "a worse metric halves the lr");
+    let o = c.observe(&s, 0.5, None).unwrap();
+    assert_eq!(o.lr, 0.5, "a better one keeps it");
+    let r = c.step(&s, &[("w", TensorRef::vec_f64(&[1.0]))], &StepOptions::new()).unwrap();
+    assert_eq!(r.lr, 0.5, "the step uses the lr observe set");
+    assert_eq!(r.params.unwrap()["w"].to_f64().unwrap(), [0.5]);
+    assert_eq!(c.info(&s, None).unwrap().lr, 0.5);
+
+    // Only the head group takes metrics here.
+    let opts = OpenOptions::new()
+        .hparam("lr", 1.0)
+        .group(GroupSpec::new("head").scheduler("plateau").sched_hparam("patience", 0).sched_hparam("factor", 0.5));
+    let t = c.open("plateau-head", "sgd", &opts).unwrap().session;
+    assert_eq!(c.observe(&t, 3.0, Some("head")).unwrap().lr, 1.0);
+    let o = c.observe(&t, 4.0, Some("head")).unwrap();
+    assert_eq!((o.lr, &o.lrs), (0.5, &lrs(&[("default", 1.0), ("head", 0.5)])));
+    let o = c.observe(&t, 5.0, None).unwrap();
+    assert_eq!(o.lrs, lrs(&[("default", 1.0), ("head", 0.25)]), "no group named: every metric scheduler");
+    assert_eq!(server_code(c.observe(&t, 1.0, Some("default"))), ErrorCode::BadRequest);
+    assert_eq!(server_code(c.observe(&t, 1.0, Some("nope"))), ErrorCode::BadRequest);
+    drop(c);
+    d.stop();
+}
+
+/// The open of a lost reply, re-sent with its open_key on a new
+/// connection, gets the session the first attempt created.
+#[test]
+fn a_retried_open_with_its_key_returns_the_same_session() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let key = new_open_key();
+    assert_eq!(key.len(), 32);
+    assert_ne!(key, new_open_key(), "keys are random");
+    let opts = OpenOptions::new().hparam("lr", 0.1).open_key(key.clone());
+    let first = c.open("keyed", "sgd", &opts).unwrap();
+    assert!(!first.existing);
+    c.register(&first.session, &[("w", TensorRef::vec_f64(&[1.0]))]).unwrap();
+    c.step(&first.session, &[("w", TensorRef::vec_f64(&[1.0]))], &StepOptions::new()).unwrap();
+
+    c.disconnect();
+    let again = c.open("keyed", "sgd", &opts).unwrap();
+    assert!(again.existing, "the retry is answered with the existing session");
+    assert_eq!(again.session, first.session, "same name and token");
+    assert_eq!(again.lr, 0.1);
+    assert_eq!(c.info(&again.session, None).unwrap().steps, 1, "the session was not opened anew");
+
+    // Anyone else asking for the name still gets SESSION_EXISTS.
+    let other = OpenOptions::new().hparam("lr", 0.1).open_key(new_open_key());
+    assert_eq!(server_code(c.open("keyed", "sgd", &other)), ErrorCode::SessionExists);
+    assert_eq!(server_code(c.open("keyed", "sgd", &OpenOptions::new().hparam("lr", 0.1))), ErrorCode::SessionExists);
+    // A key the daemon would refuse is refused before sending.
+    for bad in ["too-short", "has a space in it..", &"x".repeat(65)] {
+        let e = c.open("other", "sgd", &OpenOptions::new().hparam("lr", 0.1).open_key(bad)).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{bad:?}: {e}");
+    }
+    assert!(c.sessions().unwrap().iter().all(|x| x.session != "other"));
+    drop(c);
+    d.stop();
 }

@@ -77,6 +77,20 @@ req("step_sequenced", {"op": "step", "session": "run1", "token": TOKEN,
                        "seq": 3, "client": "w0", "return": False})
 req("pull_names", {"op": "pull", "session": "run1", "token": TOKEN, "names": ["w", "b"]})
 req("info_client", {"op": "info", "session": "run1", "token": TOKEN, "client": "w0"})
+req("open_groups", {"op": "open", "session": "g", "optimizer": "sgd", "hparams": {"lr": 0.1},
+                    "scheduler": "step", "sched_hparams": {"step_size": 2},
+                    "open_key": "k" * 20,
+                    "groups": [{"name": "frozen", "scheduler": None},
+                               {"name": "b", "hparams": {"lr": 1}, "scheduler": "plateau",
+                                "sched_hparams": {"patience": 0, "factor": 0.5}},
+                               {"name": "c"}]})
+req("register_group", {"op": "register", "session": "g", "token": TOKEN,
+                       "params": {"w": tensor("f32", [1], [1.0])}, "group": "b"})
+req("set_hparams_all", {"op": "set_hparams", "session": "g", "token": TOKEN,
+                        "hparams": {"momentum": 0.5}})
+req("step_clip_norm", {"op": "step", "session": "g", "token": TOKEN, "grads": {},
+                       "clip_value": 0.5, "clip_norm": {"max_norm": 2.0}})
+req("observe", {"op": "observe", "session": "g", "token": TOKEN, "metric": 1.5})
 
 replies = []
 
@@ -115,5 +129,55 @@ rep("truncated", "close", 5, mp({"v": 1, "id": 5, "ok": True})[:-1], {"invalid":
 rep("trailing_bytes", "close", 5, mp({"v": 1, "id": 5, "ok": True}) + b"\xc0", {"invalid": True})
 rep("huge_claim", "pull", 4, b"\xdf\xff\xff\xff\xff", {"invalid": True})
 rep("close_ok", "close", 9, {"v": 1, "id": 9, "ok": True}, {"ok": True, "result": {}})
+rep("error_id0", "close", 9, {"v": 1, "id": 0, "ok": False, "code": 1, "error": "MALFORMED",
+                              "message": "m"}, {"ok": False, "code": 1, "error": "MALFORMED"})
+rep("error_other_id", "close", 9, {"v": 1, "id": 8, "ok": False, "code": 1, "error": "MALFORMED",
+                                   "message": "m"}, {"invalid": True})
+rep("success_id0", "close", 9, {"v": 1, "id": 0, "ok": True}, {"invalid": True})
+rep("open_existing", "open", 2, {"v": 1, "id": 2, "ok": True, "session": "g", "token": TOKEN,
+                                 "lr": F32(0.25), "existing": True, "later": [1]},
+    {"ok": True, "result": {"session": "g", "token": TOKEN, "lr": 0.25, "existing": True}})
+rep("open_without_existing", "open", 2, {"v": 1, "id": 2, "ok": True, "session": "g",
+                                         "token": TOKEN, "lr": 0.25}, {"invalid": True})
+rep("step_norms", "step", 3, {"v": 1, "id": 3, "ok": True, "steps": 4, "lr": 0.1, "next_lr": 0.1,
+                              "duplicate": False, "lrs": {"default": 0.1, "b": 1},
+                              "next_lrs": {"default": 0.1, "b": F32(0.5)},
+                              "grad_norms": {"b": 2.5}},
+    {"ok": True, "result": {"steps": 4, "lr": 0.1, "next_lr": 0.1, "duplicate": False,
+                            "lrs": {"default": 0.1, "b": 1.0}, "next_lrs": {"default": 0.1, "b": 0.5},
+                            "grad_norms": {"b": 2.5}}})
+rep("step_both_norms", "step", 3, {"v": 1, "id": 3, "ok": True, "steps": 4, "lr": 0.1,
+                                   "next_lr": 0.1, "duplicate": False, "grad_norm": 1.0,
+                                   "grad_norms": {"b": 2.5}}, {"invalid": True})
+rep("step_lr_not_a_number", "step", 3, {"v": 1, "id": 3, "ok": True, "steps": 4, "lr": 0.1,
+                                        "next_lr": 0.1, "duplicate": False,
+                                        "lrs": {"default": "0.1"}}, {"invalid": True})
+rep("observe_ok", "observe", 4, {"v": 1, "id": 4, "ok": True, "lr": 0.5,
+                                 "lrs": {"default": 0.5, "b": 1}},
+    {"ok": True, "result": {"lr": 0.5, "lrs": {"default": 0.5, "b": 1.0}}})
+rep("observe_without_lrs", "observe", 4, {"v": 1, "id": 4, "ok": True, "lr": 0.5},
+    {"invalid": True})
+group = {"name": "default", "scheduler": None, "hparams": {"lr": 0.1, "nesterov": False},
+         "sched_hparams": {}, "base_lr": 0.1, "lr": 0.1, "params": 0}
+rep("hparams_groups", "hparams", 5, {"v": 1, "id": 5, "ok": True, "hparams": {"lr": 0.1, "nesterov": False},
+                                     "sched_hparams": {}, "base_lr": 0.1, "lr": 0.1,
+                                     "groups": [group, dict(group, name="b", scheduler="plateau",
+                                                            sched_hparams={"patience": 0}, params=2)]},
+    {"ok": True, "result": {"hparams": {"lr": 0.1, "nesterov": False}, "sched_hparams": {},
+                            "base_lr": 0.1, "lr": 0.1,
+                            "groups": [group, dict(group, name="b", scheduler="plateau",
+                                                   sched_hparams={"patience": 0}, params=2)]}})
+rep("hparams_group_without_params", "hparams", 5,
+    {"v": 1, "id": 5, "ok": True, "hparams": {}, "sched_hparams": {}, "base_lr": 0.1, "lr": 0.1,
+     "groups": [{k: v for k, v in group.items() if k != "params"}]}, {"invalid": True})
+rep("plugin_unknown_slot_shape", "plugins", 6,
+    {"v": 1, "id": 6, "ok": True, "plugins": [
+        {"id": "x", "kind": "optimizer", "version": "1", "description": "d", "hparams": [],
+         "slots": [{"key": "s", "dtype": "f32", "shape": "diagonal", "enabled_by": None, "doc": ""}],
+         "dtypes": ["f32"]}]},
+    {"ok": True, "result": {"plugins": [
+        {"id": "x", "kind": "optimizer", "version": "1", "description": "d", "hparams": [],
+         "slots": [{"key": "s", "dtype": "f32", "shape": "diagonal", "enabled_by": None, "doc": ""}],
+         "dtypes": ["f32"]}]}})
 
 print(json.dumps({"protocol": 1, "requests": requests, "replies": replies}, indent=1))
