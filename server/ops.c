@@ -749,6 +749,30 @@ static void pack_param(msgpack_packer *pk, const session *s, size_t i)
     wire_pack_tensor(pk, p->dtype, p->ndim, p->shape, p->data, p->nbytes);
 }
 
+/* A parameter's rows named by a (checked) row-sparse gradient's "rows":
+ * {rows: [sorted, unique], values: tensor [n, ...]}. */
+static void pack_param_rows(msgpack_packer *pk, const session *s, size_t i, const msgpack_object *rows_obj)
+{
+    const param *p = &s->params[i];
+    int64_t *rows = NULL, n = 0;
+    request_error ignored = {0};
+    session_sparse_rows(rows_obj, p->shape[0], &rows, &n, NULL, &ignored);
+    size_t row_bytes = p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0;
+    int64_t shape[WIRE_MAX_DIMS];
+    memcpy(shape, p->shape, sizeof shape);
+    shape[0] = n;
+    wire_pack_str(pk, s->names[i]);
+    msgpack_pack_map(pk, 2);
+    wire_pack_str(pk, "rows");
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (int64_t k = 0; k < n; k++) msgpack_pack_uint64(pk, (uint64_t)rows[k]);
+    wire_pack_str(pk, "values");
+    /* The rows are not contiguous in the parameter: the tensor's bin is
+     * written row by row. */
+    wire_pack_tensor_rows(pk, p->dtype, p->ndim, shape, p->data, rows, n, row_bytes);
+    free(rows);
+}
+
 static int op_step(request *r)
 {
     const msgpack_object *grads;
@@ -771,9 +795,16 @@ static int op_step(request *r)
     if (rc == 0) {
         if (want_params) {
             size_t bytes = 256 + 64 * (size_t)s->n_groups;
-            for (uint32_t i = 0; i < grads->via.map.size; i++) bytes += 384;
-            for (size_t i = 0; i < s->n_params; i++)
-                if (s->params[i].mark == s->request_serial) bytes += s->params[i].nbytes;
+            for (uint32_t i = 0; i < grads->via.map.size; i++) {
+                const msgpack_object_kv *kv = &grads->via.map.ptr[i];
+                int64_t idx = session_find_param(s, kv->key.via.str.ptr, kv->key.via.str.size);
+                if (idx < 0 || s->params[idx].mark != s->request_serial) continue;
+                const param *p = &s->params[idx];
+                const msgpack_object *rows = kv->val.type == MSGPACK_OBJECT_MAP ? wire_map_get(&kv->val, "rows") : NULL;
+                /* A row-sparse entry returns at most its rows (9 bytes an index). */
+                size_t n = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
+                bytes += 384 + (rows ? n * (9 + (p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0)) : p->nbytes);
+            }
             nng_msg_reserve(r->w->msg, bytes);
         }
         /* Per-group lrs only where there is more than one group, and the
@@ -817,8 +848,17 @@ static int op_step(request *r)
             for (size_t i = 0; i < s->n_params; i++) n_marked += s->params[i].mark == s->request_serial;
             wire_pack_str(pk, "params");
             msgpack_pack_map(pk, n_marked);
-            for (size_t i = 0; i < s->n_params; i++)
-                if (s->params[i].mark == s->request_serial) pack_param(pk, s, i);
+            /* In the request's order; a row-sparse gradient's parameter
+             * comes back as the rows it named. */
+            for (uint32_t i = 0; i < grads->via.map.size; i++) {
+                const msgpack_object_kv *kv = &grads->via.map.ptr[i];
+                int64_t idx = session_find_param(s, kv->key.via.str.ptr, kv->key.via.str.size);
+                if (idx < 0 || s->params[idx].mark != s->request_serial) continue;
+                if (kv->val.type == MSGPACK_OBJECT_MAP && wire_map_get(&kv->val, "rows"))
+                    pack_param_rows(pk, s, (size_t)idx, wire_map_get(&kv->val, "rows"));
+                else
+                    pack_param(pk, s, (size_t)idx);
+            }
         }
     }
     session_unlock(s);

@@ -669,11 +669,178 @@ int session_ensure_slots(const session *s, param *p)
     return 0;
 }
 
+typedef struct pending_grad pending_grad;
 struct pending_grad {
     param *p;
-    wire_tensor g;
-    void *aligned_copy;        /* set when the message held it unaligned, or clipping writes it */
+    wire_tensor g;             /* row-sparse: the received values, [rows given, ...] */
+    void *aligned_copy;        /* set when the message held it unaligned, or clipping writes
+                                * it; row-sparse: the coalesced values, always */
+    /* Row-sparse gradients: the rows (sorted, unique), and room to gather
+     * the parameter's rows and its like-parameter slots' rows into. */
+    bool sparse;
+    int64_t *rows;
+    int64_t n_rows;
+    void *param_rows;
+    void **slot_rows;
 };
+
+static void pending_free(pending_grad *pg, uint32_t n_slots)
+{
+    free(pg->aligned_copy);
+    free(pg->rows);
+    free(pg->param_rows);
+    for (uint32_t k = 0; pg->slot_rows && k < n_slots; k++) free(pg->slot_rows[k]);
+    free(pg->slot_rows);
+}
+
+static int cmp_row(const void *a, const void *b)
+{
+    const int64_t *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
+}
+
+int session_sparse_rows(const msgpack_object *rows, int64_t n_param_rows, int64_t **out, int64_t *n_out,
+                        int64_t **order, request_error *err)
+{
+    *out = NULL;
+    *n_out = 0;
+    if (order) *order = NULL;
+    if (!rows || rows->type != MSGPACK_OBJECT_ARRAY)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "'rows' must be an array of row indices");
+    uint32_t n = rows->via.array.size;
+    /* (row, position) pairs, sorted stably by row: duplicates stay in the
+     * order they came, which is the order their values are summed in. */
+    int64_t *pairs = malloc(2 * (n ? n : 1) * sizeof *pairs);
+    if (!pairs) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *r = &rows->via.array.ptr[i];
+        if (r->type != MSGPACK_OBJECT_POSITIVE_INTEGER || r->via.u64 >= (uint64_t)n_param_rows) {
+            free(pairs);
+            return fail(err, OPTIMD_E_BAD_TENSOR, "row index %u is not an integer in [0, %lld)", i,
+                        (long long)n_param_rows);
+        }
+        pairs[2 * i] = (int64_t)r->via.u64;
+        pairs[2 * i + 1] = i;
+    }
+    qsort(pairs, n, 2 * sizeof *pairs, cmp_row);
+    int64_t *unique = malloc((n ? n : 1) * sizeof *unique);
+    if (!unique) {
+        free(pairs);
+        return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    }
+    int64_t m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (m == 0 || unique[m - 1] != pairs[2 * i]) unique[m++] = pairs[2 * i];
+    if (order) {
+        for (uint32_t i = 0; i < n; i++) pairs[i] = pairs[2 * i + 1];
+        *order = pairs;
+    } else {
+        free(pairs);
+    }
+    *out = unique;
+    *n_out = m;
+    return 0;
+}
+
+/* A row-sparse gradient {rows, values} for parameter `p`: checks it and
+ * coalesces it (torch's coalesce(): duplicate rows summed) into
+ * pg->rows / pg->aligned_copy. */
+static int decode_sparse(const session *s, pending_grad *pg, const msgpack_object *obj, const char *what,
+                         request_error *err)
+{
+    const param *p = pg->p;
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    for (uint32_t k = 0; k < o->n_slots; k++)
+        if (o->slots[k].shape != OPTIMD_SLOT_LIKE_PARAM && o->slots[k].shape != OPTIMD_SLOT_SCALAR)
+            return fail(err, OPTIMD_E_BAD_TENSOR, "optimizer '%s' keeps factored state; it takes no "
+                        "row-sparse gradient ('%s')", s->opt->desc->id, what);
+    if (p->ndim < 1)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "'%s' has no rows: a row-sparse gradient needs a parameter "
+                    "of at least one dimension", what);
+    const msgpack_object *values = wire_map_get(obj, "values");
+    if (!values) return fail(err, OPTIMD_E_BAD_TENSOR, "row-sparse gradient for '%s' lacks 'values'", what);
+    if (wire_decode_tensor(values, what, &pg->g, err)) return -1;
+    const msgpack_object *rows = wire_map_get(obj, "rows");
+    uint32_t given = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
+    bool shape_ok = pg->g.dtype == p->dtype && pg->g.ndim == p->ndim && pg->g.shape[0] == (int64_t)given &&
+                    memcmp(pg->g.shape + 1, p->shape + 1, (p->ndim - 1) * sizeof *p->shape) == 0;
+    if (rows && rows->type == MSGPACK_OBJECT_ARRAY && !shape_ok)
+        return fail(err, OPTIMD_E_BAD_TENSOR, "row-sparse gradient for '%s': 'values' must be %s of shape "
+                    "[%u, <the parameter's other dimensions>]", what, wire_dtype_name(p->dtype), given);
+    int64_t *order;
+    if (session_sparse_rows(rows, p->shape[0], &pg->rows, &pg->n_rows, &order, err)) return -1;
+    if (!all_finite(&pg->g)) {
+        free(order);
+        return fail(err, OPTIMD_E_NONFINITE, "gradient for '%s' holds NaN or infinity; nothing applied", what);
+    }
+    int64_t row_len = p->shape[0] ? p->numel / p->shape[0] : 0;
+    size_t esize = wire_dtype_size(p->dtype), row_bytes = (size_t)row_len * esize;
+    size_t bytes = (size_t)pg->n_rows * row_bytes;
+    pg->aligned_copy = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    if (!pg->aligned_copy) {
+        free(order);
+        return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    }
+    /* Sum in arrival order: `order` lists positions sorted by row. */
+    const unsigned char *src = pg->g.data;
+    unsigned char *dst = pg->aligned_copy;
+    int64_t out = -1, last_row = -1;
+    for (uint32_t i = 0; i < given; i++) {
+        int64_t pos = order[i];
+        int64_t row = (int64_t)rows->via.array.ptr[pos].via.u64;
+        const unsigned char *v = src + (size_t)pos * row_bytes;
+        if (row != last_row) {
+            out++;
+            last_row = row;
+            memcpy(dst + (size_t)out * row_bytes, v, row_bytes);
+            continue;
+        }
+        for (int64_t j = 0; j < row_len; j++) {
+            if (p->dtype == OPTIMD_DTYPE_F32) {
+                float a, b;
+                memcpy(&a, dst + (size_t)out * row_bytes + 4 * j, 4);
+                memcpy(&b, v + 4 * j, 4);
+                a = a + b;
+                memcpy(dst + (size_t)out * row_bytes + 4 * j, &a, 4);
+            } else {
+                double a, b;
+                memcpy(&a, dst + (size_t)out * row_bytes + 8 * j, 8);
+                memcpy(&b, v + 8 * j, 8);
+                a = a + b;
+                memcpy(dst + (size_t)out * row_bytes + 8 * j, &a, 8);
+            }
+        }
+    }
+    free(order);
+    /* The coalesced gradient as the plugin will see it. */
+    pg->g.shape[0] = pg->n_rows;
+    pg->g.numel = pg->n_rows * row_len;
+    pg->g.nbytes = bytes;
+    pg->g.data = pg->aligned_copy;
+    pg->sparse = true;
+    pg->param_rows = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
+    pg->slot_rows = calloc(o->n_slots ? o->n_slots : 1, sizeof *pg->slot_rows);
+    if (!pg->param_rows || !pg->slot_rows) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    for (uint32_t k = 0; k < o->n_slots; k++) {
+        if (o->slots[k].shape != OPTIMD_SLOT_LIKE_PARAM) continue;
+        uint32_t dt = o->slots[k].dtype ? o->slots[k].dtype : p->dtype;
+        size_t sb = (size_t)pg->n_rows * (size_t)row_len * wire_dtype_size(dt);
+        if (!(pg->slot_rows[k] = aligned_alloc(64, (sb + 63) / 64 * 64 + 64)))
+            return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* Copies rows `rows` of a [n, row_len] buffer to or from a compact one. */
+static void move_rows(void *full, void *compact, const int64_t *rows, int64_t n, size_t row_bytes, bool gather)
+{
+    for (int64_t i = 0; i < n; i++) {
+        unsigned char *f = (unsigned char *)full + (size_t)rows[i] * row_bytes;
+        unsigned char *c = (unsigned char *)compact + (size_t)i * row_bytes;
+        if (gather) memcpy(c, f, row_bytes);
+        else memcpy(f, c, row_bytes);
+    }
+}
 
 static void tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *data)
 {
@@ -839,7 +1006,6 @@ static void scale_by_clip(void **data, const uint32_t *dtypes, const int64_t *nu
     }
 }
 
-typedef struct pending_grad pending_grad;
 static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, const step_clip *clip,
                           step_result *res);
 
@@ -919,6 +1085,10 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         }
         p->mark = serial;
         pend[i].p = p;
+        if (kv->val.type == MSGPACK_OBJECT_MAP && wire_map_get(&kv->val, "rows")) {
+            if ((rc = decode_sparse(s, &pend[i], &kv->val, s->names[idx], err))) break;
+            continue;
+        }
         if ((rc = wire_decode_tensor(&kv->val, s->names[idx], &pend[i].g, err))) break;
         const wire_tensor *g = &pend[i].g;
         bool same_shape = g->dtype == p->dtype && g->ndim == p->ndim &&
@@ -945,7 +1115,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         size_t esize = wire_dtype_size(pg->g.dtype);
         /* Clipping writes the gradient; the received one stays as logged. */
         bool clipping = clip && (clip->value > 0 || clip->max_norm > 0);
-        if (clipping || ((uintptr_t)pg->g.data % esize) != 0) {
+        if (!pg->sparse && (clipping || ((uintptr_t)pg->g.data % esize) != 0)) {
             pg->aligned_copy = aligned_alloc(64, (pg->g.nbytes + 63) / 64 * 64 + 64);
             if (!pg->aligned_copy) {
                 rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
@@ -985,12 +1155,33 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     for (uint32_t i = 0; i < n; i++) {
         pending_grad *pg = &pend[i];
         param *p = pg->p;
+        /* A row-sparse step runs the plugin on the gathered rows: a
+         * parameter of shape [n_rows, ...], like-parameter slots gathered
+         * alike, scalar slots as they are. */
+        param compact;
+        const param *view = p;
+        size_t row_bytes = 0;
+        if (pg->sparse) {
+            compact = *p;
+            compact.shape[0] = pg->n_rows;
+            compact.numel = pg->g.numel;
+            compact.nbytes = pg->g.nbytes;
+            view = &compact;
+            row_bytes = p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0;
+            move_rows(p->data, pg->param_rows, pg->rows, pg->n_rows, row_bytes, true);
+        }
         optimd_tensor pv, gv;
-        tensor_view(&pv, p->dtype, p, p->data);
-        tensor_view(&gv, p->dtype, p, pg->aligned_copy ? pg->aligned_copy : (void *)pg->g.data);
+        tensor_view(&pv, p->dtype, view, pg->sparse ? pg->param_rows : p->data);
+        tensor_view(&gv, p->dtype, view, pg->aligned_copy ? pg->aligned_copy : (void *)pg->g.data);
         for (uint32_t k = 0; k < o->n_slots; k++) {
-            session_slot_layout(s, p, k, &layouts[k]);
-            slot_view(&slot_views[k], &layouts[k], p->slots ? p->slots[k] : NULL);
+            session_slot_layout(s, view, k, &layouts[k]);
+            void *data = p->slots ? p->slots[k] : NULL;
+            if (pg->sparse && data && pg->slot_rows[k]) {
+                size_t slot_row = layouts[k].nbytes / (size_t)(pg->n_rows ? pg->n_rows : 1);
+                move_rows(data, pg->slot_rows[k], pg->rows, pg->n_rows, slot_row, true);
+                data = pg->slot_rows[k];
+            }
+            slot_view(&slot_views[k], &layouts[k], data);
         }
         optimd_step_args a = {.struct_size = sizeof a, .n_hparams = s->opt->n_hparams,
                               .hparams = hp + (size_t)p->group * n_hp, .step = p->steps + 1, .param = &pv, .grad = &gv,
@@ -1008,6 +1199,14 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             rc = fail(err, OPTIMD_E_PLUGIN, "%s: %s", s->opt->desc->id,
                       hc.call.error[0] ? hc.call.error : "step failed");
             goto out;
+        }
+        if (pg->sparse) {
+            move_rows(p->data, pg->param_rows, pg->rows, pg->n_rows, row_bytes, false);
+            for (uint32_t k = 0; k < o->n_slots; k++) {
+                if (!p->slots || !p->slots[k] || !pg->slot_rows[k]) continue;
+                size_t slot_row = layouts[k].nbytes / (size_t)(pg->n_rows ? pg->n_rows : 1);
+                move_rows(p->slots[k], pg->slot_rows[k], pg->rows, pg->n_rows, slot_row, false);
+            }
         }
         p->steps++;
         if (s->lookahead_k && p->steps % s->lookahead_k == 0) lookahead_sync(s, p);
@@ -1035,7 +1234,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     }
 out:
     if (pend)
-        for (uint32_t i = 0; i < n; i++) free(pend[i].aligned_copy);
+        for (uint32_t i = 0; i < n; i++) pending_free(&pend[i], o->n_slots);
     free(pend);
     free(hp);
     free(slot_views);

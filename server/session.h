@@ -231,6 +231,13 @@ typedef struct step_clip {
     bool per_group;            /* a norm per parameter group instead of one */
 } step_clip;
 
+/* The rows of a row-sparse gradient's "rows" array (each below
+ * n_param_rows), sorted and unique in *out (malloc'd; *n_out of them);
+ * `order` (may be NULL) gets the positions of the given rows sorted
+ * stably by row. BAD_TENSOR on a bad index. */
+int session_sparse_rows(const msgpack_object *rows, int64_t n_param_rows, int64_t **out, int64_t *n_out,
+                        int64_t **order, request_error *err);
+
 /* Reads a step request's "clip_value" and "clip_norm" (none: all zero). */
 int step_clip_parse(const msgpack_object *req, step_clip *clip, request_error *err);
 

@@ -276,3 +276,18 @@ void wire_pack_tensor(msgpack_packer *pk, uint32_t dtype, uint32_t ndim,
     msgpack_pack_bin(pk, nbytes);
     msgpack_pack_bin_body(pk, data, nbytes);
 }
+
+void wire_pack_tensor_rows(msgpack_packer *pk, uint32_t dtype, uint32_t ndim, const int64_t *shape,
+                           const void *data, const int64_t *rows, int64_t n_rows, size_t row_bytes)
+{
+    msgpack_pack_map(pk, 3);
+    wire_pack_str(pk, "dtype");
+    wire_pack_str(pk, wire_dtype_name(dtype));
+    wire_pack_str(pk, "shape");
+    msgpack_pack_array(pk, ndim);
+    for (uint32_t i = 0; i < ndim; i++) msgpack_pack_uint64(pk, (uint64_t)shape[i]);
+    wire_pack_str(pk, "data");
+    msgpack_pack_bin(pk, (size_t)n_rows * row_bytes);
+    for (int64_t k = 0; k < n_rows; k++)
+        msgpack_pack_bin_body(pk, (const unsigned char *)data + (size_t)rows[k] * row_bytes, row_bytes);
+}

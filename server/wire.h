@@ -73,5 +73,9 @@ void wire_pack_str(msgpack_packer *pk, const char *s);
 void wire_pack_strn(msgpack_packer *pk, const char *s, size_t len);
 void wire_pack_tensor(msgpack_packer *pk, uint32_t dtype, uint32_t ndim,
                       const int64_t *shape, const void *data, size_t nbytes);
+/* A tensor whose data is rows `rows` (n_rows of them, row_bytes each) of
+ * `data`; shape[0] must be n_rows. */
+void wire_pack_tensor_rows(msgpack_packer *pk, uint32_t dtype, uint32_t ndim, const int64_t *shape,
+                           const void *data, const int64_t *rows, int64_t n_rows, size_t row_bytes);
 
 #endif
