@@ -145,6 +145,8 @@ func buildRequest(c *callArgs) *optimd.Request {
 			Hparams: c.hparams("hparams"), Scheduler: c.str("scheduler"),
 			SchedHparams: c.hparams("sched_hparams"), Durability: optimd.Durability(c.str("durability")),
 			OpenKey: c.str("open_key"), Groups: c.groups("groups"),
+			Schedulers: c.schedulers("schedulers"), Milestones: c.ints("milestones"),
+			Lookahead: c.lookahead("lookahead"),
 		})
 	case "attach":
 		return optimd.NewAttachRequest(session())
@@ -275,7 +277,8 @@ func (c *callArgs) groups(key string) []optimd.GroupSpec {
 	for i, e := range a {
 		g := c.sub(fmt.Sprintf("%s[%d]", key, i), e)
 		out[i] = optimd.GroupSpec{Name: g.str("name"), Hparams: g.hparams("hparams"),
-			SchedHparams: g.hparams("sched_hparams")}
+			SchedHparams: g.hparams("sched_hparams"), Schedulers: g.schedulers("schedulers"),
+			Milestones: g.ints("milestones")}
 		// The protocol tells an absent scheduler (the default group's)
 		// from a nil one (none).
 		if sv, present := g.m["scheduler"]; present && sv == nil {
@@ -287,6 +290,55 @@ func (c *callArgs) groups(key string) []optimd.GroupSpec {
 		g.done()
 	}
 	return out
+}
+
+func (c *callArgs) schedulers(key string) []optimd.SchedulerSpec {
+	v, ok := c.get(key)
+	if !ok {
+		return nil
+	}
+	a, isArr := v.([]any)
+	if !isArr {
+		c.t.Fatalf("call key %q: %T", key, v)
+	}
+	out := make([]optimd.SchedulerSpec, len(a))
+	for i, e := range a {
+		s := c.sub(fmt.Sprintf("%s[%d]", key, i), e)
+		out[i] = optimd.SchedulerSpec{Scheduler: s.str("scheduler"), SchedHparams: s.hparams("sched_hparams")}
+		s.done()
+	}
+	return out
+}
+
+func (c *callArgs) ints(key string) []int {
+	v, ok := c.get(key)
+	if !ok {
+		return nil
+	}
+	a, isArr := v.([]any)
+	if !isArr {
+		c.t.Fatalf("call key %q: %T", key, v)
+	}
+	out := make([]int, len(a))
+	for i, e := range a {
+		n, err := parseUint(e)
+		if err != nil {
+			c.t.Fatalf("call key %q[%d]: %v", key, i, err)
+		}
+		out[i] = int(n)
+	}
+	return out
+}
+
+func (c *callArgs) lookahead(key string) *optimd.Lookahead {
+	v, ok := c.get(key)
+	if !ok {
+		return nil
+	}
+	l := c.sub(key, v)
+	la := &optimd.Lookahead{K: int64(l.uint("k")), Alpha: l.float("alpha")}
+	l.done()
+	return la
 }
 
 func (c *callArgs) clipNorm(key string) *optimd.ClipNorm {
@@ -650,6 +702,11 @@ func compareJSON(path string, want, got any) string {
 		}
 		for k, wv := range w {
 			gv, ok := g[k]
+			// A nil pointer (lookahead off) is left out of the canonical
+			// form, as an absent key.
+			if !ok && wv == nil {
+				continue
+			}
 			if !ok {
 				return fmt.Sprintf("%s.%s: missing", path, k)
 			}

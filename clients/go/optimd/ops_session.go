@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 )
 
 // Ops on a session's lifetime and settings: open, attach, info, hparams,
@@ -34,10 +35,16 @@ const (
 // OpenOptions are open's optional keys; a zero field is left out of the
 // request (the daemon's default applies).
 type OpenOptions struct {
-	Hparams      Hparams
-	Scheduler    string // a scheduler plugin id
+	Hparams Hparams
+	// Scheduler is a scheduler plugin id, or SchedulerSequential or
+	// SchedulerChained with Schedulers (and, sequential, Milestones).
+	Scheduler    string
 	SchedHparams Hparams
+	Schedulers   []SchedulerSpec
+	Milestones   []int
 	Durability   Durability
+	// Lookahead wraps the optimizer in Lookahead; nil: off.
+	Lookahead *Lookahead
 	// OpenKey (16 to 64 printable ASCII bytes, see NewOpenKey) makes the
 	// open safe to retry: sent again with the same key, an open whose
 	// first attempt created the session answers with that session
@@ -67,6 +74,52 @@ type GroupSpec struct {
 	Scheduler    string
 	NoScheduler  bool
 	SchedHparams Hparams
+	// Schedulers and Milestones as in OpenOptions, with Scheduler
+	// SchedulerSequential or SchedulerChained.
+	Schedulers []SchedulerSpec
+	Milestones []int
+}
+
+// Scheduler ids that combine the schedulers listed in Schedulers.
+const (
+	// SchedulerSequential runs Schedulers[i] from epoch Milestones[i-1]
+	// (torch's SequentialLR).
+	SchedulerSequential = "sequential"
+	// SchedulerChained steps every one of Schedulers each epoch (torch's
+	// ChainedScheduler).
+	SchedulerChained = "chained"
+)
+
+// SchedulerSpec is one part of a combined schedule.
+type SchedulerSpec struct {
+	Scheduler    string  `json:"scheduler"` // a scheduler plugin id
+	SchedHparams Hparams `json:"sched_hparams"`
+}
+
+// Lookahead configures Lookahead (Zhang et al. 2019) around the optimizer:
+// every K-th step of a parameter, slow += Alpha * (param - slow) and the
+// parameter becomes slow. In OpenOptions a zero field takes the daemon's
+// default (K 5, Alpha 0.5).
+type Lookahead struct {
+	K     int64   `json:"k"`
+	Alpha float64 `json:"alpha"`
+}
+
+func encodeSchedule(dst map[string]any, specs []SchedulerSpec, milestones []int) {
+	if specs != nil {
+		a := make([]any, len(specs))
+		for i, sp := range specs {
+			m := map[string]any{"scheduler": sp.Scheduler}
+			if sp.SchedHparams != nil {
+				m["sched_hparams"] = map[string]any(sp.SchedHparams)
+			}
+			a[i] = m
+		}
+		dst["schedulers"] = a
+	}
+	if milestones != nil {
+		dst["milestones"] = append([]int(nil), milestones...)
+	}
 }
 
 // NewOpenKey returns a random open key (32 hex digits) for
@@ -108,6 +161,17 @@ func NewOpenRequest(name, optimizer string, opts *OpenOptions) *Request {
 		if opts.SchedHparams != nil {
 			r.Args["sched_hparams"] = map[string]any(opts.SchedHparams)
 		}
+		encodeSchedule(r.Args, opts.Schedulers, opts.Milestones)
+		if opts.Lookahead != nil {
+			la := map[string]any{}
+			if opts.Lookahead.K != 0 {
+				la["k"] = opts.Lookahead.K
+			}
+			if opts.Lookahead.Alpha != 0 {
+				la["alpha"] = opts.Lookahead.Alpha
+			}
+			r.Args["lookahead"] = la
+		}
 		if opts.Durability != "" {
 			r.Args["durability"] = string(opts.Durability)
 		}
@@ -129,6 +193,7 @@ func NewOpenRequest(name, optimizer string, opts *OpenOptions) *Request {
 				if g.SchedHparams != nil {
 					gm["sched_hparams"] = map[string]any(g.SchedHparams)
 				}
+				encodeSchedule(gm, g.Schedulers, g.Milestones)
 				groups[i] = gm
 			}
 			r.Args["groups"] = groups
@@ -188,18 +253,24 @@ type ParamInfo struct {
 type SessionInfo struct {
 	// ClientSeq is the highest seq applied for the client named in the
 	// request; nil when the request named none.
-	ClientSeq        *uint64     `json:"client_seq"`
-	Session          string      `json:"session"`
-	Durability       Durability  `json:"durability"`
-	Optimizer        string      `json:"optimizer"`
-	OptimizerVersion string      `json:"optimizer_version"`
-	Scheduler        string      `json:"scheduler"` // "" for none
-	Hparams          Hparams     `json:"hparams"`
-	SchedHparams     Hparams     `json:"sched_hparams"`
-	BaseLR           float64     `json:"base_lr"`
-	LR               float64     `json:"lr"` // the lr the next step will use
-	Steps            uint64      `json:"steps"`
-	Params           []ParamInfo `json:"params"` // in registration order
+	ClientSeq *uint64 `json:"client_seq"`
+	// Lookahead is the session's Lookahead setting; nil when off.
+	Lookahead        *Lookahead `json:"lookahead"`
+	Session          string     `json:"session"`
+	Durability       Durability `json:"durability"`
+	Optimizer        string     `json:"optimizer"`
+	OptimizerVersion string     `json:"optimizer_version"`
+	Scheduler        string     `json:"scheduler"` // "" for none
+	// Schedulers (and, sequential, Milestones) make up a combined
+	// schedule; nil otherwise.
+	Schedulers   []SchedulerSpec `json:"schedulers"`
+	Milestones   []int           `json:"milestones"`
+	Hparams      Hparams         `json:"hparams"`
+	SchedHparams Hparams         `json:"sched_hparams"`
+	BaseLR       float64         `json:"base_lr"`
+	LR           float64         `json:"lr"` // the lr the next step will use
+	Steps        uint64          `json:"steps"`
+	Params       []ParamInfo     `json:"params"` // in registration order
 	// Groups are every parameter group, DefaultGroup first; the fields
 	// above (Scheduler to LR) are the default group's. nil from a daemon
 	// without groups.
@@ -208,13 +279,16 @@ type SessionInfo struct {
 
 // GroupInfo describes one parameter group.
 type GroupInfo struct {
-	Name         string  `json:"name"`
-	Scheduler    string  `json:"scheduler"` // "" for none
-	Hparams      Hparams `json:"hparams"`
-	SchedHparams Hparams `json:"sched_hparams"`
-	BaseLR       float64 `json:"base_lr"`
-	LR           float64 `json:"lr"`     // the lr the group's next step will use
-	Params       uint64  `json:"params"` // parameters in the group
+	Name      string `json:"name"`
+	Scheduler string `json:"scheduler"` // "" for none
+	// Schedulers and Milestones as in SessionInfo.
+	Schedulers   []SchedulerSpec `json:"schedulers"`
+	Milestones   []int           `json:"milestones"`
+	Hparams      Hparams         `json:"hparams"`
+	SchedHparams Hparams         `json:"sched_hparams"`
+	BaseLR       float64         `json:"base_lr"`
+	LR           float64         `json:"lr"`     // the lr the group's next step will use
+	Params       uint64          `json:"params"` // parameters in the group
 }
 
 // Group returns the group named name, or nil.
@@ -252,6 +326,9 @@ func parseGroups(m map[string]any) ([]GroupInfo, error) {
 		if g.Scheduler, err = getOptString(gm, "scheduler"); err != nil {
 			return nil, fmt.Errorf("groups[%d]: %w", i, err)
 		}
+		if g.Schedulers, g.Milestones, err = parseSchedule(gm); err != nil {
+			return nil, fmt.Errorf("groups[%d]: %w", i, err)
+		}
 		if err := parseHparamsKeys(gm, &g.Hparams, &g.SchedHparams, &g.BaseLR, &g.LR); err != nil {
 			return nil, fmt.Errorf("groups[%d]: %w", i, err)
 		}
@@ -260,6 +337,71 @@ func parseGroups(m map[string]any) ([]GroupInfo, error) {
 		}
 	}
 	return out, nil
+}
+
+// parseSchedule reads the schedulers and milestones of a combined
+// schedule; both are absent otherwise.
+func parseSchedule(m map[string]any) ([]SchedulerSpec, []int, error) {
+	var specs []SchedulerSpec
+	var milestones []int
+	if _, ok := m["schedulers"]; ok {
+		raw, err := getArray(m, "schedulers")
+		if err != nil {
+			return nil, nil, err
+		}
+		specs = make([]SchedulerSpec, len(raw))
+		for i, v := range raw {
+			sm, ok := v.(map[string]any)
+			if !ok {
+				return nil, nil, wrongType(fmt.Sprintf("schedulers[%d]", i), v, "map")
+			}
+			if specs[i].Scheduler, err = getString(sm, "scheduler"); err != nil {
+				return nil, nil, fmt.Errorf("schedulers[%d]: %w", i, err)
+			}
+			if specs[i].SchedHparams, err = getHparams(sm, "sched_hparams"); err != nil {
+				return nil, nil, fmt.Errorf("schedulers[%d]: %w", i, err)
+			}
+		}
+	}
+	if _, ok := m["milestones"]; ok {
+		raw, err := getArray(m, "milestones")
+		if err != nil {
+			return nil, nil, err
+		}
+		milestones = make([]int, len(raw))
+		for i, v := range raw {
+			n, err := asUint(fmt.Sprintf("milestones[%d]", i), v)
+			if err != nil {
+				return nil, nil, err
+			}
+			if n > math.MaxInt32 {
+				return nil, nil, fmt.Errorf("milestones[%d] out of range (%d)", i, n)
+			}
+			milestones[i] = int(n)
+		}
+	}
+	return specs, milestones, nil
+}
+
+// parseLookahead reads info's lookahead: nil (off) or {k, alpha}. Daemons
+// from before Lookahead leave it out.
+func parseLookahead(m map[string]any) (*Lookahead, error) {
+	v, ok := m["lookahead"]
+	if !ok || v == nil {
+		return nil, nil
+	}
+	lm, err := getMap(m, "lookahead")
+	if err != nil {
+		return nil, err
+	}
+	var la Lookahead
+	if la.K, err = getInt(lm, "k"); err != nil {
+		return nil, fmt.Errorf("lookahead: %w", err)
+	}
+	if la.Alpha, err = getFloat(lm, "alpha"); err != nil {
+		return nil, fmt.Errorf("lookahead: %w", err)
+	}
+	return &la, nil
 }
 
 // NewInfoRequest builds info; with client non-empty the reply carries
@@ -306,7 +448,13 @@ func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
 		return nil, err
 	}
 	res.Durability = Durability(dur)
+	if res.Lookahead, err = parseLookahead(m); err != nil {
+		return nil, err
+	}
 	if res.Scheduler, err = getOptString(m, "scheduler"); err != nil {
+		return nil, err
+	}
+	if res.Schedulers, res.Milestones, err = parseSchedule(m); err != nil {
 		return nil, err
 	}
 	if err := parseHparamsKeys(m, &res.Hparams, &res.SchedHparams, &res.BaseLR, &res.LR); err != nil {

@@ -85,9 +85,41 @@ export interface OpenResult extends SessionRef {
   existing: boolean;
 }
 
+/** One scheduler of a combined schedule (`scheduler: "sequential"` or
+ * `"chained"`). */
+export interface SchedulerSpec {
+  /** A scheduler plugin id. */
+  scheduler: string;
+  sched_hparams?: HparamMap;
+}
+
+/** A combined schedule as the daemon reports it: each part with every
+ * hyperparameter. */
+export interface SchedulerPart {
+  scheduler: string;
+  sched_hparams: HparamMap;
+}
+
+/** Lookahead around the optimizer (Zhang et al. 2019): after every k-th
+ * step of a parameter, `slow += alpha * (param - slow)` and the parameter
+ * becomes `slow`. */
+export interface Lookahead {
+  k: number;
+  alpha: number;
+}
+
+/** The keys a combined schedule adds to a group (or the top level of
+ * `info`): present only when its scheduler is "sequential" or "chained". */
+export interface CombinedSchedule {
+  schedulers?: SchedulerPart[];
+  /** Sequential only: the epoch at which each scheduler after the first starts. */
+  milestones?: number[];
+}
+
 /** One parameter group (torch's param_groups entry) as the daemon reports it. */
-export interface GroupInfo {
+export interface GroupInfo extends CombinedSchedule {
   name: string;
+  /** A plugin id, "sequential" or "chained" (see `schedulers`), or null. */
   scheduler: string | null;
   hparams: HparamMap;
   sched_hparams: HparamMap;
@@ -116,7 +148,9 @@ export interface ParamInfo {
   steps: number;
 }
 
-export interface SessionInfo extends HparamsResult {
+export interface SessionInfo extends HparamsResult, CombinedSchedule {
+  /** The session's Lookahead, or null when off. */
+  lookahead: Lookahead | null;
   session: string;
   durability: Durability;
   optimizer: string;
@@ -234,12 +268,25 @@ export interface GroupSpec {
    * starting point); null: none; an id: that scheduler with its defaults. */
   scheduler?: string | null;
   sched_hparams?: HparamMap;
+  /** With `scheduler` "sequential" or "chained", as in {@link OpenOptions}. */
+  schedulers?: readonly SchedulerSpec[];
+  milestones?: readonly number[];
 }
 
 export interface OpenOptions {
   hparams?: HparamMap;
+  /** A scheduler plugin id; or "sequential" (torch's SequentialLR) or
+   * "chained" (ChainedScheduler), combining `schedulers`. */
   scheduler?: string | null;
   sched_hparams?: HparamMap;
+  /** 2 to 8 schedulers that "sequential" or "chained" combine. */
+  schedulers?: readonly SchedulerSpec[];
+  /** Sequential only: rising positive epochs, one fewer than `schedulers`;
+   * scheduler i runs from `milestones[i-1]`, restarted at its epoch 0. */
+  milestones?: readonly number[];
+  /** Wrap the optimizer in Lookahead; an absent key takes the daemon's
+   * default (k 5, alpha 0.5). */
+  lookahead?: Partial<Lookahead>;
   durability?: Durability;
   /** Groups besides "default", which the keys above configure. */
   groups?: readonly GroupSpec[];
@@ -325,6 +372,39 @@ function group(g: GroupSpec, i: number): Record<string, unknown> {
   if (g.hparams !== undefined) out["hparams"] = hparamMap(g.hparams, `${what}.hparams`);
   if (g.scheduler !== undefined) out["scheduler"] = g.scheduler === null ? null : str(g.scheduler, `${what}.scheduler`);
   if (g.sched_hparams !== undefined) out["sched_hparams"] = hparamMap(g.sched_hparams, `${what}.sched_hparams`);
+  combined(out, g, `${what}.`);
+  return out;
+}
+
+function combined(out: Record<string, unknown>, o: { schedulers?: readonly SchedulerSpec[]; milestones?: readonly number[] },
+                  what: string): void {
+  if (o.schedulers !== undefined) {
+    if (!Array.isArray(o.schedulers)) throw new TypeError(`${what}schedulers must be an array`);
+    out["schedulers"] = o.schedulers.map((s: SchedulerSpec, i) => {
+      const w = `${what}schedulers[${i}]`;
+      if (typeof s !== "object" || s === null) throw new TypeError(`${w} must be an object`);
+      const m: Record<string, unknown> = { scheduler: str(s.scheduler, `${w}.scheduler`) };
+      if (s.sched_hparams !== undefined) m["sched_hparams"] = hparamMap(s.sched_hparams, `${w}.sched_hparams`);
+      return m;
+    });
+  }
+  if (o.milestones !== undefined) {
+    if (!Array.isArray(o.milestones)) throw new TypeError(`${what}milestones must be an array`);
+    out["milestones"] = o.milestones.map((m: unknown) => {
+      if (typeof m !== "number" || !Number.isSafeInteger(m) || m < 1) throw new RangeError(`${what}milestones must be positive integers`);
+      return m;
+    });
+  }
+}
+
+function lookahead(l: Partial<Lookahead>): Record<string, unknown> {
+  if (typeof l !== "object" || l === null) throw new TypeError("lookahead must be an object");
+  const out: Record<string, unknown> = {};
+  if (l.k !== undefined) {
+    if (!Number.isSafeInteger(l.k) || l.k < 1) throw new RangeError("lookahead.k must be an integer >= 1");
+    out["k"] = l.k;
+  }
+  if (l.alpha !== undefined) out["alpha"] = positive(l.alpha, "lookahead.alpha");
   return out;
 }
 
@@ -372,6 +452,8 @@ export const requests = {
     if (opts.hparams !== undefined) fields["hparams"] = hparamMap(opts.hparams, "hparams");
     if (opts.scheduler !== undefined) fields["scheduler"] = opts.scheduler === null ? null : str(opts.scheduler, "scheduler");
     if (opts.sched_hparams !== undefined) fields["sched_hparams"] = hparamMap(opts.sched_hparams, "sched_hparams");
+    combined(fields, opts, "");
+    if (opts.lookahead !== undefined) fields["lookahead"] = lookahead(opts.lookahead);
     if (opts.durability !== undefined) fields["durability"] = str(opts.durability, "durability");
     if (opts.groups !== undefined) {
       if (!Array.isArray(opts.groups)) throw new TypeError("groups must be an array");
@@ -482,6 +564,15 @@ function has(o: Obj, k: string): boolean {
 
 class Reader {
   constructor(private readonly o: Obj, private readonly what: string) {}
+
+  /** Whether the key is present with the value nil. */
+  isNil(k: string): boolean {
+    return has(this.o, k) && this.o[k] === null;
+  }
+  /** The map under key k, read with the same checks. */
+  sub(k: string): Reader {
+    return new Reader(this.map(k), `${this.what}: '${k}'`);
+  }
 
   private get(k: string): unknown {
     if (!has(this.o, k)) throw new ProtocolError(`${this.what}: no '${k}'`);
@@ -599,6 +690,7 @@ function hparamsResult(r: Reader): HparamsResult {
     groups: r.list("groups", (g) => ({
       name: g.str("name"),
       scheduler: g.optStr("scheduler"),
+      ...combinedSchedule(g),
       hparams: g.hparams("hparams"),
       sched_hparams: g.hparams("sched_hparams"),
       base_lr: g.float("base_lr"),
@@ -606,6 +698,25 @@ function hparamsResult(r: Reader): HparamsResult {
       params: g.uint("params"),
     })),
   };
+}
+
+/** `schedulers` and `milestones`, each only when the reply has it. */
+function combinedSchedule(r: Reader): CombinedSchedule {
+  const out: CombinedSchedule = {};
+  if (r.present("schedulers")) {
+    out.schedulers = r.list("schedulers", (s) => ({ scheduler: s.str("scheduler"), sched_hparams: s.hparams("sched_hparams") }));
+  }
+  if (r.present("milestones")) {
+    out.milestones = r.array("milestones").map((m) => uintValue(m) ?? r.fail("milestones", "an array of unsigned integers"));
+  }
+  return out;
+}
+
+/** `lookahead`: null when off (or from a daemon without Lookahead). */
+function lookaheadOf(r: Reader): Lookahead | null {
+  if (!r.present("lookahead") || r.isNil("lookahead")) return null;
+  const m = r.sub("lookahead");
+  return { k: m.uint("k"), alpha: m.float("alpha") };
 }
 
 function hparamDecl(r: Reader): HparamDecl {
@@ -703,11 +814,13 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
 
 function sessionInfo(r: Reader): SessionInfo {
   const info: SessionInfo = {
+    lookahead: lookaheadOf(r),
     session: r.str("session"),
     durability: r.oneOf("durability", ["always", "interval", "none"] as const),
     optimizer: r.str("optimizer"),
     optimizer_version: r.str("optimizer_version"),
     scheduler: r.optStr("scheduler"),
+    ...combinedSchedule(r),
     ...hparamsResult(r),
     steps: r.uint("steps"),
     params: r.list("params", (p) => ({

@@ -2,8 +2,8 @@
  * The Client against the real daemon: every op, the end-to-end scenario,
  * AdamW checked against an independent float64 computation, exactly-once
  * retries, export/import, errors, concurrency, the IPC transport, and the
- * protocol's later additions: parameter groups, clipping, observe and
- * open_key retries.
+ * protocol's later additions: parameter groups, clipping, observe,
+ * open_key retries, Lookahead and combined schedules.
  */
 import assert from "node:assert/strict";
 import * as path from "node:path";
@@ -508,6 +508,76 @@ test("a retried open with the same open_key returns the same session", async () 
   await assert.rejects(client.open("js-key", "sgd", { hparams: { lr: 0.5 } }),
                        assertServerError(ErrorCode.SESSION_EXISTS, "SESSION_EXISTS"));
   await client.closeSession(again);
+});
+
+test("lookahead and a sequential schedule (linear, then exponential from epoch 3)", async () => {
+  const base = 0.1, startFactor = 0.1, endFactor = 1, totalIters = 3, gamma = 0.5, milestone = 3;
+  const k = 2, alpha = 0.5;
+  const s = await client.open("js-lookahead-seq", "sgd", {
+    hparams: { lr: base },
+    lookahead: { k, alpha },
+    scheduler: "sequential",
+    schedulers: [
+      { scheduler: "linear", sched_hparams: { start_factor: startFactor, total_iters: totalIters } },
+      { scheduler: "exponential", sched_hparams: { gamma } },
+    ],
+    milestones: [milestone],
+  });
+  const info = await client.info(s);
+  assert.deepEqual(info.lookahead, { k, alpha });
+  assert.equal(info.scheduler, "sequential");
+  assert.deepEqual(info.milestones, [milestone]);
+  assert.deepEqual(info.schedulers?.map((p) => p.scheduler), ["linear", "exponential"]);
+  assert.equal(info.schedulers?.[0]?.sched_hparams["start_factor"], startFactor);
+  assert.equal(info.schedulers?.[1]?.sched_hparams["gamma"], gamma);
+  assert.deepEqual(info.groups[0]?.schedulers, info.schedulers);
+  assert.deepEqual(info.groups[0]?.milestones, [milestone]);
+
+  // torch 1.13: LinearLR starts at base * start_factor and multiplies by
+  // 1 + (end - start) / (total * start + (e - 1) * (end - start)) at epoch e;
+  // at the milestone SequentialLR restarts ExponentialLR at its epoch 0 (the
+  // base lr), which then multiplies by gamma each epoch.
+  const want: number[] = [];
+  for (let e = 0; e < 5; e++) {
+    if (e === 0) want.push(base * startFactor);
+    else if (e < milestone) {
+      want.push(want[e - 1]! * (1 + (endFactor - startFactor) / (totalIters * startFactor + (e - 1) * (endFactor - startFactor))));
+    } else if (e === milestone) want.push(base);
+    else want.push(want[e - 1]! * gamma);
+  }
+  await client.register(s, { w: tensor(new Float64Array([1])) });
+  const got: number[] = [];
+  for (let i = 0; i < want.length; i++) {
+    got.push((await client.step(s, { w: tensor(new Float64Array([1])) }, { return: false })).lr);
+  }
+  for (let i = 0; i < want.length; i++) {
+    assert.ok(Math.abs(got[i]! - want[i]!) <= 1e-12 * want[i]!, `lrs ${got}, want ${want}`);
+  }
+  await client.closeSession(s);
+
+  // Plain SGD with a fixed lr: after k steps the parameter is
+  // slow + alpha * (fast - slow), slow being its value before the first step.
+  const lr = 0.25;
+  const s2 = await client.open("js-lookahead-sgd", "sgd", { hparams: { lr }, lookahead: { k, alpha } });
+  assert.equal((await client.info(s2)).scheduler, null);
+  const p0 = [1.5, -2];
+  const grads = [[1, 3], [-0.5, 2]];
+  await client.register(s2, { p: tensor(new Float64Array(p0)) });
+  const fast = [...p0];
+  let p: number[] = [];
+  for (const [i, g] of grads.entries()) {
+    for (let j = 0; j < fast.length; j++) fast[j]! -= lr * g[j]!;
+    p = [...(await client.step(s2, { p: tensor(new Float64Array(g)) })).params!["p"]!.data];
+    if (i === 0) assert.deepEqual(p, fast, "before the k-th step the parameter is the fast weights");
+  }
+  const synced = p0.map((x, j) => x + alpha * (fast[j]! - x));
+  for (let j = 0; j < synced.length; j++) {
+    assert.ok(Math.abs(p[j]! - synced[j]!) <= 1e-12, `p = ${p}, want ${synced}`);
+  }
+  const slow = (await client.state(s2, ["p"]))["p"]!["lookahead_slow"];
+  assert.ok(slow !== undefined, "state lists lookahead_slow");
+  for (let j = 0; j < synced.length; j++) assert.ok(Math.abs(slow.data[j]! - synced[j]!) <= 1e-12);
+  await client.closeSession(s2);
 });
 
 describe("transport failures", () => {

@@ -87,7 +87,8 @@ function build(c: Call): Request {
     case "plugins": return requests.plugins();
     case "open":
       return requests.open(c.get("session"), c.get("optimizer"),
-                           c.pick(["hparams", "scheduler", "sched_hparams", "durability", "groups", "open_key"]));
+                           c.pick(["hparams", "scheduler", "sched_hparams", "schedulers", "milestones", "lookahead",
+                                   "durability", "groups", "open_key"]));
     case "attach": return requests.attach(c.session());
     case "info": return requests.info(c.session(), c.pick(["client"]));
     case "hparams": return requests.hparams(c.session());

@@ -108,6 +108,13 @@ pub struct OpenOptions {
     pub open_key: Option<String>,
     /// Parameter groups besides `"default"`, in declaration order.
     pub groups: Option<Vec<GroupSpec>>,
+    /// `schedulers`: the parts of a combined schedule, with `scheduler`
+    /// [`SEQUENTIAL`] or [`CHAINED`] (see [`OpenOptions::sequential`]).
+    pub schedulers: Option<Vec<SchedulerSpec>>,
+    /// `milestones`: sequential only, one fewer than `schedulers`.
+    pub milestones: Option<Vec<u64>>,
+    /// `lookahead`: wraps the optimizer in Lookahead.
+    pub lookahead: Option<Lookahead>,
 }
 
 impl OpenOptions {
@@ -148,6 +155,88 @@ impl OpenOptions {
     pub fn group(mut self, g: GroupSpec) -> OpenOptions {
         self.groups.get_or_insert_with(Vec::new).push(g);
         self
+    }
+
+    /// The default group runs `schedulers` one after another (torch's
+    /// `SequentialLR`): scheduler *i* from epoch `milestones[i-1]`,
+    /// restarted there at its epoch 0.
+    pub fn sequential(mut self, schedulers: Vec<SchedulerSpec>, milestones: Vec<u64>) -> OpenOptions {
+        self.scheduler = Some(SEQUENTIAL.to_owned());
+        self.schedulers = Some(schedulers);
+        self.milestones = Some(milestones);
+        self
+    }
+
+    /// The default group steps every one of `schedulers` each epoch, each
+    /// from the lr the one before it left (torch's `ChainedScheduler`).
+    pub fn chained(mut self, schedulers: Vec<SchedulerSpec>) -> OpenOptions {
+        self.scheduler = Some(CHAINED.to_owned());
+        self.schedulers = Some(schedulers);
+        self.milestones = None;
+        self
+    }
+
+    /// Wraps the optimizer in Lookahead.
+    pub fn lookahead(mut self, l: Lookahead) -> OpenOptions {
+        self.lookahead = Some(l);
+        self
+    }
+}
+
+/// The `scheduler` id of a sequential combined schedule.
+pub const SEQUENTIAL: &str = "sequential";
+/// The `scheduler` id of a chained combined schedule.
+pub const CHAINED: &str = "chained";
+
+/// One part of a combined schedule in `open`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerSpec {
+    /// A scheduler plugin id.
+    pub scheduler: String,
+    /// Over the plugin's defaults; None sends no `sched_hparams`.
+    pub sched_hparams: Option<Hparams>,
+}
+
+impl SchedulerSpec {
+    pub fn new(scheduler: impl Into<String>) -> SchedulerSpec {
+        SchedulerSpec { scheduler: scheduler.into(), sched_hparams: None }
+    }
+
+    pub fn sched_hparam(mut self, key: &str, value: impl Into<HValue>) -> SchedulerSpec {
+        self.sched_hparams.get_or_insert_with(Hparams::new).insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// One part of a combined schedule as `info` reports it: every
+/// hyperparameter, defaults included.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerInfo {
+    pub scheduler: String,
+    pub sched_hparams: Hparams,
+}
+
+/// Lookahead (Zhang et al. 2019) around the optimizer: after every `k`-th
+/// step of a parameter, `slow += alpha * (param - slow)` and the parameter
+/// becomes `slow`. `state` lists the slow weights as `lookahead_slow`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lookahead {
+    /// ≥ 1.
+    pub k: u64,
+    /// In (0, 1].
+    pub alpha: f64,
+}
+
+impl Lookahead {
+    pub fn new(k: u64, alpha: f64) -> Lookahead {
+        Lookahead { k, alpha }
+    }
+}
+
+impl Default for Lookahead {
+    /// The daemon's defaults: k 5, alpha 0.5.
+    fn default() -> Lookahead {
+        Lookahead { k: 5, alpha: 0.5 }
     }
 }
 
@@ -233,11 +322,23 @@ pub struct GroupSpec {
     pub scheduler: GroupScheduler,
     /// Applied over the scheduler's starting point.
     pub sched_hparams: Option<Hparams>,
+    /// A combined schedule's parts, with `scheduler`
+    /// `Plugin(`[`SEQUENTIAL`]`)` or `Plugin(`[`CHAINED`]`)`.
+    pub schedulers: Option<Vec<SchedulerSpec>>,
+    /// Sequential only.
+    pub milestones: Option<Vec<u64>>,
 }
 
 impl GroupSpec {
     pub fn new(name: impl Into<String>) -> GroupSpec {
-        GroupSpec { name: name.into(), hparams: None, scheduler: GroupScheduler::Inherit, sched_hparams: None }
+        GroupSpec {
+            name: name.into(),
+            hparams: None,
+            scheduler: GroupScheduler::Inherit,
+            sched_hparams: None,
+            schedulers: None,
+            milestones: None,
+        }
     }
 
     pub fn hparam(mut self, key: &str, value: impl Into<HValue>) -> GroupSpec {
@@ -259,6 +360,22 @@ impl GroupSpec {
 
     pub fn sched_hparam(mut self, key: &str, value: impl Into<HValue>) -> GroupSpec {
         self.sched_hparams.get_or_insert_with(Hparams::new).insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// As [`OpenOptions::sequential`], for this group.
+    pub fn sequential(mut self, schedulers: Vec<SchedulerSpec>, milestones: Vec<u64>) -> GroupSpec {
+        self.scheduler = GroupScheduler::Plugin(SEQUENTIAL.to_owned());
+        self.schedulers = Some(schedulers);
+        self.milestones = Some(milestones);
+        self
+    }
+
+    /// As [`OpenOptions::chained`], for this group.
+    pub fn chained(mut self, schedulers: Vec<SchedulerSpec>) -> GroupSpec {
+        self.scheduler = GroupScheduler::Plugin(CHAINED.to_owned());
+        self.schedulers = Some(schedulers);
+        self.milestones = None;
         self
     }
 }
@@ -456,6 +573,11 @@ pub struct ParamInfo {
 pub struct GroupInfo {
     pub name: String,
     pub scheduler: Option<String>,
+    /// A combined schedule's parts (`scheduler` [`SEQUENTIAL`] or
+    /// [`CHAINED`]); None otherwise.
+    pub schedulers: Option<Vec<SchedulerInfo>>,
+    /// Sequential only.
+    pub milestones: Option<Vec<u64>>,
     pub hparams: Hparams,
     pub sched_hparams: Hparams,
     pub base_lr: f64,
@@ -478,7 +600,12 @@ pub struct SessionInfo {
     pub durability: Durability,
     pub optimizer: String,
     pub optimizer_version: String,
+    /// None when Lookahead is off.
+    pub lookahead: Option<Lookahead>,
     pub scheduler: Option<String>,
+    /// The default group's combined schedule, as in [`GroupInfo`].
+    pub schedulers: Option<Vec<SchedulerInfo>>,
+    pub milestones: Option<Vec<u64>>,
     pub hparams: Hparams,
     pub sched_hparams: Hparams,
     pub base_lr: f64,

@@ -138,11 +138,43 @@ impl<'a> Message<'a> {
         Ok(())
     }
 
+    fn scheduler_specs(&mut self, specs: &[SchedulerSpec]) -> Result<()> {
+        self.array(specs.len())?;
+        for sp in specs {
+            self.map(1 + sp.sched_hparams.is_some() as usize)?;
+            self.str("scheduler")?;
+            self.str(&sp.scheduler)?;
+            if let Some(h) = &sp.sched_hparams {
+                self.str("sched_hparams")?;
+                self.hparams(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `schedulers` and `milestones`, each when given.
+    fn combined(&mut self, specs: &Option<Vec<SchedulerSpec>>, milestones: &Option<Vec<u64>>) -> Result<()> {
+        if let Some(sp) = specs {
+            self.str("schedulers")?;
+            self.scheduler_specs(sp)?;
+        }
+        if let Some(ms) = milestones {
+            self.str("milestones")?;
+            self.array(ms.len())?;
+            for &m in ms {
+                self.uint(m);
+            }
+        }
+        Ok(())
+    }
+
     fn group_spec(&mut self, g: &GroupSpec) -> Result<()> {
         let keys = 1
             + g.hparams.is_some() as usize
             + !matches!(g.scheduler, GroupScheduler::Inherit) as usize
-            + g.sched_hparams.is_some() as usize;
+            + g.sched_hparams.is_some() as usize
+            + g.schedulers.is_some() as usize
+            + g.milestones.is_some() as usize;
         self.map(keys)?;
         self.str("name")?;
         self.str(&g.name)?;
@@ -165,7 +197,7 @@ impl<'a> Message<'a> {
             self.str("sched_hparams")?;
             self.hparams(h)?;
         }
-        Ok(())
+        self.combined(&g.schedulers, &g.milestones)
     }
 
     fn clip_norm(&mut self, c: &ClipNorm) -> Result<()> {
@@ -285,7 +317,10 @@ pub mod request {
             + o.sched_hparams.is_some() as usize
             + o.durability.is_some() as usize
             + o.open_key.is_some() as usize
-            + o.groups.is_some() as usize;
+            + o.groups.is_some() as usize
+            + o.schedulers.is_some() as usize
+            + o.milestones.is_some() as usize
+            + o.lookahead.is_some() as usize;
         m.envelope(id, "open", None, extra)?;
         m.str("session")?;
         m.str(session)?;
@@ -302,6 +337,15 @@ pub mod request {
         if let Some(h) = &o.sched_hparams {
             m.str("sched_hparams")?;
             m.hparams(h)?;
+        }
+        m.combined(&o.schedulers, &o.milestones)?;
+        if let Some(l) = &o.lookahead {
+            m.str("lookahead")?;
+            m.map(2)?;
+            m.str("k")?;
+            m.uint(l.k);
+            m.str("alpha")?;
+            m.float(l.alpha);
         }
         if let Some(d) = o.durability {
             m.str("durability")?;
@@ -822,11 +866,51 @@ pub mod reply {
         Ok(ParamInfo { name, group: f.str("group")?, dtype, shape: as_shape(shape, &sp)?, steps: f.uint("steps")? })
     }
 
+    fn scheduler_info(v: Value, p: &str) -> Result<SchedulerInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        Ok(SchedulerInfo { scheduler: f.str("scheduler")?, sched_hparams: f.hparams("sched_hparams")? })
+    }
+
+    /// A combined schedule's `schedulers` and `milestones`, each None when
+    /// absent.
+    #[allow(clippy::type_complexity)]
+    fn combined(f: &mut Fields) -> Result<(Option<Vec<SchedulerInfo>>, Option<Vec<u64>>)> {
+        let schedulers = match f.opt("schedulers") {
+            None => None,
+            Some((Value::Array(a), p)) => Some(
+                a.into_iter()
+                    .enumerate()
+                    .map(|(i, v)| scheduler_info(v, &format!("{p}[{i}]")))
+                    .collect::<Result<_>>()?,
+            ),
+            Some((_, p)) => return Err(bad(&p, "not an array")),
+        };
+        let milestones = match f.opt("milestones") {
+            None => None,
+            Some((v, p)) => Some(as_shape(v, &p)?),
+        };
+        Ok((schedulers, milestones))
+    }
+
+    /// `lookahead`: nil (or absent, from a daemon before Lookahead) is off.
+    fn lookahead(f: &mut Fields) -> Result<Option<Lookahead>> {
+        match f.opt("lookahead") {
+            None | Some((Value::Nil, _)) => Ok(None),
+            Some((v, p)) => {
+                let mut l = Fields::from_value(v, &p)?;
+                Ok(Some(Lookahead { k: l.uint("k")?, alpha: l.float("alpha")? }))
+            }
+        }
+    }
+
     fn group_info(v: Value, p: &str) -> Result<GroupInfo> {
         let mut f = Fields::from_value(v, p)?;
+        let (schedulers, milestones) = combined(&mut f)?;
         Ok(GroupInfo {
             name: f.str("name")?,
             scheduler: f.opt_str_or_nil("scheduler")?,
+            schedulers,
+            milestones,
             hparams: f.hparams("hparams")?,
             sched_hparams: f.hparams("sched_hparams")?,
             base_lr: f.float("base_lr")?,
@@ -851,13 +935,18 @@ pub mod reply {
         let durability = Durability::parse(&durability)
             .ok_or_else(|| Error::protocol(format!("reply.durability: unknown value {durability:?}")))?;
         let (params, pp) = f.array("params")?;
+        let lookahead = lookahead(&mut f)?;
+        let (schedulers, milestones) = combined(&mut f)?;
         Ok(SessionInfo {
             client_seq,
             session: f.str("session")?,
             durability,
             optimizer: f.str("optimizer")?,
             optimizer_version: f.str("optimizer_version")?,
+            lookahead,
             scheduler: f.opt_str_or_nil("scheduler")?,
+            schedulers,
+            milestones,
             hparams: f.hparams("hparams")?,
             sched_hparams: f.hparams("sched_hparams")?,
             base_lr: f.float("base_lr")?,

@@ -44,7 +44,7 @@ fn durability(j: &Json) -> Durability {
 
 fn group_from_json(j: &Json) -> GroupSpec {
     let g = j.obj();
-    check_used(g, &["name", "hparams", "scheduler", "sched_hparams"]);
+    check_used(g, &["name", "hparams", "scheduler", "sched_hparams", "schedulers", "milestones"]);
     GroupSpec {
         name: g.get("name").expect("group name").str().to_owned(),
         hparams: g.get("hparams").map(hparams_from_json),
@@ -54,7 +54,29 @@ fn group_from_json(j: &Json) -> GroupSpec {
             Some(id) => GroupScheduler::Plugin(id.str().to_owned()),
         },
         sched_hparams: g.get("sched_hparams").map(hparams_from_json),
+        schedulers: g.get("schedulers").map(schedulers_from_json),
+        milestones: g.get("milestones").map(|a| a.arr().iter().map(Json::u64).collect()),
     }
+}
+
+fn schedulers_from_json(j: &Json) -> Vec<SchedulerSpec> {
+    j.arr()
+        .iter()
+        .map(|e| {
+            let m = e.obj();
+            check_used(m, &["scheduler", "sched_hparams"]);
+            SchedulerSpec {
+                scheduler: m.get("scheduler").expect("scheduler").str().to_owned(),
+                sched_hparams: m.get("sched_hparams").map(hparams_from_json),
+            }
+        })
+        .collect()
+}
+
+fn lookahead_from_json(j: &Json) -> Lookahead {
+    let m = j.obj();
+    check_used(m, &["k", "alpha"]);
+    Lookahead { k: m.get("k").expect("k").u64(), alpha: m.get("alpha").expect("alpha").f64() }
 }
 
 fn clip_norm_from_json(j: &Json) -> ClipNorm {
@@ -90,6 +112,9 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                 durability: get("durability").map(durability),
                 open_key: get("open_key").map(|k| k.str().to_owned()),
                 groups: get("groups").map(|a| a.arr().iter().map(group_from_json).collect()),
+                schedulers: get("schedulers").map(schedulers_from_json),
+                milestones: get("milestones").map(|a| a.arr().iter().map(Json::u64).collect()),
+                lookahead: get("lookahead").map(lookahead_from_json),
             };
             request::open(id, get("session").unwrap().str(), get("optimizer").unwrap().str(), &o)
         }
@@ -244,11 +269,30 @@ fn fmap(m: &BTreeMap<String, f64>) -> Json {
     Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::Float(*v))).collect())
 }
 
+/// `schedulers` and `milestones`, each only when the result has it.
+fn combined_json(schedulers: &Option<Vec<SchedulerInfo>>, milestones: &Option<Vec<u64>>) -> Vec<(&'static str, Json)> {
+    let mut o = Vec::new();
+    if let Some(sc) = schedulers {
+        o.push((
+            "schedulers",
+            Json::Array(
+                sc.iter()
+                    .map(|x| obj(vec![("scheduler", s(&x.scheduler)), ("sched_hparams", hmap(&x.sched_hparams))]))
+                    .collect(),
+            ),
+        ));
+    }
+    if let Some(ms) = milestones {
+        o.push(("milestones", Json::Array(ms.iter().map(|&m| u(m)).collect())));
+    }
+    o
+}
+
 fn groups_json(gs: &[GroupInfo]) -> Json {
     Json::Array(
         gs.iter()
             .map(|g| {
-                obj(vec![
+                let mut o = vec![
                     ("name", s(&g.name)),
                     ("scheduler", opt_s(&g.scheduler)),
                     ("hparams", hmap(&g.hparams)),
@@ -256,7 +300,9 @@ fn groups_json(gs: &[GroupInfo]) -> Json {
                     ("base_lr", Json::Float(g.base_lr)),
                     ("lr", Json::Float(g.lr)),
                     ("params", u(g.params)),
-                ])
+                ];
+                o.extend(combined_json(&g.schedulers, &g.milestones));
+                obj(o)
             })
             .collect(),
     )
@@ -389,6 +435,11 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
             if let Some(cs) = i.client_seq {
                 o.push(("client_seq", u(cs)));
             }
+            o.push((
+                "lookahead",
+                i.lookahead.map_or(Json::Null, |l| obj(vec![("k", u(l.k)), ("alpha", Json::Float(l.alpha))])),
+            ));
+            o.extend(combined_json(&i.schedulers, &i.milestones));
             obj(o)
         }
         "hparams" | "set_hparams" => obj(hparams_json(&reply::hparams(bytes, id)?)),

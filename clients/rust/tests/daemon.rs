@@ -636,3 +636,98 @@ fn a_retried_open_with_its_key_returns_the_same_session() {
     drop(c);
     d.stop();
 }
+
+/// Lookahead {k 2, alpha 0.5} and a sequential schedule (linear, then
+/// exponential from epoch 3): info reports both, every step's lr follows
+/// torch's rules computed here, and, in a second session with a fixed lr,
+/// the k-th step pulls the parameter back towards its slow weights.
+#[test]
+fn lookahead_and_a_sequential_schedule() {
+    let d = Daemon::start();
+    let mut c = client(&d);
+    let (base, start_factor, end_factor, total_iters, gamma, milestone) = (0.1, 0.1, 1.0, 3, 0.5, 3u64);
+    let la = Lookahead::new(2, 0.5);
+    let opts = OpenOptions::new().hparam("lr", base).lookahead(la).sequential(
+        vec![
+            SchedulerSpec::new("linear").sched_hparam("start_factor", start_factor).sched_hparam("total_iters", total_iters),
+            SchedulerSpec::new("exponential").sched_hparam("gamma", gamma),
+        ],
+        vec![milestone],
+    );
+    let s = c.open("lookahead-seq", "sgd", &opts).unwrap().session;
+
+    let info = c.info(&s, None).unwrap();
+    assert_eq!(info.lookahead, Some(la));
+    assert_eq!(info.scheduler.as_deref(), Some(SEQUENTIAL));
+    assert_eq!(info.milestones, Some(vec![milestone]));
+    let parts = info.schedulers.as_ref().expect("schedulers");
+    let ids: Vec<&str> = parts.iter().map(|p| p.scheduler.as_str()).collect();
+    assert_eq!(ids, ["linear", "exponential"]);
+    assert_eq!(parts[0].sched_hparams["start_factor"], HValue::Float(start_factor));
+    assert_eq!(parts[1].sched_hparams["gamma"], HValue::Float(gamma));
+    let default = info.group("default").unwrap();
+    assert_eq!((&default.schedulers, &default.milestones), (&info.schedulers, &info.milestones));
+
+    // torch 1.13: LinearLR starts at base * start_factor and multiplies by
+    // 1 + (end - start) / (total * start + (e - 1) * (end - start)) at
+    // epoch e; at the milestone SequentialLR restarts ExponentialLR at its
+    // epoch 0 (the base lr), which then multiplies by gamma each epoch.
+    let mut want: Vec<f64> = Vec::new();
+    for e in 0..5u64 {
+        let lr = if e == 0 {
+            base * start_factor
+        } else if e < milestone {
+            let prev = want[e as usize - 1];
+            prev * (1.0
+                + (end_factor - start_factor)
+                    / (total_iters as f64 * start_factor + (e - 1) as f64 * (end_factor - start_factor)))
+        } else if e == milestone {
+            base
+        } else {
+            want[e as usize - 1] * gamma
+        };
+        want.push(lr);
+    }
+    c.register(&s, &[("w", TensorRef::vec_f64(&[1.0]))]).unwrap();
+    let got: Vec<f64> = (0..want.len())
+        .map(|_| {
+            c.step(&s, &[("w", TensorRef::vec_f64(&[1.0]))], &StepOptions::new().return_params(false)).unwrap().lr
+        })
+        .collect();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-12 * w, "lrs {got:?}, want {want:?}");
+    }
+
+    // Plain SGD, fixed lr: after k steps the parameter is
+    // slow + alpha * (fast - slow), slow being its value before step 1.
+    let lr = 0.25;
+    let s2 = c.open("lookahead-sgd", "sgd", &OpenOptions::new().hparam("lr", lr).lookahead(la)).unwrap().session;
+    assert_eq!(c.info(&s2, None).unwrap().schedulers, None);
+    let p0 = [1.5f64, -2.0];
+    let grads = [[1.0f64, 3.0], [-0.5, 2.0]];
+    c.register(&s2, &[("p", TensorRef::vec_f64(&p0))]).unwrap();
+    let mut fast = p0;
+    let mut p = Vec::new();
+    for (i, g) in grads.iter().enumerate() {
+        for j in 0..fast.len() {
+            fast[j] -= lr * g[j];
+        }
+        p = c.step(&s2, &[("p", TensorRef::vec_f64(g))], &StepOptions::new()).unwrap().params.unwrap()["p"]
+            .to_f64()
+            .unwrap();
+        if i == 0 {
+            assert_eq!(p, fast, "before the k-th step the parameter is the fast weights");
+        }
+    }
+    let synced: Vec<f64> = p0.iter().zip(&fast).map(|(s, f)| s + la.alpha * (f - s)).collect();
+    for (g, w) in p.iter().zip(&synced) {
+        assert!((g - w).abs() <= 1e-12, "p = {p:?}, want {synced:?}");
+    }
+    let st = c.state(&s2, Some(&["p"])).unwrap();
+    let slow = st["p"].get("lookahead_slow").expect("state lists lookahead_slow").to_f64().unwrap();
+    for (g, w) in slow.iter().zip(&synced) {
+        assert!((g - w).abs() <= 1e-12, "lookahead_slow = {slow:?}, want {synced:?}");
+    }
+    drop(c);
+    d.stop();
+}
