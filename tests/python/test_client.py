@@ -100,6 +100,11 @@ class Ops(DaemonTestCase):
         first = self.open("keyed", open_key=key)
         again = self.client.open("keyed", "sgd", {"lr": 0.5}, open_key=key)
         self.assertEqual(again, first)
+        self.assertEqual(again.token, first.token)
+        self.assertEqual((first.existing, again.existing), (False, True))
+        self.assertEqual((first.lr, again.lr), (0.5, 0.5))
+        with self.assertRaises(optimd.SessionExistsError):  # another key is another open
+            self.client.open("keyed", "sgd", {"lr": 0.5}, open_key=key[::-1])
         with self.assertRaises(optimd.SessionExistsError):
             self.client.open("keyed", "sgd", {"lr": 0.5})
 
@@ -156,6 +161,121 @@ class Ops(DaemonTestCase):
         r = self.client.step(s, {})
         self.assertEqual((r.lr, r.next_lr), (2.0, 1.0))
 
+    def test_two_groups(self) -> None:
+        s = self.open("groups", "sgd", {"lr": 0.5},
+                      groups=[optimd.Group("head", {"lr": 0.25}), optimd.Group("frozen", {"lr": 0.0})])
+        self.assertEqual(self.client.register(s, {"w": np.zeros(2, np.float32)}), 1)
+        self.assertEqual(self.client.register(s, {"h": np.zeros(2, np.float32)}, group="head"), 1)
+        info = self.client.info(s)
+        self.assertEqual([(g.name, g.lr, g.params) for g in info.groups],
+                         [("default", 0.5, 1), ("head", 0.25, 1), ("frozen", 0.0, 0)])
+        self.assertEqual([(p.name, p.group) for p in info.params], [("w", "default"), ("h", "head")])
+        self.assertEqual(info.group("head").hparams["lr"], 0.25)
+
+        r = self.client.step(s, {"w": np.ones(2, np.float32), "h": np.ones(2, np.float32)})
+        self.assertEqual(r.lrs, {"default": 0.5, "head": 0.25, "frozen": 0.0})
+        self.assertEqual(r.next_lrs, r.lrs)
+        self.assertEqual((r.group_lr("head"), r.grad_norm, r.grad_norms), (0.25, None, {}))
+        np.testing.assert_array_equal(r.params["w"], [-0.5, -0.5])
+        np.testing.assert_array_equal(r.params["h"], [-0.25, -0.25])
+
+        hp = self.client.set_hparams(s, {"lr": 0.125}, group="head")
+        self.assertEqual([g.lr for g in hp.groups], [0.5, 0.125, 0.0])
+        hp = self.client.set_hparams(s, {"momentum": 0.5})  # every group
+        self.assertEqual([g.hparams["momentum"] for g in hp.groups], [0.5, 0.5, 0.5])
+        with self.assertRaises(optimd.BadRequestError) as caught:
+            self.client.set_hparams(s, {"lr": 1.0}, group="nosuch")
+        self.assertEqual((caught.exception.code, caught.exception.name), (2, "BAD_REQUEST"))
+        with self.assertRaises(optimd.BadRequestError):
+            self.client.register(s, {"x": np.zeros(1, np.float32)}, group="nosuch")
+
+    def test_clipped_steps(self) -> None:
+        s = self.open("clip", "sgd", {"lr": 1.0}, groups=[optimd.Group("b")])
+        self.client.register(s, {"w": np.zeros(2, np.float64)})
+        self.client.register(s, {"v": np.zeros(1, np.float64)}, group="b")
+        # By norm: the 2-norm of [3, 4] and [12] is 13; scaled to norm 1.
+        r = self.client.step(s, {"w": np.array([3.0, 4.0]), "v": np.array([12.0])}, clip_norm=1.0)
+        self.assertEqual((r.grad_norm, r.grad_norms), (13.0, {}))
+        coef = 1.0 / (13.0 + 1e-6)
+        np.testing.assert_allclose(r.params["w"], [-3 * coef, -4 * coef], rtol=1e-15)
+        np.testing.assert_allclose(r.params["v"], [-12 * coef], rtol=1e-15)
+        # Per group: each group's own norm.
+        r = self.client.step(s, {"w": np.array([3.0, 4.0]), "v": np.array([0.5])},
+                             clip_norm=optimd.ClipNorm(100.0, per_group=True), return_params=False)
+        self.assertEqual((r.grad_norm, r.grad_norms), (None, {"default": 5.0, "b": 0.5}))
+        # The max norm.
+        r = self.client.step(s, {"w": np.array([3.0, -4.0])}, clip_norm={"max_norm": 100.0, "norm_type": float("inf")})
+        self.assertEqual(r.grad_norm, 4.0)
+        # By value: clamped to [-2, 2] before an lr-1 SGD step.
+        before = self.client.pull(s, ["w"])["w"]
+        r = self.client.step(s, {"w": np.array([3.0, -0.5])}, clip_value=2.0)
+        np.testing.assert_array_equal(r.params["w"], before - np.array([2.0, -0.5]))
+        self.assertIsNone(r.grad_norm)
+        with self.assertRaises(ValueError):
+            self.client.step(s, {}, clip_value=0.0)
+
+    def test_observe_with_plateau(self) -> None:
+        s = self.open("plateau", "sgd", {"lr": 1.0}, scheduler="plateau",
+                      sched_hparams={"patience": 0, "factor": 0.5},
+                      groups=[optimd.Group("fixed", scheduler=None)])
+        self.client.register(s, {"w": np.zeros(1, np.float32)})
+        first = self.client.observe(s, 1.0)  # the best so far
+        self.assertEqual((first.lr, first.lrs), (1.0, {"default": 1.0, "fixed": 1.0}))
+        worse = self.client.observe(s, 2.0)  # a bad epoch with patience 0: halved
+        self.assertEqual((worse.lr, worse.lrs), (0.5, {"default": 0.5, "fixed": 1.0}))
+        r = self.client.step(s, {"w": np.ones(1, np.float32)})
+        self.assertEqual(r.lr, 0.5)
+        np.testing.assert_array_equal(r.params["w"], [-0.5])
+        self.assertEqual(self.client.observe(s, 0.5, group="default").lr, 0.5)  # better: kept
+        with self.assertRaises(optimd.BadRequestError):
+            self.client.observe(s, 1.0, group="fixed")  # no metric scheduler there
+
+    def test_state_export_import(self) -> None:
+        s = self.open("exp", "adam", {"lr": 0.1})
+        self.client.register(s, {"w": np.zeros(3, np.float32), "idle": np.zeros(1, np.float32)})
+        g = np.array([1.0, -2.0, 0.5], np.float32)
+        self.client.step(s, {"w": g})
+        state = self.client.state(s)
+        self.assertEqual(state["idle"], {})
+        # After one Adam step from zero, exp_avg = (1 - beta1) g.
+        np.testing.assert_array_equal(state["w"]["exp_avg"], np.float32(1 - 0.9) * g)
+        self.assertEqual(set(self.client.state(s, ["w"])), {"w"})
+
+        snapshot = self.client.export(s)
+        self.assertIsInstance(snapshot, bytes)
+        copy = self.client.import_session(snapshot, "exp-copy", durability="none")
+        self.addCleanup(self.client.close_session, copy.session)
+        self.assertEqual((copy.session.name, copy.steps), ("exp-copy", 1))
+        self.assertNotEqual(copy.session.token, s.token)
+        a = self.client.step(s, {"w": g})
+        b = self.client.step(copy.session, {"w": g})
+        np.testing.assert_array_equal(a.params["w"], b.params["w"])
+        self.assertEqual(self.client.info(copy.session).durability, "none")
+        with self.assertRaises(optimd.SessionExistsError):
+            self.client.import_session(snapshot)  # the stored name, "exp", is taken
+        with self.assertRaises(optimd.BadRequestError):
+            self.client.import_session(b"not a snapshot", "junk")
+
+    def test_lookahead_and_combined_schedule(self) -> None:
+        s = self.open("combined", "sgd", {"lr": 1.0}, lookahead=optimd.Lookahead(k=2, alpha=0.5),
+                      scheduler="sequential", milestones=[2],
+                      schedulers=[optimd.Schedule("constant", {"factor": 0.5, "total_iters": 2}),
+                                  optimd.Schedule("exponential", {"gamma": 0.5})])
+        info = self.client.info(s)
+        self.assertEqual(info.lookahead, optimd.Lookahead(2, 0.5))
+        self.assertEqual((info.scheduler, info.milestones), ("sequential", (2,)))
+        self.assertEqual([p.scheduler for p in info.schedulers], ["constant", "exponential"])
+        self.assertEqual(info.groups[0].schedulers, info.schedulers)
+        self.client.register(s, {"w": np.zeros(1, np.float64)})
+        # constant 0.5 for two epochs, then exponential from the base lr, restarted.
+        r = [self.client.step(s, {"w": np.ones(1)}) for _ in range(3)]
+        self.assertEqual([x.lr for x in r], [0.5, 0.5, 1.0])
+        # Lookahead (k=2, alpha=.5): after step 2 the weight is halfway from 0 to -1.
+        self.assertEqual([float(x.params["w"][0]) for x in r], [-0.5, -0.5, -1.5])
+        self.assertIn("lookahead_slow", self.client.state(s)["w"])
+        plain = self.open("plain")
+        self.assertIsNone(self.client.info(plain).lookahead)
+
     def test_raw_request_and_ids(self) -> None:
         reply = self.client.request("hello")
         first = reply["id"]
@@ -199,7 +319,8 @@ class Offline(unittest.TestCase):
         def answer(request: bytes) -> bytes:
             msg = msgpack.unpackb(request)
             seen.append(msg)
-            return msgpack.packb({"v": 1, "id": msg["id"], "ok": True, "session": "s", "token": "t" * 32, "lr": 0.1})
+            return msgpack.packb({"v": 1, "id": msg["id"], "ok": True, "session": "s", "token": "t" * 32, "lr": 0.1,
+                                 "existing": False})
 
         seen: list[dict] = []
         with FakeServer(answer) as server, optimd.Client(server.url, timeout=10) as client:

@@ -47,6 +47,10 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = STEPS
 
 
 class TorchTestCase(DaemonTestCase):
+    def sessions(self) -> set[str]:
+        with optimd.Client(self.daemon.url) as c:
+            return {s.session for s in c.sessions()}
+
     def remote(self, params: Any, optimizer: str, **kwargs: Any) -> RemoteOptimizer:
         opt = RemoteOptimizer(params, optimizer, server=self.daemon.url, **kwargs)
         self.addCleanup(opt.close)
@@ -143,9 +147,44 @@ class Parity(TorchTestCase):
             lambda m: self.remote(groups(m, lr=1e-3, weight_decay=0.0), "adamw", lr=1e-2, weight_decay=0.1),
             lambda m: torch.optim.AdamW(groups(m, lr=1e-3, weight_decay=0.0), lr=1e-2, weight_decay=0.1,
                                         foreach=False))
-        names = [s.name for s in opt.sessions]
-        self.assertEqual(names[1], names[0] + ".1")
-        self.assertEqual([opt.client.hparams(s).hparams["weight_decay"] for s in opt.sessions], [0.0, 0.1])
+        # One session; torch's groups are its groups.
+        self.assertEqual(len(opt.sessions), 1)
+        hp = opt.client.hparams(opt.sessions[0])
+        self.assertEqual([(g.name, g.lr, g.hparams["weight_decay"], g.params) for g in hp.groups],
+                         [("default", 1e-3, 0.0, 2), ("g1", 1e-2, 0.1, 2)])
+        self.assertEqual(opt.group_session(1), (opt.sessions[0], "g1"))
+
+    def test_two_groups_with_torch_step_lr(self) -> None:
+        """Two groups (no weight decay and a lower lr on the first), torch's
+        StepLR changing both groups' lr between steps."""
+        def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
+            return [{"params": m[0].parameters(), "lr": 3e-3, "weight_decay": 0.0}, {"params": m[2].parameters()}]
+
+        def ours(m: torch.nn.Module) -> tuple[Any, Any]:
+            opt = self.remote(groups(m), "adamw", lr=1e-2, weight_decay=0.05)
+            return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.5)
+
+        def theirs(m: torch.nn.Module) -> tuple[Any, Any]:
+            opt = torch.optim.AdamW(groups(m), lr=1e-2, weight_decay=0.05, foreach=False)
+            return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.5)
+
+        opt, _ = self.assertParity(ours, theirs, steps=20)
+        # The daemon's lrs moved: 20 steps, halved at 6, 12, 18.
+        hp = opt.client.hparams(opt.sessions[0])
+        self.assertEqual([g.lr for g in hp.groups], [3e-3 * 0.5 ** 3, 1e-2 * 0.5 ** 3])
+
+    def test_server_side_scheduler_per_group(self) -> None:
+        def groups(m: torch.nn.Module) -> list[dict[str, Any]]:
+            return [{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": 0.02}]
+
+        def theirs(m: torch.nn.Module) -> tuple[Any, Any]:
+            opt = torch.optim.SGD(groups(m), lr=0.1, momentum=0.9, foreach=False)
+            return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+        self.assertParity(
+            lambda m: self.remote(groups(m), "sgd", lr=0.1, momentum=0.9,
+                                  scheduler="step", sched_hparams={"step_size": 3, "gamma": 0.5}),
+            theirs, steps=10)
 
 
 class Behaviour(TorchTestCase):
@@ -188,15 +227,16 @@ class Behaviour(TorchTestCase):
         with self.assertRaises(optimd.BadHparamError):  # the second group's session fails to open
             m = mlp()
             self.remote([{"params": m[0].parameters()}, {"params": m[2].parameters(), "lr": -1.0}], "adam")
+        with self.assertRaises(optimd.BadHparamError):  # a group added later is checked too
+            opt = self.remote(mlp().parameters(), "adam", lr=0.1)
+            opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": -1.0})
+        self.assertEqual(len(opt.param_groups), 1)
+        opt.delete_sessions()
         with self.assertRaises(optimd.UnknownPluginError):
             self.remote(mlp().parameters(), "nosuch", lr=0.1)
         with self.assertRaises(TypeError):
             self.remote(mlp(dtype=torch.float16).parameters(), "adam")
         self.assertEqual(self.sessions(), before)  # nothing left behind
-
-    def sessions(self) -> set[str]:
-        with optimd.Client(self.daemon.url) as c:
-            return {s.session for s in c.sessions()}
 
     def test_extra_group_keys_stay_client_side(self) -> None:
         m = mlp()
@@ -255,69 +295,116 @@ class Behaviour(TorchTestCase):
             opt.add_param_group({"params": model[2].parameters(), "lr": 0.001})
             train(model, opt, steps=3)
         self.assertSameParams(ours, theirs)
-        self.assertEqual(len(opt_o.sessions), 2)
+        self.assertEqual(len(opt_o.sessions), 2)  # the first had parameters: a new session
+
+    def test_add_param_group_before_the_first_step(self) -> None:
+        ours, theirs = mlp(), mlp()
+        opt_o = self.remote(ours[0].parameters(), "adam", lr=0.01, session="torch-before")
+        opt_t = torch.optim.Adam(theirs[0].parameters(), lr=0.01, foreach=False)
+        for model, opt in ((ours, opt_o), (theirs, opt_t)):
+            opt.add_param_group({"params": model[2].parameters(), "lr": 0.001})
+            train(model, opt, steps=3)
+        self.assertSameParams(ours, theirs)
+        # Reopened with both groups, under the same name.
+        self.assertEqual([s.name for s in opt_o.sessions], ["torch-before"])
+        info = opt_o.client.info(opt_o.sessions[0])
+        self.assertEqual([(g.name, g.lr, g.params) for g in info.groups], [("default", 0.01, 2), ("g1", 0.001, 2)])
 
 
 class StateDicts(TorchTestCase):
-    def test_resume_from_a_state_dict(self) -> None:
+    def two_groups(self, m: torch.nn.Module) -> list[dict[str, Any]]:
+        return [{"params": m[0].parameters(), "weight_decay": 0.0}, {"params": m[2].parameters(), "lr": 3e-3}]
+
+    def test_state_is_torchs(self) -> None:
+        """state_dict()["state"] is read from the daemon and equals torch's
+        own AdamW state, slot by slot, bit for bit."""
+        ours, theirs = mlp(), mlp()
+        opt_o = self.remote(self.two_groups(ours), "adamw", lr=1e-2)
+        opt_t = torch.optim.AdamW(self.two_groups(theirs), lr=1e-2, foreach=False)
+        train(ours, opt_o, steps=5)
+        train(theirs, opt_t, steps=5)
+        got, want = opt_o.state_dict(), opt_t.state_dict()
+        self.assertEqual(sorted(got["state"]), sorted(want["state"]))
+        self.assertEqual([g["params"] for g in got["param_groups"]], [g["params"] for g in want["param_groups"]])
+        for index, slots in want["state"].items():
+            # torch counts steps per parameter in the state; the daemon in info.params.
+            self.assertEqual(set(got["state"][index]), set(slots) - {"step"})
+            for key in ("exp_avg", "exp_avg_sq"):
+                a, b = got["state"][index][key], slots[key]
+                self.assertTrue(torch.equal(a.to(b.dtype), b) and a.shape == b.shape, f"{index} {key}: {a} != {b}")
+
+    def test_round_trip_continues_bit_identically(self) -> None:
         reference = mlp()
-        ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, foreach=False)
+        ref_opt = torch.optim.AdamW(self.two_groups(reference), lr=1e-2, foreach=False)
         ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=5, gamma=0.5)
         train(reference, ref_opt, steps=20, sched=ref_sched)
 
         model = mlp()
-        opt = self.remote(model.parameters(), "adamw", lr=1e-2)
+        opt = self.remote(self.two_groups(model), "adamw", lr=1e-2)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
         train(model, opt, steps=10, sched=sched)
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buffer)
-        saved = opt.state_dict()
-        self.assertEqual(saved["state"], {})
-        self.assertEqual([g["params"] for g in saved["param_groups"]], [[0, 1, 2, 3]])
-        self.assertEqual(saved["optimd"]["sessions"][0]["steps"], 10)
+        # The original goes on (and then disappears): the checkpoint does not depend on it.
+        train(model, opt, steps=3, sched=sched)
+        opt.delete_sessions()
 
         # A new process: new model, new optimizer (with its own fresh session), then load.
         buffer.seek(0)
         checkpoint = torch.load(buffer)
         model2 = mlp(seed=5)
         model2.load_state_dict(checkpoint["model"])
-        opt2 = self.remote(model2.parameters(), "adamw", lr=1.0)
+        opt2 = self.remote(self.two_groups(model2), "adamw", lr=1.0)
         fresh = opt2.sessions[0]
         sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=5, gamma=0.5)
         opt2.load_state_dict(checkpoint["opt"])
         sched2.load_state_dict(checkpoint["sched"])
-        self.assertEqual(opt2.sessions, opt.sessions)
-        self.assertEqual(opt2.param_groups[0]["lr"], 1e-2 * 0.5 ** 2)
+        self.assertNotEqual(opt2.sessions, opt.sessions)
+        self.assertEqual([g["lr"] for g in opt2.param_groups], [1e-2 * 0.5 ** 2, 3e-3 * 0.5 ** 2])
         with optimd.Client(self.daemon.url) as c:
-            self.assertNotIn(fresh.name, [s.session for s in c.sessions()])  # never stepped: closed
+            self.assertNotIn(fresh.name, [s.session for s in c.sessions()])  # never used: closed
+            self.assertEqual(c.info(opt2.sessions[0]).steps, 10)
         train(model2, opt2, steps=10, sched=sched2)
         self.assertSameParams(model2, reference)
+
+    def test_loading_needs_the_checkpoints_weights(self) -> None:
+        model = mlp()
+        opt = self.remote(model.parameters(), "sgd", lr=0.1, momentum=0.9)
+        train(model, opt, steps=2)
+        saved = opt.state_dict()
+        other_model = mlp(seed=3)  # weights not loaded from the checkpoint
+        other = self.remote(other_model.parameters(), "sgd", lr=0.1)
+        other.load_state_dict(saved)
+        self.addCleanup(other.delete_sessions)
+        with self.assertRaisesRegex(RuntimeError, "differs from the value in the loaded"):
+            train(other_model, other, steps=1)
 
     def test_refuses_what_it_cannot_restore(self) -> None:
         model = mlp()
         opt = self.remote(model.parameters(), "sgd", lr=0.1)
         train(model, opt, steps=2)
-        saved = copy.deepcopy(opt.state_dict())
-        train(model, opt, steps=1)
+        saved = opt.state_dict()
         other = self.remote(mlp().parameters(), "sgd", lr=0.1)
-        with self.assertRaisesRegex(ValueError, "cannot roll it back"):
-            other.load_state_dict(saved)
         torch_opt = torch.optim.SGD(mlp().parameters(), lr=0.1)
         with self.assertRaisesRegex(ValueError, "not a RemoteOptimizer state dict"):
             other.load_state_dict(torch_opt.state_dict())
         with self.assertRaisesRegex(ValueError, "optimizer"):
-            self.remote(mlp().parameters(), "adam").load_state_dict(opt.state_dict())
+            self.remote(mlp().parameters(), "adam").load_state_dict(saved)
         with self.assertRaisesRegex(ValueError, "number of parameter groups"):
             m = mlp()
             self.remote([{"params": m[0].parameters()}, {"params": m[2].parameters()}], "sgd",
-                        lr=0.1).load_state_dict(opt.state_dict())
-        bad_token = copy.deepcopy(opt.state_dict())
-        bad_token["optimd"]["sessions"][0]["token"] = "0" * 32
-        with self.assertRaises(optimd.BadTokenError):
-            other.load_state_dict(bad_token)
-        wrong_shapes = self.remote(torch.nn.Linear(3, 2).parameters(), "sgd", lr=0.1)
-        with self.assertRaises(ValueError):
-            wrong_shapes.load_state_dict(opt.state_dict())
+                        lr=0.1).load_state_dict(saved)
+        before = self.sessions()
+        wrong_shapes = self.remote([torch.zeros(4, 8), torch.zeros(16), torch.zeros(3, 16), torch.zeros(2)],
+                                   "sgd", lr=0.1)
+        with self.assertRaisesRegex(ValueError, r"parameter 0\.0 is f32\[16, 8\]"):
+            wrong_shapes.load_state_dict(saved)
+        after = self.sessions()
+        self.assertEqual(after - before, {s.name for s in wrong_shapes.sessions})  # the import was undone
+        corrupt = copy.deepcopy(saved)
+        corrupt["optimd"]["sessions"][0]["snapshot"] = b"junk"
+        with self.assertRaises(optimd.BadRequestError):
+            other.load_state_dict(corrupt)
         train(mlp(), other, steps=1)  # still usable on its own session
 
 

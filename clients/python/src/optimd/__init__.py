@@ -41,8 +41,15 @@ from .errors import (
     VersionError,
     WrongKindError,
 )
+from .lr_range import LRRangeResult, lr_range_test
+from .messages import INHERIT, ClipNorm, Group, Request
 from .results import (
     Array,
+    GroupInfo,
+    ImportResult,
+    Lookahead,
+    Schedule,
+    ObserveResult,
     Hello,
     HparamDecl,
     Hparams,
@@ -61,8 +68,19 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "DEFAULT_URL",
+    "lr_range_test",
+    "LRRangeResult",
     "PROTOCOL_VERSION",
     "Session",
+    "Group",
+    "ClipNorm",
+    "INHERIT",
+    "Request",
+    "GroupInfo",
+    "Lookahead",
+    "Schedule",
+    "ObserveResult",
+    "ImportResult",
     "Array",
     "HparamValue",
     "Hello",

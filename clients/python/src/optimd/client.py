@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
 import numpy.typing as npt
 
-from .errors import ProtocolError
+from . import messages
+from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, Request, ScheduleSpec
 from .results import (
     Array,
     Hello,
     Hparams,
+    ImportResult,
+    ObserveResult,
     PluginInfo,
     Session,
     SessionInfo,
     SessionSummary,
     StepResult,
-    tensors_from_reply,
 )
 from .transport import Transport
-from .wire import HparamValue, decode_reply, encode_request, encode_tensor
+from .wire import HparamValue, decode_reply, encode_request
 
 __all__ = ["Client", "DEFAULT_URL"]
 
@@ -93,40 +95,39 @@ class Client:
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Sends one request and returns the whole success reply as a map.
 
-        The typed methods below are built on this; use it directly for ops
-        this client does not know yet. Array values in ``fields`` must already
-        be tensor maps (:func:`optimd.wire.encode_tensor`).
+        The typed methods below are built on :mod:`optimd.messages`; use this
+        for ops this client does not know yet. Array values in ``fields`` must
+        already be tensor maps (:func:`optimd.wire.encode_tensor`).
         """
         request_id = self._next_id()
         payload = encode_request(op, request_id, fields)
         return self._transport.roundtrip(payload, lambda buf: decode_reply(buf, request_id))
 
-    def _session_request(self, op: str, session: Session, **fields: Any) -> dict[str, Any]:
-        return self.request(op, session=session.name, token=session.token, **fields)
+    def send(self, request: Request) -> Any:
+        """Sends a request built by :mod:`optimd.messages` and returns its
+        typed result (what the method of the same op returns)."""
+        request_id = self._next_id()
+        payload = request.encode(request_id)
+        return self._transport.roundtrip(
+            payload, lambda buf: messages.parse_reply(request.op, buf, request_id))
 
     # -- daemon ops -------------------------------------------------------
 
     def hello(self, client: str | None = None) -> Hello:
         """The daemon's name, version, protocol, plugin ABI and size limit.
         ``client`` is free text for the daemon's log."""
-        fields = {} if client is None else {"client": client}
-        return Hello.from_reply(self.request("hello", **fields))
+        result: Hello = self.send(messages.hello(client))
+        return result
 
     def plugins(self) -> list[PluginInfo]:
         """Every loaded plugin, sorted by id, with its declarations."""
-        reply = self.request("plugins")
-        entries = reply.get("plugins")
-        if not isinstance(entries, list):
-            raise ProtocolError("plugins: the reply has no 'plugins' array")
-        return [PluginInfo.from_reply(p) for p in entries]
+        result: list[PluginInfo] = self.send(messages.plugins())
+        return result
 
     def sessions(self) -> list[SessionSummary]:
         """Every session, sorted by name (tokens are never listed)."""
-        reply = self.request("sessions")
-        entries = reply.get("sessions")
-        if not isinstance(entries, list):
-            raise ProtocolError("sessions: the reply has no 'sessions' array")
-        return [SessionSummary.from_reply(s) for s in entries]
+        result: list[SessionSummary] = self.send(messages.sessions())
+        return result
 
     # -- session lifecycle ------------------------------------------------
 
@@ -138,71 +139,97 @@ class Client:
         *,
         scheduler: str | None = None,
         sched_hparams: Mapping[str, HparamValue] | None = None,
+        groups: Sequence[GroupSpec] | None = None,
         durability: str | None = None,
         open_key: str | None = None,
+        lookahead: LookaheadSpec | None = None,
+        schedulers: Sequence[ScheduleSpec] | None = None,
+        milestones: Sequence[int] | None = None,
     ) -> Session:
         """Creates a session named ``session`` running plugin ``optimizer``,
         optionally with a server-side ``scheduler``. Hyperparameters not given
         take the plugin's defaults. ``durability`` is ``"always"``,
         ``"interval"`` (the daemon's default) or ``"none"`` (docs/protocol.md).
-        Returns the session's name and token; ``hparams(session).lr`` is the
-        lr its first step will use. ``open_key`` (16 to 64 printable ASCII
-        characters, e.g. ``secrets.token_hex(16)``) makes a retry safe: an open
-        repeated with the same key after a lost reply returns the session the
-        first attempt created instead of failing with SESSION_EXISTS."""
-        fields: dict[str, Any] = {"session": session, "optimizer": optimizer}
-        if open_key is not None:
-            fields["open_key"] = open_key
-        if durability is not None:
-            fields["durability"] = durability
-        if hparams:
-            fields["hparams"] = dict(hparams)
-        if scheduler is not None:
-            fields["scheduler"] = scheduler
-            if sched_hparams:
-                fields["sched_hparams"] = dict(sched_hparams)
-        elif sched_hparams:
-            raise ValueError("sched_hparams given without a scheduler")
-        reply = self.request("open", **fields)
-        name, token = reply.get("session"), reply.get("token")
-        if not isinstance(name, str) or not isinstance(token, str):
-            raise ProtocolError("open: the reply has no 'session' and 'token' strings")
-        return Session(name, token)
+
+        ``groups`` are parameter groups besides ``"default"`` (which
+        ``hparams``/``scheduler``/``sched_hparams`` configure), each a
+        :class:`~optimd.Group` (or the protocol's map): a name, the
+        hyperparameters that differ from the default group's, and its own
+        scheduler if it should not share the default group's.
+
+        Returns the session (name and token), with ``lr``, the lr its first
+        step will use. ``open_key`` (16 to 64 printable ASCII characters, e.g.
+        ``secrets.token_hex(16)``) makes a retry safe: an open repeated with
+        the same key after a lost reply returns the session the first attempt
+        created (``existing=True``) instead of failing with SESSION_EXISTS.
+
+        ``scheduler="sequential"`` (torch's ``SequentialLR``, with
+        ``milestones``) or ``"chained"`` (``ChainedScheduler``) combine the
+        :class:`~optimd.Schedule` parts in ``schedulers``; ``lookahead``
+        (:class:`~optimd.Lookahead`) wraps the optimizer in Lookahead."""
+        result: Session = self.send(messages.open(
+            session, optimizer, hparams, scheduler=scheduler, sched_hparams=sched_hparams,
+            groups=groups, durability=durability, open_key=open_key, lookahead=lookahead,
+            schedulers=schedulers, milestones=milestones))
+        return result
 
     def attach(self, session: Session) -> SessionInfo:
         """Checks ``session``'s token (use it when reconnecting) and returns
         what ``info`` returns."""
-        return SessionInfo.from_reply(self._session_request("attach", session), "attach")
+        result: SessionInfo = self.send(messages.attach(session))
+        return result
 
-    def info(self, session: Session) -> SessionInfo:
-        """The session's plugin, hyperparameters, lr, step count and parameters."""
-        return SessionInfo.from_reply(self._session_request("info", session))
+    def info(self, session: Session, client: str | None = None) -> SessionInfo:
+        """The session's plugin, groups, hyperparameters, lr, step count and
+        parameters. With ``client``, ``client_seq`` is the highest ``seq`` the
+        session applied for that client id (0 if none)."""
+        result: SessionInfo = self.send(messages.info(session, client))
+        return result
 
     def hparams(self, session: Session) -> Hparams:
-        """The session's hyperparameters, base lr and next-step lr."""
-        return Hparams.from_reply(self._session_request("hparams", session))
+        """The session's hyperparameters, base lr and next-step lr, by group."""
+        result: Hparams = self.send(messages.hparams(session))
+        return result
 
-    def set_hparams(self, session: Session, hparams: Mapping[str, HparamValue]) -> Hparams:
-        """Changes mutable hyperparameters, all or none, before the next step.
-        Setting ``lr`` makes it the next step's lr (a scheduler goes on from it)."""
-        reply = self._session_request("set_hparams", session, hparams=dict(hparams))
-        return Hparams.from_reply(reply, "set_hparams")
+    def set_hparams(
+        self, session: Session, hparams: Mapping[str, HparamValue], group: str | None = None
+    ) -> Hparams:
+        """Changes mutable hyperparameters of ``group`` (default: of every
+        group, each keeping the keys not given), all or none, before the next
+        step. Setting ``lr`` makes it the next step's lr (a scheduler goes on
+        from it)."""
+        result: Hparams = self.send(messages.set_hparams(session, hparams, group))
+        return result
 
     def close_session(self, session: Session) -> None:
         """Deletes the session and all its state on the daemon (op ``close``)."""
-        self._session_request("close", session)
+        self.send(messages.close(session))
+
+    def export(self, session: Session) -> bytes:
+        """The session as one safetensors snapshot (parameters, optimizer
+        state, hyperparameters, counters, token): what :meth:`import_session`
+        takes, on this daemon or another."""
+        result: bytes = self.send(messages.export(session))
+        return result
+
+    def import_session(
+        self, snapshot: bytes, session: str | None = None, *, durability: str | None = None
+    ) -> ImportResult:
+        """Creates a session from an :meth:`export` snapshot, named
+        ``session`` (default: the name in the snapshot), with a new token."""
+        result: ImportResult = self.send(messages.import_(snapshot, session, durability))
+        return result
 
     # -- tensors ----------------------------------------------------------
 
-    def register(self, session: Session, params: Mapping[str, npt.ArrayLike]) -> int:
+    def register(
+        self, session: Session, params: Mapping[str, npt.ArrayLike], group: str | None = None
+    ) -> int:
         """Registers parameters with their initial values (float32 or float64
-        arrays; the optimizer must list the dtype). Returns the count."""
-        tensors = {name: encode_tensor(value) for name, value in params.items()}
-        reply = self._session_request("register", session, params=tensors)
-        count = reply.get("registered")
-        if not isinstance(count, int):
-            raise ProtocolError("register: the reply has no 'registered' count")
-        return count
+        arrays; the optimizer must list the dtype) in ``group`` (default:
+        ``"default"``). Returns the count."""
+        result: int = self.send(messages.register(session, params, group))
+        return result
 
     def step(
         self,
@@ -212,30 +239,48 @@ class Client:
         return_params: bool = True,
         seq: int | None = None,
         client: str | None = None,
+        clip_value: float | None = None,
+        clip_norm: ClipNormSpec | None = None,
     ) -> StepResult:
         """Applies one optimizer step with ``grads`` (a subset of the
         registered parameters; each with its parameter's dtype and shape).
 
-        Returns the step count, the lr used, the next lr and, unless
-        ``return_params`` is false, the updated parameters as read-only
-        arrays. Unsequenced steps are not idempotent: a step that raised
-        TransportError may or may not have been applied. Give ``seq`` (and a
-        ``client`` id) to make a retry safe: the daemon applies each client's
-        sequence number at most once and answers a retry with
-        ``duplicate=True``.
+        Returns the step count, the lr used, the next lr (by group too, with
+        several groups) and, unless ``return_params`` is false, the updated
+        parameters as read-only arrays. Unsequenced steps are not idempotent:
+        a step that raised TransportError may or may not have been applied.
+        Give ``seq`` (and a ``client`` id) to make a retry safe: the daemon
+        applies each client's sequence number at most once and answers a
+        retry with ``duplicate=True``.
+
+        Clipping happens on the daemon, before the update, as torch's
+        utilities would between ``backward()`` and ``step()``: ``clip_value``
+        clamps every element to ``[-clip_value, clip_value]``; ``clip_norm``
+        (a :class:`~optimd.ClipNorm`, or just ``max_norm``) rescales as
+        ``clip_grad_norm_`` and the result carries ``grad_norm`` (or
+        ``grad_norms`` by group with ``per_group``).
         """
-        tensors = {name: encode_tensor(value) for name, value in grads.items()}
-        fields: dict[str, Any] = {"grads": tensors}
-        if seq is not None:
-            fields["seq"] = seq
-            if client is not None:
-                fields["client"] = client
-        if not return_params:
-            fields["return"] = False
-        return StepResult.from_reply(self._session_request("step", session, **fields))
+        result: StepResult = self.send(messages.step(
+            session, grads, return_params=return_params, seq=seq, client=client,
+            clip_value=clip_value, clip_norm=clip_norm))
+        return result
+
+    def observe(self, session: Session, metric: float, group: str | None = None) -> ObserveResult:
+        """Reports a metric (e.g. a validation loss) to the schedulers that
+        take one (``plateau``), of ``group`` or of every group; returns the
+        next lr of that group (default group's) and of every group."""
+        result: ObserveResult = self.send(messages.observe(session, metric, group))
+        return result
 
     def pull(self, session: Session, names: Iterable[str] | None = None) -> dict[str, Array]:
         """Current values of the named parameters (default: all), as
         read-only arrays."""
-        fields = {} if names is None else {"names": list(names)}
-        return tensors_from_reply(self._session_request("pull", session, **fields), "pull")
+        result: dict[str, Array] = self.send(messages.pull(session, names))
+        return result
+
+    def state(self, session: Session, names: Iterable[str] | None = None) -> dict[str, dict[str, Array]]:
+        """The optimizer state the daemon holds for the named parameters
+        (default: all): name -> slot key (as ``plugins`` lists them) -> read-only
+        array. A parameter that never stepped has an empty map."""
+        result: dict[str, dict[str, Array]] = self.send(messages.state(session, names))
+        return result

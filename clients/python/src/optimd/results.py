@@ -16,6 +16,11 @@ from .wire import HparamValue, decode_tensor
 
 __all__ = [
     "Session",
+    "GroupInfo",
+    "Lookahead",
+    "Schedule",
+    "ObserveResult",
+    "ImportResult",
     "Hello",
     "HparamDecl",
     "SlotDecl",
@@ -68,13 +73,68 @@ def _tensor_map(reply: dict[str, Any], key: str, what: str) -> dict[str, Array]:
     return {str(name): decode_tensor(t, f"{what}: tensor {name!r}") for name, t in values.items()}
 
 
+def _float_map(reply: dict[str, Any], key: str, what: str) -> dict[str, float]:
+    values = _get(reply, key, dict, what)
+    for k, v in values.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ProtocolError(f"{what}: '{key}' holds {k!r}: {v!r}")
+    return {k: float(v) for k, v in values.items()}
+
+
 @dataclass(frozen=True)
 class Session:
     """A session's identity: its name and the token ``open`` returned. Every
-    session op needs both; keep them to reattach later (``Client.attach``)."""
+    session op needs both; keep them to reattach later (``Client.attach``).
+
+    Two sessions are equal when name and token are; ``lr`` and ``existing``
+    only describe the ``open`` that returned this one: the lr its (next) step
+    will use, and whether the daemon answered a retried open with the session
+    its first attempt made (``open_key``). They are ``None``/false on a
+    session built by hand."""
 
     name: str
     token: str = field(repr=False)
+    lr: float | None = field(default=None, compare=False)
+    existing: bool = field(default=False, compare=False)
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any], what: str = "open") -> Session:
+        return cls(
+            name=_get(reply, "session", str, what),
+            token=_get(reply, "token", str, what),
+            lr=_float(reply, "lr", what),
+            existing=_get(reply, "existing", bool, what),
+        )
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """The ``import`` reply: the new session (with its new token) and the
+    step count the snapshot carried."""
+
+    session: Session
+    steps: int
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> ImportResult:
+        w = "import"
+        return cls(
+            session=Session(_get(reply, "session", str, w), _get(reply, "token", str, w)),
+            steps=_get(reply, "steps", int, w),
+        )
+
+
+@dataclass(frozen=True)
+class ObserveResult:
+    """The ``observe`` reply: the next lr of the group named in the request
+    (the default group's when none was), and every group's next lr."""
+
+    lr: float
+    lrs: dict[str, float]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> ObserveResult:
+        return cls(lr=_float(reply, "lr", "observe"), lrs=_float_map(reply, "lrs", "observe"))
 
 
 @dataclass(frozen=True)
@@ -148,7 +208,9 @@ class SlotDecl:
 
     key: str
     dtype: str  # "param", "f32" or "f64"
-    shape: str  # "param" or "scalar"
+    #: "param", "scalar", "rows" or "cols" (docs/protocol.md, ``plugins``);
+    #: kept as given, since a newer daemon may name shapes this client does not know.
+    shape: str
     enabled_by: str | None
     doc: str
 
@@ -207,12 +269,14 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class ParamInfo:
-    """A registered parameter, from ``info``."""
+    """A registered parameter, from ``info``; ``group`` is its parameter
+    group's name."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     steps: int
+    group: str = "default"
 
     @classmethod
     def from_reply(cls, d: Any) -> ParamInfo:
@@ -224,6 +288,105 @@ class ParamInfo:
             dtype=_get(d, "dtype", str, w),
             shape=tuple(_get(d, "shape", list, w)),
             steps=_get(d, "steps", int, w),
+            group=_get(d, "group", str, w),
+        )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One scheduler of a combined schedule (``"sequential"``/``"chained"``):
+    its plugin id and hyperparameters."""
+
+    scheduler: str
+    sched_hparams: dict[str, HparamValue] = field(default_factory=dict)
+
+    @classmethod
+    def from_reply(cls, d: Any) -> Schedule:
+        w = "schedulers entry"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(scheduler=_get(d, "scheduler", str, w), sched_hparams=_hparam_map(d, "sched_hparams", w))
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scheduler": self.scheduler}
+        if self.sched_hparams:
+            out["sched_hparams"] = dict(self.sched_hparams)
+        return out
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """Lookahead around the optimizer (``open``'s ``lookahead``): every
+    ``k`` steps of a parameter, its slow weights move ``alpha`` of the way to
+    it and it becomes them. ``None`` leaves the daemon's default."""
+
+    k: int | None = None
+    alpha: float | None = None
+
+    @classmethod
+    def from_reply(cls, d: Any) -> Lookahead:
+        w = "lookahead"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(k=_get(d, "k", int, w), alpha=_float(d, "alpha", w))
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.k is not None:
+            out["k"] = int(self.k)
+        if self.alpha is not None:
+            out["alpha"] = float(self.alpha)
+        return out
+
+
+def _schedulers(reply: dict[str, Any], what: str) -> tuple[Schedule, ...]:
+    if "schedulers" not in reply:
+        return ()
+    return tuple(Schedule.from_reply(e) for e in _get(reply, "schedulers", list, what))
+
+
+def _milestones(reply: dict[str, Any], what: str) -> tuple[int, ...]:
+    if "milestones" not in reply:
+        return ()
+    values = _get(reply, "milestones", list, what)
+    if not all(isinstance(m, int) and not isinstance(m, bool) for m in values):
+        raise ProtocolError(f"{what}: 'milestones' is {values!r}")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One parameter group of a session (``info``, ``hparams``,
+    ``set_hparams``): its scheduler, hyperparameters, base lr, the lr its next
+    step will use, and its number of parameters. With a combined schedule,
+    ``schedulers`` (and, when sequential, ``milestones``) describe it; they
+    are empty otherwise."""
+
+    name: str
+    scheduler: str | None
+    hparams: dict[str, HparamValue]
+    sched_hparams: dict[str, HparamValue]
+    base_lr: float
+    lr: float
+    params: int
+    schedulers: tuple[Schedule, ...] = ()
+    milestones: tuple[int, ...] = ()
+
+    @classmethod
+    def from_reply(cls, d: Any) -> GroupInfo:
+        w = "group"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(
+            name=_get(d, "name", str, w),
+            scheduler=_opt_str(d, "scheduler", w),
+            hparams=_hparam_map(d, "hparams", w),
+            sched_hparams=_hparam_map(d, "sched_hparams", w),
+            base_lr=_float(d, "base_lr", w),
+            lr=_float(d, "lr", w),
+            params=_get(d, "params", int, w),
+            schedulers=_schedulers(d, w),
+            milestones=_milestones(d, w),
         )
 
 
@@ -233,12 +396,24 @@ class Hparams:
 
     ``hparams`` holds every optimizer hyperparameter (its ``lr`` is the lr last
     given at ``open`` or ``set_hparams``); ``base_lr`` is the lr given at
-    ``open``; ``lr`` is the lr the next step will use."""
+    ``open``; ``lr`` is the lr the next step will use. These top-level values
+    are the default group's (``schedulers``/``milestones`` too, empty without
+    a combined schedule); ``groups`` has every group, ``"default"`` first."""
 
     hparams: dict[str, HparamValue]
     sched_hparams: dict[str, HparamValue]
     base_lr: float
     lr: float
+    groups: tuple[GroupInfo, ...]
+    schedulers: tuple[Schedule, ...]
+    milestones: tuple[int, ...]
+
+    def group(self, name: str) -> GroupInfo:
+        """The group called ``name`` (KeyError if the session has none)."""
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], what: str = "hparams") -> Hparams:
@@ -247,12 +422,18 @@ class Hparams:
             sched_hparams=_hparam_map(reply, "sched_hparams", what),
             base_lr=_float(reply, "base_lr", what),
             lr=_float(reply, "lr", what),
+            groups=tuple(GroupInfo.from_reply(g) for g in _get(reply, "groups", list, what)),
+            schedulers=_schedulers(reply, what),
+            milestones=_milestones(reply, what),
         )
 
 
 @dataclass(frozen=True)
 class SessionInfo(Hparams):
-    """The ``info`` (and ``attach``) reply."""
+    """The ``info`` (and ``attach``) reply. ``client_seq`` is the highest
+    ``seq`` applied for the ``client`` named in the ``info`` request (``None``
+    when none was named); ``lookahead`` is the session's Lookahead settings,
+    ``None`` when off."""
 
     session: str
     optimizer: str
@@ -261,6 +442,8 @@ class SessionInfo(Hparams):
     steps: int
     params: tuple[ParamInfo, ...]
     durability: str = "interval"
+    client_seq: int | None = None
+    lookahead: Lookahead | None = None
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], what: str = "info") -> SessionInfo:
@@ -270,6 +453,9 @@ class SessionInfo(Hparams):
             sched_hparams=hp.sched_hparams,
             base_lr=hp.base_lr,
             lr=hp.lr,
+            groups=hp.groups,
+            schedulers=hp.schedulers,
+            milestones=hp.milestones,
             session=_get(reply, "session", str, what),
             optimizer=_get(reply, "optimizer", str, what),
             optimizer_version=_get(reply, "optimizer_version", str, what),
@@ -277,6 +463,8 @@ class SessionInfo(Hparams):
             steps=_get(reply, "steps", int, what),
             params=tuple(ParamInfo.from_reply(p) for p in _get(reply, "params", list, what)),
             durability=_get(reply, "durability", str, what),
+            client_seq=_get(reply, "client_seq", int, what) if "client_seq" in reply else None,
+            lookahead=None if reply.get("lookahead") is None else Lookahead.from_reply(reply["lookahead"]),
         )
 
 
@@ -310,13 +498,37 @@ class StepResult:
     step used, the lr the next one will use, and the updated parameters
     (read-only arrays; empty when the step was sent with ``return_params=False``).
     ``duplicate`` is true when a sequenced step had already been applied: the
-    counters are then those recorded at its first application."""
+    counters are then those recorded at its first application.
+
+    ``lr``/``next_lr`` are the default group's; with more than one group (and
+    not on a duplicate) ``lrs``/``next_lrs`` map every group to its lr, and
+    are empty otherwise. With ``clip_norm``, ``grad_norm`` is the total norm
+    before clipping, or ``grad_norms`` the norm of each group that had
+    gradients (``per_group``); ``None``/empty otherwise."""
 
     steps: int
     lr: float
     next_lr: float
     params: dict[str, Array]
     duplicate: bool = False
+    lrs: dict[str, float] = field(default_factory=dict)
+    next_lrs: dict[str, float] = field(default_factory=dict)
+    grad_norm: float | None = None
+    grad_norms: dict[str, float] = field(default_factory=dict)
+
+    def group_lr(self, group: str) -> float:
+        """The lr ``group`` used in this step (the one lr of a one-group session)."""
+        return self.lrs[group] if self.lrs else self._only_group(group, self.lr)
+
+    def group_next_lr(self, group: str) -> float:
+        """The lr ``group``'s next step will use."""
+        return self.next_lrs[group] if self.next_lrs else self._only_group(group, self.next_lr)
+
+    @staticmethod
+    def _only_group(group: str, lr: float) -> float:
+        if group != "default":
+            raise KeyError(group)
+        return lr
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> StepResult:
@@ -326,11 +538,32 @@ class StepResult:
             lr=_float(reply, "lr", w),
             next_lr=_float(reply, "next_lr", w),
             params=_tensor_map(reply, "params", w) if "params" in reply else {},
-            duplicate=bool(reply.get("duplicate", False)),
+            duplicate=_get(reply, "duplicate", bool, w) if "duplicate" in reply else False,
+            lrs=_float_map(reply, "lrs", w) if "lrs" in reply else {},
+            next_lrs=_float_map(reply, "next_lrs", w) if "next_lrs" in reply else {},
+            grad_norm=_float(reply, "grad_norm", w) if "grad_norm" in reply else None,
+            grad_norms=_float_map(reply, "grad_norms", w) if "grad_norms" in reply else {},
         )
 
 
 def tensors_from_reply(reply: dict[str, Any], what: str) -> dict[str, Array]:
     """The ``params`` map of a ``pull`` reply as arrays."""
     return _tensor_map(reply, "params", what)
+
+
+def state_from_reply(reply: dict[str, Any]) -> dict[str, dict[str, Array]]:
+    """The ``state`` reply: parameter name -> slot key -> array."""
+    w = "state"
+    state = _get(reply, "state", dict, w)
+    out: dict[str, dict[str, Array]] = {}
+    for name, slots in state.items():
+        if not isinstance(name, str) or not isinstance(slots, dict):
+            raise ProtocolError(f"{w}: parameter {name!r} has no slot map")
+        out[name] = _tensor_map(state, name, f"{w} of {name!r}")
+    return out
+
+
+def snapshot_from_reply(reply: dict[str, Any]) -> bytes:
+    """The ``export`` reply's safetensors bytes."""
+    return _get(reply, "snapshot", bytes, "export")
 

@@ -1,0 +1,389 @@
+"""Every op of protocol 1 as a request builder and a reply parser, with no
+socket: :class:`~optimd.Client` sends what these build and returns what
+they parse, so they are also the way to speak the protocol over another
+transport, to log or replay messages, or to check a client against
+tests/protocol/vectors.json.
+
+>>> req = messages.step(session, {"w": grads}, seq=3, client="w0")
+>>> payload = req.encode(request_id=7)            # bytes of one msgpack map
+>>> result = messages.parse_reply("step", reply_bytes, 7)   # a StepResult
+
+The builders check what the protocol lets a client check on its own (an
+option given without the one it needs, a clip bound that is not positive);
+everything else is left to the daemon, whose error names the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Union
+
+import numpy.typing as npt
+
+from .errors import ProtocolError
+from .results import (
+    Hello,
+    Lookahead,
+    Schedule,
+    Hparams,
+    ImportResult,
+    ObserveResult,
+    PluginInfo,
+    Session,
+    SessionInfo,
+    SessionSummary,
+    StepResult,
+    snapshot_from_reply,
+    state_from_reply,
+    tensors_from_reply,
+)
+from .wire import HparamValue, decode_reply, encode_request, encode_tensor
+
+__all__ = [
+    "Request",
+    "Group",
+    "ClipNorm",
+    "INHERIT",
+    "parse_reply",
+    "PARSERS",
+    "hello",
+    "plugins",
+    "sessions",
+    "open",
+    "attach",
+    "info",
+    "hparams",
+    "set_hparams",
+    "close",
+    "register",
+    "step",
+    "observe",
+    "state",
+    "export",
+    "import_",
+    "pull",
+]
+
+
+class _Inherit:
+    """The type of :data:`INHERIT`."""
+
+    _instance: _Inherit | None = None
+
+    def __new__(cls) -> _Inherit:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "INHERIT"
+
+
+#: A group's ``scheduler`` when it takes the default group's (the key is then
+#: absent from the request); ``None`` means no scheduler.
+INHERIT: Final = _Inherit()
+
+
+@dataclass(frozen=True)
+class Group:
+    """A parameter group besides ``"default"`` for :func:`open` (torch's
+    ``param_groups``). ``hparams`` name only what differs from the default
+    group's; ``scheduler`` is :data:`INHERIT` (the default group's, with its
+    ``sched_hparams`` as the starting point), ``None`` (none) or a plugin id."""
+
+    name: str
+    hparams: Mapping[str, HparamValue] = field(default_factory=dict)
+    scheduler: str | None | _Inherit = INHERIT
+    sched_hparams: Mapping[str, HparamValue] = field(default_factory=dict)
+    #: a combined schedule's parts (with ``scheduler`` "sequential" or "chained")
+    schedulers: Sequence[ScheduleSpec] = ()
+    milestones: Sequence[int] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.hparams:
+            out["hparams"] = dict(self.hparams)
+        if not isinstance(self.scheduler, _Inherit):
+            out["scheduler"] = self.scheduler
+        if self.sched_hparams:
+            if self.scheduler is None:
+                raise ValueError(f"group {self.name!r}: sched_hparams given with scheduler None")
+            out["sched_hparams"] = dict(self.sched_hparams)
+        _combined(out, self.schedulers, self.milestones)
+        return out
+
+
+def _combined(out: dict[str, Any], schedulers: Sequence[ScheduleSpec] | None,
+              milestones: Sequence[int] | None) -> None:
+    """Adds a combined schedule's keys to a request or group map."""
+    if schedulers:
+        out["schedulers"] = [s.to_wire() if isinstance(s, Schedule) else dict(s) for s in schedulers]
+    if milestones:
+        out["milestones"] = [int(m) for m in milestones]
+
+
+@dataclass(frozen=True)
+class ClipNorm:
+    """``step``'s ``clip_norm``: torch's ``clip_grad_norm_(grads, max_norm,
+    norm_type)`` applied by the daemon, over all the step's gradients or over
+    each group's (``per_group``). ``norm_type=None`` leaves the daemon's
+    default, 2; ``float("inf")`` is the max norm."""
+
+    max_norm: float
+    norm_type: float | None = None
+    per_group: bool | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        if not self.max_norm > 0:
+            raise ValueError(f"clip_norm: max_norm must be > 0, not {self.max_norm}")
+        out: dict[str, Any] = {"max_norm": float(self.max_norm)}
+        if self.norm_type is not None:
+            if not self.norm_type > 0:
+                raise ValueError(f"clip_norm: norm_type must be > 0, not {self.norm_type}")
+            out["norm_type"] = float(self.norm_type)
+        if self.per_group is not None:
+            out["per_group"] = bool(self.per_group)
+        return out
+
+
+ScheduleSpec = Union[Schedule, Mapping[str, Any]]
+GroupSpec = Union[Group, Mapping[str, Any]]
+LookaheadSpec = Union[Lookahead, Mapping[str, Any]]
+ClipNormSpec = Union[ClipNorm, float, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request before it has an id: the op and its keys (tensors already
+    as tensor maps, viewing the caller's arrays)."""
+
+    op: str
+    fields: dict[str, Any]
+
+    def encode(self, request_id: int) -> bytes:
+        """The message bytes: ``{v: 1, id, op}`` plus the fields."""
+        return encode_request(self.op, request_id, self.fields)
+
+
+def _session_fields(session: Session) -> dict[str, Any]:
+    return {"session": session.name, "token": session.token}
+
+
+def _tensors(values: Mapping[str, npt.ArrayLike]) -> dict[str, Any]:
+    return {name: encode_tensor(value) for name, value in values.items()}
+
+
+# -- daemon ops -------------------------------------------------------------
+
+
+def hello(client: str | None = None) -> Request:
+    return Request("hello", {} if client is None else {"client": client})
+
+
+def plugins() -> Request:
+    return Request("plugins", {})
+
+
+def sessions() -> Request:
+    return Request("sessions", {})
+
+
+def open(  # noqa: A001 - the op's name
+    session: str,
+    optimizer: str,
+    hparams: Mapping[str, HparamValue] | None = None,
+    *,
+    scheduler: str | None = None,
+    sched_hparams: Mapping[str, HparamValue] | None = None,
+    groups: Sequence[GroupSpec] | None = None,
+    durability: str | None = None,
+    open_key: str | None = None,
+    lookahead: LookaheadSpec | None = None,
+    schedulers: Sequence[ScheduleSpec] | None = None,
+    milestones: Sequence[int] | None = None,
+) -> Request:
+    """``schedulers``/``milestones``: the parts of a combined schedule, with
+    ``scheduler="sequential"`` or ``"chained"``; ``lookahead``: a
+    :class:`~optimd.Lookahead` (or the protocol's ``{k, alpha}`` map)."""
+    fields: dict[str, Any] = {"session": session, "optimizer": optimizer}
+    if hparams:
+        fields["hparams"] = dict(hparams)
+    if lookahead is not None:
+        fields["lookahead"] = lookahead.to_wire() if isinstance(lookahead, Lookahead) else dict(lookahead)
+    if scheduler is not None:
+        fields["scheduler"] = scheduler
+        if sched_hparams:
+            fields["sched_hparams"] = dict(sched_hparams)
+        _combined(fields, schedulers, milestones)
+    elif sched_hparams or schedulers or milestones:
+        raise ValueError("sched_hparams, schedulers or milestones given without a scheduler")
+    if groups:
+        fields["groups"] = [g.to_wire() if isinstance(g, Group) else dict(g) for g in groups]
+    if durability is not None:
+        fields["durability"] = durability
+    if open_key is not None:
+        if not 16 <= len(open_key) <= 64 or not all("\x21" <= ch <= "\x7e" for ch in open_key):
+            raise ValueError("open_key must be 16 to 64 printable ASCII characters without spaces")
+        fields["open_key"] = open_key
+    return Request("open", fields)
+
+
+def import_(snapshot: bytes, session: str | None = None, durability: str | None = None) -> Request:
+    fields: dict[str, Any] = {"snapshot": bytes(snapshot)}
+    if session is not None:
+        fields["session"] = session
+    if durability is not None:
+        fields["durability"] = durability
+    return Request("import", fields)
+
+
+# -- session ops ------------------------------------------------------------
+
+
+def attach(session: Session) -> Request:
+    return Request("attach", _session_fields(session))
+
+
+def info(session: Session, client: str | None = None) -> Request:
+    fields = _session_fields(session)
+    if client is not None:
+        fields["client"] = client
+    return Request("info", fields)
+
+
+def hparams(session: Session) -> Request:
+    return Request("hparams", _session_fields(session))
+
+
+def set_hparams(session: Session, hparams: Mapping[str, HparamValue], group: str | None = None) -> Request:
+    fields = {**_session_fields(session), "hparams": dict(hparams)}
+    if group is not None:
+        fields["group"] = group
+    return Request("set_hparams", fields)
+
+
+def close(session: Session) -> Request:
+    return Request("close", _session_fields(session))
+
+
+def register(session: Session, params: Mapping[str, npt.ArrayLike], group: str | None = None) -> Request:
+    fields = {**_session_fields(session), "params": _tensors(params)}
+    if group is not None:
+        fields["group"] = group
+    return Request("register", fields)
+
+
+def step(
+    session: Session,
+    grads: Mapping[str, npt.ArrayLike],
+    *,
+    return_params: bool = True,
+    seq: int | None = None,
+    client: str | None = None,
+    clip_value: float | None = None,
+    clip_norm: ClipNormSpec | None = None,
+) -> Request:
+    """``clip_norm`` is a :class:`ClipNorm`, a bare ``max_norm``, or the
+    protocol's map."""
+    fields = {**_session_fields(session), "grads": _tensors(grads)}
+    if seq is not None:
+        fields["seq"] = seq
+        if client is not None:
+            fields["client"] = client
+    elif client is not None:
+        raise ValueError("client given without seq")
+    fields["return"] = bool(return_params)
+    if clip_value is not None:
+        if not clip_value > 0:
+            raise ValueError(f"clip_value must be > 0, not {clip_value}")
+        fields["clip_value"] = float(clip_value)
+    if clip_norm is not None:
+        if isinstance(clip_norm, ClipNorm):
+            fields["clip_norm"] = clip_norm.to_wire()
+        elif isinstance(clip_norm, Mapping):
+            fields["clip_norm"] = ClipNorm(**clip_norm).to_wire()
+        else:
+            fields["clip_norm"] = ClipNorm(float(clip_norm)).to_wire()
+    return Request("step", fields)
+
+
+def observe(session: Session, metric: float, group: str | None = None) -> Request:
+    fields = {**_session_fields(session), "metric": float(metric)}
+    if group is not None:
+        fields["group"] = group
+    return Request("observe", fields)
+
+
+def _names(session: Session, op: str, names: Iterable[str] | None) -> Request:
+    fields = _session_fields(session)
+    if names is not None:
+        if isinstance(names, str):
+            raise TypeError(f"{op}: names is an iterable of names, not one str")
+        fields["names"] = list(names)
+    return Request(op, fields)
+
+
+def state(session: Session, names: Iterable[str] | None = None) -> Request:
+    return _names(session, "state", names)
+
+
+def pull(session: Session, names: Iterable[str] | None = None) -> Request:
+    return _names(session, "pull", names)
+
+
+def export(session: Session) -> Request:
+    return Request("export", _session_fields(session))
+
+
+# -- replies ----------------------------------------------------------------
+
+
+def _list_of(key: str, parse: Callable[[Any], Any]) -> Callable[[dict[str, Any]], list[Any]]:
+    def parser(reply: dict[str, Any]) -> list[Any]:
+        entries = reply.get(key)
+        if not isinstance(entries, list):
+            raise ProtocolError(f"the reply has no '{key}' array")
+        return [parse(e) for e in entries]
+
+    return parser
+
+
+def _registered(reply: dict[str, Any]) -> int:
+    count = reply.get("registered")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise ProtocolError("register: the reply has no 'registered' count")
+    return count
+
+
+#: op -> the function that turns its success reply map into the typed result
+#: the matching :class:`~optimd.Client` method returns.
+PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
+    "hello": Hello.from_reply,
+    "plugins": _list_of("plugins", PluginInfo.from_reply),
+    "sessions": _list_of("sessions", SessionSummary.from_reply),
+    "open": Session.from_reply,
+    "attach": lambda r: SessionInfo.from_reply(r, "attach"),
+    "info": SessionInfo.from_reply,
+    "hparams": Hparams.from_reply,
+    "set_hparams": lambda r: Hparams.from_reply(r, "set_hparams"),
+    "close": lambda r: None,
+    "register": _registered,
+    "step": StepResult.from_reply,
+    "observe": ObserveResult.from_reply,
+    "state": state_from_reply,
+    "export": snapshot_from_reply,
+    "import": ImportResult.from_reply,
+    "pull": lambda r: tensors_from_reply(r, "pull"),
+}
+
+
+def parse_reply(op: str, message: Any, request_id: int) -> Any:
+    """The typed result of ``message`` (a buffer holding one reply) answering
+    a request of ``op`` whose id was ``request_id``. Raises the
+    :class:`~optimd.OptimdError` subclass of an error reply and
+    :class:`~optimd.ProtocolError` for anything that is not a valid reply;
+    an op this client does not know gives the reply map itself."""
+    reply = decode_reply(message, request_id)
+    parser = PARSERS.get(op)
+    return reply if parser is None else parser(reply)
