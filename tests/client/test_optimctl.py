@@ -472,12 +472,42 @@ def test_export_import(d):
         check(optimctl(d, *args).returncode == 0, "close " + name)
 
 
+def test_observe(d):
+    # plateau with patience 0 and factor 0.5: a metric no better than the
+    # best so far halves the lr (torch's ReduceLROnPlateau).
+    r = optimctl(d, "open", "plat", "--optimizer", "sgd", "--set", "lr=1.0",
+                 "--scheduler", "plateau", "--sched-set", "patience=0",
+                 "--sched-set", "factor=0.5")
+    check(r.returncode == 0, "open plat: %s" % r.stderr)
+    tok = r.stdout.strip()
+    r = optimctl(d, "observe", "plat", "1.0", "--token", tok)
+    check(r.returncode == 0 and lines(r.stdout) == ["lr 1"],
+          "observe 1.0: %r %s" % (r.stdout, r.stderr))
+    r = optimctl(d, "observe", "plat", "--token", tok, "2.5")
+    check(r.returncode == 0 and lines(r.stdout) == ["lr 0.5"],
+          "observe 2.5: %r %s" % (r.stdout, r.stderr))
+    r = optimctl(d, "observe", "plat", "1.0", "--group", "nope", "--token", tok)
+    check(r.returncode == 1 and "BAD_REQUEST" in r.stderr,
+          "observe on an unknown group: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "observe", "plat", "--token", tok)
+    check(r.returncode == 2, "observe without a metric: %d" % r.returncode)
+    r = optimctl(d, "info", "plat", "--token", tok)
+    groups = [l.split() for l in lines(r.stdout) if l.startswith("group ")]
+    check(r.returncode == 0 and groups == [
+              ["group", "default", "lr", "0.5", "base_lr", "1", "params", "0",
+               "scheduler", "plateau"]],
+          "info groups: %r %s" % (groups, r.stderr))
+    r = optimctl(d, "close", "plat", "--token", tok)
+    check(r.returncode == 0, "close plat: %s" % r.stderr)
+
+
 def main():
     torch.set_num_threads(1)
     d = Daemon()
     try:
         for test in [test_hello, test_plugins, test_hparams, test_sessions,
-                     test_errors, test_rosenbrock, test_schedule, test_export_import]:
+                     test_errors, test_rosenbrock, test_schedule, test_export_import,
+                     test_observe]:
             try:
                 test(d)
             except Exception as e:  # one broken test must not hide the rest

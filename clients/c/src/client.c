@@ -355,6 +355,24 @@ static int client_request_begin(optimd_client *c, client_request *rq,
     return 0;
 }
 
+int client_call_pack(optimd_client *c, const client_call *call,
+                     nng_msg **out)
+{
+    client_request rq;
+    int rv = client_request_begin(c, &rq, call->op, call->s, call->n_keys,
+                                  call->size_hint);
+    if (rv) return rv;
+    if (call->pack) call->pack(&rq.w.pk, call->arg);
+    if (rq.w.failed) {
+        nng_msg_free(rq.w.msg);
+        return client_fail(c, OPTIMD_CLIENT_E_NOMEM,
+                           "out of memory building the '%s' request",
+                           call->op);
+    }
+    *out = rq.w.msg;
+    return 0;
+}
+
 /* Drops a request that will not be sent. */
 static void client_request_abort(client_request *rq)
 {
@@ -372,7 +390,7 @@ void client_reply_free(client_reply *rep)
 }
 
 /* Turns an error reply into the daemon's code and "NAME: message". */
-static int error_reply(optimd_client *c, const client_request *rq,
+static int error_reply(optimd_client *c, const char *op,
                        const msgpack_object *root)
 {
     const msgpack_object *code = wire_map_get(root, "code");
@@ -382,25 +400,25 @@ static int error_reply(optimd_client *c, const client_request *rq,
     if (!code || !wire_as_int(code, &value) || value <= 0 || value > INT_MAX)
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "error reply to '%s': 'code' is missing or not a "
-                           "positive int", rq->op);
+                           "positive int", op);
     if (!name || name->type != MSGPACK_OBJECT_STR || !text ||
         text->type != MSGPACK_OBJECT_STR)
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "error reply to '%s' (code %lld): 'error' or "
                            "'message' is missing or not a str",
-                           rq->op, (long long)value);
+                           op, (long long)value);
     client_fail(c, (int)value, "%.*s: %.*s", (int)name->via.str.size,
                 name->via.str.ptr, (int)text->via.str.size, text->via.str.ptr);
     return (int)value;
 }
 
-static int check_envelope(optimd_client *c, const client_request *rq,
+static int check_envelope(optimd_client *c, const char *op, uint64_t want,
                           const msgpack_object *root)
 {
     if (root->type != MSGPACK_OBJECT_MAP || !wire_keys_are_str(root))
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s' is not a map with str keys",
-                           rq->op);
+                           op);
     const msgpack_object *v = wire_map_get(root, "v");
     const msgpack_object *id = wire_map_get(root, "id");
     const msgpack_object *ok = wire_map_get(root, "ok");
@@ -408,23 +426,23 @@ static int check_envelope(optimd_client *c, const client_request *rq,
     if (!v || !wire_as_uint(v, &num) || num != OPTIMD_PROTOCOL_VERSION)
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s': 'v' is missing or not %d",
-                           rq->op, OPTIMD_PROTOCOL_VERSION);
+                           op, OPTIMD_PROTOCOL_VERSION);
     if (!ok || ok->type != MSGPACK_OBJECT_BOOLEAN)
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s': 'ok' is missing or not a bool",
-                           rq->op);
+                           op);
     if (!id || !wire_as_uint(id, &num))
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s': 'id' is missing or not a uint",
-                           rq->op);
+                           op);
     /* An undecodable request is answered with id 0 (protocol.md section
      * 2), so only an error reply may carry it. */
-    if (num != rq->id && !(num == 0 && !ok->via.boolean))
+    if (num != want && !(num == 0 && !ok->via.boolean))
         return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s' carries id %llu, the request had "
-                           "id %llu", rq->op, (unsigned long long)num,
-                           (unsigned long long)rq->id);
-    if (!ok->via.boolean) return error_reply(c, rq, root);
+                           "id %llu", op, (unsigned long long)num,
+                           (unsigned long long)want);
+    if (!ok->via.boolean) return error_reply(c, op, root);
     return 0;
 }
 
@@ -459,7 +477,6 @@ static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
 {
     optimd_client *c = rq->c;
     memset(rep, 0, sizeof *rep);
-    rep->op = rq->op;
     *sent = false;
     if (rq->w.failed) {
         client_request_abort(rq);
@@ -509,28 +526,46 @@ static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
                            "request may or may not have taken effect)",
                            rq->op, c->url, nng_strerror(rv));
 
+    return client_parse_reply(c, rq->op, rq->id, msg, rep);
+}
+
+int client_parse_reply(optimd_client *c, const char *op, uint64_t id,
+                       nng_msg *msg, client_reply *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    rep->op = op;
     rep->msg = msg;
     msgpack_unpacked_init(&rep->up);
     const char *body = nng_msg_body(msg);
     size_t len = nng_msg_len(msg), off = 0;
-    msgpack_unpack_return ur = msgpack_unpack_next(&rep->up, body, len, &off);
+    char why[160];
     int code = 0;
-    if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
-        code = client_fail(c, OPTIMD_CLIENT_E_NOMEM,
-                           "out of memory decoding the %zu-byte reply to '%s'",
-                           len, rq->op);
-    else if (ur != MSGPACK_UNPACK_SUCCESS)
+    /* Before msgpack-c sees it: its unpacker reserves room for as many
+     * elements as a container header claims. */
+    if (!wire_prescan((const unsigned char *)body, len, why, sizeof why)) {
         code = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
                            "reply to '%s' is not one msgpack value (%zu "
-                           "bytes, %s)", rq->op, len,
-                           ur == MSGPACK_UNPACK_CONTINUE ? "truncated"
-                                                         : "parse error");
-    else if (off != len)
-        code = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
-                           "reply to '%s' has %zu stray bytes after its "
-                           "msgpack value", rq->op, len - off);
-    else
-        code = check_envelope(c, rq, &rep->up.data);
+                           "bytes): %s", op, len, why);
+    } else {
+        msgpack_unpack_return ur =
+            msgpack_unpack_next(&rep->up, body, len, &off);
+        if (ur == MSGPACK_UNPACK_NOMEM_ERROR)
+            code = client_fail(c, OPTIMD_CLIENT_E_NOMEM,
+                               "out of memory decoding the %zu-byte reply "
+                               "to '%s'", len, op);
+        else if (ur != MSGPACK_UNPACK_SUCCESS)
+            code = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                               "reply to '%s' is not one msgpack value (%zu "
+                               "bytes, %s)", op, len,
+                               ur == MSGPACK_UNPACK_CONTINUE ? "truncated"
+                                                             : "parse error");
+        else if (off != len)
+            code = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                               "reply to '%s' has %zu stray bytes after its "
+                               "msgpack value", op, len - off);
+        else
+            code = check_envelope(c, op, id, &rep->up.data);
+    }
     if (code) {
         client_reply_free(rep);
         return code;

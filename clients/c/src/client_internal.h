@@ -104,6 +104,143 @@ int client_fail(optimd_client *c, int code, const char *fmt, ...)
  * left to free. */
 int client_call_run(optimd_client *c, client_call *call, client_reply *rep);
 
+/* Builds call's request (envelope, session keys, the op's keys) with the
+ * client's next id, without sending it: *out is the message. Returns 0, or
+ * a failure code recorded in c->err. */
+int client_call_pack(optimd_client *c, const client_call *call,
+                     nng_msg **out);
+
+/* Reads `msg` (taking it) as the reply to an `op` request whose id was
+ * `id`: the bytes are checked to be one msgpack value (bounded by
+ * wire_prescan before msgpack-c allocates for it), then the envelope.
+ * Returns 0 with `rep` filled, or a failure code (positive: the daemon's
+ * error) with nothing left to free. */
+int client_parse_reply(optimd_client *c, const char *op, uint64_t id,
+                       nng_msg *msg, client_reply *rep);
+
+/*
+ * Request builders: each fills a client_call for one op from the
+ * protocol's own request keys (NULL, -1 or 0 where noted: the key is
+ * absent). The public calls use them with their policies (an open_key on
+ * every open, a seq on every step); tests/client/test_client_vectors.c
+ * uses them with the conformance vectors' keys. The call points at `a`.
+ */
+typedef struct req_open {
+    const char *name;
+    optimd_open_options o;     /* optimizer, hparams, scheduler,
+                                * sched_hparams, durability, groups */
+    const char *open_key;      /* NULL: absent */
+} req_open;
+void req_open_call(const req_open *a, client_call *call);
+
+typedef struct req_register {
+    const optimd_named_tensor *params;
+    size_t n;
+    const char *group;         /* NULL: absent */
+} req_register;
+void req_register_call(const optimd_session *s, const req_register *a,
+                       client_call *call);
+
+typedef struct req_step {
+    const optimd_named_tensor *grads;
+    size_t n_grads;
+    int ret;                   /* `return`: -1 absent, 0 or 1 */
+    uint64_t seq;              /* 0: absent */
+    const char *client;        /* NULL: absent */
+    double clip_value;         /* 0: absent */
+    double max_norm;           /* 0: no clip_norm */
+    double norm_type;          /* 0: absent */
+    int per_group;             /* -1: absent, 0 or 1 */
+} req_step;
+void req_step_call(const optimd_session *s, const req_step *a,
+                   client_call *call);
+
+/* `names` of pull and state: from `names`, or else the names of `from`;
+ * absent when `absent`. */
+typedef struct req_names {
+    const char *op;            /* "pull" or "state" */
+    const char *const *names;
+    const optimd_named_tensor *from;
+    size_t n;
+    bool absent;
+} req_names;
+void req_names_call(const optimd_session *s, const req_names *a,
+                    client_call *call);
+
+typedef struct req_set_hparams {
+    const optimd_hvalue *hp;
+    size_t n;
+    const char *group;         /* NULL: absent */
+} req_set_hparams;
+void req_set_hparams_call(const optimd_session *s, const req_set_hparams *a,
+                          client_call *call);
+
+typedef struct req_observe {
+    double metric;
+    const char *group;         /* NULL: absent */
+} req_observe;
+void req_observe_call(const optimd_session *s, const req_observe *a,
+                      client_call *call);
+
+/* An op whose only own key is an optional str: hello's and info's
+ * `client`; every op without keys of its own (plugins, sessions, attach,
+ * hparams, close, export) with value NULL. */
+typedef struct req_str {
+    const char *op;
+    const char *key;
+    const char *value;         /* NULL: absent */
+} req_str;
+void req_str_call(const optimd_session *s, const req_str *a,
+                  client_call *call);
+
+typedef struct req_import {
+    const void *snapshot;
+    size_t size;
+    const char *name;          /* NULL: absent */
+    const char *durability;    /* NULL: absent */
+} req_import;
+void req_import_call(const req_import *a, client_call *call);
+
+/*
+ * Reply readers: each reads a success reply of its op into the public
+ * result types, checking every key it reads, and records a precise
+ * E_PROTOCOL failure otherwise. Used by the public calls and the
+ * conformance test.
+ */
+int read_hello(optimd_client *c, const client_reply *rep,
+               optimd_server_info *out);
+int read_open(optimd_client *c, const client_reply *rep, const char *name,
+              optimd_session *out, double *lr, int32_t *existing);
+int read_register(optimd_client *c, const client_reply *rep, size_t n);
+/* `params_out` must each name a tensor of the reply's `params`. */
+int read_step(optimd_client *c, const client_reply *rep,
+              optimd_named_tensor *params_out, size_t n_out,
+              optimd_group_value *groups, size_t groups_cap,
+              optimd_step_result *res);
+int read_observe(optimd_client *c, const client_reply *rep, double *lr,
+                 optimd_group_value *groups, size_t groups_cap,
+                 size_t *n_groups);
+int read_state(optimd_client *c, const client_reply *rep,
+               optimd_param_state **out, size_t *count);
+int read_plugins(optimd_client *c, const client_reply *rep,
+                 optimd_plugin_info **out, size_t *count);
+int read_sessions(optimd_client *c, const client_reply *rep,
+                  optimd_session_summary **out, size_t *count);
+int read_export(optimd_client *c, const client_reply *rep, void **snapshot,
+                size_t *size);
+int read_import(optimd_client *c, const client_reply *rep, const char *name,
+                optimd_session *out, uint64_t *steps);
+/* The per-group values under keys[0] (-> lr), keys[1] (-> next_lr) and
+ * keys[2] (-> grad_norm), each a map group name -> float or absent (a
+ * NULL key is not read), merged by group name in order of appearance;
+ * the first `cap` go to `groups`, *n gets how many there were. */
+int read_group_values(optimd_client *c, const client_reply *rep,
+                      const char *const keys[3], optimd_group_value *groups,
+                      size_t cap, size_t *n);
+/* info and attach (`full`), hparams and set_hparams (not). */
+int read_details(optimd_client *c, const client_reply *rep, bool full,
+                 optimd_session_details **out);
+
 /* Appends text to c->err (cut at its capacity). */
 void client_err_append(optimd_client *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -15,11 +15,55 @@ static bool copy_str_cut(const msgpack_object *o, char *buf, size_t cap)
     return memchr(buf, '\0', n) == NULL;
 }
 
-static void pack_hello(msgpack_packer *pk, const void *arg)
+static void pack_str_key(msgpack_packer *pk, const void *arg)
 {
-    (void)arg;
-    wire_pack_str(pk, "client");
-    wire_pack_str(pk, "optimd C client");
+    const req_str *a = arg;
+    if (!a->value) return;
+    wire_pack_str(pk, a->key);
+    wire_pack_str(pk, a->value);
+}
+
+void req_str_call(const optimd_session *s, const req_str *a,
+                  client_call *call)
+{
+    /* hello, plugins, sessions, attach, info and hparams change nothing;
+     * close and export are safe to repeat too (see optimd_client_close). */
+    *call = (client_call){.op = a->op, .s = s, .n_keys = a->value ? 1 : 0,
+                          .size_hint = a->value ? strlen(a->value) + 16 : 0,
+                          .pack = pack_str_key, .arg = a,
+                          .retry = CLIENT_RETRY_ALWAYS};
+}
+
+int read_hello(optimd_client *c, const client_reply *rep,
+               optimd_server_info *out)
+{
+    optimd_server_info info;
+    memset(&info, 0, sizeof info);
+    const msgpack_object *abi;
+    uint64_t protocol;
+    int rv;
+    if (!copy_str_cut(wire_map_get(rep->root, "server"), info.server,
+                      sizeof info.server) ||
+        !copy_str_cut(wire_map_get(rep->root, "version"), info.version,
+                      sizeof info.version))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'hello': 'server' or 'version' is "
+                           "missing or not a str");
+    if ((rv = reply_uint(c, rep, "protocol", &protocol)) ||
+        (rv = reply_uint(c, rep, "max_message", &info.max_message)) ||
+        (rv = reply_get(c, rep, "abi", MSGPACK_OBJECT_ARRAY, &abi)))
+        return rv;
+    if (abi->via.array.size != 2 ||
+        !wire_as_int(&abi->via.array.ptr[0], &info.abi_major) ||
+        !wire_as_int(&abi->via.array.ptr[1], &info.abi_minor))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'hello': 'abi' is not [major, minor]");
+    if (protocol > INT64_MAX)
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'hello': 'protocol' is out of range");
+    info.protocol = (int64_t)protocol;
+    *out = info;
+    return 0;
 }
 
 int optimd_client_hello(optimd_client *c, optimd_server_info *out)
@@ -27,38 +71,14 @@ int optimd_client_hello(optimd_client *c, optimd_server_info *out)
     if (!c) return OPTIMD_CLIENT_E_ARG;
     client_begin_call(c);
     if (!out) return client_fail(c, OPTIMD_CLIENT_E_ARG, "out is NULL");
-    client_call call = {.op = "hello", .n_keys = 1, .pack = pack_hello,
-                        .retry = CLIENT_RETRY_ALWAYS};
+    req_str a = {"hello", "client", "optimd C client"};
+    client_call call;
+    req_str_call(NULL, &a, &call);
     client_reply rep;
     int rv = client_call_run(c, &call, &rep);
     if (rv) return rv;
-
-    optimd_server_info info;
-    memset(&info, 0, sizeof info);
-    const msgpack_object *abi;
-    uint64_t protocol;
-    if (!copy_str_cut(wire_map_get(rep.root, "server"), info.server,
-                      sizeof info.server) ||
-        !copy_str_cut(wire_map_get(rep.root, "version"), info.version,
-                      sizeof info.version)) {
-        rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
-                         "reply to 'hello': 'server' or 'version' is "
-                         "missing or not a str");
-    } else if (!(rv = reply_uint(c, &rep, "protocol", &protocol)) &&
-               !(rv = reply_uint(c, &rep, "max_message", &info.max_message)) &&
-               !(rv = reply_get(c, &rep, "abi", MSGPACK_OBJECT_ARRAY, &abi))) {
-        if (abi->via.array.size != 2 ||
-            !wire_as_int(&abi->via.array.ptr[0], &info.abi_major) ||
-            !wire_as_int(&abi->via.array.ptr[1], &info.abi_minor))
-            rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
-                             "reply to 'hello': 'abi' is not [major, minor]");
-        else if (protocol > INT64_MAX)
-            rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
-                             "reply to 'hello': 'protocol' is out of range");
-        info.protocol = (int64_t)protocol;
-    }
+    rv = read_hello(c, &rep, out);
     client_reply_free(&rep);
-    if (!rv) *out = info;
     return rv;
 }
 
@@ -71,6 +91,16 @@ void optimd_plugin_list_free(optimd_plugin_info *list, size_t count)
             free(list[i].hparams[k].doc);
         }
         free(list[i].hparams);
+        for (size_t k = 0; k < list[i].n_slots; k++) {
+            free(list[i].slots[k].key);
+            free(list[i].slots[k].dtype);
+            free(list[i].slots[k].shape);
+            free(list[i].slots[k].enabled_by);
+            free(list[i].slots[k].doc);
+        }
+        free(list[i].slots);
+        for (size_t k = 0; k < list[i].n_dtypes; k++) free(list[i].dtypes[k]);
+        free(list[i].dtypes);
         free(list[i].id);
         free(list[i].kind);
         free(list[i].version);
@@ -173,6 +203,30 @@ static int read_hparam(optimd_client *c, const msgpack_object *e,
     return 0;
 }
 
+static int read_slot(optimd_client *c, const msgpack_object *e,
+                     const char *plugin, size_t k, optimd_slot_info *slot)
+{
+    if (e->type != MSGPACK_OBJECT_MAP || !wire_keys_are_str(e))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' slots[%zu] is not a "
+                           "map", plugin, k);
+    int rv;
+    const msgpack_object *by = wire_map_get(e, "enabled_by");
+    if ((rv = dup_key(c, "plugins", e, "key", k, &slot->key)) ||
+        (rv = dup_key(c, "plugins", e, "dtype", k, &slot->dtype)) ||
+        (rv = dup_key(c, "plugins", e, "shape", k, &slot->shape)) ||
+        (rv = dup_key(c, "plugins", e, "doc", k, &slot->doc)))
+        return rv;
+    if (!by)
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s' slot '%s' lacks "
+                           "'enabled_by'", plugin, slot->key);
+    if (by->type != MSGPACK_OBJECT_NIL &&
+        (rv = dup_key(c, "plugins", e, "enabled_by", k, &slot->enabled_by)))
+        return rv;
+    return 0;
+}
+
 static int read_plugin(optimd_client *c, const msgpack_object *e, size_t i,
                        optimd_plugin_info *p)
 {
@@ -201,19 +255,78 @@ static int read_plugin(optimd_client *c, const msgpack_object *e, size_t i,
                               &p->hparams[k])))
             return rv;
     }
+    /* Schedulers may leave slots and dtypes out. */
+    const msgpack_object *slots = wire_map_get(e, "slots");
+    const msgpack_object *dtypes = wire_map_get(e, "dtypes");
+    if ((slots && slots->type != MSGPACK_OBJECT_ARRAY) ||
+        (dtypes && dtypes->type != MSGPACK_OBJECT_ARRAY))
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s': 'slots' or 'dtypes' "
+                           "is not an array", p->id);
+    if (slots) {
+        n = slots->via.array.size;
+        if (!(p->slots = calloc(n ? n : 1, sizeof *p->slots)))
+            return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+        for (size_t k = 0; k < n; k++) {
+            p->n_slots = k + 1;
+            if ((rv = read_slot(c, &slots->via.array.ptr[k], p->id, k,
+                                &p->slots[k])))
+                return rv;
+        }
+    }
+    if (dtypes) {
+        n = dtypes->via.array.size;
+        if (!(p->dtypes = calloc(n ? n : 1, sizeof *p->dtypes)))
+            return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+        for (size_t k = 0; k < n; k++) {
+            bool oom;
+            p->n_dtypes = k + 1;
+            if (!(p->dtypes[k] = wire_strdup(&dtypes->via.array.ptr[k],
+                                             &oom)))
+                return oom ? client_fail(c, OPTIMD_CLIENT_E_NOMEM,
+                                         "out of memory")
+                           : client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                                         "reply to 'plugins': '%s' "
+                                         "dtypes[%zu] is not a str", p->id,
+                                         k);
+        }
+    }
     return 0;
 }
 
 /* Reads one entry of a listing reply into `out` (an element of the array
- * fetch_list allocates). */
+ * read_list allocates). */
 typedef int (*read_entry_fn)(optimd_client *c, const msgpack_object *e,
                              size_t i, void *out);
 typedef void (*free_list_fn)(void *list, size_t count);
 
-/* Sends `op` (no arguments) and reads the array the reply holds under the
- * same key into a new array of `elem_size` entries. */
-static int fetch_list(optimd_client *c, const char *op, size_t elem_size,
-                      read_entry_fn read_entry, free_list_fn free_list,
+/* Reads the array the reply holds under its op's name into a new array of
+ * `elem_size` entries. */
+static int read_list(optimd_client *c, const client_reply *rep,
+                     size_t elem_size, read_entry_fn read_entry,
+                     free_list_fn free_list, void **out, size_t *count)
+{
+    const msgpack_object *arr;
+    int rv = reply_map_array(c, rep, rep->op, &arr);
+    if (rv) return rv;
+    size_t n = arr->via.array.size;
+    char *list = calloc(n ? n : 1, elem_size);
+    if (!list) return client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < n && !rv; i++)
+        rv = read_entry(c, &arr->via.array.ptr[i], i, list + i * elem_size);
+    if (rv) {
+        free_list(list, n);
+        return rv;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+/* Sends `op` (no arguments) and reads its listing. */
+static int fetch_list(optimd_client *c, const char *op,
+                      int (*read)(optimd_client *, const client_reply *,
+                                  void **, size_t *),
                       void **out, size_t *count)
 {
     if (!c) return OPTIMD_CLIENT_E_ARG;
@@ -222,33 +335,15 @@ static int fetch_list(optimd_client *c, const char *op, size_t elem_size,
         return client_fail(c, OPTIMD_CLIENT_E_ARG, "out or count is NULL");
     *out = NULL;
     *count = 0;
-    /* Listings change nothing: always safe to ask again. */
-    client_call call = {.op = op, .retry = CLIENT_RETRY_ALWAYS};
+    req_str a = {op, NULL, NULL};
+    client_call call;
+    req_str_call(NULL, &a, &call);
     client_reply rep;
     int rv = client_call_run(c, &call, &rep);
     if (rv) return rv;
-
-    const msgpack_object *arr;
-    char *list = NULL;
-    size_t n = 0;
-    if ((rv = reply_map_array(c, &rep, op, &arr))) goto done;
-    n = arr->via.array.size;
-    list = calloc(n ? n : 1, elem_size);
-    if (!list) {
-        rv = client_fail(c, OPTIMD_CLIENT_E_NOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < n && !rv; i++)
-        rv = read_entry(c, &arr->via.array.ptr[i], i, list + i * elem_size);
-done:
+    rv = read(c, &rep, out, count);
     client_reply_free(&rep);
-    if (rv) {
-        free_list(list, n);
-        return rv;
-    }
-    *out = list;
-    *count = n;
-    return 0;
+    return rv;
 }
 
 static int read_plugin_entry(optimd_client *c, const msgpack_object *e,
@@ -262,14 +357,26 @@ static void free_plugin_list(void *list, size_t count)
     optimd_plugin_list_free(list, count);
 }
 
+int read_plugins(optimd_client *c, const client_reply *rep,
+                 optimd_plugin_info **out, size_t *count)
+{
+    void *list = NULL;
+    int rv = read_list(c, rep, sizeof(**out), read_plugin_entry,
+                       free_plugin_list, &list, count);
+    if (!rv) *out = list;
+    return rv;
+}
+
+static int read_plugins_v(optimd_client *c, const client_reply *rep,
+                          void **out, size_t *count)
+{
+    return read_plugins(c, rep, (optimd_plugin_info **)out, count);
+}
+
 int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
                           size_t *count)
 {
-    void *list = NULL;
-    int rv = fetch_list(c, "plugins", sizeof(**out), read_plugin_entry,
-                        free_plugin_list, out ? &list : NULL, count);
-    if (out) *out = list;
-    return rv;
+    return fetch_list(c, "plugins", read_plugins_v, (void **)out, count);
 }
 
 void optimd_session_list_free(optimd_session_summary *list, size_t count)
@@ -316,12 +423,24 @@ static void free_summary_list(void *list, size_t count)
     optimd_session_list_free(list, count);
 }
 
+int read_sessions(optimd_client *c, const client_reply *rep,
+                  optimd_session_summary **out, size_t *count)
+{
+    void *list = NULL;
+    int rv = read_list(c, rep, sizeof(**out), read_summary_entry,
+                       free_summary_list, &list, count);
+    if (!rv) *out = list;
+    return rv;
+}
+
+static int read_sessions_v(optimd_client *c, const client_reply *rep,
+                           void **out, size_t *count)
+{
+    return read_sessions(c, rep, (optimd_session_summary **)out, count);
+}
+
 int optimd_client_sessions(optimd_client *c, optimd_session_summary **out,
                            size_t *count)
 {
-    void *list = NULL;
-    int rv = fetch_list(c, "sessions", sizeof(**out), read_summary_entry,
-                        free_summary_list, out ? &list : NULL, count);
-    if (out) *out = list;
-    return rv;
+    return fetch_list(c, "sessions", read_sessions_v, (void **)out, count);
 }

@@ -374,3 +374,89 @@ bool wire_tensor_equals(const wire_tensor *src, const optimd_named_tensor *t,
     return nbytes == 0 || memcmp(src->data, t->data, nbytes) == 0;
 #endif
 }
+
+static uint64_t read_be(const unsigned char *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+bool wire_prescan(const unsigned char *data, size_t len, char *err,
+                  size_t cap)
+{
+    size_t pos = 0;
+    uint64_t todo = 1;         /* values not yet read */
+    while (todo) {
+        if (pos >= len) {
+            snprintf(err, cap, "truncated: it ends inside a msgpack value");
+            return false;
+        }
+        todo--;
+        unsigned char b = data[pos++];
+        uint64_t body = 0;     /* bytes after the header */
+        uint64_t items = 0;    /* values the container holds */
+        unsigned len_bytes = 0;
+        unsigned count_bytes = 0;
+        uint64_t per_count = 1;   /* values per counted item */
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+            ;                  /* the byte is the value */
+        else if (b <= 0x8f) items = 2u * (b & 0x0fu);
+        else if (b <= 0x9f) items = b & 0x0fu;
+        else if (b <= 0xbf) body = b & 0x1fu;
+        else
+            switch (b) {
+            case 0xc4: case 0xd9: len_bytes = 1; break;
+            case 0xc5: case 0xda: len_bytes = 2; break;
+            case 0xc6: case 0xdb: len_bytes = 4; break;
+            case 0xc7: len_bytes = 1; body = 1; break;   /* ext: + type */
+            case 0xc8: len_bytes = 2; body = 1; break;
+            case 0xc9: len_bytes = 4; body = 1; break;
+            case 0xca: case 0xce: case 0xd2: body = 4; break;
+            case 0xcb: case 0xcf: case 0xd3: body = 8; break;
+            case 0xcc: case 0xd0: body = 1; break;
+            case 0xcd: case 0xd1: body = 2; break;
+            case 0xd4: body = 2; break;                  /* fixext */
+            case 0xd5: body = 3; break;
+            case 0xd6: body = 5; break;
+            case 0xd7: body = 9; break;
+            case 0xd8: body = 17; break;
+            case 0xdc: count_bytes = 2; break;
+            case 0xdd: count_bytes = 4; break;
+            case 0xde: count_bytes = 2; per_count = 2; break;
+            case 0xdf: count_bytes = 4; per_count = 2; break;
+            default:
+                snprintf(err, cap, "byte 0x%02x at offset %zu starts no "
+                         "msgpack value", b, pos - 1);
+                return false;
+            }
+        unsigned hdr = len_bytes + count_bytes;
+        if (len - pos < hdr) {
+            snprintf(err, cap, "truncated: it ends inside a msgpack header");
+            return false;
+        }
+        if (len_bytes) body += read_be(data + pos, len_bytes);
+        if (count_bytes) items = per_count * read_be(data + pos, count_bytes);
+        pos += hdr;
+        if (body > len - pos) {
+            snprintf(err, cap, "truncated: a msgpack value at offset %zu runs "
+                     "past the end (%llu bytes claimed, %zu left)", pos - hdr - 1,
+                     (unsigned long long)body, len - pos);
+            return false;
+        }
+        pos += (size_t)body;
+        todo += items;
+        if (todo > len - pos) {
+            snprintf(err, cap, "a msgpack container before offset %zu claims "
+                     "%llu more values than the %zu bytes left can hold",
+                     pos, (unsigned long long)todo, len - pos);
+            return false;
+        }
+    }
+    if (pos != len) {
+        snprintf(err, cap, "%zu stray bytes follow its msgpack value",
+                 len - pos);
+        return false;
+    }
+    return true;
+}

@@ -98,6 +98,15 @@ bool wire_tensor_into(const wire_tensor *src, const optimd_named_tensor *dst,
 bool wire_tensor_equals(const wire_tensor *src, const optimd_named_tensor *t,
                         size_t nbytes);
 
+/* Walks the msgpack value in data[0, len) without allocating: true when
+ * it is exactly one well-formed value, every container claiming no more
+ * elements than bytes are left (each takes at least one), so that
+ * msgpack-c, which reserves room for a container's claimed count, cannot
+ * be made to allocate gigabytes by a few hostile bytes. On failure writes
+ * why into err. */
+bool wire_prescan(const unsigned char *data, size_t len, char *err,
+                  size_t cap);
+
 /* Formats a shape as "[2, 3]". */
 void wire_format_shape(const int64_t *shape, uint32_t ndim, char *buf,
                        size_t cap);

@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,10 @@ static const char main_usage[] =
     "                             a session's steps, parameters, lr, "
     "optimizer,\n"
     "                             scheduler and durability\n"
+    "  observe NAME METRIC [--group G] [--token TOKEN | --token-file FILE]\n"
+    "                             report a metric to a metric-driven "
+    "scheduler\n"
+    "                             (plateau); prints the next lr\n"
     "  close NAME [--token TOKEN | --token-file FILE]\n"
     "                             close a session and drop its state\n"
     "  export NAME FILE [--token TOKEN | --token-file FILE]\n"
@@ -69,7 +74,7 @@ static const char main_usage[] =
     "2 s\n"
     "                 (default 100)\n"
     "\n"
-    "Token files: without --token, info and close read the session's "
+    "Token files: without --token, info, observe and close read the session's "
     "token from\n"
     "--token-file FILE, else $OPTIMD_TOKEN_DIR/NAME, else\n"
     "./var/optimctl-tokens/NAME; rosenbrock --session keeps it there.\n"
@@ -99,6 +104,14 @@ static const char info_usage[] =
     "Without --token the token is read from FILE, else "
     "$OPTIMD_TOKEN_DIR/NAME,\n"
     "else ./var/optimctl-tokens/NAME.\n";
+static const char observe_usage[] =
+    "usage: optimctl observe NAME METRIC [--group G]\n"
+    "                [--token TOKEN | --token-file FILE]\n"
+    "Reports METRIC (e.g. a validation loss; nan counts as a bad epoch) to\n"
+    "the session's metric-driven schedulers (plateau): to group G's, or\n"
+    "to every group's that takes one. Prints \"lr X\", the next lr of G\n"
+    "(else of the default group), then \"group NAME lr X\" for each group\n"
+    "when the session has more than one. The token is found as for info.\n";
 static const char close_usage[] =
     "usage: optimctl close NAME [--token TOKEN | --token-file FILE]\n"
     "The token comes from where info reads it; a token file read is "
@@ -280,16 +293,88 @@ static int cmd_info(const cli *cli, int argc, char **argv)
     char path[4096];
     int rv = cli_session_args(cli, argc, argv, &s, path, sizeof path);
     if (rv || (rv = cli_connect(cli, &c))) return rv;
-    optimd_session_info info;
-    if (optimd_client_info(c, &s, &info) != 0) rv = daemon_error(c);
-    else
+    optimd_session_details *d;
+    if (optimd_client_info_ex(c, &s, &d) != 0) {
+        rv = daemon_error(c);
+    } else {
         printf("session %s\nsteps %llu\nparams %llu\nbase_lr %.9g\n"
                "lr %.9g\noptimizer %s\nscheduler %s\ndurability %s\n",
-               s.name, (unsigned long long)info.steps,
-               (unsigned long long)info.params, info.base_lr, info.lr,
-               info.optimizer, info.scheduler[0] ? info.scheduler : "-",
-               info.durability[0] ? info.durability : "-");
+               s.name, (unsigned long long)d->steps,
+               (unsigned long long)d->n_params, d->base_lr, d->lr,
+               d->optimizer, d->scheduler ? d->scheduler : "-",
+               d->durability ? d->durability : "-");
+        if (d->has_lookahead)
+            printf("lookahead k=%lld alpha=%.9g\n",
+                   (long long)d->lookahead_k, d->lookahead_alpha);
+        for (size_t i = 0; i < d->n_groups; i++)
+            printf("group %s lr %.9g base_lr %.9g params %llu "
+                   "scheduler %s\n",
+                   d->groups[i].name, d->groups[i].lr, d->groups[i].base_lr,
+                   (unsigned long long)d->groups[i].params,
+                   d->groups[i].scheduler ? d->groups[i].scheduler : "-");
+        optimd_session_details_free(d);
+    }
     optimd_client_free(c);
+    return rv;
+}
+
+static int cmd_observe(const cli *cli, int argc, char **argv)
+{
+    /* NAME and the token options go on to cli_session_args; METRIC and
+     * --group are this command's. */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest) return cli_fail("out of memory");
+    int n_rest = 0, positional = 0, rv = CLI_OK;
+    const char *group = NULL, *metric_text = NULL, *value;
+    for (int i = 0; i < argc && rv == CLI_OK; i++) {
+        int start = i;
+        int got = cli_option(argc, argv, &i, "--group", &value);
+        if (got < 0) {
+            rv = cli_usage_error(cli, "--group needs a name");
+        } else if (got) {
+            group = value;
+        } else if ((got = cli_option(argc, argv, &i, "--token", &value)) ||
+                   (got = cli_option(argc, argv, &i, "--token-file",
+                                     &value))) {
+            if (got < 0) rv = cli_usage_error(cli, "%s needs a value", argv[i]);
+            for (int k = start; got > 0 && k <= i; k++) rest[n_rest++] = argv[k];
+        } else if (argv[i][0] == '-' && argv[i][1] &&
+                   !(positional == 1 &&
+                     cli_parse_double(argv[i], &(double){0}))) {
+            rest[n_rest++] = argv[i];   /* cli_session_args reports it */
+        } else if (positional++ == 1) {
+            metric_text = argv[i];
+        } else {
+            rest[n_rest++] = argv[i];
+        }
+    }
+    double metric = 0;
+    optimd_session s;
+    optimd_client *c = NULL;
+    char path[4096];
+    if (rv == CLI_OK && !metric_text)
+        rv = cli_usage_error(cli, "no METRIC given");
+    /* strtod reads "nan", a bad epoch for plateau. */
+    if (rv == CLI_OK && !cli_parse_double(metric_text, &metric))
+        rv = cli_usage_error(cli, "METRIC '%s' is not a number", metric_text);
+    if (rv == CLI_OK)
+        rv = cli_session_args(cli, n_rest, rest, &s, path, sizeof path);
+    if (rv == CLI_OK) rv = cli_connect(cli, &c);
+    if (rv == CLI_OK) {
+        double lr;
+        optimd_group_value groups[OPTIMD_MAX_GROUPS];
+        size_t n = 0;
+        if (optimd_client_observe(c, &s, metric, group, &lr, groups,
+                                  OPTIMD_MAX_GROUPS, &n) != 0) {
+            rv = daemon_error(c);
+        } else {
+            printf("lr %.17g\n", lr);
+            for (size_t i = 0; n > 1 && i < n && i < OPTIMD_MAX_GROUPS; i++)
+                printf("group %s lr %.17g\n", groups[i].name, groups[i].lr);
+        }
+    }
+    optimd_client_free(c);
+    free(rest);
     return rv;
 }
 
@@ -322,6 +407,7 @@ static const command commands[] = {
     {"sessions", cmd_sessions, sessions_usage},
     {"open", cmd_open, open_usage},
     {"info", cmd_info, info_usage},
+    {"observe", cmd_observe, observe_usage},
     {"close", cmd_close, close_usage},
     {"export", cmd_export, export_usage},
     {"import", cmd_import, import_usage},

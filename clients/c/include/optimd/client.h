@@ -213,7 +213,23 @@ typedef struct optimd_plugin_info {
     char *description;
     optimd_hparam_info *hparams;   /* as declared, n_hparams of them */
     size_t n_hparams;
+    struct optimd_slot_info *slots; /* optimizers: per-parameter state */
+    size_t n_slots;
+    char **dtypes;             /* optimizers: "f32", "f64" they update */
+    size_t n_dtypes;
 } optimd_plugin_info;
+
+/* A per-parameter state slot an optimizer declares (`state` returns them
+ * by key). */
+typedef struct optimd_slot_info {
+    char *key;
+    char *dtype;               /* "param", "f32" or "f64" */
+    char *shape;               /* "param", "scalar", "rows", "cols", or one
+                                * this library does not know */
+    char *enabled_by;          /* the bool hyperparameter that switches it
+                                * on; NULL: always on */
+    char *doc;
+} optimd_slot_info;
 
 /* Lists the loaded plugins; free with optimd_plugin_list_free. */
 int optimd_client_plugins(optimd_client *c, optimd_plugin_info **out,
@@ -254,10 +270,68 @@ typedef struct optimd_open_options {
     /* "always", "interval" or "none" (protocol.md, `open`); NULL: the
      * daemon's default ("interval"). The daemon judges the value. */
     const char *durability;
+    /* Parameter groups besides "default" (which the members above
+     * configure), n_groups of them; see optimd_group_spec. */
+    const struct optimd_group_spec *groups;
+    size_t n_groups;
+    /* 16 to 64 printable ASCII bytes (0x21 to 0x7e) naming this open, so
+     * that sending it again (even from another process, after a crash)
+     * gets the session it created instead of SESSION_EXISTS. NULL: a
+     * random key, the same for every re-send of this call. A secret like
+     * the token. */
+    const char *open_key;
+    /* Out, when not NULL: 1 when the daemon answered with the session an
+     * earlier open with the same open_key created (`existing`), else 0. */
+    int32_t *existing;
+    /* A combined schedule (`scheduler` "sequential" or "chained"): its
+     * schedulers, 2 to 8, and for "sequential" the epochs where each after
+     * the first starts (n_schedulers - 1 rising positive integers). */
+    const struct optimd_sched_spec *schedulers;
+    size_t n_schedulers;
+    const int64_t *milestones;
+    size_t n_milestones;
+    /* 1: wrap the optimizer in Lookahead: every lookahead_k steps of a
+     * parameter (0: the daemon's default, 5) its slow weights move
+     * lookahead_alpha of the way to it (0: the default, 0.5). */
+    int32_t lookahead;
+    int64_t lookahead_k;
+    double lookahead_alpha;
 } optimd_open_options;
+
+/* One scheduler of a combined schedule. */
+typedef struct optimd_sched_spec {
+    const char *scheduler;     /* plugin id */
+    const optimd_hvalue *sched_hparams;
+    size_t n_sched_hparams;
+} optimd_sched_spec;
 
 /* Zeroes the options and sets struct_size. */
 void optimd_open_options_init(optimd_open_options *opts);
+
+#define OPTIMD_GROUP_NAME_MAX 64
+#define OPTIMD_MAX_GROUPS 64   /* "default" and at most 63 more */
+
+/* One parameter group of optimd_open_options (torch's param_groups). */
+typedef struct optimd_group_spec {
+    const char *name;          /* 1 to 64 bytes of A-Z a-z 0-9 _ . -,
+                                * not "default" */
+    /* Applied over the default group's values: name only what differs. */
+    const optimd_hvalue *hparams;
+    size_t n_hparams;
+    /* NULL: the default group's scheduler, its sched_hparams the starting
+     * point (unless no_scheduler); else a scheduler plugin id, its
+     * defaults the starting point. */
+    const char *scheduler;
+    int32_t no_scheduler;      /* 1: this group has no scheduler */
+    const optimd_hvalue *sched_hparams;   /* over that starting point */
+    size_t n_sched_hparams;
+    /* With scheduler "sequential" or "chained", as in
+     * optimd_open_options. */
+    const optimd_sched_spec *schedulers;
+    size_t n_schedulers;
+    const int64_t *milestones;
+    size_t n_milestones;
+} optimd_group_spec;
 
 /* optimd_client_open with options, durability among them. */
 int optimd_client_open_ex(optimd_client *c, const char *name,
@@ -296,6 +370,13 @@ typedef struct optimd_step_result {
                                 * apply it again; steps, lr and next_lr are
                                 * those it recorded then, the parameters
                                 * their current values */
+    /* Filled by optimd_client_step_opts (optimd_client_step_ex leaves
+     * NaN and 0): the total gradient norm before clipping, when clip_norm
+     * was given without clip_per_group (NaN otherwise, and on a
+     * duplicate); and how many groups the reply gave per-group values for
+     * (0 for a session of one group and on a duplicate). */
+    double grad_norm;
+    size_t n_groups;
 } optimd_step_result;
 
 /* optimd_client_step, reporting next_lr too. `result` may be NULL. When
@@ -340,6 +421,180 @@ int optimd_client_export(optimd_client *c, const optimd_session *s,
 int optimd_client_import(optimd_client *c, const void *snapshot, size_t size,
                          const char *name, const char *durability,
                          optimd_session *out, uint64_t *steps);
+
+/* optimd_client_register into parameter group `group` (NULL:
+ * "default"). */
+int optimd_client_register_ex(optimd_client *c, const optimd_session *s,
+                              const optimd_named_tensor *params, size_t n,
+                              const char *group);
+
+/* Per-group values of a step or observe reply, in a caller array. */
+typedef struct optimd_group_value {
+    char name[OPTIMD_GROUP_NAME_MAX + 1];
+    double lr;                 /* step: the lr this step used (`lrs`);
+                                * observe: the group's next lr (`lrs`) */
+    double next_lr;            /* step: `next_lrs`; NaN for observe */
+    double grad_norm;          /* step with clip_per_group: this group's
+                                * norm before clipping; NaN when the group
+                                * had no gradient in the step */
+} optimd_group_value;
+
+/* Clipping, and where per-group values go. Fill it with
+ * optimd_step_options_init; members are read only when `struct_size`
+ * covers them. */
+typedef struct optimd_step_options {
+    size_t struct_size;        /* sizeof(optimd_step_options) */
+    /* > 0: clamp every gradient element to [-clip_value, clip_value]
+     * (torch's clip_grad_value_); 0: no. */
+    double clip_value;
+    /* > 0: torch's clip_grad_norm_ with this max_norm; 0: no. Applied
+     * after clip_value. */
+    double clip_norm;
+    double norm_type;          /* 0: the daemon's default, 2; INFINITY:
+                                * the max norm */
+    int32_t clip_per_group;    /* 1: one norm per group */
+    /* Out: room for groups_cap per-group values (a session with more than
+     * one group; OPTIMD_MAX_GROUPS is always enough); NULL: not wanted. */
+    optimd_group_value *groups;
+    size_t groups_cap;
+} optimd_step_options;
+
+/* Zeroes the options and sets struct_size. */
+void optimd_step_options_init(optimd_step_options *opts);
+
+/* optimd_client_step_ex with options (`opts` NULL: none). The first
+ * min(result->n_groups, groups_cap) entries of opts->groups are
+ * written; result->n_groups > groups_cap says some did not fit. */
+int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
+                            const optimd_named_tensor *grads, size_t n_grads,
+                            optimd_named_tensor *params_out, size_t n_out,
+                            const optimd_step_options *opts,
+                            optimd_step_result *result);
+
+/* Reports a metric to the schedulers that take one (`plateau`): to
+ * `group`'s, or (NULL) every group's whose scheduler takes metrics. NaN
+ * counts as a bad epoch. *lr (if not NULL) gets the next lr of `group`
+ * (NULL: the default group); up to groups_cap entries of `groups` get
+ * every group's next lr, *n_groups (if not NULL) how many the reply
+ * named. Not re-sent once it may have reached the daemon: a repeat would
+ * count the metric twice. */
+int optimd_client_observe(optimd_client *c, const optimd_session *s,
+                          double metric, const char *group, double *lr,
+                          optimd_group_value *groups, size_t groups_cap,
+                          size_t *n_groups);
+
+/* A tensor the library allocated; `data` is in host byte order. */
+typedef struct optimd_tensor {
+    char *name;
+    int32_t dtype;             /* OPTIMD_CLIENT_F32 or OPTIMD_CLIENT_F64 */
+    uint32_t ndim;
+    int64_t shape[8];
+    void *data;
+    size_t nbytes;
+} optimd_tensor;
+
+/* The optimizer state of one parameter: its slots, by key (`name` of
+ * each tensor). Empty before the parameter's first step. */
+typedef struct optimd_param_state {
+    char *name;
+    optimd_tensor *slots;
+    size_t n_slots;
+} optimd_param_state;
+
+/* The optimizer state of the parameters named (names NULL: every one;
+ * n_names 0 with names not NULL: none), in the reply's order. Free with
+ * optimd_param_state_free. */
+int optimd_client_state(optimd_client *c, const optimd_session *s,
+                        const char *const *names, size_t n_names,
+                        optimd_param_state **out, size_t *count);
+void optimd_param_state_free(optimd_param_state *list, size_t count);
+
+/* One scheduler of a combined schedule, as the daemon reports it. */
+typedef struct optimd_sched_info {
+    char *scheduler;
+    optimd_hvalue *sched_hparams;
+    size_t n_sched_hparams;
+} optimd_sched_info;
+
+/* A parameter group as the daemon reports it. */
+typedef struct optimd_group_info {
+    char *name;
+    char *scheduler;           /* NULL: none */
+    optimd_sched_info *schedulers;   /* a combined schedule's; else none */
+    size_t n_schedulers;
+    uint64_t *milestones;      /* "sequential" only */
+    size_t n_milestones;
+    optimd_hvalue *hparams;    /* every optimizer hyperparameter */
+    size_t n_hparams;
+    optimd_hvalue *sched_hparams;
+    size_t n_sched_hparams;
+    double base_lr;
+    double lr;                 /* the lr its next step will use */
+    uint64_t params;           /* parameters in it */
+} optimd_group_info;
+
+typedef struct optimd_param_info {
+    char *name;
+    char *group;               /* NULL when the daemon does not say */
+    int32_t dtype;
+    uint32_t ndim;
+    int64_t shape[8];
+    uint64_t steps;            /* steps that updated it */
+} optimd_param_info;
+
+/* What info, attach, hparams and set_hparams say. Keys a reply does not
+ * carry stay NULL / 0: hparams and set_hparams fill only the default
+ * group's settings and `groups`. */
+typedef struct optimd_session_details {
+    char *session;
+    char *durability;
+    char *optimizer;
+    char *optimizer_version;
+    uint64_t steps;
+    int32_t has_client_seq;    /* 1: client_seq is the daemon's */
+    uint64_t client_seq;
+    optimd_param_info *params;
+    size_t n_params;
+    int32_t has_lookahead;     /* 1: Lookahead wraps the optimizer */
+    int64_t lookahead_k;
+    double lookahead_alpha;
+    /* The default group's: */
+    char *scheduler;           /* NULL: none */
+    optimd_sched_info *schedulers;
+    size_t n_schedulers;
+    uint64_t *milestones;
+    size_t n_milestones;
+    optimd_hvalue *hparams;
+    size_t n_hparams;
+    optimd_hvalue *sched_hparams;
+    size_t n_sched_hparams;
+    double base_lr;
+    double lr;
+    /* Every group, "default" first; n_groups 0 from a daemon that
+     * predates groups. */
+    optimd_group_info *groups;
+    size_t n_groups;
+} optimd_session_details;
+
+void optimd_session_details_free(optimd_session_details *d);
+
+/* Everything `info` says, with the session's groups and parameters;
+ * raises the next seq like optimd_client_attach. Free *out with
+ * optimd_session_details_free. */
+int optimd_client_info_ex(optimd_client *c, const optimd_session *s,
+                          optimd_session_details **out);
+
+/* The `hparams` op. */
+int optimd_client_hparams(optimd_client *c, const optimd_session *s,
+                          optimd_session_details **out);
+
+/* optimd_client_set_hparams for one group (`group` NULL: every group,
+ * each keeping the keys not given). *out (when `out` is not NULL) gets
+ * the settings after the change. */
+int optimd_client_set_hparams_ex(optimd_client *c, const optimd_session *s,
+                                 const optimd_hvalue *hp, size_t n,
+                                 const char *group,
+                                 optimd_session_details **out);
 
 #ifdef __cplusplus
 }
