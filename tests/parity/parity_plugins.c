@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_PLUGINS 32
+#define MAX_PLUGINS 256
 
 /* Elements past the end of every host buffer, filled with a pattern that a
  * plugin writing out of bounds would disturb. */
@@ -181,9 +181,13 @@ static int load_plugins(const char *dir, loaded_plugin *out, int cap)
     }
     int n = 0;
     struct dirent *e;
-    while ((e = readdir(d)) && n < cap) {
+    while ((e = readdir(d))) {
         size_t len = strlen(e->d_name);
         if (len < 4 || strcmp(e->d_name + len - 3, ".so") != 0) continue;
+        if (n == cap) {
+            CHECK(0, "more than %d plugins in %s: raise MAX_PLUGINS", cap, dir);
+            break;
+        }
         loaded_plugin *p = &out[n];
         memset(p, 0, sizeof *p);
         snprintf(p->path, sizeof p->path, "%s/%s", dir, e->d_name);
@@ -273,8 +277,12 @@ static void check_hparam_table(const char *id, const optimd_hparam_def *defs,
             CHECK(d->min == floor(d->min) && d->max == floor(d->max) &&
                       d->default_value == floor(d->default_value),
                   "%s.%s: int with fractional bounds", id, d->key);
-        } else if (optimizer) {
-            /* torch lets every numeric optimizer hparam change between steps. */
+        } else if (optimizer && !(strcmp(id, "sparse_adagrad") == 0 &&
+                                  strcmp(d->key, "initial_accumulator_value") == 0)) {
+            /* torch lets every numeric optimizer hparam change between steps.
+             * sparse_adagrad's initial value is the exception: it stands for
+             * rows never touched, which torch filled at construction, so a
+             * later change would mean something torch cannot do. */
             CHECK(d->flags & OPTIMD_HP_MUTABLE, "%s.%s: numeric but not mutable", id,
                   d->key);
         }
