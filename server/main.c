@@ -1,6 +1,6 @@
 /* optimd: the daemon's entry point. The main thread runs a libuv loop that
- * owns the process lifecycle (signals now; timers and plugin-directory
- * watches as they come); requests are served by the transport's threads. */
+ * owns the process lifecycle (signals, timers, plugin-directory watches);
+ * requests are served by the transport's threads. */
 #include "compute_pool.h"
 #include "log.h"
 #include "options.h"
@@ -46,6 +46,36 @@ static void on_sync_timer(uv_timer_t *timer)
 {
     server *srv = timer->data;
     store_sync_logs(&srv->store, &srv->sessions);
+}
+
+/* Plugin hot swap: SIGHUP, or a change in a plugin directory (settled for
+ * a moment, since copying a file into place is several events). */
+static void reload_plugins(server *srv, const char *why)
+{
+    log_info("rescanning plugin directories (%s)", why);
+    int failed = plugin_registry_reload(&srv->plugins, NULL);
+    if (failed) log_warn("%d plugin file(s) refused; the running versions stay", failed);
+}
+
+static void on_hangup(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    reload_plugins(h->data, "SIGHUP");
+}
+
+static void on_watch_settled(uv_timer_t *timer)
+{
+    reload_plugins(timer->data, "a plugin directory changed");
+}
+
+static void on_plugin_dir_event(uv_fs_event_t *h, const char *file, int events, int status)
+{
+    (void)events;
+    if (status < 0 || !file) return;
+    size_t len = strlen(file);
+    if (len < 4 || strcmp(file + len - 3, ".so") != 0) return;
+    uv_timer_t *settle = h->data;
+    uv_timer_start(settle, on_watch_settled, 250, 0);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
@@ -103,8 +133,10 @@ int main(int argc, char **argv)
 
     server srv = {.opts = &opts};
     if (store_open(&srv.store, opts.state_dir) != 0) return 1;
-    if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, opts.n_plugin_dirs) != 0) {
-        log_error("out of memory loading plugins");
+    char copy_dir[4200];
+    snprintf(copy_dir, sizeof copy_dir, "%s/plugins-loaded", opts.state_dir);
+    if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, opts.n_plugin_dirs, copy_dir, opts.validator) != 0) {
+        log_error("cannot load plugins");
         return 1;
     }
     if (srv.plugins.count == 0)
@@ -123,6 +155,20 @@ int main(int argc, char **argv)
     uv_signal_init(&loop, &sigterm);
     uv_signal_start(&sigint, on_stop_signal, SIGINT);
     uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+    uv_signal_t sighup;
+    uv_signal_init(&loop, &sighup);
+    sighup.data = &srv;
+    uv_signal_start(&sighup, on_hangup, SIGHUP);
+    uv_timer_t settle_timer;
+    uv_timer_init(&loop, &settle_timer);
+    settle_timer.data = &srv;
+    uv_fs_event_t watches[OPTIONS_MAX_PLUGIN_DIRS];
+    for (int i = 0; opts.watch_plugins && i < opts.n_plugin_dirs; i++) {
+        uv_fs_event_init(&loop, &watches[i]);
+        watches[i].data = &settle_timer;
+        int w = uv_fs_event_start(&watches[i], on_plugin_dir_event, opts.plugin_dirs[i], 0);
+        if (w != 0) log_warn("cannot watch plugin directory %s: %s", opts.plugin_dirs[i], uv_strerror(w));
+    }
     uv_timer_t snapshot_timer;
     uv_timer_init(&loop, &snapshot_timer);
     snapshot_timer.data = &srv;
@@ -147,7 +193,7 @@ int main(int argc, char **argv)
     if (transport_start(&t, &srv, bound, sizeof bound) != 0) {
         exit_code = 1;
     } else {
-        log_info("optimd %s serving (%zu plugins, state in %s)", OPTIMD_VERSION, srv.plugins.count,
+        log_info("optimd %s serving (%zu plugins, state in %s)", OPTIMD_VERSION, plugin_registry_count(&srv.plugins),
                  opts.state_dir);
         if (opts.ready_file && write_ready_file(opts.ready_file, bound) != 0) {
             log_error("cannot write ready file %s: %s", opts.ready_file, strerror(errno));

@@ -24,7 +24,26 @@ typedef struct request {
     uint64_t id;
     wire_writer *w;
     request_error err;
+    /* Plugins this request looked up, each with a reference it drops when
+     * done (a session takes references of its own). */
+    const plugin **held;
+    size_t n_held;
 } request;
+
+/* A looked-up plugin kept alive until the request ends. */
+static const plugin *request_hold(request *r, plugin *p)
+{
+    if (!p) return NULL;
+    const plugin **grown = realloc(r->held, (r->n_held + 1) * sizeof *grown);
+    if (!grown) {
+        plugin_unref(p);
+        fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    r->held = grown;
+    r->held[r->n_held++] = p;
+    return p;
+}
 
 /* Writes the success envelope; the handler then packs n_pairs more. */
 static msgpack_packer *reply_begin(request *r, uint32_t n_pairs)
@@ -167,12 +186,14 @@ static const char *slot_shape_name(uint32_t shape)
 
 static int op_plugins(request *r)
 {
-    const plugin_registry *reg = &r->srv->plugins;
+    size_t n;
+    plugin **list = plugin_registry_list(&r->srv->plugins, &n);
+    if (!list) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
     msgpack_packer *pk = reply_begin(r, 1);
     wire_pack_str(pk, "plugins");
-    msgpack_pack_array(pk, (uint32_t)reg->count);
-    for (size_t i = 0; i < reg->count; i++) {
-        const plugin *p = &reg->plugins[i];
+    msgpack_pack_array(pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const plugin *p = list[i];
         const optimd_optimizer *o = p->desc->optimizer;
         bool is_opt = p->desc->kind == OPTIMD_KIND_OPTIMIZER;
         msgpack_pack_map(pk, is_opt ? 7 : 5);
@@ -211,6 +232,7 @@ static int op_plugins(request *r)
         if (f32) wire_pack_str(pk, "f32");
         if (f64) wire_pack_str(pk, "f64");
     }
+    plugin_registry_release_list(list, n);
     return 0;
 }
 
@@ -285,7 +307,9 @@ static int admit_session(request *r, session *s, char name[SESSION_NAME_MAX + 1]
 
 static const plugin *lookup_plugin(request *r, const char *id, size_t len, uint32_t kind)
 {
-    const plugin *p = plugin_registry_find(&r->srv->plugins, id, len);
+    plugin *found = plugin_registry_get(&r->srv->plugins, id, len);
+    const plugin *p = found ? request_hold(r, found) : NULL;
+    if (found && !p) return NULL;
     if (!p)
         fail(&r->err, OPTIMD_E_UNKNOWN_PLUGIN, "no plugin '%.*s' is loaded", (int)(len > 64 ? 64 : len), id);
     else if (p->desc->kind != kind)
@@ -788,6 +812,9 @@ static int op_step(request *r)
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
+    /* Between two steps: move to plugin versions loaded since the last. */
+    if (session_follow_upgrades(s, &r->srv->plugins, &r->err) > 0 && store_save_locked(&r->srv->store, s) != 0)
+        log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
     step_result res;
     store_change change = change_of(r);
     int rc = session_step(s, grads, &id, &clip, r->srv->pool, store_log_change, &change, &res, &r->err);
@@ -1059,13 +1086,120 @@ typedef struct op_entry {
     int (*fn)(request *r);
 } op_entry;
 
+/* Admin ops need the daemon's --admin-token, compared in constant time. */
+static int check_admin(request *r)
+{
+    const char *token = NULL;
+    size_t len = 0;
+    if (wire_get_str(r->root, "admin_token", false, &token, &len, &r->err)) return -1;
+    const char *want = r->srv->opts->admin_token;
+    if (!want || !*want)
+        return fail(&r->err, OPTIMD_E_BAD_TOKEN, "admin ops are off: start optimd with --admin-token "
+                    "(or $OPTIMD_ADMIN_TOKEN)");
+    size_t want_len = strlen(want);
+    unsigned diff = (unsigned)(len ^ want_len);
+    for (size_t i = 0; i < want_len; i++) diff |= (unsigned char)(want[i] ^ (token && i < len ? token[i] : 0));
+    if (!token || diff) return fail(&r->err, OPTIMD_E_BAD_TOKEN, "wrong or missing admin_token");
+    return 0;
+}
+
+static void pack_reload_report(request *r, const reload_report *rep)
+{
+    msgpack_packer *pk = reply_begin(r, 1);
+    wire_pack_str(pk, "plugins");
+    msgpack_pack_array(pk, (uint32_t)rep->n);
+    for (size_t i = 0; i < rep->n; i++) {
+        const reload_entry *e = &rep->entries[i];
+        msgpack_pack_map(pk, e->loaded ? 4 : 3);
+        wire_pack_str(pk, "path");
+        wire_pack_str(pk, e->path);
+        wire_pack_str(pk, "loaded");
+        if (e->loaded) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+        if (e->loaded) {
+            wire_pack_str(pk, "id");
+            wire_pack_str(pk, e->id);
+            wire_pack_str(pk, "version");
+            wire_pack_str(pk, e->version);
+        } else {
+            wire_pack_str(pk, "error");
+            wire_pack_str(pk, e->why);
+        }
+    }
+}
+
+static int op_reload(request *r)
+{
+    if (check_admin(r)) return -1;
+    reload_report *rep = calloc(1, sizeof *rep);
+    if (!rep) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
+    plugin_registry_reload(&r->srv->plugins, rep);
+    pack_reload_report(r, rep);
+    free(rep);
+    return 0;
+}
+
+static int op_load(request *r)
+{
+    if (check_admin(r)) return -1;
+    const char *path;
+    size_t len;
+    if (wire_get_str(r->root, "path", true, &path, &len, &r->err)) return -1;
+    char buf[4096];
+    if (len == 0 || len >= sizeof buf || memchr(path, '\0', len))
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'path' must name a file");
+    memcpy(buf, path, len);
+    buf[len] = '\0';
+    reload_report *rep = calloc(1, sizeof *rep);
+    if (!rep) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
+    int rc = plugin_registry_load_file(&r->srv->plugins, buf, rep);
+    if (rc != 0) fail(&r->err, OPTIMD_E_PLUGIN, "%s", rep->n ? rep->entries[0].why : "refused");
+    else pack_reload_report(r, rep);
+    free(rep);
+    return rc ? -1 : 0;
+}
+
+static int op_switch(request *r)
+{
+    const msgpack_object *hp;
+    if (wire_get_map(r->root, "hparams", false, &hp, &r->err)) return -1;
+    const plugin *to = find_plugin(r, "optimizer", OPTIMD_KIND_OPTIMIZER, true);
+    if (!to) return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    migrate_report rep;
+    const char *from = s->opt->desc->id;
+    char from_id[65];
+    snprintf(from_id, sizeof from_id, "%s", from);
+    int rc = session_migrate_optimizer(s, to, hp, &rep, &r->err);
+    if (rc == 0) {
+        /* The log's records were applied with the old optimizer. */
+        if (store_save_locked(&r->srv->store, s) != 0)
+            log_error("session %s: cannot snapshot it after switching optimizer", s->name);
+        log_info("session %s: optimizer %s -> %s %s", s->name, from_id, to->desc->id, to->desc->version);
+        msgpack_packer *pk = reply_begin(r, 3);
+        wire_pack_str(pk, "optimizer");
+        wire_pack_str(pk, to->desc->id);
+        wire_pack_str(pk, "optimizer_version");
+        wire_pack_str(pk, to->desc->version);
+        wire_pack_str(pk, "carried");
+        msgpack_pack_array(pk, rep.n_carried);
+        for (uint32_t i = 0; i < rep.n_carried; i++) wire_pack_str(pk, rep.carried[i]);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
 static const op_entry ops[] = {
     {"hello", op_hello},       {"plugins", op_plugins},   {"open", op_open},
     {"attach", op_info},       {"info", op_info},         {"hparams", op_hparams},
     {"set_hparams", op_set_hparams}, {"close", op_close}, {"sessions", op_sessions},
     {"register", op_register}, {"step", op_step},         {"pull", op_pull},
     {"export", op_export},     {"import", op_import},     {"state", op_state},
-    {"observe", op_observe},
+    {"observe", op_observe},   {"reload", op_reload},     {"load", op_load},
+    {"switch", op_switch},
 };
 
 static int dispatch(request *r, const msgpack_object *root)
@@ -1116,6 +1250,8 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg)
             dispatch(&r, &root.data);
         msgpack_unpacked_destroy(&root);
     }
+    for (size_t i = 0; i < r.n_held; i++) plugin_unref(r.held[i]);
+    free(r.held);
     if (!r.err.code && w.failed) fail(&r.err, OPTIMD_E_NOMEM, "out of memory writing the reply");
     if (r.err.code) {
         nng_msg_clear(reply);

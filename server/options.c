@@ -33,6 +33,11 @@ static void usage(FILE *out)
         "  --threads N          request threads (default 4)\n"
         "  --compute-threads N  extra threads for large tensors (default: cores - 1)\n"
         "  --ready-file FILE    write the first bound URL to FILE once serving\n"
+        "  --validator PATH     optimd-validate, run in a child process on every plugin\n"
+        "                       file before it is loaded (default: none)\n"
+        "  --admin-token TOKEN  allows the admin ops (reload, load) to requests that\n"
+        "                       carry it (default: $OPTIMD_ADMIN_TOKEN; unset: refused)\n"
+        "  --watch-plugins on|off  reload when a plugin directory changes (default on)\n"
         "  --log-level LEVEL    debug, info, warn or error (default info)\n"
         "  --help, --version\n",
         OPTIMD_DEFAULT_URL, OPTIMD_DEFAULT_PLUGIN_DIR);
@@ -66,6 +71,8 @@ int options_parse(options *o, int argc, char **argv)
     o->snapshot_interval = 30;
     o->sync_interval_ms = 100;
     o->log_level = OPTIMD_LOG_INFO;
+    o->watch_plugins = true;
+    o->admin_token = getenv("OPTIMD_ADMIN_TOKEN");
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -110,6 +117,16 @@ int options_parse(options *o, int argc, char **argv)
             o->session_ttl = (uint32_t)n;
         } else if (strcmp(a, "--ready-file") == 0) {
             o->ready_file = v;
+        } else if (strcmp(a, "--validator") == 0) {
+            o->validator = v;
+        } else if (strcmp(a, "--admin-token") == 0) {
+            o->admin_token = v;
+        } else if (strcmp(a, "--watch-plugins") == 0) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+                fprintf(stderr, "optimd: --watch-plugins wants on or off\n");
+                return -1;
+            }
+            o->watch_plugins = strcmp(v, "on") == 0;
         } else if (strcmp(a, "--max-message") == 0) {
             if (parse_u64(a, v, 1024, 1ull << 32, &n)) return -1;
             o->max_message = n;

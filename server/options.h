@@ -2,6 +2,7 @@
 #ifndef OPTIMD_SERVER_OPTIONS_H
 #define OPTIMD_SERVER_OPTIONS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,9 @@ typedef struct options {
     uint32_t sync_interval_ms;    /* group commit of "interval" sessions' logs */
     uint32_t session_ttl;         /* seconds a session may stay unused; 0: forever */
     int log_level;
+    const char *validator;     /* optimd-validate for new plugin files; NULL: none */
+    const char *admin_token;   /* NULL or "": admin ops refused */
+    bool watch_plugins;        /* reload on changes in the plugin directories */
 } options;
 
 /* Fills `o` from argv. Returns 0 to run, 1 when --help or --version was

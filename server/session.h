@@ -288,4 +288,25 @@ bool session_token_matches(const session *s, const char *token, size_t len);
 /* open_key comparison in constant time; false when the session has none. */
 bool session_open_key_matches(const session *s, const char *key, size_t len);
 
+/* What switching the optimizer did with the state (parameter 0's). */
+#define MIGRATE_MAX_KEYS 32
+typedef struct migrate_report {
+    const char *carried[MIGRATE_MAX_KEYS];   /* slot keys taken over */
+    uint32_t n_carried;
+} migrate_report;
+
+/* Hot swap: moves the session to the current version of each of its
+ * plugins, carrying hyperparameters and state slots by key (a new key
+ * starts at its default / zero-filled). A version that cannot take the
+ * session (its hyperparameters fail its checks) leaves it where it is, and
+ * says so in the log. Returns 1 when anything moved. Under the lock,
+ * between two steps. */
+int session_follow_upgrades(session *s, plugin_registry *reg, request_error *err);
+/* Moves the session to optimizer `to` (another plugin, or another version
+ * of its own), hyperparameters carried by key and then `hp_map` applied;
+ * slots with the same key and layout carried, others zero-filled. All or
+ * nothing. */
+int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object *hp_map, migrate_report *rep,
+                              request_error *err);
+
 #endif

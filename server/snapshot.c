@@ -223,7 +223,25 @@ typedef struct reader {
     const json_value *header;
     char *why;
     size_t why_cap;
+    const plugin **held;         /* plugins looked up, each with a reference */
+    size_t n_held;
 } reader;
+
+/* The current version of a plugin, kept alive while the reader works (the
+ * session it builds takes references of its own). */
+static const plugin *reader_get(reader *r, plugin_registry *reg, const char *id, size_t len)
+{
+    plugin *p = plugin_registry_get(reg, id, len);
+    if (!p) return NULL;
+    const plugin **grown = realloc(r->held, (r->n_held + 1) * sizeof *grown);
+    if (!grown) {
+        plugin_unref(p);
+        return NULL;
+    }
+    r->held = grown;
+    r->held[r->n_held++] = p;
+    return p;
+}
 
 static int why(reader *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int why(reader *r, const char *fmt, ...)
@@ -286,20 +304,20 @@ static int restore_hparams(reader *r, const plugin *p, const json_value *stored,
 
 /* A scheduler id stored as a string or null ("sequential" and "chained"
  * leave *out NULL: restore_composite reads them). */
-static int stored_scheduler(reader *r, const plugin_registry *reg, const json_value *v, const plugin **out)
+static int stored_scheduler(reader *r, plugin_registry *reg, const json_value *v, const plugin **out)
 {
     *out = NULL;
     if (!v || v->type == JSON_NULL) return 0;
     if (v->type != JSON_STRING) return why(r, "a stored scheduler is not a string");
     if (strcmp(v->string, "sequential") == 0 || strcmp(v->string, "chained") == 0) return 0;
-    *out = plugin_registry_find(reg, v->string, v->string_len);
+    *out = reader_get(r, reg, v->string, v->string_len);
     if (!*out || (*out)->desc->kind != OPTIMD_KIND_SCHEDULER)
         return why(r, "scheduler plugin '%s' is not loaded", v->string);
     return 0;
 }
 
 /* A combined schedule's parts, as write_group stored them. */
-static int restore_composite(reader *r, const plugin_registry *reg, param_group *g, const json_value *stored)
+static int restore_composite(reader *r, plugin_registry *reg, param_group *g, const json_value *stored)
 {
     const char *id;
     if (!json_get_string(stored, "scheduler", &id)) return 0;
@@ -328,7 +346,7 @@ static int restore_composite(reader *r, const plugin_registry *reg, param_group 
 }
 
 /* A group's stored settings (the keys write_group wrote) into `g`. */
-static int restore_group(reader *r, const plugin_registry *reg, const session *s, param_group *g,
+static int restore_group(reader *r, plugin_registry *reg, const session *s, param_group *g,
                          const json_value *stored)
 {
     if (restore_composite(r, reg, g, stored)) return -1;
@@ -362,7 +380,7 @@ static int restore_group(reader *r, const plugin_registry *reg, const session *s
     return 0;
 }
 
-static session *restore(reader *r, const json_value *man, const plugin_registry *reg, const char *rename_to)
+static session *restore(reader *r, const json_value *man, plugin_registry *reg, const char *rename_to)
 {
     const char *name, *token, *opt_id, *opt_version;
     double format, steps;
@@ -377,7 +395,7 @@ static session *restore(reader *r, const json_value *man, const plugin_registry 
         return NULL;
     }
     if (rename_to) name = rename_to;
-    const plugin *opt = plugin_registry_find(reg, opt_id, strlen(opt_id));
+    const plugin *opt = reader_get(r, reg, opt_id, strlen(opt_id));
     const plugin *sched = NULL;
     if (!opt || opt->desc->kind != OPTIMD_KIND_OPTIMIZER) {
         why(r, "optimizer plugin '%s' is not loaded", opt_id);
@@ -527,7 +545,7 @@ fail_out:
     return NULL;
 }
 
-session *snapshot_parse(const unsigned char *buf, size_t size, const plugin_registry *reg,
+session *snapshot_parse(const unsigned char *buf, size_t size, plugin_registry *reg,
                         const char *rename_to, char *why_buf, size_t why_cap)
 {
     why_buf[0] = '\0';
@@ -566,12 +584,14 @@ session *snapshot_parse(const unsigned char *buf, size_t size, const plugin_regi
     r.data_len = size - 8 - header_len;
     s = restore(&r, manifest, reg, rename_to);
 out:
+    for (size_t i = 0; i < r.n_held; i++) plugin_unref(r.held[i]);
+    free(r.held);
     json_free(manifest);
     json_free(header);
     return s;
 }
 
-session *snapshot_read(const char *path, const plugin_registry *reg, char *why_buf, size_t why_cap)
+session *snapshot_read(const char *path, plugin_registry *reg, char *why_buf, size_t why_cap)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

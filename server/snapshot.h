@@ -16,11 +16,11 @@ int snapshot_write(const session *s, FILE *f);
 
 /* Reads the snapshot at `path` into a new session (one reference). On
  * failure returns NULL and says why in `why`. */
-session *snapshot_read(const char *path, const plugin_registry *reg, char *why, size_t why_cap);
+session *snapshot_read(const char *path, plugin_registry *reg, char *why, size_t why_cap);
 
 /* The same from memory (an imported snapshot). `rename_to`, if not NULL,
  * replaces the stored session name. */
-session *snapshot_parse(const unsigned char *buf, size_t size, const plugin_registry *reg,
+session *snapshot_parse(const unsigned char *buf, size_t size, plugin_registry *reg,
                         const char *rename_to, char *why_buf, size_t why_cap);
 
 #endif

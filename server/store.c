@@ -176,6 +176,12 @@ static uint64_t state_bytes(const session *s)
     return bytes;
 }
 
+int store_save_locked(store *st, session *s)
+{
+    s->saved_version = s->version - 1;   /* written even if nothing counted as a change */
+    return save_locked(st, s);
+}
+
 int store_compact_if_large(store *st, session *s)
 {
     /* A log as large as a snapshot costs as much to replay as the snapshot
@@ -322,7 +328,7 @@ static void replay_log(store *st, session *s, compute_pool *pool)
                  (unsigned long long)s->steps);
 }
 
-static session *load_one(store *st, const plugin_registry *reg, const char *name)
+static session *load_one(store *st, plugin_registry *reg, const char *name)
 {
     char path[4200], why[256];
     session_path(st, name, LATEST, path, sizeof path);
@@ -340,7 +346,7 @@ static session *load_one(store *st, const plugin_registry *reg, const char *name
     return NULL;
 }
 
-void store_load_all(store *st, const plugin_registry *reg, session_table *t, compute_pool *pool)
+void store_load_all(store *st, plugin_registry *reg, session_table *t, compute_pool *pool)
 {
     DIR *d = opendir(st->sessions_dir);
     if (!d) return;

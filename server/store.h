@@ -42,6 +42,10 @@ void store_sync_logs(store *st, session_table *t);
  * size of a snapshot; called after each logged change. */
 int store_compact_if_large(store *st, session *s);
 
+/* Snapshots `s` now and empties its log; the caller holds the lock (a
+ * session that moved to another plugin version: its log must not be
+ * replayed through a version it was not applied with). */
+int store_save_locked(store *st, session *s);
 /* Saves `s` if it changed since its last snapshot, then empties its log.
  * Takes the session lock. */
 int store_save(store *st, session *s);
@@ -52,6 +56,6 @@ int store_save_all(store *st, session_table *t);
 void store_remove(store *st, session *s);
 /* Loads every stored session into the table; a session whose latest
  * snapshot is unreadable comes from the previous one. Logs each case. */
-void store_load_all(store *st, const plugin_registry *reg, session_table *t, compute_pool *pool);
+void store_load_all(store *st, plugin_registry *reg, session_table *t, compute_pool *pool);
 
 #endif

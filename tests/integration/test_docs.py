@@ -35,7 +35,7 @@ class OptimizersDoc(unittest.TestCase):
         self.assertGreaterEqual(len(plugins), 30)
         for p in plugins:
             with self.subTest(p["id"]):
-                self.assertIn(p["id"], rows, "docs/optimizers.md has no row for " + p["id"])
+                self.assertTrue(p["id"] in rows, "docs/optimizers.md has no row for " + p["id"])
                 kind, cell = rows[p["id"]]
                 self.assertEqual(kind, p["kind"])
                 # `key` or **`key`** (mutable), in the order they appear.

@@ -1,0 +1,114 @@
+/*
+ * A plugin for the hot-swap tests, built in several versions from this one
+ * file (tests/hotswap/CMakeLists.txt):
+ *   TOY_SCALE    the update is p -= (lr * TOY_SCALE) * g, so the version that
+ *                applied a step can be told from its result;
+ *   TOY_VERSION  its version string;
+ *   TOY_EXTRA    1: declares one more hyperparameter (a schema change);
+ *   TOY_BROKEN   0: sound; 1: built for ABI major 99; 2: exports another
+ *                symbol name; 3: refuses its own defaults; 4: crashes in step.
+ * One slot, "acc", sums every gradient, so a test can check that state is
+ * carried over every swap.
+ */
+#include <optimd/plugin.h>
+
+#include <stddef.h>
+
+#ifndef TOY_SCALE
+#define TOY_SCALE 1
+#endif
+#ifndef TOY_VERSION
+#define TOY_VERSION "1.0.0"
+#endif
+#ifndef TOY_EXTRA
+#define TOY_EXTRA 0
+#endif
+#ifndef TOY_BROKEN
+#define TOY_BROKEN 0
+#endif
+
+static const optimd_hparam_def toy_hparams[] = {
+    {.struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_FLOAT, .flags = OPTIMD_HP_MUTABLE,
+     .key = "lr", .doc = "Learning rate.", .min = 0.0, .max = 1e6, .default_value = 0.1},
+#if TOY_EXTRA
+    {.struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_FLOAT, .flags = OPTIMD_HP_MUTABLE,
+     .key = "extra", .doc = "A key version 2 added.", .min = 0.0, .max = 1.0, .default_value = 0.5},
+#endif
+};
+#define TOY_N_HPARAMS (sizeof toy_hparams / sizeof toy_hparams[0])
+
+static const optimd_slot_def toy_slots[] = {
+    {.struct_size = sizeof(optimd_slot_def), .shape = OPTIMD_SLOT_LIKE_PARAM, .key = "acc",
+     .doc = "The sum of every gradient."},
+};
+
+static optimd_status toy_check(const optimd_host *host, const double *hp, uint32_t n)
+{
+    (void)hp;
+    (void)n;
+    if (TOY_BROKEN == 3) {
+        host->set_error(host->call, "toy refuses every setting");
+        return OPTIMD_ERR_INVALID;
+    }
+    return OPTIMD_OK;
+}
+
+static optimd_status toy_step(const optimd_host *host, const optimd_step_args *a)
+{
+    if (a->n_slots != 1 || a->slots[0].data == NULL) {
+        host->set_error(host->call, "toy needs its acc slot");
+        return OPTIMD_ERR_INVALID;
+    }
+    if (TOY_BROKEN == 4) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1;
+    }
+    const double lr = a->hparams[0];
+    if (a->param->dtype == OPTIMD_DTYPE_F32) {
+        float *p = a->param->data, *acc = a->slots[0].data;
+        const float *g = a->grad->data;
+        const float c = (float)(lr * TOY_SCALE);
+        for (int64_t i = 0; i < a->param->numel; i++) {
+            acc[i] = acc[i] + g[i];
+            p[i] = p[i] - c * g[i];
+        }
+    } else {
+        double *p = a->param->data, *acc = a->slots[0].data;
+        const double *g = a->grad->data;
+        const double c = lr * TOY_SCALE;
+        for (int64_t i = 0; i < a->param->numel; i++) {
+            acc[i] = acc[i] + g[i];
+            p[i] = p[i] - c * g[i];
+        }
+    }
+    return OPTIMD_OK;
+}
+
+static const optimd_optimizer toy_optimizer = {
+    .struct_size = sizeof(optimd_optimizer),
+    .n_hparams = TOY_N_HPARAMS,
+    .hparams = toy_hparams,
+    .n_slots = 1,
+    .dtypes = (1u << OPTIMD_DTYPE_F32) | (1u << OPTIMD_DTYPE_F64),
+    .slots = toy_slots,
+    .check_hparams = toy_check,
+    .step = toy_step,
+};
+
+#if TOY_BROKEN == 2
+#define TOY_SYMBOL not_the_plugin
+#else
+#define TOY_SYMBOL optimd_plugin
+#endif
+
+OPTIMD_EXPORT const optimd_plugin_desc TOY_SYMBOL = {
+    .abi_major = TOY_BROKEN == 1 ? 99u : OPTIMD_ABI_MAJOR,
+    .abi_minor = OPTIMD_ABI_MINOR,
+    .struct_size = sizeof(optimd_plugin_desc),
+    .kind = OPTIMD_KIND_OPTIMIZER,
+    .id = "toy",
+    .version = TOY_VERSION,
+    .description = "p -= lr * scale * g, for the hot-swap tests",
+    .optimizer = &toy_optimizer,
+    .scheduler = NULL,
+};
