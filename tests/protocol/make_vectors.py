@@ -116,6 +116,11 @@ request("open_chained_group", "a group with a chained schedule",
          "groups": [{"name": "g", "scheduler": "chained",
                      "schedulers": [{"scheduler": "constant", "sched_hparams": {"factor": 0.5}},
                                     {"scheduler": "exponential", "sched_hparams": {"gamma": 0.9}}]}]})
+request("switch", "move a session to another optimizer",
+        {"op": "switch", **S, "optimizer": "adam", "hparams": {"lr": 0.001}})
+request("reload", "rescan the plugin directories (admin)", {"op": "reload", "admin_token": "admin-secret"})
+request("load", "load one plugin file (admin)",
+        {"op": "load", "path": "/opt/optimd/plugins/toy.so", "admin_token": "admin-secret"})
 request("attach", "attach with a token", {"op": "attach", **S})
 request("info", "info naming the client, for client_seq", {"op": "info", **S, "client": "w0"})
 request("hparams", "hparams of a session", {"op": "hparams", **S})
@@ -146,6 +151,12 @@ reply_ok("open", "a new session and its token", "open",
 reply_ok("open_existing", "a retried open answered with the session its first attempt made", "open",
          {"session": "run1", "token": TOKEN, "lr": 0.25, "existing": True})
 reply_ok("register", "a registration count", "register", {"registered": 4})
+reply_ok("switch", "a session moved to another optimizer", "switch",
+         {"optimizer": "rmsprop", "optimizer_version": "1.0.0", "carried": ["momentum_buffer"]})
+reply_ok("reload", "one file loaded, one refused", "reload",
+         {"plugins": [{"path": "/opt/optimd/plugins/toy.so", "loaded": True, "id": "toy", "version": "2.0.0"},
+                      {"path": "/opt/optimd/plugins/bad.so", "loaded": False,
+                       "error": "plugin /opt/optimd/plugins/bad.so: no symbol 'optimd_plugin'"}]})
 reply_ok("step_groups", "a step of a session with groups, clipped by norm", "step",
          {"steps": 5, "lr": 0.001, "next_lr": 0.001, "duplicate": False,
           "lrs": {"default": 0.001, "head": 0.01}, "next_lrs": {"default": 0.001, "head": 0.005},
