@@ -1401,6 +1401,14 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
     double *hp = calloc((size_t)s->n_groups * n_hp, sizeof *hp);
     void ***slots = calloc(s->n_params ? s->n_params : 1, sizeof *slots);
     int rc = hp && slots ? 0 : fail(err, OPTIMD_E_NOMEM, "out of memory");
+    /* State is never silently dropped: a slot that keeps its key but not
+     * its layout would need a migration the ABI does not offer yet. */
+    for (uint32_t k = 0; rc == 0 && k < tn->n_slots; k++)
+        for (uint32_t j = 0; j < fo->n_slots; j++)
+            if (strcmp(fo->slots[j].key, tn->slots[k].key) == 0 && !same_slot_layout(&fo->slots[j], &tn->slots[k]))
+                rc = fail(err, OPTIMD_E_PLUGIN, "state slot '%s' changes its dtype or shape from %s %s to %s %s; "
+                          "the session cannot carry it", tn->slots[k].key, from->desc->id, from->desc->version,
+                          to->desc->id, to->desc->version);
     for (uint32_t gi = 0; rc == 0 && gi < s->n_groups; gi++) {
         double *g = hp + (size_t)gi * n_hp;
         carry_hparams(from, s->groups[gi].hp, to, g);
