@@ -9,9 +9,17 @@ build_pkgs=(build-essential cmake pkg-config libuv1-dev libnng-dev libmsgpack-de
 # build the fuzz test.
 test_pkgs=("${build_pkgs[@]}" python3 python3-torch python3-numpy python3-msgpack python3-venv clang libclang-rt-14-dev)
 
+# The Go, TypeScript and Rust clients' suites need their toolchains; this
+# machine kind ships newer ones than Debian's, which are the fallback when a
+# command is missing altogether.
+toolchain_pkgs=()
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || toolchain_pkgs+=(golang-go)
+command -v npm >/dev/null 2>&1 || toolchain_pkgs+=(nodejs npm)
+command -v cargo >/dev/null 2>&1 || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ] || toolchain_pkgs+=(cargo)
+
 case "${1:-build}" in
   build) wanted=("${build_pkgs[@]}") ;;
-  test) wanted=("${test_pkgs[@]}") ;;
+  test) wanted=("${test_pkgs[@]}" "${toolchain_pkgs[@]}") ;;
   *) echo "usage: $0 build|test" >&2; exit 2 ;;
 esac
 
