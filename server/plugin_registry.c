@@ -104,6 +104,7 @@ static bool check_optimizer(const char *path, plugin *p)
     if (!check_hparams(path, o->hparams, o->n_hparams)) return false;
     p->hparams = o->hparams;
     p->n_hparams = o->n_hparams;
+    if (o->struct_size >= offsetof(optimd_optimizer, migrate) + sizeof o->migrate) p->opt_migrate = o->migrate;
     p->lr_index = find_key(o->hparams, o->n_hparams, "lr", 2);
     if (p->lr_index < 0 || o->hparams[p->lr_index].type != OPTIMD_HP_FLOAT) {
         refuse("plugin %s: an optimizer must declare a float hyperparameter 'lr'", path);

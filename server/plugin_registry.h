@@ -31,6 +31,8 @@ typedef struct plugin {
     optimd_status (*sched_momentum)(const optimd_host *, const optimd_sched_args *, double *);
     optimd_status (*sched_observe)(const optimd_host *, const optimd_sched_args *, double, double *);
     uint32_t n_sched_state;
+    /* Optimizers, ABI 1.1 (NULL for a 1.0 plugin). */
+    optimd_status (*opt_migrate)(const optimd_host *, const optimd_migrate_args *);
     void *handle;                      /* from dlopen */
     char *path;                        /* the file it came from */
     uint64_t generation;               /* load order, unique in a daemon */

@@ -1390,6 +1390,54 @@ static bool same_slot_layout(const optimd_slot_def *a, const optimd_slot_def *b)
     return a->dtype == b->dtype && a->shape == b->shape;
 }
 
+/* The new plugin's migrate hook on one parameter: the old slots as they
+ * are, the new ones (copies or zeros) to fill. */
+static int run_migrate_hook(session *s, const plugin *to, param *p, void **new_slots, const double *hp,
+                            request_error *err)
+{
+    const optimd_optimizer *fo = s->opt->desc->optimizer, *tn = to->desc->optimizer;
+    optimd_tensor *from = calloc(fo->n_slots ? fo->n_slots : 1, sizeof *from);
+    optimd_tensor *into = calloc(tn->n_slots ? tn->n_slots : 1, sizeof *into);
+    slot_layout *lf = calloc(fo->n_slots ? fo->n_slots : 1, sizeof *lf);
+    slot_layout *lt = calloc(tn->n_slots ? tn->n_slots : 1, sizeof *lt);
+    const char **keys = calloc(fo->n_slots ? fo->n_slots : 1, sizeof *keys);
+    int rc = from && into && lf && lt && keys ? 0 : fail(err, OPTIMD_E_NOMEM, "out of memory");
+    for (uint32_t j = 0; rc == 0 && j < fo->n_slots; j++) {
+        session_slot_layout(s, p, j, &lf[j]);
+        slot_view(&from[j], &lf[j], p->slots[j]);
+        keys[j] = fo->slots[j].key;
+    }
+    const plugin *saved = s->opt;
+    s->opt = to;
+    for (uint32_t k = 0; rc == 0 && k < tn->n_slots; k++) {
+        session_slot_layout(s, p, k, &lt[k]);
+        slot_view(&into[k], &lt[k], new_slots[k]);
+    }
+    s->opt = saved;
+    if (rc == 0) {
+        optimd_tensor pv;
+        tensor_view(&pv, p->dtype, p, p->data);
+        optimd_migrate_args a = {.struct_size = sizeof a, .n_hparams = to->n_hparams, .hparams = hp,
+                                 .from_id = s->opt->desc->id, .from_version = s->opt->desc->version,
+                                 .step = p->steps, .param = &pv, .n_from_slots = fo->n_slots,
+                                 .n_slots = tn->n_slots, .from_keys = keys, .from_slots = from, .slots = into};
+        host_call hc;
+        host_call_begin(&hc, to->desc->id, NULL);
+        optimd_status st = to->opt_migrate(&hc.table, &a);
+        host_call_end(&hc);
+        if (st != OPTIMD_OK)
+            rc = fail(err, OPTIMD_E_PLUGIN, "%s %s refuses the state of %s %s: %s", to->desc->id,
+                      to->desc->version, s->opt->desc->id, s->opt->desc->version,
+                      hc.call.error[0] ? hc.call.error : "migrate failed");
+    }
+    free(from);
+    free(into);
+    free(lf);
+    free(lt);
+    free(keys);
+    return rc;
+}
+
 int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object *hp_map, migrate_report *rep,
                               request_error *err)
 {
@@ -1402,8 +1450,9 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
     void ***slots = calloc(s->n_params ? s->n_params : 1, sizeof *slots);
     int rc = hp && slots ? 0 : fail(err, OPTIMD_E_NOMEM, "out of memory");
     /* State is never silently dropped: a slot that keeps its key but not
-     * its layout would need a migration the ABI does not offer yet. */
-    for (uint32_t k = 0; rc == 0 && k < tn->n_slots; k++)
+     * its layout needs the new plugin's migrate hook. */
+    const bool hook = to->opt_migrate != NULL;
+    for (uint32_t k = 0; rc == 0 && !hook && k < tn->n_slots; k++)
         for (uint32_t j = 0; j < fo->n_slots; j++)
             if (strcmp(fo->slots[j].key, tn->slots[k].key) == 0 && !same_slot_layout(&fo->slots[j], &tn->slots[k]))
                 rc = fail(err, OPTIMD_E_PLUGIN, "state slot '%s' changes its dtype or shape from %s %s to %s %s; "
@@ -1429,11 +1478,14 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
                 int h = plugin_hparam_index(to, d->enabled_by, strlen(d->enabled_by));
                 if (h < 0 || g[h] == 0.0) continue;
             }
-            bool carried = false;
-            for (uint32_t j = 0; j < fo->n_slots && !carried; j++)
-                carried = p->slots[j] && strcmp(fo->slots[j].key, d->key) == 0 && same_slot_layout(&fo->slots[j], d);
-            if (carried) continue;   /* taken over in phase 2 */
-            /* A new slot starts zero-filled, as on a first step. */
+            int carried = -1;
+            for (uint32_t j = 0; j < fo->n_slots && carried < 0; j++)
+                if (p->slots[j] && strcmp(fo->slots[j].key, d->key) == 0 && same_slot_layout(&fo->slots[j], d))
+                    carried = (int)j;
+            /* Without a hook a carried slot is taken over in phase 2; with
+             * one, the hook works on copies, so that a refusal leaves the
+             * old state as it was. */
+            if (carried >= 0 && !hook) continue;
             param probe = *p;
             slot_layout l;
             const plugin *saved = s->opt;
@@ -1445,9 +1497,12 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
                 rc = fail(err, OPTIMD_E_NOMEM, "out of memory");
                 break;
             }
-            memset(slots[i][k], 0, l.nbytes);
+            if (carried >= 0) memcpy(slots[i][k], p->slots[carried], l.nbytes);
+            else memset(slots[i][k], 0, l.nbytes);   /* as on a first step */
         }
     }
+    for (size_t i = 0; rc == 0 && hook && i < s->n_params; i++)
+        if (s->params[i].slots && slots[i]) rc = run_migrate_hook(s, to, &s->params[i], slots[i], hp + (size_t)s->params[i].group * n_hp, err);
     if (rc) {
         for (size_t i = 0; i < s->n_params; i++) {
             for (uint32_t k = 0; slots && slots[i] && k < tn->n_slots; k++) free(slots[i][k]);
@@ -1461,6 +1516,17 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
     for (size_t i = 0; i < s->n_params; i++) {
         param *p = &s->params[i];
         if (!p->slots) continue;
+        if (hook) {
+            /* The hook filled fresh copies: the old state goes whole. */
+            for (uint32_t j = 0; j < fo->n_slots; j++) free(p->slots[j]);
+            free(p->slots);
+            p->slots = slots[i];
+            for (uint32_t k = 0; rep && i == 0 && slots[i] && k < tn->n_slots; k++)
+                for (uint32_t j = 0; j < fo->n_slots; j++)
+                    if (strcmp(fo->slots[j].key, tn->slots[k].key) == 0 && rep->n_carried < MIGRATE_MAX_KEYS)
+                        rep->carried[rep->n_carried++] = tn->slots[k].key;
+            continue;
+        }
         for (uint32_t k = 0; slots[i] && k < tn->n_slots; k++) {
             for (uint32_t j = 0; j < fo->n_slots && !slots[i][k]; j++) {
                 if (!p->slots[j] || strcmp(fo->slots[j].key, tn->slots[k].key) != 0 ||

@@ -173,6 +173,28 @@ class HotSwap(unittest.TestCase):
         self.assertEqual(self.toy_version(c), "2.0.0")
         c.close()
 
+    def test_a_changed_slot_layout_needs_the_migrate_hook(self):
+        c = self.start()
+        r = c.call("open", session="mig", optimizer="toy", hparams={"lr": LR})
+        s = {"session": "mig", "token": r["token"]}
+        g = np.array([0.25, 0.5, 1.0], np.float32)
+        c.call("register", **s, params={"p": tensor(np.zeros(3, np.float32))})
+        c.call("step", **s, grads={"p": tensor(g)})
+        # 3.1.0 keeps acc as float64 and has no hook: the session stays.
+        self.assertTrue(c.call("load", path=toy("v3_nohook"), admin_token=ADMIN)["ok"])
+        c.call("step", **s, grads={"p": tensor(g)})
+        info = c.call("info", **s)
+        self.assertEqual(info["optimizer_version"], "1.0.0")
+        self.assertIn("cannot carry it", self.daemon.read_log())
+        # 3.0.0 has the hook: acc becomes float64 with the sum so far.
+        self.assertTrue(c.call("load", path=toy("v3"), admin_token=ADMIN)["ok"])
+        c.call("step", **s, grads={"p": tensor(g)})
+        self.assertEqual(c.call("info", **s)["optimizer_version"], "3.0.0")
+        acc = array(c.call("state", **s)["state"]["p"]["acc"])
+        self.assertEqual(acc.dtype, np.float64)
+        np.testing.assert_array_equal(acc, 3 * g.astype(np.float64))
+        c.close()
+
     def test_sighup_rescans(self):
         c = self.start(watch="off")
         put(self.plugin_dir, "v2")

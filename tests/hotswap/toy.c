@@ -6,7 +6,11 @@
  *   TOY_VERSION  its version string;
  *   TOY_EXTRA    1: declares one more hyperparameter (a schema change);
  *   TOY_BROKEN   0: sound; 1: built for ABI major 99; 2: exports another
- *                symbol name; 3: refuses its own defaults; 4: crashes in step.
+ *                symbol name; 3: refuses its own defaults; 4: crashes in step;
+ *   TOY_ACC_F64  1: keeps "acc" in float64 whatever the parameter (a slot
+ *                layout change under the same key);
+ *   TOY_MIGRATE  1: declares the ABI 1.1 migrate hook that converts an old
+ *                "acc" into the new layout.
  * One slot, "acc", sums every gradient, so a test can check that state is
  * carried over every swap.
  */
@@ -26,6 +30,12 @@
 #ifndef TOY_BROKEN
 #define TOY_BROKEN 0
 #endif
+#ifndef TOY_ACC_F64
+#define TOY_ACC_F64 0
+#endif
+#ifndef TOY_MIGRATE
+#define TOY_MIGRATE 0
+#endif
 
 static const optimd_hparam_def toy_hparams[] = {
     {.struct_size = sizeof(optimd_hparam_def), .type = OPTIMD_HP_FLOAT, .flags = OPTIMD_HP_MUTABLE,
@@ -38,8 +48,8 @@ static const optimd_hparam_def toy_hparams[] = {
 #define TOY_N_HPARAMS (sizeof toy_hparams / sizeof toy_hparams[0])
 
 static const optimd_slot_def toy_slots[] = {
-    {.struct_size = sizeof(optimd_slot_def), .shape = OPTIMD_SLOT_LIKE_PARAM, .key = "acc",
-     .doc = "The sum of every gradient."},
+    {.struct_size = sizeof(optimd_slot_def), .shape = OPTIMD_SLOT_LIKE_PARAM,
+     .dtype = TOY_ACC_F64 ? OPTIMD_DTYPE_F64 : 0, .key = "acc", .doc = "The sum of every gradient."},
 };
 
 static optimd_status toy_check(const optimd_host *host, const double *hp, uint32_t n)
@@ -65,11 +75,12 @@ static optimd_status toy_step(const optimd_host *host, const optimd_step_args *a
     }
     const double lr = a->hparams[0];
     if (a->param->dtype == OPTIMD_DTYPE_F32) {
-        float *p = a->param->data, *acc = a->slots[0].data;
+        float *p = a->param->data;
         const float *g = a->grad->data;
         const float c = (float)(lr * TOY_SCALE);
         for (int64_t i = 0; i < a->param->numel; i++) {
-            acc[i] = acc[i] + g[i];
+            if (TOY_ACC_F64) ((double *)a->slots[0].data)[i] += g[i];
+            else ((float *)a->slots[0].data)[i] += g[i];
             p[i] = p[i] - c * g[i];
         }
     } else {
@@ -84,6 +95,26 @@ static optimd_status toy_step(const optimd_host *host, const optimd_step_args *a
     return OPTIMD_OK;
 }
 
+#if TOY_MIGRATE
+/* An "acc" kept in the parameter's dtype becomes float64. */
+static optimd_status toy_migrate(const optimd_host *host, const optimd_migrate_args *a)
+{
+    for (uint32_t j = 0; j < a->n_from_slots; j++) {
+        const optimd_tensor *from = &a->from_slots[j];
+        if (from->data == NULL || a->from_keys[j][0] != 'a') continue;
+        if (from->numel != a->slots[0].numel) {
+            host->set_error(host->call, "acc has another size");
+            return OPTIMD_ERR_INVALID;
+        }
+        double *to = a->slots[0].data;
+        for (int64_t i = 0; i < from->numel; i++)
+            to[i] = from->dtype == OPTIMD_DTYPE_F32 ? (double)((const float *)from->data)[i]
+                                                    : ((const double *)from->data)[i];
+    }
+    return OPTIMD_OK;
+}
+#endif
+
 static const optimd_optimizer toy_optimizer = {
     .struct_size = sizeof(optimd_optimizer),
     .n_hparams = TOY_N_HPARAMS,
@@ -93,6 +124,9 @@ static const optimd_optimizer toy_optimizer = {
     .slots = toy_slots,
     .check_hparams = toy_check,
     .step = toy_step,
+#if TOY_MIGRATE
+    .migrate = toy_migrate,
+#endif
 };
 
 #if TOY_BROKEN == 2

@@ -56,6 +56,17 @@ PIN_AT(optimd_optimizer, dtypes, 20);
 PIN_AT(optimd_optimizer, slots, 24);
 PIN_AT(optimd_optimizer, check_hparams, 32);
 PIN_AT(optimd_optimizer, step, 40);
+PIN_AT(optimd_optimizer, migrate, 48);         /* 1.1 */
+PIN_AT(optimd_migrate_args, hparams, 8);       /* 1.1 */
+PIN_AT(optimd_migrate_args, from_id, 16);
+PIN_AT(optimd_migrate_args, from_version, 24);
+PIN_AT(optimd_migrate_args, step, 32);
+PIN_AT(optimd_migrate_args, param, 40);
+PIN_AT(optimd_migrate_args, n_from_slots, 48);
+PIN_AT(optimd_migrate_args, n_slots, 52);
+PIN_AT(optimd_migrate_args, from_keys, 56);
+PIN_AT(optimd_migrate_args, from_slots, 64);
+PIN_AT(optimd_migrate_args, slots, 72);
 
 PIN_AT(optimd_sched_args, n_hparams, 4);
 PIN_AT(optimd_sched_args, hparams, 8);

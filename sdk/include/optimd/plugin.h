@@ -194,6 +194,27 @@ typedef struct optimd_step_args {
     uint32_t reserved;
 } optimd_step_args;
 
+/* ABI 1.1. Arguments of a state migration (optimd_optimizer.migrate) for
+ * one parameter, when a session moves to this plugin from another optimizer
+ * or from another version of this one. */
+typedef struct optimd_migrate_args {
+    uint32_t struct_size;
+    uint32_t n_hparams;
+    const double *hparams;           /* this plugin's, declaration order */
+    const char *from_id;             /* the plugin the state comes from */
+    const char *from_version;
+    uint64_t step;                   /* the parameter's step count */
+    const optimd_tensor *param;      /* read-only */
+    uint32_t n_from_slots;
+    uint32_t n_slots;
+    const char *const *from_keys;    /* the old plugin's slot keys */
+    const optimd_tensor *from_slots; /* read-only; data NULL where it had none */
+    optimd_tensor *slots;            /* this plugin's, declaration order: slots
+                                      * whose key and layout are unchanged hold
+                                      * a copy of the old values, the others
+                                      * zeros; data NULL when disabled */
+} optimd_migrate_args;
+
 typedef struct optimd_optimizer {
     uint32_t struct_size;
     uint32_t n_hparams;
@@ -212,6 +233,19 @@ typedef struct optimd_optimizer {
      * different parameters (and sessions) concurrently. */
     optimd_status (*step)(const optimd_host *host,
                           const optimd_step_args *args);
+
+    /* ---- ABI 1.1; the host reads it only when struct_size covers it. */
+
+    /* Optional (NULL). Converts a parameter's state when a session moves to
+     * this plugin (hot swap of a new version, or the `switch` op). Without
+     * it the host carries slots by key and zero-fills new ones, and refuses
+     * the move when a slot keeps its key but changes dtype or shape; with
+     * it the host accepts that too and lets this hook fill the new slot
+     * from `from_slots`. Return OPTIMD_OK, or an error (with set_error) to
+     * refuse: the session then stays on the plugin it had. Calling thread
+     * only; nothing else runs on the session meanwhile. */
+    optimd_status (*migrate)(const optimd_host *host,
+                             const optimd_migrate_args *args);
 } optimd_optimizer;
 
 /* ------------------------------------------------------------ scheduler -- */
