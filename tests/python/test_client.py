@@ -314,6 +314,49 @@ class Ops(DaemonTestCase):
         self.assertEqual(self.client.info(s).steps, 1)
 
 
+class SwitchAndAdmin(DaemonTestCase):
+    ADMIN = "py-admin-token-for-the-test"
+    DAEMON_ARGS = ("--admin-token", ADMIN)
+
+    def setUp(self) -> None:
+        self.client = optimd.Client(self.daemon.url, timeout=60)
+        self.addCleanup(self.client.close)
+
+    def test_switch_carries_the_momentum_buffer(self) -> None:
+        s = self.client.open("switch", "sgd", {"lr": 0.1, "momentum": 0.9})
+        self.addCleanup(self.client.close_session, s)
+        self.client.register(s, {"w": np.linspace(-1, 1, 4).astype(np.float32)})
+        for g in (0.5, 1.5):
+            self.client.step(s, {"w": np.full(4, g, np.float32)})
+        before = self.client.state(s)["w"]["momentum_buffer"]
+        self.assertTrue(np.any(before != 0))  # else "unchanged" would prove nothing
+
+        r = self.client.switch(s, "rmsprop")
+        self.assertIsInstance(r, optimd.SwitchResult)
+        self.assertEqual((r.optimizer, r.carried), ("rmsprop", ("momentum_buffer",)))
+        self.assertRegex(r.optimizer_version, r"^\d+\.\d+")
+        np.testing.assert_array_equal(self.client.state(s)["w"]["momentum_buffer"], before)
+        info = self.client.info(s)
+        self.assertEqual((info.optimizer, info.optimizer_version, info.steps), ("rmsprop", r.optimizer_version, 2))
+        self.assertEqual(info.hparams["momentum"], 0.9)  # carried by key
+        with self.assertRaises(optimd.UnknownPluginError):
+            self.client.switch(s, "no-such-optimizer")
+
+    def test_reload_needs_the_admin_token(self) -> None:
+        loads = self.client.reload(self.ADMIN)
+        self.assertIsInstance(loads, list)
+        for entry in loads:
+            self.assertIsInstance(entry, optimd.PluginLoad)
+            self.assertEqual(entry.error is None, entry.loaded, entry)
+        with self.assertRaises(optimd.BadTokenError) as caught:
+            self.client.reload(self.ADMIN + "x")
+        self.assertEqual(caught.exception.code, 21)
+        with self.assertRaises(optimd.BadTokenError):
+            self.client.load("/nonexistent/plugin.so", "wrong")
+        with self.assertRaises(optimd.PluginError):
+            self.client.load("/nonexistent/plugin.so", self.ADMIN)
+
+
 class Offline(unittest.TestCase):
     def test_request_fields_on_the_wire(self) -> None:
         def answer(request: bytes) -> bytes:

@@ -105,6 +105,9 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], messages.Request]] = {
     "register": lambda c: messages.register(session_of(c), tensors(c.pop("params")), c.pop("group", None)),
     "step": _step,
     "observe": lambda c: messages.observe(session_of(c), c.pop("metric"), c.pop("group", None)),
+    "switch": lambda c: messages.switch(session_of(c), c.pop("optimizer"), c.pop("hparams", None)),
+    "reload": lambda c: messages.reload(c.pop("admin_token")),
+    "load": lambda c: messages.load(c.pop("path"), c.pop("admin_token")),
     "pull": lambda c: messages.pull(session_of(c), c.pop("names", None)),
     "state": lambda c: messages.state(session_of(c), c.pop("names", None)),
     "export": lambda c: messages.export(session_of(c)),
@@ -157,7 +160,7 @@ ALIASES: dict[tuple[type, str], str] = {
 # op -> the key of the reply whose value the typed result is, for ops whose
 # methods return one value rather than a result object.
 UNWRAP = {"plugins": "plugins", "sessions": "sessions", "pull": "params", "state": "state",
-          "export": "snapshot", "register": "registered"}
+          "export": "snapshot", "register": "registered", "reload": "plugins", "load": "plugins"}
 
 
 def absent(value: Any) -> bool:

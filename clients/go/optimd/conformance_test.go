@@ -179,6 +179,12 @@ func buildRequest(c *callArgs) *optimd.Request {
 		})
 	case "observe":
 		return optimd.NewObserveRequest(session(), c.float("metric"), c.str("group"))
+	case "switch":
+		return optimd.NewSwitchRequest(session(), c.str("optimizer"), c.hparams("hparams"))
+	case "reload":
+		return optimd.NewReloadRequest(c.str("admin_token"))
+	case "load":
+		return optimd.NewLoadRequest(c.str("path"), c.str("admin_token"))
 	case "pull":
 		return optimd.NewPullRequest(session(), c.strings("names"))
 	case "state":
@@ -531,6 +537,9 @@ var replyParsers = map[string]func(id uint64, b []byte) (any, error){
 	"export":      wrapParse(optimd.ParseExportReply),
 	"import":      wrapParse(optimd.ParseImportReply),
 	"observe":     wrapParse(optimd.ParseObserveReply),
+	"switch":      wrapParse(optimd.ParseSwitchReply),
+	"reload":      wrapParse(optimd.ParseReloadReply),
+	"load":        wrapParse(optimd.ParseLoadReply),
 }
 
 func wrapParse[T any](f func(uint64, []byte) (T, error)) func(uint64, []byte) (any, error) {

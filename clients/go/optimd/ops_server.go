@@ -312,3 +312,110 @@ func (c *Client) Sessions(ctx context.Context) ([]SessionSummary, error) {
 	}
 	return res.Sessions, nil
 }
+
+// Admin ops: reload and load hot-swap plugins. They need the token the
+// daemon was started with (--admin-token); a wrong one is ErrBadToken.
+
+// PluginLoad reports one plugin file that reload or load tried.
+type PluginLoad struct {
+	Path   string `json:"path"`
+	Loaded bool   `json:"loaded"`
+	// ID and Version name the plugin now current when Loaded.
+	ID      string `json:"id,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Error says why the file was refused when not Loaded (the running
+	// version stays).
+	Error string `json:"error,omitempty"`
+}
+
+// ReloadResult is the reply to reload and load.
+type ReloadResult struct {
+	Plugins []PluginLoad `json:"plugins"`
+}
+
+// NewReloadRequest builds reload.
+func NewReloadRequest(adminToken string) *Request {
+	r := newRequest("reload")
+	r.Args["admin_token"] = adminToken
+	return r
+}
+
+// NewLoadRequest builds load of the plugin file at path (on the daemon's
+// machine).
+func NewLoadRequest(path, adminToken string) *Request {
+	r := newRequest("load")
+	r.Args["path"] = path
+	r.Args["admin_token"] = adminToken
+	return r
+}
+
+// ParseReloadReply parses the reply to reload request id.
+func ParseReloadReply(id uint64, b []byte) (*ReloadResult, error) {
+	return parseReloadReply("reload", id, b)
+}
+
+// ParseLoadReply parses the reply to load request id.
+func ParseLoadReply(id uint64, b []byte) (*ReloadResult, error) {
+	return parseReloadReply("load", id, b)
+}
+
+func parseReloadReply(op string, id uint64, b []byte) (*ReloadResult, error) {
+	return parseReply(op, id, b, func(m map[string]any) (*ReloadResult, error) {
+		raw, err := getArray(m, "plugins")
+		if err != nil {
+			return nil, err
+		}
+		res := &ReloadResult{Plugins: make([]PluginLoad, len(raw))}
+		for i, v := range raw {
+			pm, ok := v.(map[string]any)
+			if !ok {
+				return nil, wrongType(fmt.Sprintf("plugins[%d]", i), v, "map")
+			}
+			if res.Plugins[i], err = parsePluginLoad(pm); err != nil {
+				return nil, fmt.Errorf("plugins[%d]: %w", i, err)
+			}
+		}
+		return res, nil
+	})
+}
+
+func parsePluginLoad(m map[string]any) (PluginLoad, error) {
+	var p PluginLoad
+	var err error
+	if p.Path, err = getString(m, "path"); err != nil {
+		return p, err
+	}
+	if p.Loaded, err = getBool(m, "loaded"); err != nil {
+		return p, err
+	}
+	if !p.Loaded {
+		p.Error, err = getString(m, "error")
+		return p, err
+	}
+	if p.ID, err = getString(m, "id"); err != nil {
+		return p, err
+	}
+	p.Version, err = getString(m, "version")
+	return p, err
+}
+
+// Reload makes the daemon rescan its plugin directories and load every new
+// or changed plugin file as the current version of its id; sessions move
+// to it between two of their steps. It returns one entry per file tried.
+func (c *Client) Reload(ctx context.Context, adminToken string) ([]PluginLoad, error) {
+	res, err := call(ctx, c, NewReloadRequest(adminToken), ParseReloadReply)
+	if err != nil {
+		return nil, err
+	}
+	return res.Plugins, nil
+}
+
+// Load loads the plugin file at path (on the daemon's machine) as Reload
+// loads a changed one. A refused file is ErrPlugin.
+func (c *Client) Load(ctx context.Context, path, adminToken string) ([]PluginLoad, error) {
+	res, err := call(ctx, c, NewLoadRequest(path, adminToken), ParseLoadReply)
+	if err != nil {
+		return nil, err
+	}
+	return res.Plugins, nil
+}

@@ -710,3 +710,52 @@ func ParseImportReply(id uint64, b []byte) (*ImportResult, error) {
 func (c *Client) Import(ctx context.Context, snapshot []byte, opts *ImportOptions) (*ImportResult, error) {
 	return call(ctx, c, NewImportRequest(snapshot, opts), ParseImportReply)
 }
+
+// SwitchResult is the reply to switch.
+type SwitchResult struct {
+	Optimizer        string `json:"optimizer"`
+	OptimizerVersion string `json:"optimizer_version"`
+	// Carried lists the state slot keys kept from the previous optimizer
+	// (same key and layout); the new optimizer's other slots start
+	// zero-filled. Empty, not nil, when none was.
+	Carried []string `json:"carried"`
+}
+
+// NewSwitchRequest builds switch to the optimizer plugin optimizer; hp
+// (may be nil) applies over the hyperparameters the session keeps.
+func NewSwitchRequest(s Session, optimizer string, hp Hparams) *Request {
+	r := sessionRequest("switch", s)
+	r.Args["optimizer"] = optimizer
+	if hp != nil {
+		r.Args["hparams"] = map[string]any(hp)
+	}
+	return r
+}
+
+// ParseSwitchReply parses the reply to switch request id.
+func ParseSwitchReply(id uint64, b []byte) (*SwitchResult, error) {
+	return parseReply("switch", id, b, func(m map[string]any) (*SwitchResult, error) {
+		var res SwitchResult
+		var err error
+		if res.Optimizer, err = getString(m, "optimizer"); err != nil {
+			return nil, err
+		}
+		if res.OptimizerVersion, err = getString(m, "optimizer_version"); err != nil {
+			return nil, err
+		}
+		if res.Carried, err = getStrings(m, "carried"); err != nil {
+			return nil, err
+		}
+		return &res, nil
+	})
+}
+
+// Switch moves the session to another optimizer plugin between two steps
+// (e.g. SGD to Adam mid-training). The new optimizer takes the session's
+// values of the hyperparameters it shares, its defaults for the rest, then
+// hp (may be nil) over them; steps, parameters, groups and schedules carry
+// on. All or nothing: a refused hyperparameter leaves the session as it
+// was.
+func (c *Client) Switch(ctx context.Context, s Session, optimizer string, hp Hparams) (*SwitchResult, error) {
+	return call(ctx, c, NewSwitchRequest(s, optimizer, hp), ParseSwitchReply)
+}

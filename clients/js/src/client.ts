@@ -24,6 +24,7 @@ import {
   type OpenResult,
   type Op,
   type PluginInfo,
+  type PluginLoad,
   type Request,
   type RegisterOptions,
   type Results,
@@ -33,6 +34,8 @@ import {
   type SessionSummary,
   type StepOptions,
   type StepResult,
+  type SwitchOptions,
+  type SwitchResult,
   encodeRequest,
   parseReply,
   requests,
@@ -229,5 +232,25 @@ export class Client {
   /** Creates a session from an exported snapshot; it gets a new token. */
   import(snapshot: Uint8Array, opts: ImportOptions = {}, call?: CallOptions): Promise<ImportResult> {
     return this.call(requests.import(snapshot, opts), call);
+  }
+
+  /** Moves the session to another optimizer plugin between two steps,
+   * keeping the hyperparameters and state slots the two share (`carried`);
+   * steps, parameters, groups and schedules go on. All or nothing. */
+  switch(s: SessionRef, optimizer: string, opts: SwitchOptions = {}, call?: CallOptions): Promise<SwitchResult> {
+    return this.call(requests.switch(s, optimizer, opts), call);
+  }
+
+  /** Admin (the daemon's `--admin-token`): rescans the plugin directories
+   * and hot-swaps every new or changed plugin file; one entry per file
+   * tried. A wrong token rejects with ServerError BAD_TOKEN. */
+  async reload(adminToken: string, call?: CallOptions): Promise<PluginLoad[]> {
+    return (await this.call(requests.reload(adminToken), call)).plugins;
+  }
+
+  /** Admin: loads the plugin file at `path` (on the daemon's machine) as
+   * `reload` loads a changed one; a refused file is ServerError PLUGIN. */
+  async load(path: string, adminToken: string, call?: CallOptions): Promise<PluginLoad[]> {
+    return (await this.call(requests.load(path, adminToken), call)).plugins;
   }
 }

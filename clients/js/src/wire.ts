@@ -223,6 +223,25 @@ export interface ImportResult extends SessionRef {
   steps: number;
 }
 
+export interface SwitchResult {
+  /** The optimizer the session now runs, and its version. */
+  optimizer: string;
+  optimizer_version: string;
+  /** The state slot keys carried over (same key and layout); the new
+   * optimizer's other slots start zero-filled. */
+  carried: string[];
+}
+
+/** One plugin file a `reload` or `load` tried: loaded as the current
+ * version of plugin `id`, or refused (the running version stays). */
+export type PluginLoad =
+  | { path: string; loaded: true; id: string; version: string }
+  | { path: string; loaded: false; error: string };
+
+export interface ReloadResult {
+  plugins: PluginLoad[];
+}
+
 /** The result type of each op. */
 export interface Results {
   hello: Hello;
@@ -241,6 +260,9 @@ export interface Results {
   state: StateResult;
   export: ExportResult;
   import: ImportResult;
+  switch: SwitchResult;
+  reload: ReloadResult;
+  load: ReloadResult;
 }
 
 export type Op = keyof Results;
@@ -248,6 +270,7 @@ export type Op = keyof Results;
 export const OPS: readonly Op[] = [
   "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
   "sessions", "register", "step", "observe", "pull", "state", "export", "import",
+  "switch", "reload", "load",
 ];
 
 // --------------------------------------------------------------- requests
@@ -333,6 +356,12 @@ export interface SetHparamsOptions {
 export interface ObserveOptions {
   /** Only this group (default: every group whose scheduler takes a metric). */
   group?: string;
+}
+
+export interface SwitchOptions {
+  /** Applied over the hyperparameters the session keeps (those the new
+   * optimizer shares) and its defaults for the rest. */
+  hparams?: HparamMap;
 }
 
 export interface ImportOptions {
@@ -526,6 +555,17 @@ export const requests = {
     if (opts.session !== undefined) fields["session"] = str(opts.session, "session");
     if (opts.durability !== undefined) fields["durability"] = str(opts.durability, "durability");
     return { op: "import", fields };
+  },
+  switch(s: SessionRef, optimizer: string, opts: SwitchOptions = {}): Request<"switch"> {
+    const fields: Record<string, unknown> = { ...ref(s), optimizer: str(optimizer, "optimizer") };
+    if (opts.hparams !== undefined) fields["hparams"] = hparamMap(opts.hparams, "hparams");
+    return { op: "switch", fields };
+  },
+  reload(adminToken: string): Request<"reload"> {
+    return { op: "reload", fields: { admin_token: str(adminToken, "admin_token") } };
+  },
+  load(path: string, adminToken: string): Request<"load"> {
+    return { op: "load", fields: { path: str(path, "path"), admin_token: str(adminToken, "admin_token") } };
   },
 };
 
@@ -810,7 +850,23 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   },
   export: (r) => ({ snapshot: r.bin("snapshot") }),
   import: (r) => ({ session: r.str("session"), token: r.str("token"), steps: r.uint("steps") }),
+  switch: (r) => ({
+    optimizer: r.str("optimizer"),
+    optimizer_version: r.str("optimizer_version"),
+    carried: r.array("carried").map((k) => (typeof k === "string" ? k : r.fail("carried", "an array of strings"))),
+  }),
+  reload: reloadResult,
+  load: reloadResult,
 };
+
+function reloadResult(r: Reader): ReloadResult {
+  return {
+    plugins: r.list("plugins", (p): PluginLoad =>
+      p.bool("loaded")
+        ? { path: p.str("path"), loaded: true, id: p.str("id"), version: p.str("version") }
+        : { path: p.str("path"), loaded: false, error: p.str("error") }),
+  };
+}
 
 function sessionInfo(r: Reader): SessionInfo {
   const info: SessionInfo = {

@@ -615,3 +615,60 @@ describe("transport failures", () => {
     }
   });
 });
+
+describe("switch and the admin ops", () => {
+  const ADMIN = "js-admin-token-for-the-test";
+  let admind: Daemon;
+  let c: Client;
+
+  before(async () => {
+    admind = await Daemon.start("--admin-token", ADMIN);
+    c = new Client(admind.url, { timeoutMs: 30000 });
+  });
+
+  after(async () => {
+    c?.close();
+    if (!admind) return;
+    const log = admind.log();
+    const status = await admind.stop();
+    assert.equal(status, 0, `optimd exited ${status}; its log:\n${log}`);
+  });
+
+  test("switch from sgd to rmsprop carries the momentum buffer", async () => {
+    const s = await c.open("switch", "sgd", { hparams: { lr: 0.1, momentum: 0.9 } });
+    await c.register(s, { w: tensor(new Float32Array([-1, -0.5, 0.5, 1])) });
+    for (const g of [0.5, 1.5]) await c.step(s, { w: tensor(new Float32Array(4).fill(g)) }, { return: false });
+    const before = (await c.state(s))["w"]!["momentum_buffer"]!;
+    // A zero buffer would make "unchanged" prove nothing.
+    assert.ok(Array.from(before.data).some((x) => x !== 0), "momentum_buffer is zero before the switch");
+
+    const r = await c.switch(s, "rmsprop");
+    assert.equal(r.optimizer, "rmsprop");
+    assert.deepEqual(r.carried, ["momentum_buffer"]);
+    assert.match(r.optimizer_version, /^\d+\.\d+/);
+    const after = (await c.state(s))["w"]!["momentum_buffer"]!;
+    assert.equal(after.dtype, before.dtype);
+    assert.deepEqual(after.shape, before.shape);
+    assert.deepEqual(Array.from(after.data), Array.from(before.data));
+    const info = await c.info(s);
+    assert.equal(info.optimizer, "rmsprop");
+    assert.equal(info.optimizer_version, r.optimizer_version);
+    assert.equal(info.steps, 2);
+    assert.equal(info.hparams["momentum"], 0.9); // carried by key
+    await assert.rejects(c.switch(s, "no_such_optimizer"), assertServerError(ErrorCode.UNKNOWN_PLUGIN, "UNKNOWN_PLUGIN"));
+  });
+
+  test("reload and load need the admin token", async () => {
+    const loads = await c.reload(ADMIN);
+    assert.ok(Array.isArray(loads));
+    for (const l of loads) {
+      assert.equal(typeof l.path, "string");
+      if (l.loaded) assert.equal(typeof l.id, "string");
+      else assert.equal(typeof l.error, "string");
+    }
+    assert.equal(ErrorCode.BAD_TOKEN, 21);
+    await assert.rejects(c.reload(`${ADMIN}x`), assertServerError(21, "BAD_TOKEN"));
+    await assert.rejects(c.load("/nonexistent/plugin.so", "wrong"), assertServerError(21, "BAD_TOKEN"));
+    await assert.rejects(c.load("/nonexistent/plugin.so", ADMIN), assertServerError(ErrorCode.PLUGIN, "PLUGIN"));
+  });
+});

@@ -105,6 +105,9 @@ function build(c: Call): Request {
     case "export": return requests.export(c.session());
     case "import":
       return requests.import(fromHex(c.get("snapshot")), c.pick(["session", "durability"]));
+    case "switch": return requests.switch(c.session(), c.get("optimizer"), c.pick(["hparams"]));
+    case "reload": return requests.reload(c.get("admin_token"));
+    case "load": return requests.load(c.get("path"), c.get("admin_token"));
   }
   throw new Error(`vector names op ${String(op)}, which this client does not know`);
 }

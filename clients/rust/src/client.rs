@@ -221,6 +221,29 @@ impl Client {
     pub fn import(&mut self, snapshot: &[u8], options: &ImportOptions) -> Result<Imported> {
         self.call(|id| request::import(id, snapshot, options), reply::import)
     }
+
+    /// `switch`: moves the session to optimizer plugin `optimizer` between
+    /// two steps. The new optimizer keeps the session's values of the
+    /// hyperparameters it shares, `hparams` over them; state slots of the
+    /// same key and layout carry over (`carried`), the others start
+    /// zero-filled. All or nothing.
+    pub fn switch(&mut self, s: &Session, optimizer: &str, hparams: Option<&Hparams>) -> Result<Switched> {
+        self.call(|id| request::switch(id, s, optimizer, hparams), reply::switch)
+    }
+
+    /// `reload` (admin: the daemon's `--admin-token`): rescans the plugin
+    /// directories and hot-swaps every new or changed plugin file; one entry
+    /// per file tried. A wrong token is [`ErrorCode::BadToken`](crate::ErrorCode::BadToken).
+    pub fn reload(&mut self, admin_token: &str) -> Result<Vec<PluginLoad>> {
+        self.call(|id| request::reload(id, admin_token), reply::reload)
+    }
+
+    /// `load` (admin): loads the plugin file at `path`, on the daemon's
+    /// machine, as `reload` loads a changed one. A refused file is
+    /// [`ErrorCode::Plugin`](crate::ErrorCode::Plugin).
+    pub fn load(&mut self, path: &str, admin_token: &str) -> Result<Vec<PluginLoad>> {
+        self.call(|id| request::load(id, path, admin_token), reply::reload)
+    }
 }
 
 /// See [`Client::with_timeout`].

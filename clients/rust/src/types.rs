@@ -723,3 +723,37 @@ pub struct Imported {
 
 /// Reply of `state`: parameter → slot key → tensor.
 pub type StateMap = BTreeMap<String, BTreeMap<String, Tensor>>;
+
+/// Reply of `switch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switched {
+    /// The optimizer the session now runs, and its version.
+    pub optimizer: String,
+    pub optimizer_version: String,
+    /// The state slot keys carried over (same key and layout); the new
+    /// optimizer's other slots start zero-filled.
+    pub carried: Vec<String>,
+}
+
+/// One plugin file that `reload` or `load` tried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginLoad {
+    /// The file, on the daemon's machine.
+    pub path: String,
+    pub outcome: LoadOutcome,
+}
+
+/// What became of a plugin file: loaded as the current version of plugin
+/// `id`, or refused (the running version stays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded { id: String, version: String },
+    Refused { error: String },
+}
+
+impl PluginLoad {
+    /// The reply's `loaded`.
+    pub fn loaded(&self) -> bool {
+        matches!(self.outcome, LoadOutcome::Loaded { .. })
+    }
+}

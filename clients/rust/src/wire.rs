@@ -501,6 +501,38 @@ pub mod request {
         names_op(id, "state", s, names)
     }
 
+    /// `hparams` None: the new optimizer keeps the session's values of the
+    /// keys it shares and takes its defaults for the rest.
+    pub fn switch(id: u64, s: &Session, optimizer: &str, hparams: Option<&Hparams>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "switch", Some(s), 1 + hparams.is_some() as usize)?;
+        m.str("optimizer")?;
+        m.str(optimizer)?;
+        if let Some(h) = hparams {
+            m.str("hparams")?;
+            m.hparams(h)?;
+        }
+        Ok(m)
+    }
+
+    pub fn reload(id: u64, admin_token: &str) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "reload", None, 1)?;
+        m.str("admin_token")?;
+        m.str(admin_token)?;
+        Ok(m)
+    }
+
+    pub fn load(id: u64, path: &str, admin_token: &str) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "load", None, 2)?;
+        m.str("path")?;
+        m.str(path)?;
+        m.str("admin_token")?;
+        m.str(admin_token)?;
+        Ok(m)
+    }
+
     pub fn import<'a>(id: u64, snapshot: &'a [u8], o: &ImportOptions) -> Result<Message<'a>> {
         let mut m = Message::new();
         let extra = 1 + o.session.is_some() as usize + o.durability.is_some() as usize;
@@ -1044,6 +1076,34 @@ pub mod reply {
             Value::Binary(b) => Ok(b),
             _ => Err(bad(&p, "not binary")),
         }
+    }
+
+    pub fn switch(bytes: &[u8], id: u64) -> Result<Switched> {
+        let mut f = envelope(bytes, id)?;
+        let (carried, p) = f.array("carried")?;
+        Ok(Switched {
+            optimizer: f.str("optimizer")?,
+            optimizer_version: f.str("optimizer_version")?,
+            carried: carried.into_iter().map(|v| as_str(v, &p)).collect::<Result<_>>()?,
+        })
+    }
+
+    fn plugin_load(v: Value, p: &str) -> Result<PluginLoad> {
+        let mut f = Fields::from_value(v, p)?;
+        let path = f.str("path")?;
+        let outcome = if f.bool("loaded")? {
+            LoadOutcome::Loaded { id: f.str("id")?, version: f.str("version")? }
+        } else {
+            LoadOutcome::Refused { error: f.str("error")? }
+        };
+        Ok(PluginLoad { path, outcome })
+    }
+
+    /// `reload` and `load`.
+    pub fn reload(bytes: &[u8], id: u64) -> Result<Vec<PluginLoad>> {
+        let mut f = envelope(bytes, id)?;
+        let (a, p) = f.array("plugins")?;
+        a.into_iter().enumerate().map(|(i, v)| plugin_load(v, &format!("{p}[{i}]"))).collect()
     }
 
     pub fn import(bytes: &[u8], id: u64) -> Result<Imported> {

@@ -118,8 +118,10 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
             };
             request::open(id, get("session").unwrap().str(), get("optimizer").unwrap().str(), &o)
         }
+        "reload" => request::reload(id, get("admin_token").expect("admin_token").str()),
+        "load" => request::load(id, get("path").expect("path").str(), get("admin_token").expect("admin_token").str()),
         "attach" | "hparams" | "close" | "export" | "info" | "set_hparams" | "register" | "step" | "pull"
-        | "state" | "observe" => {
+        | "state" | "observe" | "switch" => {
             get("session");
             get("token");
             let s = session();
@@ -132,6 +134,11 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                 "set_hparams" => {
                     let h = hparams_from_json(get("hparams").expect("hparams"));
                     request::set_hparams(id, &s, &h, get("group").map(Json::str))
+                }
+                "switch" => {
+                    let optimizer = get("optimizer").expect("optimizer").str();
+                    let h = get("hparams").map(hparams_from_json);
+                    request::switch(id, &s, optimizer, h.as_ref())
                 }
                 "observe" => {
                     let metric = get("metric").expect("metric").f64();
@@ -501,6 +508,31 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
             obj(vec![("state", Json::Object(st.iter().map(|(k, m)| (k.clone(), tmap(m))).collect()))])
         }
         "export" => obj(vec![("snapshot", s(&hex(&reply::export(bytes, id)?)))]),
+        "switch" => {
+            let r = reply::switch(bytes, id)?;
+            obj(vec![
+                ("optimizer", s(&r.optimizer)),
+                ("optimizer_version", s(&r.optimizer_version)),
+                ("carried", Json::Array(r.carried.iter().map(|k| s(k)).collect())),
+            ])
+        }
+        "reload" | "load" => {
+            let list = reply::reload(bytes, id)?
+                .iter()
+                .map(|l| {
+                    let mut o = vec![("path", s(&l.path)), ("loaded", Json::Bool(l.loaded()))];
+                    match &l.outcome {
+                        LoadOutcome::Loaded { id, version } => {
+                            o.push(("id", s(id)));
+                            o.push(("version", s(version)));
+                        }
+                        LoadOutcome::Refused { error } => o.push(("error", s(error))),
+                    }
+                    obj(o)
+                })
+                .collect();
+            obj(vec![("plugins", Json::Array(list))])
+        }
         "import" => {
             let i = reply::import(bytes, id)?;
             obj(vec![("session", s(&i.session.name)), ("token", s(&i.session.token)), ("steps", u(i.steps))])

@@ -731,3 +731,44 @@ fn lookahead_and_a_sequential_schedule() {
     drop(c);
     d.stop();
 }
+
+#[test]
+fn switch_carries_the_momentum_buffer_and_reload_needs_the_admin_token() {
+    const ADMIN: &str = "rust-admin-token-for-the-test";
+    let d = Daemon::start_with(&["--admin-token", ADMIN]);
+    let mut c = client(&d);
+
+    let s = c.open("switch", "sgd", &OpenOptions::new().hparam("lr", 0.1).hparam("momentum", 0.9)).unwrap().session;
+    c.register(&s, &[("w", TensorRef::f32(&[4], &[-1.0, -0.5, 0.5, 1.0]).unwrap())]).unwrap();
+    for g in [0.5f32, 1.5] {
+        c.step(&s, &[("w", TensorRef::f32(&[4], &[g; 4]).unwrap())], &StepOptions::new().return_params(false))
+            .unwrap();
+    }
+    let before = c.state(&s, None).unwrap()["w"]["momentum_buffer"].clone();
+    // A zero buffer would make "unchanged" prove nothing.
+    assert!(before.to_f32().unwrap().iter().any(|&x| x != 0.0), "{before:?}");
+
+    let r = c.switch(&s, "rmsprop", None).unwrap();
+    assert_eq!(r.optimizer, "rmsprop");
+    assert_eq!(r.carried, ["momentum_buffer"]);
+    assert!(r.optimizer_version.split('.').count() >= 2, "version {:?}", r.optimizer_version);
+    let after = c.state(&s, None).unwrap()["w"]["momentum_buffer"].clone();
+    assert_eq!(after, before, "the switch changed the momentum buffer");
+    let info = c.info(&s, None).unwrap();
+    assert_eq!((info.optimizer.as_str(), info.steps), ("rmsprop", 2));
+    assert_eq!(info.optimizer_version, r.optimizer_version);
+    assert_eq!(info.hparams["momentum"].as_f64(), Some(0.9), "momentum carried by key");
+    assert_eq!(server_code(c.switch(&s, "no_such_optimizer", None)), ErrorCode::UnknownPlugin);
+
+    for l in c.reload(ADMIN).unwrap() {
+        assert!(!l.path.is_empty(), "{l:?}");
+    }
+    let e = c.reload(&format!("{ADMIN}x")).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadToken), "{e}");
+    assert!(matches!(&e, Error::Server { code: 21, name, .. } if name == "BAD_TOKEN"), "{e:?}");
+    assert_eq!(server_code(c.load("/nonexistent/plugin.so", "wrong")), ErrorCode::BadToken);
+    assert_eq!(server_code(c.load("/nonexistent/plugin.so", ADMIN)), ErrorCode::Plugin);
+
+    drop(c);
+    d.stop();
+}

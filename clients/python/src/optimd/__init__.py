@@ -55,11 +55,13 @@ from .results import (
     Hparams,
     ParamInfo,
     PluginInfo,
+    PluginLoad,
     Session,
     SessionInfo,
     SessionSummary,
     SlotDecl,
     StepResult,
+    SwitchResult,
 )
 from .wire import PROTOCOL_VERSION, HparamValue
 
@@ -92,6 +94,8 @@ __all__ = [
     "Hparams",
     "SessionSummary",
     "StepResult",
+    "SwitchResult",
+    "PluginLoad",
     "OptimdError",
     "ERROR_CLASSES",
     "MalformedError",

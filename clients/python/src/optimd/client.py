@@ -19,10 +19,12 @@ from .results import (
     ImportResult,
     ObserveResult,
     PluginInfo,
+    PluginLoad,
     Session,
     SessionInfo,
     SessionSummary,
     StepResult,
+    SwitchResult,
 )
 from .transport import Transport
 from .wire import HparamValue, decode_reply, encode_request
@@ -270,6 +272,33 @@ class Client:
         take one (``plateau``), of ``group`` or of every group; returns the
         next lr of that group (default group's) and of every group."""
         result: ObserveResult = self.send(messages.observe(session, metric, group))
+        return result
+
+    def switch(
+        self, session: Session, optimizer: str, hparams: Mapping[str, HparamValue] | None = None
+    ) -> SwitchResult:
+        """Moves the session to plugin ``optimizer`` between two steps. It
+        keeps the hyperparameters the new optimizer shares (``hparams``
+        overrides them), carries the state slots of the same key and layout
+        (listed in ``carried``) and starts the others zero-filled; steps,
+        parameters, groups and schedules go on. All or nothing."""
+        result: SwitchResult = self.send(messages.switch(session, optimizer, hparams))
+        return result
+
+    # -- admin ops (the daemon's --admin-token) ---------------------------
+
+    def reload(self, admin_token: str) -> list[PluginLoad]:
+        """Rescans the daemon's plugin directories and hot-swaps every new or
+        changed plugin file; one entry per file it tried. A wrong token raises
+        :class:`~optimd.BadTokenError`."""
+        result: list[PluginLoad] = self.send(messages.reload(admin_token))
+        return result
+
+    def load(self, path: str, admin_token: str) -> list[PluginLoad]:
+        """Loads the plugin file at ``path`` (on the daemon's machine) as
+        :meth:`reload` loads a changed one. A refused file raises
+        :class:`~optimd.PluginError`."""
+        result: list[PluginLoad] = self.send(messages.load(path, admin_token))
         return result
 
     def pull(self, session: Session, names: Iterable[str] | None = None) -> dict[str, Array]:

@@ -34,6 +34,8 @@ from .results import (
     SessionInfo,
     SessionSummary,
     StepResult,
+    SwitchResult,
+    PluginLoad,
     snapshot_from_reply,
     state_from_reply,
     tensors_from_reply,
@@ -59,6 +61,9 @@ __all__ = [
     "register",
     "step",
     "observe",
+    "switch",
+    "reload",
+    "load",
     "state",
     "export",
     "import_",
@@ -315,6 +320,24 @@ def observe(session: Session, metric: float, group: str | None = None) -> Reques
     return Request("observe", fields)
 
 
+def switch(session: Session, optimizer: str, hparams: Mapping[str, HparamValue] | None = None) -> Request:
+    fields = {**_session_fields(session), "optimizer": optimizer}
+    if hparams:
+        fields["hparams"] = dict(hparams)
+    return Request("switch", fields)
+
+
+# -- admin ops --------------------------------------------------------------
+
+
+def reload(admin_token: str) -> Request:
+    return Request("reload", {"admin_token": admin_token})
+
+
+def load(path: str, admin_token: str) -> Request:
+    return Request("load", {"path": path, "admin_token": admin_token})
+
+
 def _names(session: Session, op: str, names: Iterable[str] | None) -> Request:
     fields = _session_fields(session)
     if names is not None:
@@ -371,6 +394,9 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "register": _registered,
     "step": StepResult.from_reply,
     "observe": ObserveResult.from_reply,
+    "switch": SwitchResult.from_reply,
+    "reload": _list_of("plugins", PluginLoad.from_reply),
+    "load": _list_of("plugins", PluginLoad.from_reply),
     "state": state_from_reply,
     "export": snapshot_from_reply,
     "import": ImportResult.from_reply,

@@ -30,6 +30,8 @@ __all__ = [
     "Hparams",
     "SessionSummary",
     "StepResult",
+    "SwitchResult",
+    "PluginLoad",
     "Array",
 ]
 
@@ -544,6 +546,53 @@ class StepResult:
             grad_norm=_float(reply, "grad_norm", w) if "grad_norm" in reply else None,
             grad_norms=_float_map(reply, "grad_norms", w) if "grad_norms" in reply else {},
         )
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """The ``switch`` reply: the optimizer the session now runs, its version,
+    and the state slot keys carried over from the previous optimizer (the
+    others start zero-filled)."""
+
+    optimizer: str
+    optimizer_version: str
+    carried: tuple[str, ...]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> SwitchResult:
+        w = "switch"
+        carried = _get(reply, "carried", list, w)
+        if not all(isinstance(k, str) for k in carried):
+            raise ProtocolError(f"{w}: 'carried' is {carried!r}")
+        return cls(
+            optimizer=_get(reply, "optimizer", str, w),
+            optimizer_version=_get(reply, "optimizer_version", str, w),
+            carried=tuple(carried),
+        )
+
+
+@dataclass(frozen=True)
+class PluginLoad:
+    """One plugin file a ``reload`` or ``load`` tried: when ``loaded``, the
+    plugin ``id`` and ``version`` it now serves as current; otherwise the
+    ``error`` that refused it (the running version stays)."""
+
+    path: str
+    loaded: bool
+    id: str | None = None
+    version: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_reply(cls, d: Any) -> PluginLoad:
+        w = "plugin load"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w}: an entry is not a map")
+        loaded = _get(d, "loaded", bool, w)
+        if loaded:
+            return cls(path=_get(d, "path", str, w), loaded=True,
+                       id=_get(d, "id", str, w), version=_get(d, "version", str, w))
+        return cls(path=_get(d, "path", str, w), loaded=False, error=_get(d, "error", str, w))
 
 
 def tensors_from_reply(reply: dict[str, Any], what: str) -> dict[str, Array]:
