@@ -473,6 +473,66 @@ static void test_lost_messages(rdaemon *d, proxy *px)
     optimd_client_free(c);
 }
 
+/* ---- switch, reload and load whose replies are lost ------------------- */
+
+#define RETRY_ADMIN "admin-token-of-the-retry-test"
+
+static void test_admin_lost_replies(proxy *px)
+{
+    optimd_client *c = connect_retrying(px->url, 10000, 5);
+    if (!c) return;
+    /* reload is re-sent: the repeat is a rescan after the lost one, and
+     * the report says it may miss what that one loaded. */
+    optimd_reload_report rep;
+    proxy_set(px, 0, 1, false, false);
+    unsigned fwd = proxy_forwarded(px);
+    int rv = optimd_client_reload(c, RETRY_ADMIN, &rep);
+    CHECK(rv == 0 && optimd_client_last_retries(c) == 1 &&
+              proxy_forwarded(px) - fwd == 2 && rep.maybe_incomplete == 1,
+          "reload after a lost reply: %d, %u retries, incomplete %d: %s", rv,
+          optimd_client_last_retries(c), (int)rep.maybe_incomplete,
+          optimd_client_error(c));
+    optimd_reload_report_free(&rep);
+    rv = optimd_client_reload(c, RETRY_ADMIN, &rep);
+    CHECK(rv == 0 && optimd_client_last_retries(c) == 0 &&
+              rep.maybe_incomplete == 0,
+          "reload: %d, incomplete %d", rv, (int)rep.maybe_incomplete);
+    optimd_reload_report_free(&rep);
+
+    /* load is not: each one installs its file again. (The daemon refuses
+     * this path; the client cannot know, the reply being lost.) */
+    proxy_set(px, 0, 1, false, false);
+    fwd = proxy_forwarded(px);
+    rv = optimd_client_load(c, RETRY_ADMIN, "/nonexistent/optimd-retry.so",
+                            &rep);
+    CHECK(rv == OPTIMD_CLIENT_E_TRANSPORT && proxy_forwarded(px) - fwd == 1 &&
+              strstr(optimd_client_error(c), "not re-sent") &&
+              rep.n_files == 0 && rep.mem == NULL,
+          "load after a lost reply: %d %s", rv, optimd_client_error(c));
+
+    /* Nor is switch; the lost attempt did switch. */
+    optimd_session s;
+    optimd_hvalue lr = {"lr", OPTIMD_HVALUE_FLOAT, 0.1, 0};
+    rv = optimd_client_open(c, "lost-switch", "sgd", &lr, 1, NULL, NULL, 0,
+                            &s, NULL);
+    REQUIRE(rv == 0, "open: %s", optimd_client_error(c));
+    optimd_switch_result sw;
+    proxy_set(px, 0, 1, false, false);
+    fwd = proxy_forwarded(px);
+    rv = optimd_client_switch(c, &s, "adam", NULL, 0, &sw);
+    CHECK(rv == OPTIMD_CLIENT_E_TRANSPORT && proxy_forwarded(px) - fwd == 1 &&
+              strstr(optimd_client_error(c), "not re-sent") &&
+              sw.mem == NULL,
+          "switch after a lost reply: %d %s", rv, optimd_client_error(c));
+    optimd_session_info info;
+    rv = optimd_client_info(c, &s, &info);
+    CHECK(rv == 0 && strcmp(info.optimizer, "adam") == 0,
+          "the lost switch: %d, optimizer %s", rv, info.optimizer);
+    CHECK(optimd_client_close(c, &s) == 0, "close: %s",
+          optimd_client_error(c));
+    optimd_client_free(c);
+}
+
 /* ---- a step in flight when the daemon dies ---------------------------- */
 
 typedef struct stepper {
@@ -722,13 +782,15 @@ int main(void)
     if (make_reference() != 0) return 1;
 
     rdaemon d;
-    if (rdaemon_start(&d, NULL) != 0) return 1;
+    static const char *const admin[] = {"--admin-token", RETRY_ADMIN, NULL};
+    if (rdaemon_start(&d, admin) != 0) return 1;
     proxy px;
     if (proxy_start(&px, d.url) != 0) {
         rdaemon_cleanup(&d, 1);
         return 1;
     }
     test_lost_messages(&d, &px);
+    test_admin_lost_replies(&px);
     test_in_flight_across_restart(&d, &px);
     test_budget(&d, &px);
     test_client_ids(&d);

@@ -486,6 +486,8 @@ typedef struct built {
         req_observe observe;
         req_str str;
         req_import import;
+        req_switch sw;
+        req_admin admin;
     } u;
 } built;
 
@@ -679,6 +681,22 @@ static bool build_request(call_args *a, built *b)
         r->name = arg_str(a, "session");
         r->durability = arg_str(a, "durability");
         req_import_call(r, &b->call);
+    } else if (strcmp(op, "switch") == 0) {
+        session_of(a, &b->s);
+        req_switch *r = &b->u.sw;
+        r->optimizer = arg_str(a, "optimizer");
+        if (!r->optimizer) mismatch("switch without an optimizer");
+        const jv *hp = arg(a, "hparams");
+        r->hp = json_hvalues(hp, &r->n);
+        if (r->optimizer) req_switch_call(&b->s, r, &b->call);
+        else return false;
+    } else if (strcmp(op, "reload") == 0 || strcmp(op, "load") == 0) {
+        req_admin *r = &b->u.admin;
+        r->op = op;
+        r->admin_token = arg_str(a, "admin_token");
+        r->path = arg_str(a, "path");
+        if (op[0] == 'l' && !r->path) mismatch("load without a path");
+        req_admin_call(r, &b->call);
     } else {
         mismatch("op '%s' has no request builder here", op);
         return false;
@@ -1209,6 +1227,42 @@ static void check_state(const optimd_param_state *st, size_t n, const jv *want)
     }
 }
 
+/* A str key that only some entries carry: absent means NULL. */
+static void expect_opt_str(const char *what, const char *got, const jv *want)
+{
+    if (want) expect_str(what, got, want);
+    else if (got) mismatch("%s: got \"%s\", expected none", what, got);
+}
+
+static void check_reload(const optimd_reload_report *r, const jv *want)
+{
+    if (!want || want->t != J_ARR || want->n != r->n_files) {
+        mismatch("plugins: %zu files, expected %zu", r->n_files,
+                 want && want->t == J_ARR ? want->n : 0);
+        return;
+    }
+    size_t refused = 0;
+    for (size_t i = 0; i < r->n_files; i++) {
+        const optimd_plugin_file *f = &r->files[i];
+        result_keys fk = {.r = &want->items[i]};
+        if (want->items[i].t != J_OBJ) {
+            mismatch("plugins[%zu] is not an object", i);
+            continue;
+        }
+        expect_str("path", f->path, rk(&fk, "path"));
+        expect_bool("loaded", f->loaded, rk(&fk, "loaded"));
+        expect_opt_str("id", f->id, rk(&fk, "id"));
+        expect_opt_str("version", f->version, rk(&fk, "version"));
+        expect_opt_str("error", f->error, rk(&fk, "error"));
+        rk_done(&fk);
+        refused += !f->loaded;
+    }
+    if (refused != r->n_refused)
+        mismatch("n_refused %zu, but %zu entries are refused", r->n_refused,
+                 refused);
+    if (r->maybe_incomplete) mismatch("maybe_incomplete set by the reader");
+}
+
 /* Reads a parsed success reply with `op`'s reader and compares the typed
  * result with `want` (NULL: only the reader's verdict matters). Returns
  * the reader's code. */
@@ -1359,6 +1413,34 @@ static int read_and_check(optimd_client *c, const char *op,
         if ((rv = read_details(c, rep, full, &d))) return rv;
         if (want) check_details(d, &k, full);
         optimd_session_details_free(d);
+    } else if (strcmp(op, "switch") == 0) {
+        optimd_switch_result sw;
+        if ((rv = read_switch(c, rep, &sw))) return rv;
+        if (want) {
+            expect_str("optimizer", sw.optimizer, rk(&k, "optimizer"));
+            expect_str("optimizer_version", sw.optimizer_version,
+                       rk(&k, "optimizer_version"));
+            const jv *carried = rk(&k, "carried");
+            if (!carried || carried->t != J_ARR ||
+                carried->n != sw.n_carried) {
+                mismatch("carried: %zu keys, expected %zu", sw.n_carried,
+                         carried && carried->t == J_ARR ? carried->n : 0);
+            } else {
+                for (size_t i = 0; i < sw.n_carried; i++)
+                    expect_str("carried[]", sw.carried[i],
+                               &carried->items[i]);
+                if (sw.carried[sw.n_carried])
+                    mismatch("carried is not NULL-terminated");
+            }
+        }
+        optimd_switch_result_free(&sw);
+        if (sw.mem || sw.carried)
+            mismatch("optimd_switch_result_free left pointers behind");
+    } else if (strcmp(op, "reload") == 0 || strcmp(op, "load") == 0) {
+        optimd_reload_report r;
+        if ((rv = read_reload(c, rep, &r))) return rv;
+        if (want) check_reload(&r, rk(&k, "plugins"));
+        optimd_reload_report_free(&r);
     } else {
         mismatch("op '%s' has no reply reader here", op);
         return OPTIMD_CLIENT_E_ARG;
@@ -1539,6 +1621,187 @@ static int parse_bytes(optimd_client *c, const void *bytes, size_t len)
     return rv;
 }
 
+/* Success replies of switch, reload and load whose own keys break the
+ * protocol: the vectors hold only good ones of these ops. */
+typedef struct bad_file {
+    const char *path;          /* NULL: absent */
+    int loaded;                /* -1 absent, 0, 1; 2: the str "yes" */
+    const char *id, *version, *error;   /* NULL: absent */
+    bool version_int;          /* version is 2, not a str */
+    bool not_a_map;            /* the entry is the str "x" */
+} bad_file;
+
+static void pack_opt_str(msgpack_packer *pk, const char *key, const char *v,
+                         size_t len)
+{
+    if (!v) return;
+    wire_pack_str(pk, key);
+    msgpack_pack_str(pk, len);
+    msgpack_pack_str_body(pk, v, len);
+}
+
+static int parse_admin(optimd_client *c, const char *op,
+                       const msgpack_sbuffer *sb)
+{
+    nng_msg *msg;
+    if (nng_msg_alloc(&msg, 0) != 0 ||
+        nng_msg_append(msg, sb->data, sb->size) != 0)
+        return OPTIMD_CLIENT_E_NOMEM;
+    client_reply rep;
+    int rv = client_parse_reply(c, op, 7, msg, &rep);
+    if (rv) return rv;
+    if (strcmp(op, "switch") == 0) {
+        optimd_switch_result r;
+        memset(&r, 0, sizeof r);
+        rv = read_switch(c, &rep, &r);
+        optimd_switch_result_free(&r);
+    } else {
+        optimd_reload_report r;
+        memset(&r, 0, sizeof r);
+        rv = read_reload(c, &rep, &r);
+        if (rv == 0)
+            CHECK(r.n_files == 1 && r.n_refused == (r.files[0].loaded == 0),
+                  "%s: %zu files, %zu refused", op, r.n_files, r.n_refused);
+        optimd_reload_report_free(&r);
+    }
+    client_reply_free(&rep);
+    return rv;
+}
+
+static void envelope(msgpack_packer *pk, uint32_t n_keys)
+{
+    msgpack_pack_map(pk, 3 + n_keys);
+    wire_pack_str(pk, "v");
+    msgpack_pack_int(pk, 1);
+    wire_pack_str(pk, "id");
+    msgpack_pack_int(pk, 7);
+    wire_pack_str(pk, "ok");
+    msgpack_pack_true(pk);
+}
+
+static int reload_reply(optimd_client *c, const char *op, const bad_file *f)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    envelope(&pk, 1);
+    wire_pack_str(&pk, "plugins");
+    msgpack_pack_array(&pk, 1);
+    if (f->not_a_map) {
+        wire_pack_str(&pk, "x");
+    } else {
+        uint32_t n = (f->path != NULL) + (f->loaded >= 0) + (f->id != NULL) +
+                     (f->version != NULL || f->version_int) +
+                     (f->error != NULL);
+        msgpack_pack_map(&pk, n);
+        pack_opt_str(&pk, "path", f->path, f->path ? strlen(f->path) : 0);
+        if (f->loaded >= 0) {
+            wire_pack_str(&pk, "loaded");
+            if (f->loaded == 2) wire_pack_str(&pk, "yes");
+            else if (f->loaded) msgpack_pack_true(&pk);
+            else msgpack_pack_false(&pk);
+        }
+        pack_opt_str(&pk, "id", f->id, f->id ? strlen(f->id) : 0);
+        if (f->version_int) {
+            wire_pack_str(&pk, "version");
+            msgpack_pack_int(&pk, 2);
+        }
+        pack_opt_str(&pk, "version", f->version,
+                     f->version ? strlen(f->version) : 0);
+        pack_opt_str(&pk, "error", f->error, f->error ? strlen(f->error) : 0);
+    }
+    int rv = parse_admin(c, op, &sb);
+    msgpack_sbuffer_destroy(&sb);
+    return rv;
+}
+
+/* carried: 0 ["momentum_buffer"], 1 absent, 2 [1], 3 a str with a NUL,
+ * 4 "momentum_buffer" (not an array). */
+static int switch_reply(optimd_client *c, const char *opt, const char *ver,
+                        int carried)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    envelope(&pk, (opt != NULL) + (ver != NULL) + (carried != 1));
+    pack_opt_str(&pk, "optimizer", opt, opt ? strlen(opt) : 0);
+    pack_opt_str(&pk, "optimizer_version", ver, ver ? strlen(ver) : 0);
+    if (carried != 1) {
+        wire_pack_str(&pk, "carried");
+        if (carried != 4) msgpack_pack_array(&pk, 1);
+        switch (carried) {
+        case 0: wire_pack_str(&pk, "momentum_buffer"); break;
+        case 2: msgpack_pack_int(&pk, 1); break;
+        case 3:
+            msgpack_pack_str(&pk, 3);
+            msgpack_pack_str_body(&pk, "a\0b", 3);
+            break;
+        default: wire_pack_str(&pk, "momentum_buffer"); break;
+        }
+    }
+    int rv = parse_admin(c, "switch", &sb);
+    msgpack_sbuffer_destroy(&sb);
+    return rv;
+}
+
+static void test_admin_replies(optimd_client *c)
+{
+    const int P = OPTIMD_CLIENT_E_PROTOCOL;
+    CHECK(switch_reply(c, "rmsprop", "1.0.0", 0) == 0, "a good switch: %s",
+          optimd_client_error(c));
+    static const struct {
+        const char *opt, *ver;
+        int carried;
+    } bad_switch[] = {{"rmsprop", "1.0.0", 1}, {"rmsprop", "1.0.0", 2},
+                      {"rmsprop", "1.0.0", 3}, {"rmsprop", "1.0.0", 4},
+                      {NULL, "1.0.0", 0},      {"rmsprop", NULL, 0},
+                      {"", "1.0.0", 0}};
+    for (size_t i = 0; i < sizeof bad_switch / sizeof bad_switch[0]; i++)
+        CHECK(switch_reply(c, bad_switch[i].opt, bad_switch[i].ver,
+                           bad_switch[i].carried) == P,
+              "bad switch reply %zu accepted", i);
+    static const bad_file good[] = {
+        {"/p/toy.so", 1, "toy", "2.0.0", NULL, false, false},
+        {"/p/bad.so", 0, NULL, NULL, "no symbol", false, false},
+        /* Keys no client knows are ignored. */
+        {"/p/toy.so", 1, "toy", "2.0.0", "unused", false, false}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        for (int op = 0; op < 2; op++)
+            CHECK(reload_reply(c, op ? "load" : "reload", &good[i]) == 0,
+                  "good reload reply %zu refused: %s", i,
+                  optimd_client_error(c));
+    static const bad_file bad[] = {
+        {"/p/toy.so", 1, NULL, "2.0.0", NULL, false, false},
+        {"/p/toy.so", 1, "toy", NULL, NULL, false, false},
+        {"/p/toy.so", 1, "toy", NULL, NULL, true, false},
+        {"/p/bad.so", 0, "toy", "2.0.0", NULL, false, false},
+        {"/p/toy.so", 2, "toy", "2.0.0", NULL, false, false},
+        {"/p/toy.so", -1, "toy", "2.0.0", NULL, false, false},
+        {NULL, 1, "toy", "2.0.0", NULL, false, false},
+        {NULL, 0, NULL, NULL, NULL, false, true}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(reload_reply(c, i % 2 ? "load" : "reload", &bad[i]) == P,
+              "bad reload reply %zu accepted", i);
+    /* `plugins` missing, or not an array. */
+    for (int k = 0; k < 2; k++) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        envelope(&pk, (uint32_t)k);
+        if (k) {
+            wire_pack_str(&pk, "plugins");
+            msgpack_pack_map(&pk, 0);
+        }
+        CHECK(parse_admin(c, "reload", &sb) == P,
+              "a reload reply with %s accepted",
+              k ? "a map for plugins" : "no plugins");
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 static void test_prescan(optimd_client *c)
 {
     /* {"v": 1, "id": 7, "ok": true}, and prefixes of it. */
@@ -1645,6 +1908,7 @@ int main(int argc, char **argv)
            replies->n);
     self_checks(c, requests, replies);
     test_prescan(c);
+    test_admin_replies(c);
     while (n_owned > tree_end) free(owned[--n_owned]);
 
     optimd_client_free(c);

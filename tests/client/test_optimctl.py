@@ -31,14 +31,14 @@ def check(cond, what):
 
 
 class Daemon:
-    def __init__(self):
+    def __init__(self, *extra):
         self.dir = tempfile.mkdtemp(prefix="optimd-optimctl-")
         ready = os.path.join(self.dir, "ready")
         self.log = open(os.path.join(self.dir, "log"), "w")
         self.proc = subprocess.Popen(
             [OPTIMD, "--listen", "tcp://127.0.0.1:0", "--plugin-dir", PLUGINS,
              "--state-dir", os.path.join(self.dir, "state"),
-             "--ready-file", ready],
+             "--ready-file", ready, *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         self.url = None
@@ -75,13 +75,16 @@ def token_env(daemon):
     return env
 
 
-def optimctl(daemon, *args, server=True):
+def optimctl(daemon, *args, server=True, env=None):
     cmd = [OPTIMCTL]
     if server:
         cmd += ["--server", daemon.url, "--timeout", "10000"]
     cmd += list(args)
+    e = token_env(daemon)
+    e.pop("OPTIMD_ADMIN_TOKEN", None)
+    e.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env=token_env(daemon))
+                          env=e)
 
 
 def lines(text):
@@ -501,17 +504,190 @@ def test_observe(d):
     check(r.returncode == 0, "close plat: %s" % r.stderr)
 
 
+# ---- switch, reload, load ------------------------------------------------
+
+def torch_switched(sgd_steps, steps):
+    """SGD(lr=0.001, momentum=0.9) for sgd_steps, then RMSprop(momentum=0.5)
+    with SGD's momentum buffer, as protocol.md's `switch` describes, up to
+    `steps` in all. Returns the final "x y"."""
+    p = torch.nn.Parameter(torch.tensor([-1.5, 2.0], dtype=torch.float32))
+
+    def grad():
+        x, y = float(p.data[0]), float(p.data[1])
+        gx = -2.0 * (1.0 - x) - 400.0 * x * (y - x * x)
+        gy = 200.0 * (y - x * x)
+        return torch.tensor([gx, gy], dtype=torch.float32)
+
+    sgd = torch.optim.SGD([p], lr=0.001, momentum=0.9)
+    for _ in range(sgd_steps):
+        p.grad = grad()
+        sgd.step()
+    buf = sgd.state[p]["momentum_buffer"].clone()
+    rms = torch.optim.RMSprop([p], lr=0.001, momentum=0.5)
+    # A zero gradient makes torch create the state without moving p
+    # (square_avg and the buffer stay 0); then the buffer is carried.
+    p.grad = torch.zeros(2, dtype=torch.float32)
+    rms.step()
+    rms.state[p]["momentum_buffer"].copy_(buf)
+    for _ in range(steps - sgd_steps):
+        p.grad = grad()
+        rms.step()
+    return "%.9g %.9g" % (float(p.data[0]), float(p.data[1]))
+
+
+def test_switch(d):
+    r = optimctl(d, "rosenbrock", "--optimizer", "sgd", "--set", "lr=0.001",
+                 "--set", "momentum=0.9", "--steps", "3", "--session", "swr")
+    check(r.returncode == 0, "rosenbrock on sgd: %s" % r.stderr)
+    r = optimctl(d, "plugins")
+    rms_version = [l.split("\t")[2] for l in lines(r.stdout)
+                   if l.startswith("rmsprop\t")]
+    check(len(rms_version) == 1, "rmsprop not listed: %r" % r.stdout)
+    r = optimctl(d, "switch", "swr", "--optimizer", "rmsprop",
+                 "--set", "momentum=0.5")
+    check(r.returncode == 0 and lines(r.stdout) == [
+              "optimizer rmsprop %s" % (rms_version or ["?"])[0],
+              "carried momentum_buffer"],
+          "switch: %d %r %s" % (r.returncode, r.stdout, r.stderr))
+    r = optimctl(d, "info", "swr")
+    info = dict(l.split(" ", 1) for l in lines(r.stdout))
+    check(info.get("optimizer") == "rmsprop" and info.get("steps") == "3",
+          "info after the switch: %r" % info)
+    # The session goes on from step 3 with the carried buffer; torch does
+    # the same by hand.
+    r = optimctl(d, "rosenbrock", "--optimizer", "rmsprop", "--steps", "20",
+                 "--session", "swr")
+    want = torch_switched(3, 20)
+    out = lines(r.stdout)
+    check(r.returncode == 0 and out and out[-1] == want,
+          "rosenbrock after the switch: %r, torch %r: %s"
+          % (out[-1:], want, r.stderr))
+    if out and out[-1] == want:
+        print("switch sgd -> rmsprop: 20 steps match torch, final %s" % want)
+    r = optimctl(d, "info", "swr")
+    check("steps 20" in lines(r.stdout), "steps after resuming: %r" % r.stdout)
+    # Refusals: exit 1 with the daemon's code; usage errors exit 2.
+    r = optimctl(d, "switch", "swr", "--optimizer", "nope")
+    check(r.returncode == 1 and "UNKNOWN_PLUGIN" in r.stderr,
+          "switch to an unknown plugin: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "switch", "swr", "--optimizer", "sgd",
+                 "--set", "nesterov=true", "--set", "momentum=0")
+    check(r.returncode == 1 and "BAD_HPARAM" in r.stderr,
+          "switch with a refused hparam: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "switch", "swr", "--optimizer", "sgd", "--token",
+                 "0" * 32)
+    check(r.returncode == 1 and "BAD_TOKEN" in r.stderr,
+          "switch with a wrong token: %d %s" % (r.returncode, r.stderr))
+    for bad in (["swr"], ["--optimizer", "sgd"],
+                ["swr", "--optimizer", "sgd", "--scheduler", "step"],
+                ["swr", "--optimizer", "sgd", "--set", "lr"]):
+        r = optimctl(d, "switch", *bad)
+        check(r.returncode == 2, "switch %r: exit %d" % (bad, r.returncode))
+    r = optimctl(d, "info", "swr")
+    check("optimizer rmsprop" in lines(r.stdout),
+          "a refused switch changed the session: %r" % r.stdout)
+    r = optimctl(d, "close", "swr")
+    check(r.returncode == 0, "close swr: %s" % r.stderr)
+
+
+def test_reload_and_load():
+    """A daemon of its own: admin token, validator, a plugin directory
+    holding the hot-swap toy (tests/hotswap)."""
+    toys = os.environ.get("OPTIMD_TOYS")
+    validate = os.environ.get("OPTIMD_VALIDATE")
+    check(toys and validate, "OPTIMD_TOYS and OPTIMD_VALIDATE are not set")
+    if not (toys and validate):
+        return
+    admin = "optimctl-admin-secret"
+    plugin_dir = tempfile.mkdtemp(prefix="optimd-optimctl-toys-")
+
+    def toy(variant):
+        return os.path.join(toys, variant, "toy.so")
+
+    def put(variant):
+        tmp = os.path.join(plugin_dir, ".toy.so.tmp")
+        shutil.copyfile(toy(variant), tmp)
+        os.replace(tmp, os.path.join(plugin_dir, "toy.so"))
+
+    put("v1")
+    a = Daemon("--plugin-dir", plugin_dir, "--validator", validate,
+               "--admin-token", admin, "--watch-plugins", "off")
+    in_dir = os.path.join(plugin_dir, "toy.so")
+    try:
+        r = optimctl(a, "--admin-token", admin, "load", toy("v2"))
+        check(r.returncode == 0 and lines(r.stdout) ==
+              ["loaded toy 2.0.0 %s" % toy("v2")],
+              "load v2: %d %r %s" % (r.returncode, r.stdout, r.stderr))
+        r = optimctl(a, "plugins")
+        check(any(l.split("\t")[:3] == ["toy", "optimizer", "2.0.0"]
+                  for l in lines(r.stdout)), "toy 2.0.0 not listed after load")
+        # The token from the environment; a broken file is one "refused"
+        # line and exit 1.
+        env = {"OPTIMD_ADMIN_TOKEN": admin}
+        r = optimctl(a, "load", toy("wrong_abi"), env=env)
+        out = lines(r.stdout)
+        check(r.returncode == 1 and len(out) == 1 and
+              out[0].startswith("refused %s: " % toy("wrong_abi")) and
+              "ABI" in out[0],
+              "load wrong_abi: %d %r %s" % (r.returncode, r.stdout, r.stderr))
+        r = optimctl(a, "reload", env=env)
+        check(r.returncode == 0 and lines(r.stdout) == [],
+              "reload with nothing changed: %d %r %s"
+              % (r.returncode, r.stdout, r.stderr))
+        put("v1")
+        r = optimctl(a, "reload", env=env)
+        check(r.returncode == 0 and lines(r.stdout) ==
+              ["loaded toy 1.0.0 %s" % in_dir],
+              "reload of v1: %d %r %s" % (r.returncode, r.stdout, r.stderr))
+        put("no_symbol")
+        r = optimctl(a, "reload", env=env)
+        out = lines(r.stdout)
+        check(r.returncode == 1 and len(out) == 1 and
+              out[0].startswith("refused %s: " % in_dir) and
+              "optimd_plugin" in out[0],
+              "reload of no_symbol: %d %r %s"
+              % (r.returncode, r.stdout, r.stderr))
+        r = optimctl(a, "plugins")
+        check(any(l.split("\t")[:3] == ["toy", "optimizer", "1.0.0"]
+                  for l in lines(r.stdout)), "toy 1.0.0 did not stay")
+        # --admin-token wins over the environment.
+        r = optimctl(a, "--admin-token", "wrong", "reload", env=env)
+        check(r.returncode == 1 and "BAD_TOKEN" in r.stderr and
+              not r.stdout.strip(),
+              "reload with a wrong token: %d %r %s"
+              % (r.returncode, r.stdout, r.stderr))
+        r = optimctl(a, "load", toy("v2"), env={"OPTIMD_ADMIN_TOKEN": "x"})
+        check(r.returncode == 1 and "BAD_TOKEN" in r.stderr,
+              "load with a wrong token: %d %s" % (r.returncode, r.stderr))
+        for args in (["reload"], ["load", toy("v2")], ["load"],
+                     ["--admin-token", admin, "reload", "extra"],
+                     ["--admin-token", admin, "load", "a", "b"]):
+            r = optimctl(a, *args)
+            check(r.returncode == 2 and not r.stdout.strip(),
+                  "%r: exit %d %r" % (args, r.returncode, r.stdout))
+    finally:
+        status = a.stop()
+        check(status == 0, "admin daemon exit status %r" % status)
+        if not failures:
+            shutil.rmtree(a.dir, ignore_errors=True)
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+
+
 def main():
     torch.set_num_threads(1)
     d = Daemon()
     try:
         for test in [test_hello, test_plugins, test_hparams, test_sessions,
                      test_errors, test_rosenbrock, test_schedule, test_export_import,
-                     test_observe]:
+                     test_observe, test_switch]:
             try:
                 test(d)
             except Exception as e:  # one broken test must not hide the rest
                 check(False, "%s raised %r" % (test.__name__, e))
+        try:
+            test_reload_and_load()
+        except Exception as e:
+            check(False, "test_reload_and_load raised %r" % e)
     finally:
         status = d.stop()
     check(status == 0, "daemon exit status %r" % status)

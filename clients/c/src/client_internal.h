@@ -201,6 +201,22 @@ typedef struct req_import {
 } req_import;
 void req_import_call(const req_import *a, client_call *call);
 
+typedef struct req_switch {
+    const char *optimizer;
+    const optimd_hvalue *hp;   /* NULL: `hparams` absent */
+    size_t n;
+} req_switch;
+void req_switch_call(const optimd_session *s, const req_switch *a,
+                     client_call *call);
+
+/* reload (path NULL) and load. */
+typedef struct req_admin {
+    const char *op;            /* "reload" or "load" */
+    const char *admin_token;   /* NULL: absent */
+    const char *path;          /* NULL: absent */
+} req_admin;
+void req_admin_call(const req_admin *a, client_call *call);
+
 /*
  * Reply readers: each reads a success reply of its op into the public
  * result types, checking every key it reads, and records a precise
@@ -230,6 +246,11 @@ int read_export(optimd_client *c, const client_reply *rep, void **snapshot,
                 size_t *size);
 int read_import(optimd_client *c, const client_reply *rep, const char *name,
                 optimd_session *out, uint64_t *steps);
+int read_switch(optimd_client *c, const client_reply *rep,
+                optimd_switch_result *out);
+/* reload and load. */
+int read_reload(optimd_client *c, const client_reply *rep,
+                optimd_reload_report *out);
 /* The per-group values under keys[0] (-> lr), keys[1] (-> next_lr) and
  * keys[2] (-> grad_norm), each a map group name -> float or absent (a
  * NULL key is not read), merged by group name in order of appearance;

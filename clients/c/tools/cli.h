@@ -20,6 +20,7 @@ typedef struct cli {
     int timeout_ms;
     int retries;           /* re-sends after a transport failure */
     int backoff_ms;        /* the first pause before one */
+    const char *admin_token;   /* --admin-token; NULL: $OPTIMD_ADMIN_TOKEN */
     const char *command;
     const char *usage;     /* the command's usage line(s) */
 } cli;
@@ -106,10 +107,16 @@ int cmd_rosenbrock(const cli *cli, int argc, char **argv);
 int cmd_export(const cli *cli, int argc, char **argv);
 int cmd_import(const cli *cli, int argc, char **argv);
 int cmd_schedule(const cli *cli, int argc, char **argv);
+int cmd_reload(const cli *cli, int argc, char **argv);
+int cmd_load(const cli *cli, int argc, char **argv);
+int cmd_switch(const cli *cli, int argc, char **argv);
 
 extern const char rosenbrock_usage[];
 extern const char export_usage[];
 extern const char import_usage[];
 extern const char schedule_usage[];
+extern const char reload_usage[];
+extern const char load_usage[];
+extern const char switch_usage[];
 
 #endif

@@ -17,7 +17,8 @@
 
 static const char main_usage[] =
     "usage: optimctl [--server URL] [--timeout MS] [--retries N]\n"
-    "                [--retry-backoff MS] COMMAND [ARGS]\n"
+    "                [--retry-backoff MS] [--admin-token TOKEN] COMMAND "
+    "[ARGS]\n"
     "\n"
     "Talks to an optimd daemon.\n"
     "\n"
@@ -45,6 +46,11 @@ static const char main_usage[] =
     "                             (plateau); prints the next lr\n"
     "  close NAME [--token TOKEN | --token-file FILE]\n"
     "                             close a session and drop its state\n"
+    "  switch NAME --optimizer ID [--set KEY=VALUE]...\n"
+    "       [--token TOKEN | --token-file FILE]\n"
+    "                             move a session to another optimizer; "
+    "prints\n"
+    "                             it and the state slots carried over\n"
     "  export NAME FILE [--token TOKEN | --token-file FILE]\n"
     "                             write a session to a safetensors file\n"
     "  import FILE [--session NAME] [--durability D] [--token-file FILE]\n"
@@ -59,6 +65,11 @@ static const char main_usage[] =
     "                             minimise the Rosenbrock function "
     "remotely;\n"
     "                             a named session is created or resumed\n"
+    "  reload                     (admin) the daemon rescans its "
+    "plugins; one\n"
+    "                             line per file: loaded or refused\n"
+    "  load PATH                  (admin) the daemon loads one plugin "
+    "file\n"
     "  help [COMMAND]             this text, or a command's usage\n"
     "\n"
     "options:\n"
@@ -73,10 +84,14 @@ static const char main_usage[] =
     "                 the pause before the first re-send, doubling up to "
     "2 s\n"
     "                 (default 100)\n"
+    "  --admin-token TOKEN\n"
+    "                 the daemon's --admin-token, for reload and load\n"
+    "                 (default $OPTIMD_ADMIN_TOKEN)\n"
     "\n"
-    "Token files: without --token, info, observe and close read the session's "
-    "token from\n"
-    "--token-file FILE, else $OPTIMD_TOKEN_DIR/NAME, else\n"
+    "Token files: without --token, info, observe, switch and close read "
+    "the\n"
+    "session's token from --token-file FILE, else $OPTIMD_TOKEN_DIR/NAME, "
+    "else\n"
     "./var/optimctl-tokens/NAME; rosenbrock --session keeps it there.\n"
     "\n"
     "Exit status: 0 success, 1 the daemon or the connection failed, "
@@ -409,6 +424,9 @@ static const command commands[] = {
     {"info", cmd_info, info_usage},
     {"observe", cmd_observe, observe_usage},
     {"close", cmd_close, close_usage},
+    {"switch", cmd_switch, switch_usage},
+    {"reload", cmd_reload, reload_usage},
+    {"load", cmd_load, load_usage},
     {"export", cmd_export, export_usage},
     {"import", cmd_import, import_usage},
     {"schedule", cmd_schedule, schedule_usage},
@@ -429,7 +447,7 @@ static int main_usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nusage: optimctl [--server URL] [--timeout MS] "
                     "[--retries N] [--retry-backoff MS]\n"
-                    "                COMMAND [ARGS]\n"
+                    "                [--admin-token TOKEN] COMMAND [ARGS]\n"
                     "(optimctl --help lists the commands)\n");
     return CLI_USAGE;
 }
@@ -488,6 +506,10 @@ int main(int argc, char **argv)
                     "--retry-backoff '%s': expected milliseconds, 0 to 60000",
                     value);
             cli.backoff_ms = (int)ms;
+        } else if ((got = cli_option(argc, argv, &i, "--admin-token",
+                                     &value))) {
+            if (got < 0) return main_usage_error("%s needs a token", argv[i]);
+            cli.admin_token = value;
         } else {
             return main_usage_error("unknown option '%s'", argv[i]);
         }

@@ -596,6 +596,89 @@ int optimd_client_set_hparams_ex(optimd_client *c, const optimd_session *s,
                                  const char *group,
                                  optimd_session_details **out);
 
+/*
+ * Changing what runs: switch (a session) and the admin ops reload and load
+ * (protocol.md). Their results live in one block the library allocates per
+ * call; the strings point into it. Free it with the matching _free, which
+ * also zeroes the struct (freeing a zeroed one is fine, so a caller may
+ * free after a failed call too).
+ */
+
+/* What optimd_client_switch says. */
+typedef struct optimd_switch_result {
+    const char *optimizer;         /* the plugin id the session now uses */
+    const char *optimizer_version; /* that plugin's version */
+    const char *const *carried;    /* slot keys whose state was carried
+                                    * over, n_carried of them; the other
+                                    * slots of the new optimizer start
+                                    * zero-filled */
+    size_t n_carried;
+    void *mem;                     /* owned; see optimd_switch_result_free */
+} optimd_switch_result;
+
+void optimd_switch_result_free(optimd_switch_result *r);
+
+/* Moves session `s` to optimizer plugin `optimizer` between two steps.
+ * The new optimizer takes the session's values for the hyperparameters it
+ * shares (same type), its defaults for the rest, then `hp` (n of them;
+ * n 0: none) over them; steps, parameters, groups, schedules and seqs
+ * carry on. All or nothing: on an error the session is as it was.
+ * `result` may be NULL. Not re-sent once it may have reached the daemon:
+ * had the lost attempt switched, a repeat would switch the session from
+ * the new optimizer to itself, reporting every slot as carried instead of
+ * what the switch that happened carried, and would lay `hp` again over any
+ * change made in between. */
+int optimd_client_switch(optimd_client *c, const optimd_session *s,
+                         const char *optimizer, const optimd_hvalue *hp,
+                         size_t n, optimd_switch_result *result);
+
+/* One plugin file a reload or load tried. */
+typedef struct optimd_plugin_file {
+    const char *path;          /* the file, as the daemon named it */
+    int32_t loaded;            /* 1: it is now the current version of `id` */
+    const char *id;            /* loaded: the plugin id; else NULL */
+    const char *version;       /* loaded: its version; else NULL */
+    const char *error;         /* refused: why (the running version, if
+                                * any, stays); else NULL */
+} optimd_plugin_file;
+
+/* What optimd_client_reload and optimd_client_load say. */
+typedef struct optimd_reload_report {
+    const optimd_plugin_file *files;  /* n_files of them, in the daemon's
+                                       * order */
+    size_t n_files;
+    size_t n_refused;          /* files with loaded 0 */
+    /* reload only: 1 when the request was re-sent after an attempt whose
+     * reply was lost; that attempt may have loaded files this report,
+     * the answer to the repeat, does not list (they no longer changed). */
+    int32_t maybe_incomplete;
+    void *mem;                 /* owned; see optimd_reload_report_free */
+} optimd_reload_report;
+
+void optimd_reload_report_free(optimd_reload_report *r);
+
+/* Admin op `reload`: the daemon rescans its plugin directories and loads
+ * every new or changed file (after its --validator, when it has one) as
+ * the current version of its id; sessions move to it between two steps.
+ * `admin_token` is the daemon's --admin-token (a wrong one:
+ * OPTIMD_E_BAD_TOKEN). A refused file is not a failure of the call: it is
+ * a report entry with loaded 0. `report` may be NULL. Re-sent like the
+ * reads: a rescan loads only what changed since the last one, so a repeat
+ * loads nothing twice (see maybe_incomplete). */
+int optimd_client_reload(optimd_client *c, const char *admin_token,
+                         optimd_reload_report *report);
+
+/* Admin op `load`: loads the plugin file at `path` (on the daemon's
+ * machine) as a reload loads a changed one. A file the daemon refuses is
+ * OPTIMD_E_PLUGIN, with the reason in optimd_client_error (wrong ABI
+ * major, no optimd_plugin symbol, the validator's first failing check,
+ * ...). `report` may be NULL. Not re-sent once it may have reached the
+ * daemon: each load installs the file as a new version, so a repeat would
+ * move every session through one more swap, and, had someone loaded
+ * another version in between, would put this older one back over it. */
+int optimd_client_load(optimd_client *c, const char *admin_token,
+                       const char *path, optimd_reload_report *report);
+
 #ifdef __cplusplus
 }
 #endif
