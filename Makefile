@@ -4,7 +4,7 @@ ASAN_BUILD ?= build-asan
 ARGS ?=
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps test-deps build build-asan run test test-fast bench clean
+.PHONY: all deps test-deps build build-asan run test test-fast bench fuzz clean
 
 all: build
 
@@ -43,5 +43,21 @@ bench: test-deps build
 	@bench/kernels.sh $(BUILD)
 	@bench/remote.sh $(BUILD)
 
+# A longer fuzz run of the request handler than the one in `make test`
+# (FUZZ_SECONDS, default 600); a crash leaves its input in build/fuzz/crash-*.
+FUZZ_SECONDS ?= 600
+fuzz: test-deps build
+	@OPTIMD_PLUGIN_DIR=$(BUILD)/plugins tests/fuzz/run.sh $(CURDIR) $(BUILD) $(FUZZ_SECONDS)
+
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# Soak: 64 clients on 8 sessions for SOAK_SECONDS against the release build's
+# daemon, then every session verified (tests/soak/soak.py; docs/operations.md).
+# A 20 s run of it is part of `make test`.
+SOAK_SECONDS ?= 300
+.PHONY: soak
+soak: test-deps build
+	@OPTIMD_BIN=$(abspath $(BUILD))/server/optimd OPTIMD_PLUGIN_DIR=$(abspath $(BUILD))/plugins \
+	  PYTHONPATH=tests/integration PYTHONDONTWRITEBYTECODE=1 \
+	  /usr/bin/python3 tests/soak/soak.py --seconds $(SOAK_SECONDS) --clients 64

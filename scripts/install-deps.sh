@@ -7,7 +7,7 @@ build_pkgs=(build-essential cmake pkg-config libuv1-dev libnng-dev libmsgpack-de
 # Parity tests compare against Debian's torch 1.13.1; python3-msgpack lets
 # tests speak the wire protocol directly; clang and its libFuzzer runtime
 # build the fuzz test.
-test_pkgs=("${build_pkgs[@]}" python3 python3-torch python3-numpy python3-msgpack python3-venv clang libclang-rt-14-dev)
+test_pkgs=("${build_pkgs[@]}" python3 python3-torch python3-numpy python3-msgpack python3-venv clang libclang-rt-14-dev openssl)
 
 # The Go, TypeScript and Rust clients' suites need their toolchains; this
 # machine kind ships newer ones than Debian's, which are the fallback when a

@@ -3,6 +3,8 @@
  * requests are served by the transport's threads. */
 #include "compute_pool.h"
 #include "log.h"
+#include "metrics.h"
+#include "notify.h"
 #include "options.h"
 #include "server.h"
 #include "transport.h"
@@ -12,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 static void on_snapshot_timer(uv_timer_t *timer)
@@ -53,7 +57,9 @@ static void on_sync_timer(uv_timer_t *timer)
 static void reload_plugins(server *srv, const char *why)
 {
     log_info("rescanning plugin directories (%s)", why);
+    notify_systemd("RELOADING=1");
     int failed = plugin_registry_reload(&srv->plugins, NULL);
+    notify_systemd("READY=1");
     if (failed) log_warn("%d plugin file(s) refused; the running versions stay", failed);
 }
 
@@ -115,12 +121,74 @@ static void close_handle(uv_handle_t *h, void *arg)
     if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* --check-config: everything the options name, checked without serving.
+ * Returns the exit status. */
+static int check_config(const options *o)
+{
+    int problems = 0;
+    char probe[4200];
+    if (make_dirs(o->state_dir) != 0) {
+        log_error("state directory %s cannot be created: %s", o->state_dir, strerror(errno));
+        problems++;
+    } else {
+        snprintf(probe, sizeof probe, "%s/.check-config", o->state_dir);
+        FILE *f = fopen(probe, "w");
+        if (!f || fclose(f) != 0) {
+            log_error("state directory %s is not writable: %s", o->state_dir, strerror(errno));
+            problems++;
+        }
+        unlink(probe);
+    }
+    for (int i = 0; i < o->n_plugin_dirs; i++) {
+        DIR *d = opendir(o->plugin_dirs[i]);
+        int n = 0;
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            n += len > 3 && strcmp(e->d_name + len - 3, ".so") == 0;
+        }
+        if (!d) {
+            log_error("plugin directory %s cannot be read: %s", o->plugin_dirs[i], strerror(errno));
+            problems++;
+        } else {
+            closedir(d);
+            log_info("plugin directory %s: %d plugin file(s)", o->plugin_dirs[i], n);
+        }
+    }
+    if (o->validator && access(o->validator, X_OK) != 0) {
+        log_error("validator %s cannot be run: %s", o->validator, strerror(errno));
+        problems++;
+    }
+    if (o->tls_cert && transport_check_tls(o) != 0) problems++;
+    if (o->metrics_listen && !strrchr(o->metrics_listen, ':')) {
+        log_error("--metrics-listen wants HOST:PORT, got '%s'", o->metrics_listen);
+        problems++;
+    }
+    if (o->admin_token && *o->admin_token && strlen(o->admin_token) < 16)
+        log_warn("the admin token is shorter than 16 characters: easy to guess");
+    for (int i = 0; i < o->n_listen; i++) log_info("would listen on %s", o->listen[i]);
+    if (problems) {
+        log_error("configuration%s%s: %d problem(s)", o->config ? " " : "", o->config ? o->config : "", problems);
+        return 1;
+    }
+    log_info("configuration%s%s is fine", o->config ? " " : "", o->config ? o->config : "");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options opts;
     int rc = options_parse(&opts, argc, argv);
-    if (rc != 0) return rc > 0 ? 0 : 2;
+    if (rc != 0) {
+        options_free(&opts);
+        return rc > 0 ? 0 : 2;
+    }
     log_set_level(opts.log_level);
+    if (opts.check_config) {
+        rc = check_config(&opts);
+        options_free(&opts);
+        return rc;
+    }
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit must fail a write (EFBIG, answered STORAGE), not
      * kill the daemon. */
@@ -190,7 +258,7 @@ int main(int argc, char **argv)
     transport *t = NULL;
     char bound[512] = "";
     int exit_code = 0;
-    if (transport_start(&t, &srv, bound, sizeof bound) != 0) {
+    if (metrics_start(&loop, &srv, opts.metrics_listen) != 0 || transport_start(&t, &srv, bound, sizeof bound) != 0) {
         exit_code = 1;
     } else {
         log_info("optimd %s serving (%zu plugins, state in %s)", OPTIMD_VERSION, plugin_registry_count(&srv.plugins),
@@ -199,8 +267,10 @@ int main(int argc, char **argv)
             log_error("cannot write ready file %s: %s", opts.ready_file, strerror(errno));
             exit_code = 1;
         } else {
+            notify_systemd("READY=1");
             uv_run(&loop, UV_RUN_DEFAULT);
         }
+        notify_systemd("STOPPING=1");
         transport_stop(t);
         /* Nothing changes sessions any more: make every change durable. */
         int failed = store_save_all(&srv.store, &srv.sessions);
@@ -210,6 +280,7 @@ int main(int argc, char **argv)
         }
     }
 
+    metrics_stop();
     uv_walk(&loop, close_handle, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
@@ -218,5 +289,6 @@ int main(int argc, char **argv)
     plugin_registry_unload(&srv.plugins);
     store_close(&srv.store);
     log_info("stopped");
+    options_free(&opts);
     return exit_code;
 }

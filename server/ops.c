@@ -4,6 +4,7 @@
 
 #include "hparams.h"
 #include "log.h"
+#include "metrics.h"
 #include "snapshot.h"
 #include "wire.h"
 
@@ -28,6 +29,7 @@ typedef struct request {
      * done (a session takes references of its own). */
     const plugin **held;
     size_t n_held;
+    const char *op;            /* the dispatched op's name, for the metrics */
 } request;
 
 /* A looked-up plugin kept alive until the request ends. */
@@ -744,16 +746,51 @@ static int op_sessions(request *r)
     return 0;
 }
 
+/* --max-session-bytes and --max-total-bytes for the parameters a register
+ * request adds (their state counted in, as they will have it). */
+static int check_memory(request *r, session *s, const msgpack_object *params)
+{
+    const options *o = r->srv->opts;
+    uint64_t adding = 0;
+    for (uint32_t i = 0; i < params->via.map.size; i++) {
+        wire_tensor t;
+        request_error ignored = {0};
+        if (wire_decode_tensor(&params->via.map.ptr[i].val, "", &t, &ignored) == 0)
+            adding += session_param_cost(s, t.nbytes);
+    }
+    uint64_t mine = atomic_load(&s->committed_bytes);
+    if (o->max_session_bytes && mine + adding > o->max_session_bytes)
+        return fail(&r->err, OPTIMD_E_LIMIT, "session '%s' would hold %llu bytes of parameters and state; "
+                    "--max-session-bytes is %llu", s->name, (unsigned long long)(mine + adding),
+                    (unsigned long long)o->max_session_bytes);
+    uint64_t total = session_table_committed_bytes(&r->srv->sessions);
+    if (o->max_total_bytes && total + adding > o->max_total_bytes)
+        return fail(&r->err, OPTIMD_E_LIMIT, "the daemon would hold %llu bytes of parameters and state; "
+                    "--max-total-bytes is %llu", (unsigned long long)(total + adding),
+                    (unsigned long long)o->max_total_bytes);
+    return 0;
+}
+
+static int check_tensor_count(request *r, const msgpack_object *map, const char *what)
+{
+    if (map->via.map.size > r->srv->opts->max_tensors)
+        return fail(&r->err, OPTIMD_E_LIMIT, "%u tensors in '%s'; --max-tensors is %u", map->via.map.size, what,
+                    r->srv->opts->max_tensors);
+    return 0;
+}
+
 static int op_register(request *r)
 {
     const msgpack_object *params;
-    if (wire_get_map(r->root, "params", true, &params, &r->err)) return -1;
+    if (wire_get_map(r->root, "params", true, &params, &r->err) || check_tensor_count(r, params, "params"))
+        return -1;
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
     store_change change = change_of(r);
     int group;
-    int rc = session_request_group(s, r->root, false, &group, &r->err);
+    int rc = check_memory(r, s, params);
+    if (rc == 0) rc = session_request_group(s, r->root, false, &group, &r->err);
     if (rc == 0) rc = session_register(s, params, group, store_log_change, &change, &r->err);
     if (rc == 0) store_compact_if_large(&r->srv->store, s);
     session_unlock(s);
@@ -803,7 +840,7 @@ static int op_step(request *r)
     bool want_params = true;
     step_identity id = {"", 0, 0};
     step_clip clip;
-    if (wire_get_map(r->root, "grads", true, &grads, &r->err) ||
+    if (wire_get_map(r->root, "grads", true, &grads, &r->err) || check_tensor_count(r, grads, "grads") ||
         wire_get_bool(r->root, "return", false, &want_params, &r->err) ||
         wire_get_uint(r->root, "seq", false, &id.seq, &r->err) ||
         wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err) ||
@@ -1219,12 +1256,16 @@ static int dispatch(request *r, const msgpack_object *root)
     size_t op_len;
     if (wire_get_str(root, "op", true, &op, &op_len, &r->err)) return -1;
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-        if (strlen(ops[i].name) == op_len && memcmp(ops[i].name, op, op_len) == 0) return ops[i].fn(r);
+        if (strlen(ops[i].name) == op_len && memcmp(ops[i].name, op, op_len) == 0) {
+            r->op = ops[i].name;
+            return ops[i].fn(r);
+        }
     return fail(&r->err, OPTIMD_E_UNKNOWN_OP, "unknown op '%.*s'", (int)(op_len > 32 ? 32 : op_len), op);
 }
 
 nng_msg *server_handle(server *srv, nng_msg *request_msg)
 {
+    int64_t started = metrics_now_ns();
     nng_msg *reply;
     if (nng_msg_alloc(&reply, 0) != 0) {
         nng_msg_free(request_msg);
@@ -1258,6 +1299,7 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg)
         w.failed = 0;
         write_error(&w, r.id, &r.err);
     }
+    metrics_record(r.op, r.err.code, metrics_now_ns() - started, len, nng_msg_len(reply));
     nng_msg_free(request_msg);
     return reply;
 }

@@ -515,6 +515,7 @@ undo:
     /* The index cannot drop entries, so rebuild it from what remains. */
     while (s->n_params > first) {
         s->n_params--;
+        atomic_fetch_sub(&s->committed_bytes, session_param_cost(s, s->params[s->n_params].nbytes));
         param_release(s, &s->params[s->n_params]);
         free(s->names[s->n_params]);
     }
@@ -524,6 +525,21 @@ undo:
         if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)i))
             log_error("session %s: index rebuild failed after out-of-memory", s->name);
     return fail(err, OPTIMD_E_NOMEM, "out of memory registering parameters");
+}
+
+uint64_t session_param_cost(const session *s, uint64_t nbytes)
+{
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    uint64_t copies = 1 + (s->lookahead_k ? 1 : 0);
+    /* Slots switched off (amsgrad false, ...) cost nothing; the default
+     * group's settings stand for all (groups rarely differ there). */
+    for (uint32_t k = 0; k < o->n_slots; k++) {
+        const char *en = o->slots[k].enabled_by;
+        int h = en ? plugin_hparam_index(s->opt, en, strlen(en)) : -1;
+        bool on = !en || (h >= 0 && s->n_groups && s->groups[0].hp[h] != 0.0);
+        copies += on && o->slots[k].shape != OPTIMD_SLOT_SCALAR;
+    }
+    return nbytes * copies;
 }
 
 int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
@@ -562,6 +578,7 @@ int session_append_param(session *s, const char *name, size_t name_len, uint32_t
     memcpy(p->data, data, p->nbytes);
     s->names[s->n_params] = name_copy;
     s->n_params++;
+    atomic_fetch_add(&s->committed_bytes, session_param_cost(s, p->nbytes));
     if (name_index_insert(&s->index, (const char *const *)s->names, (uint32_t)(s->n_params - 1))) {
         s->n_params--;
         param_release(s, p);
@@ -840,6 +857,29 @@ static int decode_sparse(const session *s, pending_grad *pg, const msgpack_objec
     return 0;
 }
 
+/* True when every element of a (contiguous) tensor is finite. */
+static bool tensor_finite(const optimd_tensor *t)
+{
+    /* Bits through memcpy (no aliasing of float as integer); one branch
+     * for the whole tensor, so the loop vectorises. */
+    const unsigned char *b = t->data;
+    unsigned bad = 0;
+    if (t->dtype == OPTIMD_DTYPE_F32) {
+        for (int64_t i = 0; i < t->numel; i++) {
+            uint32_t bits;
+            memcpy(&bits, b + 4 * i, 4);
+            bad |= (bits & 0x7f800000u) == 0x7f800000u;
+        }
+    } else {
+        for (int64_t i = 0; i < t->numel; i++) {
+            uint64_t bits;
+            memcpy(&bits, b + 8 * i, 8);
+            bad |= (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+        }
+    }
+    return bad == 0;
+}
+
 /* Copies rows `rows` of a [n, row_len] buffer to or from a compact one. */
 static void move_rows(void *full, void *compact, const int64_t *rows, int64_t n, size_t row_bytes, bool gather)
 {
@@ -1061,6 +1101,9 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             return 0;
         }
     }
+    if (s->stopped[0])
+        return fail(err, OPTIMD_E_PLUGIN, "session '%s' is stopped (%s): switch it to another optimizer, "
+                    "load a fixed plugin version, or close it", s->name, s->stopped);
     const optimd_optimizer *o = s->opt->desc->optimizer;
     uint32_t n = grads->via.map.size;
     pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
@@ -1199,14 +1242,18 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         host_call_begin(&hc, s->opt->desc->id, pool);
         optimd_status st = o->step(&hc.table, &a);
         host_call_end(&hc);
-        if (st != OPTIMD_OK) {
-            /* Parameters before this one are already updated; a plugin may
-             * refuse only what it could have refused in check_hparams, so
-             * this is a plugin bug and is logged as one. */
-            log_error("session %s: plugin %s failed on '%s' (status %d): %s", s->name,
-                      s->opt->desc->id, s->names[p - s->params], st, hc.call.error);
-            rc = fail(err, OPTIMD_E_PLUGIN, "%s: %s", s->opt->desc->id,
-                      hc.call.error[0] ? hc.call.error : "step failed");
+        /* A plugin may refuse only what check_hparams could have refused,
+         * and must not write NaN or infinity from finite inputs: either is
+         * a plugin bug. Parameters before this one are already updated, so
+         * the session is stopped rather than left to go on half-stepped. */
+        const char *bad = st != OPTIMD_OK ? (hc.call.error[0] ? hc.call.error : "step failed") : NULL;
+        if (!bad && !tensor_finite(&pv)) bad = "it wrote NaN or infinity into the parameter";
+        if (bad) {
+            snprintf(s->stopped, sizeof s->stopped, "plugin %.64s %.32s failed on '%.40s' at step %llu: %.100s",
+                     s->opt->desc->id, s->opt->desc->version, s->names[p - s->params],
+                     (unsigned long long)s->steps + 1, bad);
+            log_error("session %s stopped: %s", s->name, s->stopped);
+            rc = fail(err, OPTIMD_E_PLUGIN, "%s; the session is stopped", s->stopped);
             goto out;
         }
         if (pg->sparse) {
@@ -1561,6 +1608,22 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
     plugin_ref(to);
     s->opt = to;
     plugin_unref(from);
+    if (s->stopped[0]) {
+        /* Only a session whose parameters are still finite can go on. */
+        bool finite = true;
+        for (size_t i = 0; finite && i < s->n_params; i++) {
+            optimd_tensor v;
+            tensor_view(&v, s->params[i].dtype, &s->params[i], s->params[i].data);
+            finite = tensor_finite(&v);
+        }
+        if (finite) {
+            log_info("session %s: %s %s takes over; the stop is lifted", s->name, to->desc->id, to->desc->version);
+            s->stopped[0] = '\0';
+        } else {
+            log_warn("session %s stays stopped: its parameters hold NaN or infinity (import an earlier export "
+                     "or close it)", s->name);
+        }
+    }
     s->momentum_index = plugin_hparam_index(to, "momentum", 8);
     if (s->momentum_index < 0) s->momentum_index = plugin_hparam_index(to, "beta1", 5);
     s->version++;

@@ -130,6 +130,10 @@ typedef struct session {
      * open with the same key gets the token instead of SESSION_EXISTS. */
     char open_key[SESSION_OPEN_KEY_MAX + 1];
     atomic_int refs;
+    /* Parameter and state memory the session stands for (parameters, and
+     * the like-parameter slots and lookahead copies they will have), read
+     * without the lock to enforce --max-total-bytes. */
+    _Atomic uint64_t committed_bytes;
     pthread_mutex_t mutex;
     _Atomic int64_t last_used;   /* CLOCK_MONOTONIC seconds of its last request */
 
@@ -146,9 +150,14 @@ typedef struct session {
     uint64_t version;          /* grows by one with every change of state */
     uint64_t saved_version;    /* the version the last snapshot holds */
     bool closed;               /* closed: never to be saved again */
+    /* Non-empty: why the session was stopped (its plugin failed a step or
+     * wrote a non-finite parameter). Steps are refused until a switch or a
+     * new plugin version takes the session; reads go on. */
+    char stopped[512];
     int durability;            /* enum durability */
     int wal_fd;                /* the open write-ahead log, or -1 */
     bool wal_unsynced;         /* appended since the last fdatasync */
+    int64_t wal_unsynced_since;   /* metrics_now_ns() of the first such append */
     uint64_t wal_bytes;        /* the log's length */
 
     client_seq *clients;       /* sequenced clients, in first-seen order */
@@ -180,6 +189,9 @@ int session_find_group(const session *s, const char *name, size_t len);
  * gives -1 (every group) when absent, else the default group (0). */
 int session_request_group(const session *s, const msgpack_object *req, bool all_if_absent,
                           int *group, request_error *err);
+/* What a parameter of `nbytes` commits: itself, its like-parameter state
+ * slots and its lookahead copy. */
+uint64_t session_param_cost(const session *s, uint64_t nbytes);
 /* Adds a parameter without checks (the caller made them). -1: no memory. */
 int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
                          uint32_t ndim, const int64_t *shape, const void *data);

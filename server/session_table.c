@@ -120,3 +120,13 @@ void session_table_release_list(session **list, size_t count)
     for (size_t i = 0; i < count; i++) session_unref(list[i]);
     free(list);
 }
+
+uint64_t session_table_committed_bytes(session_table *t)
+{
+    size_t n;
+    session **list = session_table_list(t, &n);
+    uint64_t total = 0;
+    for (size_t i = 0; list && i < n; i++) total += atomic_load(&list[i]->committed_bytes);
+    session_table_release_list(list, n);
+    return total;
+}

@@ -32,4 +32,7 @@ int session_table_remove(session_table *t, const session *s);
 session **session_table_list(session_table *t, size_t *count);
 void session_table_release_list(session **list, size_t count);
 
+/* The memory all sessions of the table commit (session.committed_bytes). */
+uint64_t session_table_committed_bytes(session_table *t);
+
 #endif

@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include "log.h"
+#include "metrics.h"
 #include "snapshot.h"
 #include "wire.h"
 #include "wal.h"
@@ -137,6 +138,7 @@ int store_log_change(void *change, session *s, request_error *err)
         if (fdatasync(s->wal_fd) != 0)
             return fail(err, OPTIMD_E_STORAGE, "cannot flush the log (nothing applied): %s", strerror(errno));
     } else {
+        if (!s->wal_unsynced) s->wal_unsynced_since = metrics_now_ns();
         s->wal_unsynced = true;
     }
     return 0;

@@ -3,6 +3,8 @@
 #include "log.h"
 
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/supplemental/tls/tls.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -108,12 +110,87 @@ static void *request_thread(void *arg)
     return NULL;
 }
 
+/* A whole (small) file as a string: the PEM certificates and key. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int c;
+    while ((c = fgetc(f)) != EOF && len < (1u << 20)) {
+        if (len + 2 > cap) {
+            cap = cap ? cap * 2 : 4096;
+            char *grown = realloc(buf, cap);
+            if (!grown) break;
+            buf = grown;
+        }
+        buf[len++] = (char)c;
+    }
+    fclose(f);
+    if (buf) buf[len] = '\0';
+    return buf;
+}
+
+/* The TLS setup of tls+tcp:// listeners: our certificate and key, and the
+ * CA that client certificates must chain to. */
+static int tls_config(const options *o, nng_tls_config **out)
+{
+    nng_tls_config *cfg;
+    int rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_SERVER);
+    if (rv != 0) {
+        log_error("TLS: %s", nng_strerror(rv));
+        return -1;
+    }
+    char *cert = read_text(o->tls_cert), *key = read_text(o->tls_key);
+    if (!cert || !key) {
+        log_error("TLS: cannot read %s: %s", !cert ? o->tls_cert : o->tls_key, strerror(errno));
+        rv = NNG_EINVAL;
+    }
+    if (rv == 0 && (rv = nng_tls_config_own_cert(cfg, cert, key, NULL)) != 0)
+        log_error("TLS: certificate %s with key %s: %s", o->tls_cert, o->tls_key, nng_strerror(rv));
+    if (rv == 0 && o->tls_ca && (rv = nng_tls_config_ca_file(cfg, o->tls_ca)) != 0)
+        log_error("TLS: CA file %s: %s", o->tls_ca, nng_strerror(rv));
+    nng_tls_auth_mode mode = strcmp(o->tls_client_auth, "required") == 0   ? NNG_TLS_AUTH_MODE_REQUIRED
+                             : strcmp(o->tls_client_auth, "optional") == 0 ? NNG_TLS_AUTH_MODE_OPTIONAL
+                                                                           : NNG_TLS_AUTH_MODE_NONE;
+    if (rv == 0 && mode != NNG_TLS_AUTH_MODE_NONE && !o->tls_ca) {
+        log_error("TLS: --tls-client-auth %s needs --tls-ca", o->tls_client_auth);
+        rv = NNG_EINVAL;
+    }
+    if (rv == 0 && (rv = nng_tls_config_auth_mode(cfg, mode)) != 0)
+        log_error("TLS: %s", nng_strerror(rv));
+    if (cert) memset(cert, 0, strlen(cert));
+    if (key) memset(key, 0, strlen(key));
+    free(cert);
+    free(key);
+    if (rv != 0) {
+        nng_tls_config_free(cfg);
+        return -1;
+    }
+    *out = cfg;
+    return 0;
+}
+
+int transport_check_tls(const options *o)
+{
+    nng_tls_config *cfg;
+    if (tls_config(o, &cfg) != 0) return -1;
+    nng_tls_config_free(cfg);
+    return 0;
+}
+
 static int listen_all(transport *t, char *bound_url, size_t cap)
 {
     const options *o = t->srv->opts;
+    nng_tls_config *tls = NULL;
     for (int i = 0; i < o->n_listen; i++) {
         nng_listener l;
         int rv = nng_listener_create(&l, t->sock, o->listen[i]);
+        if (rv == 0 && strncmp(o->listen[i], "tls+tcp://", 10) == 0) {
+            if (!tls && tls_config(o, &tls) != 0) return -1;
+            rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, tls);
+        }
         if (rv == 0) rv = nng_listener_start(l, 0);
         if (rv != 0) {
             log_error("cannot listen on %s: %s", o->listen[i], nng_strerror(rv));
@@ -122,13 +199,17 @@ static int listen_all(transport *t, char *bound_url, size_t cap)
         char url[512];
         snprintf(url, sizeof url, "%s", o->listen[i]);
         int port;
-        if (strncmp(url, "tcp://", 6) == 0 && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
+        bool tcp = strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tls+tcp://", 10) == 0;
+        if (tcp && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
             char *colon = strrchr(url, ':');
-            if (colon && colon > url + 5) snprintf(colon, sizeof url - (size_t)(colon - url), ":%d", port);
+            if (colon && colon > strstr(url, "://") + 2)
+                snprintf(colon, sizeof url - (size_t)(colon - url), ":%d", port);
         }
         log_info("listening on %s", url);
         if (i == 0 && bound_url) snprintf(bound_url, cap, "%s", url);
     }
+    /* Listeners hold their own references to the configuration. */
+    if (tls) nng_tls_config_free(tls);
     return 0;
 }
 

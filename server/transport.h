@@ -18,4 +18,9 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap);
 /* Stops receiving, lets running requests finish, frees everything. */
 void transport_stop(transport *t);
 
+/* Builds the TLS configuration the options describe and throws it away:
+ * -1 (logged) when a file is unreadable or the certificate, key and CA do
+ * not go together. For --check-config. */
+int transport_check_tls(const options *o);
+
 #endif

@@ -73,7 +73,9 @@ static void set_up(void)
     /* 'close' removes a session's files: give the store a scratch directory. */
     char state_dir[] = "/tmp/optimd-fuzz-XXXXXX";
     if (!mkdtemp(state_dir) || store_open(&srv.store, state_dir) != 0) fuzz_abort("no state directory");
-    if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, 1) != 0 || srv.plugins.count == 0)
+    char copy_dir[sizeof state_dir + 32];
+    snprintf(copy_dir, sizeof copy_dir, "%s/plugins-loaded", state_dir);
+    if (plugin_registry_load(&srv.plugins, opts.plugin_dirs, 1, copy_dir, NULL) != 0 || srv.plugins.count == 0)
         fuzz_abort("no plugins loaded");
     compute_pool_start(&srv.pool, 0);
 }

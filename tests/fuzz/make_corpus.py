@@ -1,6 +1,9 @@
 """Writes seed inputs for fuzz_request: one valid request per op (session
 ops use the harness's session "fuzz" and its token of 32 zeros), so the
-fuzzer starts from messages that reach deep into every handler."""
+fuzzer starts from messages that reach deep into every handler; then every
+request of the protocol's conformance vectors (tests/protocol/vectors.json),
+pointed at the same session."""
+import json
 import os
 import struct
 import sys
@@ -33,3 +36,12 @@ for i, body in enumerate(seeds):
     req = {"v": 1, "id": i, **body}
     with open(os.path.join(out, "seed-%02d-%s" % (i, body["op"])), "wb") as f:
         f.write(msgpack.packb(req, use_bin_type=True))
+
+vectors = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "protocol", "vectors.json")
+with open(vectors) as f:
+    for v in json.load(f)["requests"]:
+        body = msgpack.unpackb(bytes.fromhex(v["msgpack"]), raw=False)
+        if "token" in body:
+            body.update(s)
+        with open(os.path.join(out, "vector-%s" % v["name"]), "wb") as f:
+            f.write(msgpack.packb(body, use_bin_type=True))

@@ -195,6 +195,45 @@ class HotSwap(unittest.TestCase):
         np.testing.assert_array_equal(acc, 3 * g.astype(np.float64))
         c.close()
 
+    def test_a_misbehaving_plugin_stops_its_session_not_the_daemon(self):
+        # The validator would refuse these (they fail on the third step of
+        # its runs too); this daemon runs without one.
+        self.daemon = Daemon("--plugin-dir", self.plugin_dir, "--plugin-dir", os.environ["OPTIMD_PLUGIN_DIR"],
+                             "--admin-token", ADMIN, "--watch-plugins", "off")
+        c = Req(self.daemon.url)
+        for variant, stays in (("gives_up", False), ("writes_nan", True)):
+            put(self.plugin_dir, "v1")
+            self.assertTrue(c.call("reload", admin_token=ADMIN)["ok"])
+            r = c.call("open", session=variant, optimizer="toy", hparams={"lr": LR})
+            s = {"session": variant, "token": r["token"]}
+            other = c.call("open", session=variant + "-other", optimizer="sgd", hparams={"lr": 0.1})
+            o = {"session": variant + "-other", "token": other["token"]}
+            g = {"p": tensor(np.ones(4, np.float32))}
+            for t in (s, o):
+                c.call("register", **t, params={"p": tensor(np.zeros(4, np.float32))})
+            self.assertTrue(c.call("load", path=toy(variant), admin_token=ADMIN)["ok"])
+            for _ in range(2):
+                self.assertTrue(c.call("step", **s, grads=g)["ok"])
+            r = c.call("step", **s, grads=g)
+            self.assertEqual(r.get("error"), "PLUGIN", r)
+            self.assertIn("stopped", r["message"])
+            r = c.call("step", **s, grads=g)
+            self.assertIn("is stopped", r.get("message", ""), r)
+            self.assertEqual(c.call("info", **s)["steps"], 2)            # reads go on
+            self.assertTrue(c.call("pull", **s)["ok"])
+            self.assertTrue(c.call("step", **o, grads=g)["ok"])           # so does everyone else
+            # A fixed version takes the session if its parameters are finite.
+            put(self.plugin_dir, "v1")
+            self.assertTrue(c.call("reload", admin_token=ADMIN)["ok"])
+            r = c.call("step", **s, grads=g)
+            if stays:
+                self.assertEqual(r.get("error"), "PLUGIN", r)
+                self.assertIn("is stopped", r["message"])
+            else:
+                self.assertTrue(r["ok"], r)
+                self.assertEqual(r["steps"], 3)
+        c.close()
+
     def test_sighup_rescans(self):
         c = self.start(watch="off")
         put(self.plugin_dir, "v2")

@@ -7,6 +7,7 @@
  *   TOY_EXTRA    1: declares one more hyperparameter (a schema change);
  *   TOY_BROKEN   0: sound; 1: built for ABI major 99; 2: exports another
  *                symbol name; 3: refuses its own defaults; 4: crashes in step;
+ *                5: fails its third step; 6: writes NaN on its third step;
  *   TOY_ACC_F64  1: keeps "acc" in float64 whatever the parameter (a slot
  *                layout change under the same key);
  *   TOY_MIGRATE  1: declares the ABI 1.1 migrate hook that converts an old
@@ -73,6 +74,10 @@ static optimd_status toy_step(const optimd_host *host, const optimd_step_args *a
         volatile int *nowhere = NULL;
         *nowhere = 1;
     }
+    if (TOY_BROKEN == 5 && a->step >= 3) {
+        host->set_error(host->call, "toy gives up on its third step");
+        return OPTIMD_ERR_INTERNAL;
+    }
     const double lr = a->hparams[0];
     if (a->param->dtype == OPTIMD_DTYPE_F32) {
         float *p = a->param->data;
@@ -82,6 +87,7 @@ static optimd_status toy_step(const optimd_host *host, const optimd_step_args *a
             if (TOY_ACC_F64) ((double *)a->slots[0].data)[i] += g[i];
             else ((float *)a->slots[0].data)[i] += g[i];
             p[i] = p[i] - c * g[i];
+            if (TOY_BROKEN == 6 && a->step >= 3) p[i] = p[i] * (1.0f / 0.0f) * 0.0f;
         }
     } else {
         double *p = a->param->data, *acc = a->slots[0].data;

@@ -30,7 +30,18 @@ _lib.nng_socket_set_ms.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_int32]
 _lib.nng_socket_set_size.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_size_t]
 _lib.nng_close.argtypes = [_Socket]
 _lib.nng_strerror.restype = ctypes.c_char_p
+_lib.nng_dialer_create.argtypes = [ctypes.c_void_p, _Socket, ctypes.c_char_p]
+_lib.nng_dialer_set_ptr.argtypes = [_Socket, ctypes.c_char_p, ctypes.c_void_p]
+_lib.nng_dialer_start.argtypes = [_Socket, ctypes.c_int]
+_lib.nng_tls_config_alloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+_lib.nng_tls_config_ca_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_lib.nng_tls_config_own_cert.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
+_lib.nng_tls_config_server_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_lib.nng_tls_config_auth_mode.argtypes = [ctypes.c_void_p, ctypes.c_int]
+_lib.nng_tls_config_free.argtypes = [ctypes.c_void_p]
 NNG_FLAG_ALLOC = 1
+NNG_TLS_MODE_CLIENT = 0
+NNG_TLS_AUTH_MODE_REQUIRED = 2
 
 
 class NngError(Exception):
@@ -42,7 +53,9 @@ class NngError(Exception):
 class Req:
     """One REQ socket: send bytes, receive bytes."""
 
-    def __init__(self, url, timeout_ms=10000):
+    def __init__(self, url, timeout_ms=10000, tls=None):
+        """`tls`: {"ca": PEM file, "cert": PEM file, "key": PEM file,
+        "server_name": name} for a tls+tcp:// url (cert and key optional)."""
         self.sock = _Socket()
         rv = _lib.nng_req0_open(ctypes.byref(self.sock))
         if rv:
@@ -52,7 +65,25 @@ class Req:
         _lib.nng_socket_set_size(self.sock, b"recv-size-max", 0)
         # A step is not idempotent: never let REQ resend it (docs/protocol.md).
         _lib.nng_socket_set_ms(self.sock, b"req:resend-time", -1)
-        rv = _lib.nng_dial(self.sock, url.encode(), None, 0)
+        if tls is None:
+            rv = _lib.nng_dial(self.sock, url.encode(), None, 0)
+            if rv:
+                raise NngError("dial " + url, rv)
+            return
+        dialer = _Socket()
+        cfg = ctypes.c_void_p()
+        rv = _lib.nng_dialer_create(ctypes.byref(dialer), self.sock, url.encode())
+        rv = rv or _lib.nng_tls_config_alloc(ctypes.byref(cfg), NNG_TLS_MODE_CLIENT)
+        rv = rv or _lib.nng_tls_config_ca_file(cfg, tls["ca"].encode())
+        rv = rv or _lib.nng_tls_config_server_name(cfg, tls.get("server_name", "localhost").encode())
+        rv = rv or _lib.nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED)
+        if not rv and tls.get("cert"):
+            with open(tls["cert"], "rb") as c, open(tls["key"], "rb") as k:
+                rv = _lib.nng_tls_config_own_cert(cfg, c.read(), k.read(), None)
+        rv = rv or _lib.nng_dialer_set_ptr(dialer, b"tls-config", cfg)
+        rv = rv or _lib.nng_dialer_start(dialer, 0)
+        if cfg:
+            _lib.nng_tls_config_free(cfg)
         if rv:
             raise NngError("dial " + url, rv)
 
