@@ -103,6 +103,38 @@ static optimd_status step(const optimd_host *host, const optimd_step_args *args)
     return OPTIMD_OK;
 }
 
+/*
+ * A known-answer test of one step, which optimd-validate runs through the
+ * ABI and compares bit for bit (docs/abi.md, "Test vectors"). Worked by
+ * hand; lr 0.125 and momentum 0.5 keep every intermediate value exact in
+ * f32, so the result is exact too. Step 2, from a nonzero momentum buffer:
+ *
+ *   i   p      g      m_in    m = 0.5 m_in + 0.5 g    p - 0.125 sign(m)
+ *   0   1.0    0.5    0.25     0.125 + 0.25  =  0.375   0.875
+ *   1  -0.5   -1.0    0.5      0.25  - 0.5   = -0.25   -0.375
+ *   2   0.25   0.25  -0.5     -0.25  + 0.125 = -0.125   0.375
+ *   3   2.0   -0.75   0.75     0.375 - 0.375 =  0       2.0    (sign(0) = 0)
+ *   4  -1.5    2.0   -1.0     -0.5   + 1.0   =  0.5    -1.625
+ */
+static const char *const tv_keys[] = {"lr", "momentum"};
+static const double tv_values[] = {0.125, 0.5};
+static const float tv_param[] = {1.0f, -0.5f, 0.25f, 2.0f, -1.5f};
+static const float tv_grad[] = {0.5f, -1.0f, 0.25f, -0.75f, 2.0f};
+static const float tv_m_in[] = {0.25f, 0.5f, -0.5f, 0.75f, -1.0f};
+static const float tv_param_out[] = {0.875f, -0.375f, 0.375f, 2.0f, -1.625f};
+static const float tv_m_out[] = {0.375f, -0.25f, -0.125f, 0.0f, 0.5f};
+static const void *const tv_slots_in[SLOT_COUNT] = {tv_m_in};
+static const void *const tv_slots_out[SLOT_COUNT] = {tv_m_out};
+
+static const optimd_test_vector test_vectors[] = {
+    {.struct_size = sizeof(optimd_test_vector), .dtype = OPTIMD_DTYPE_F32,
+     .name = "f32_by_hand", .n_hparam_values = 2, .n_slots = SLOT_COUNT,
+     .hparam_keys = tv_keys, .hparam_values = tv_values, .step = 2, .numel = 5,
+     .max_ulps = 0, .max_abs_error = 0.0,  /* bit-exact */
+     .param = tv_param, .grad = tv_grad, .slots = tv_slots_in,
+     .expected_param = tv_param_out, .expected_slots = tv_slots_out},
+};
+
 static const optimd_optimizer optimizer = {
     .struct_size = sizeof(optimd_optimizer),
     .n_hparams = HP_COUNT,
@@ -112,6 +144,9 @@ static const optimd_optimizer optimizer = {
     .slots = slots,
     .check_hparams = NULL,
     .step = step,
+    .migrate = NULL,
+    .n_test_vectors = sizeof test_vectors / sizeof test_vectors[0],
+    .test_vectors = test_vectors,
 };
 
 OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {

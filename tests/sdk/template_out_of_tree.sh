@@ -2,7 +2,8 @@
 # The plugin template as a user meets it: install the SDK from this build
 # into a temporary prefix, copy the template from there to a directory
 # outside the source tree, build it against that prefix only, run its own
-# tests (including optimd-validate), build it once more with the pkg-config
+# tests (including optimd-validate, which must pass its declared test
+# vector), build it once more with the pkg-config
 # flags alone, then load it into a real daemon and train with it over the
 # protocol (sdk_session.py checks every step against the Signum formula).
 #
@@ -33,6 +34,10 @@ if grep -qF "$OPTIMD_SOURCE_DIR" "$work/build/compile_commands.json"; then
 fi
 "$ctest" --test-dir "$work/build" --output-on-failure
 "$ctest" --test-dir "$work/build" -N | grep -q signum_validate
+# The template's declared test vector is found and passes, bit for bit.
+"$work/prefix/bin/optimd-validate" "$work/build/signum.so" > "$work/validate.out"
+grep -F "PASS  vector[f32_by_hand]: test vector 0 'f32_by_hand' (f32, numel 5, step 2): all 10 values match bit for bit (tolerance: bit-exact)" \
+    "$work/validate.out" || { cat "$work/validate.out" >&2; exit 1; }
 
 # Without CMake: the pkg-config file has what a plain compiler line needs.
 export PKG_CONFIG_PATH="$work/prefix/share/pkgconfig"

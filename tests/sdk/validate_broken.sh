@@ -51,6 +51,21 @@ expect "$broken/broken_abort.so" 1 \
     "FAIL  crash: the plugin crashed with SIGABRT during step on f32 data"
 expect "$broken/broken_nondet.so" 1 \
     "FAIL  determinism[f32]: the same steps on the same f32 [67] data gave different bytes"
+# Declared test vectors: each reported on its own, the correct ones passing
+# (bit-exact, within 2 ulps, within an absolute 1e-9), the wrong ones failing
+# with the worst element.
+expect "$broken/broken_vector.so" 1 \
+    "PASS  vector[exact]: test vector 0 'exact' (f64, numel 3, step 1): all 3 values match bit for bit (tolerance: bit-exact)" \
+    "PASS  vector[within_2_ulps]: test vector 1 'within_2_ulps' (f32, numel 1, step 1): all 1 values within the tolerance (max_ulps 2, max_abs_error 0); worst: param[0] = 0.75, expected 0.75000006 (1 ulp)" \
+    "PASS  vector[within_1e-9]: test vector 2 'within_1e-9' (f64, numel 3, step 1): all 3 values within the tolerance (max_ulps 0, max_abs_error 1e-09); worst: param[0] = 0.75, expected 0.75000000000099998 (" \
+    "FAIL  vector[wrong]: test vector 3 'wrong' (f64, numel 3, step 1): 1 of 3 values outside the tolerance (bit-exact), in param (1 of 3); worst: param[1] = 2.5, expected 2.3999999999999999 (" \
+    "FAIL  vector[one_ulp_exact]: test vector 4 'one_ulp_exact' (f32, numel 1, step 1): 1 of 1 values outside the tolerance (bit-exact), in param (1 of 1); worst: param[0] = 0.75, expected 0.75000006 (1 ulp)" \
+    "FAILED: " " passed, 2 failed"
+expect "$broken/broken_vector_key.so" 1 \
+    "PASS  vector[exact]" \
+    "FAIL  vector[unknown_key]: test vector 3 'unknown_key' names hyperparameter 'learning_rate', which the plugin does not declare (it declares: lr)"
+expect "$broken/broken_vector_slots.so" 1 \
+    "FAIL  vector[extra_slot]: test vector 3 'extra_slot' gives 1 slot(s) but the optimizer declares 0"
 # The crash is the child's: the summary line still comes.
 expect "$broken/broken_segv.so" 1 "FAILED: "
 expect "$abi10/abi10_heavyball.so" 0 "PASS  abi: built for ABI 1.0" "OK: "

@@ -57,6 +57,9 @@ PIN_AT(optimd_optimizer, slots, 24);
 PIN_AT(optimd_optimizer, check_hparams, 32);
 PIN_AT(optimd_optimizer, step, 40);
 PIN_AT(optimd_optimizer, migrate, 48);         /* 1.1 */
+PIN_AT(optimd_optimizer, n_test_vectors, 56);  /* 1.1 */
+PIN_AT(optimd_optimizer, reserved2, 60);       /* 1.1 */
+PIN_AT(optimd_optimizer, test_vectors, 64);    /* 1.1 */
 PIN_AT(optimd_migrate_args, hparams, 8);       /* 1.1 */
 PIN_AT(optimd_migrate_args, from_id, 16);
 PIN_AT(optimd_migrate_args, from_version, 24);
@@ -67,6 +70,26 @@ PIN_AT(optimd_migrate_args, n_slots, 52);
 PIN_AT(optimd_migrate_args, from_keys, 56);
 PIN_AT(optimd_migrate_args, from_slots, 64);
 PIN_AT(optimd_migrate_args, slots, 72);
+
+/* 1.1. Read with a stride of its struct_size, so it may grow at its end
+ * like the tables above. */
+PIN_AT(optimd_test_vector, dtype, 4);
+PIN_AT(optimd_test_vector, name, 8);
+PIN_AT(optimd_test_vector, n_hparam_values, 16);
+PIN_AT(optimd_test_vector, n_slots, 20);
+PIN_AT(optimd_test_vector, hparam_keys, 24);
+PIN_AT(optimd_test_vector, hparam_values, 32);
+PIN_AT(optimd_test_vector, step, 40);
+PIN_AT(optimd_test_vector, numel, 48);
+PIN_AT(optimd_test_vector, ndim, 56);
+PIN_AT(optimd_test_vector, max_ulps, 60);
+PIN_AT(optimd_test_vector, shape, 64);
+PIN_AT(optimd_test_vector, max_abs_error, 72);
+PIN_AT(optimd_test_vector, param, 80);
+PIN_AT(optimd_test_vector, grad, 88);
+PIN_AT(optimd_test_vector, slots, 96);
+PIN_AT(optimd_test_vector, expected_param, 104);
+PIN_AT(optimd_test_vector, expected_slots, 112);
 
 PIN_AT(optimd_sched_args, n_hparams, 4);
 PIN_AT(optimd_sched_args, hparams, 8);

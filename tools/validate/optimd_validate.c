@@ -1060,6 +1060,409 @@ static void check_scheduler(const optimd_plugin_desc *d)
     free(hp);
 }
 
+/* ------------------------------------------------------- test vectors -- */
+
+/* The size of optimd_test_vector in ABI 1.1, its first version (LP64;
+ * tests/unit/test_abi_layout.c pins the members). */
+#define TEST_VECTOR_SIZE_1_1 120u
+#define MAX_TEST_VECTORS 256u
+#define MAX_VECTOR_NUMEL ((int64_t)1 << 22)
+
+/* Raw bits of element i, widened: equal bits are equal elements. */
+static uint64_t elem_bits(const void *data, uint32_t dtype, int64_t i)
+{
+    if (dtype == OPTIMD_DTYPE_F64) {
+        uint64_t u;
+        memcpy(&u, (const char *)data + i * 8, 8);
+        return u;
+    }
+    uint32_t u;
+    memcpy(&u, (const char *)data + i * 4, 4);
+    return u;
+}
+
+static double elem_value(const void *data, uint32_t dtype, int64_t i)
+{
+    if (dtype == OPTIMD_DTYPE_F64) {
+        double v;
+        memcpy(&v, (const char *)data + i * 8, 8);
+        return v;
+    }
+    float v;
+    memcpy(&v, (const char *)data + i * 4, 4);
+    return v;
+}
+
+/* Distance in units in the last place of the dtype: how many representable
+ * values lie between a and b (+0 and -0 count as one value). UINT64_MAX
+ * when either is NaN. */
+static uint64_t ulp_distance(const void *a, const void *b, uint32_t dtype, int64_t i)
+{
+    double va = elem_value(a, dtype, i), vb = elem_value(b, dtype, i);
+    if (isnan(va) || isnan(vb)) return UINT64_MAX;
+    uint64_t ua = elem_bits(a, dtype, i), ub = elem_bits(b, dtype, i);
+    const uint64_t sign = dtype == OPTIMD_DTYPE_F64 ? 1ull << 63 : 1ull << 31;
+    /* Map to a scale that is monotonic in the value. */
+    ua = (ua & sign) ? sign - (ua & ~sign) : sign + ua;
+    ub = (ub & sign) ? sign - (ub & ~sign) : sign + ub;
+    return ua > ub ? ua - ub : ub - ua;
+}
+
+/* The worst element of one or more compared tensors. */
+typedef struct worst_elem {
+    bool set;
+    char tensor[80];
+    int64_t index;
+    uint64_t ulps;
+    double got, want;
+    uint32_t dtype;
+} worst_elem;
+
+typedef struct vector_result {
+    int64_t compared, bad;
+    worst_elem worst_bad, worst_any;
+    char bad_tensors[256];
+} vector_result;
+
+static void note_worst(worst_elem *w, const char *tensor, int64_t i, uint64_t ulps, double got,
+                       double want, uint32_t dtype)
+{
+    if (w->set && ulps <= w->ulps) return;
+    w->set = true;
+    snprintf(w->tensor, sizeof w->tensor, "%s", tensor);
+    w->index = i;
+    w->ulps = ulps;
+    w->got = got;
+    w->want = want;
+    w->dtype = dtype;
+}
+
+static void compare_tensor(const optimd_test_vector *v, const char *tensor, const void *got,
+                           const void *want, uint32_t dtype, int64_t n, vector_result *r)
+{
+    int64_t bad_here = 0;
+    for (int64_t i = 0; i < n; i++) {
+        r->compared++;
+        if (elem_bits(got, dtype, i) == elem_bits(want, dtype, i)) continue;
+        uint64_t ulps = ulp_distance(got, want, dtype, i);
+        double g = elem_value(got, dtype, i), w = elem_value(want, dtype, i);
+        bool ok = (v->max_ulps > 0 && ulps <= v->max_ulps) ||
+                  (v->max_abs_error > 0 && fabs(g - w) <= v->max_abs_error);
+        note_worst(&r->worst_any, tensor, i, ulps, g, w, dtype);
+        if (ok) continue;
+        note_worst(&r->worst_bad, tensor, i, ulps, g, w, dtype);
+        bad_here++;
+    }
+    if (bad_here) {
+        size_t len = strlen(r->bad_tensors);
+        snprintf(r->bad_tensors + len, sizeof r->bad_tensors - len, "%s%s (%lld of %lld)",
+                 len ? ", " : "", tensor, (long long)bad_here, (long long)n);
+        r->bad += bad_here;
+    }
+}
+
+static void describe_worst(const worst_elem *w, char *out, size_t len)
+{
+    char ulps[64];
+    if (w->ulps == UINT64_MAX)
+        snprintf(ulps, sizeof ulps, "NaN");
+    else
+        snprintf(ulps, sizeof ulps, "%llu ulp%s%s", (unsigned long long)w->ulps,
+                 w->ulps == 1 ? "" : "s", w->ulps == 0 ? ", the sign of zero differs" : "");
+    int digits = w->dtype == OPTIMD_DTYPE_F64 ? 17 : 9;
+    snprintf(out, len, "%s[%lld] = %.*g, expected %.*g (%s)", w->tensor, (long long)w->index,
+             digits, w->got, digits, w->want, ulps);
+}
+
+static bool all_finite(const void *data, uint32_t dtype, int64_t n, int64_t *at)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(elem_value(data, dtype, i))) {
+            *at = i;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Runs one declared vector as the host would run that step, and compares.
+ * Reports one PASS or FAIL under `check`. */
+static void check_test_vector(const optimd_optimizer *o, const optimd_test_vector *v,
+                              const char *check, const char *label)
+{
+    phase("test vector %s", label);
+    uint32_t dtype = v->dtype;
+    if (dtype != OPTIMD_DTYPE_F32 && dtype != OPTIMD_DTYPE_F64) {
+        fail(check, "%s has dtype %u: use OPTIMD_DTYPE_F32 or OPTIMD_DTYPE_F64", label, dtype);
+        return;
+    }
+    if (!(o->dtypes & (1u << dtype))) {
+        fail(check, "%s is %s, which the optimizer does not declare in dtypes: test a declared "
+             "dtype or declare this one", label, dtype_name(dtype));
+        return;
+    }
+    if (v->step == 0) {
+        fail(check, "%s has step 0: it is args->step of the tested call, 1 on a parameter's "
+             "first step", label);
+        return;
+    }
+    if (v->numel < 1 || v->numel > MAX_VECTOR_NUMEL) {
+        fail(check, "%s has numel %lld: give 1 to %lld elements", label, (long long)v->numel,
+             (long long)MAX_VECTOR_NUMEL);
+        return;
+    }
+    int64_t shape[MAX_DIMS];
+    uint32_t ndim = 1;
+    shape[0] = v->numel;
+    if (v->shape) {
+        int64_t product = 1;
+        bool ok = v->ndim >= 1 && v->ndim <= MAX_DIMS;
+        for (uint32_t i = 0; ok && i < v->ndim; i++) {
+            ok = v->shape[i] >= 1 && v->shape[i] <= MAX_VECTOR_NUMEL;
+            if (ok) product *= v->shape[i];
+            ok = ok && product <= MAX_VECTOR_NUMEL;
+            shape[i] = v->shape[i];
+        }
+        if (!ok || product != v->numel) {
+            fail(check, "%s has a shape of ndim %u that does not multiply out to numel %lld: give "
+                 "1 to %d positive dimensions whose product is numel, or shape NULL for [numel]",
+                 label, v->ndim, (long long)v->numel, MAX_DIMS);
+            return;
+        }
+        ndim = v->ndim;
+    } else if (v->ndim != 0) {
+        fail(check, "%s has ndim %u but no shape: set both, or ndim 0 and shape NULL for [numel]",
+             label, v->ndim);
+        return;
+    }
+    if (!v->param || !v->grad || !v->expected_param) {
+        fail(check, "%s lacks %s: param, grad and expected_param are required", label,
+             !v->param ? "param" : !v->grad ? "grad" : "expected_param");
+        return;
+    }
+    if (v->n_slots != o->n_slots) {
+        fail(check, "%s gives %u slot(s) but the optimizer declares %u: give slots and "
+             "expected_slots one entry per declared slot, in declaration order (NULL entries for "
+             "zeros / not compared), and set n_slots to match", label, v->n_slots, o->n_slots);
+        return;
+    }
+    if (!(v->max_abs_error >= 0) || !isfinite(v->max_abs_error)) {
+        fail(check, "%s has max_abs_error %g: use a finite value >= 0 (0 with max_ulps 0 is "
+             "bit-exact)", label, v->max_abs_error);
+        return;
+    }
+
+    /* Hyperparameters: the defaults, then the vector's values by key, then
+     * the host's own checks, as at `open`. */
+    if (v->n_hparam_values > 256 || (v->n_hparam_values && (!v->hparam_keys || !v->hparam_values))) {
+        fail(check, "%s has n_hparam_values %u with %s: point hparam_keys and hparam_values at "
+             "arrays of that length", label, v->n_hparam_values,
+             v->n_hparam_values > 256 ? "more than 256" : "a NULL array");
+        return;
+    }
+    double *hp = calloc(o->n_hparams + 1, sizeof *hp);
+    bool *given = calloc(o->n_hparams + 1, sizeof *given);
+    pick_values(o->hparams, o->n_hparams, hp);
+    bool ok = true;
+    for (uint32_t k = 0; k < v->n_hparam_values && ok; k++) {
+        const char *key = v->hparam_keys[k];
+        int h = key ? hparam_index(o->hparams, o->n_hparams, key) : -1;
+        if (h < 0) {
+            char declared[512] = "";
+            for (uint32_t i = 0; i < o->n_hparams; i++) {
+                size_t len = strlen(declared);
+                snprintf(declared + len, sizeof declared - len, "%s%s", i ? ", " : "",
+                         o->hparams[i].key);
+            }
+            fail(check, "%s names hyperparameter '%s', which the plugin does not declare (it "
+                 "declares: %s): fix the key in hparam_keys", label, key ? key : "(null)", declared);
+            ok = false;
+        } else if (given[h]) {
+            fail(check, "%s gives hyperparameter '%s' twice: name each key once", label, key);
+            ok = false;
+        } else if (!in_range(&o->hparams[h], v->hparam_values[k])) {
+            fail(check, "%s gives %s = %g, which the host would refuse (outside its declared "
+                 "range, or not an integer or bool as declared)", label, key, v->hparam_values[k]);
+            ok = false;
+        } else {
+            given[h] = true;
+            hp[h] = v->hparam_values[k];
+        }
+    }
+    for (uint32_t i = 0; i < o->n_hparams && ok; i++) {
+        if ((o->hparams[i].flags & OPTIMD_HP_REQUIRED) && !given[i]) {
+            fail(check, "%s does not give '%s', which is REQUIRED: add it to hparam_keys and "
+                 "hparam_values", label, o->hparams[i].key);
+            ok = false;
+        }
+    }
+    free(given);
+    if (ok && o->check_hparams) {
+        host_ctx h;
+        host_begin(&h, 0);
+        optimd_status st = o->check_hparams(&h.table, hp, o->n_hparams);
+        if (st != OPTIMD_OK) {
+            fail(check, "%s: check_hparams refuses its hyperparameters (status %d): %s", label,
+                 st, error_text(&h));
+            ok = false;
+        }
+        host_end(&h);
+    }
+    if (!ok) {
+        free(hp);
+        return;
+    }
+
+    /* The state as the host holds it: 64-byte aligned parameter and slots,
+     * a gradient that is not, disabled slots passed with data NULL. */
+    pstate s;
+    pstate_init(&s, o, hp, dtype, ndim, shape);
+    buf grad, grad_copy;
+    buf_init(&grad, dtype, ndim, shape, dtype_size(dtype));
+    buf_init(&grad_copy, dtype, ndim, shape, 0);
+    int64_t at;
+    if (!all_finite(v->grad, dtype, v->numel, &at)) {
+        fail(check, "%s has a non-finite grad[%lld]: the host never passes one (it refuses "
+             "the request)", label, (long long)at);
+        ok = false;
+    } else if (!all_finite(v->expected_param, dtype, v->numel, &at)) {
+        fail(check, "%s has a non-finite expected_param[%lld]: state finite results", label,
+             (long long)at);
+        ok = false;
+    }
+    memcpy(s.param.t.data, v->param, s.param.bytes);
+    memcpy(grad.t.data, v->grad, grad.bytes);
+    memcpy(grad_copy.t.data, v->grad, grad.bytes);
+    for (uint32_t i = 0; i < s.n_slots && ok; i++) {
+        if (!s.slot_views[i].data) continue;
+        const buf *b = &s.slots[i];
+        if (v->slots && v->slots[i]) memcpy(b->t.data, v->slots[i], b->bytes);
+        if (v->expected_slots && v->expected_slots[i] &&
+            !all_finite(v->expected_slots[i], b->t.dtype, b->t.numel, &at)) {
+            fail(check, "%s has a non-finite expected value %lld of slot '%s': state finite "
+                 "results", label, (long long)at, o->slots[i].key);
+            ok = false;
+        }
+    }
+    if (ok) {
+        s.step = v->step - 1;
+        char why[300];
+        optimd_status st = run_step(o, hp, &s, &grad, 0, why, sizeof why);
+        if (st != OPTIMD_OK) {
+            fail(check, "%s: step returned %d: %s", label, st, why);
+            ok = false;
+        } else if (memcmp(grad.t.data, grad_copy.t.data, grad.bytes) != 0) {
+            fail(check, "%s: step wrote to the gradient, which is read-only", label);
+            ok = false;
+        }
+    }
+    if (ok) {
+        vector_result r;
+        memset(&r, 0, sizeof r);
+        compare_tensor(v, "param", s.param.t.data, v->expected_param, dtype, v->numel, &r);
+        int n_unchecked = 0;
+        char unchecked[256] = "";
+        for (uint32_t i = 0; i < s.n_slots; i++) {
+            if (!s.slot_views[i].data) continue;
+            if (!v->expected_slots || !v->expected_slots[i]) {
+                size_t len = strlen(unchecked);
+                snprintf(unchecked + len, sizeof unchecked - len, "%s'%s'", n_unchecked++ ? ", " : "",
+                         o->slots[i].key);
+                continue;
+            }
+            char name[80];
+            snprintf(name, sizeof name, "slot '%s'", o->slots[i].key);
+            compare_tensor(v, name, s.slots[i].t.data, v->expected_slots[i], s.slots[i].t.dtype,
+                           s.slots[i].t.numel, &r);
+        }
+        char tol[96];
+        if (v->max_ulps == 0 && v->max_abs_error == 0)
+            snprintf(tol, sizeof tol, "bit-exact");
+        else
+            snprintf(tol, sizeof tol, "max_ulps %u, max_abs_error %g", v->max_ulps,
+                     v->max_abs_error);
+        char worst[300], note[300] = "";
+        if (n_unchecked)
+            snprintf(note, sizeof note, "; slot%s %s not compared (expected_slots NULL)",
+                     n_unchecked > 1 ? "s" : "", unchecked);
+        if (r.bad) {
+            describe_worst(&r.worst_bad, worst, sizeof worst);
+            fail(check, "%s (%s, numel %lld, step %llu): %lld of %lld values outside the "
+                 "tolerance (%s), in %s; worst: %s. Fix step, or the expected values if they "
+                 "are wrong", label, dtype_name(dtype), (long long)v->numel,
+                 (unsigned long long)v->step, (long long)r.bad, (long long)r.compared, tol,
+                 r.bad_tensors, worst);
+        } else if (r.worst_any.set) {
+            describe_worst(&r.worst_any, worst, sizeof worst);
+            pass(check, "%s (%s, numel %lld, step %llu): all %lld values within the tolerance "
+                 "(%s); worst: %s%s", label, dtype_name(dtype), (long long)v->numel,
+                 (unsigned long long)v->step, (long long)r.compared, tol, worst, note);
+        } else {
+            pass(check, "%s (%s, numel %lld, step %llu): all %lld values match bit for bit "
+                 "(tolerance: %s)%s", label, dtype_name(dtype), (long long)v->numel,
+                 (unsigned long long)v->step, (long long)r.compared, tol, note);
+        }
+    }
+    buf_free(&grad);
+    buf_free(&grad_copy);
+    pstate_free(&s);
+    free(hp);
+}
+
+/* Every vector the plugin declares (ABI 1.1), each its own check. The
+ * array is read with the stride of its elements' struct_size, so that
+ * vectors of a later 1.x header, which may have grown, read correctly. */
+static void check_test_vectors(const optimd_optimizer *o)
+{
+    if (o->struct_size < offsetof(optimd_optimizer, test_vectors) + sizeof o->test_vectors ||
+        o->n_test_vectors == 0)
+        return;
+    phase("test vectors");
+    if (!o->test_vectors) {
+        fail("vectors", "n_test_vectors is %u but test_vectors is NULL: point it at your static "
+             "array", o->n_test_vectors);
+        return;
+    }
+    if (o->n_test_vectors > MAX_TEST_VECTORS) {
+        fail("vectors", "n_test_vectors is %u: at most %u; use the array's length",
+             o->n_test_vectors, MAX_TEST_VECTORS);
+        return;
+    }
+    uint32_t stride = o->test_vectors[0].struct_size;
+    if (stride < TEST_VECTOR_SIZE_1_1 || stride > STRUCT_SIZE_SANE || stride % 8 != 0) {
+        fail("vectors", "test vector 0 has struct_size %u, expected %zu: set .struct_size = "
+             "sizeof(optimd_test_vector) in every entry", stride, sizeof(optimd_test_vector));
+        return;
+    }
+    for (uint32_t i = 0; i < o->n_test_vectors; i++) {
+        const optimd_test_vector *v =
+            (const optimd_test_vector *)(const void *)((const char *)o->test_vectors +
+                                                       (size_t)i * stride);
+        /* A label safe for one report line. */
+        char label[64], check[80];
+        if (v->name && *v->name) {
+            size_t n = 0;
+            for (const char *c = v->name; *c && n < 40; c++)
+                label[n++] = (*c > ' ' && *c < 127) ? *c : '_';
+            label[n] = '\0';
+        } else {
+            snprintf(label, sizeof label, "#%u", i);
+        }
+        snprintf(check, sizeof check, "vector[%s]", label);
+        if (v->struct_size != stride) {
+            fail(check, "test vector %u has struct_size %u, unlike vector 0's %u: set "
+                 ".struct_size = sizeof(optimd_test_vector) in every entry", i, v->struct_size,
+                 stride);
+            continue;
+        }
+        char desc[96];
+        bool named = v->name && *v->name;
+        snprintf(desc, sizeof desc, "test vector %u%s%s%s", i, named ? " '" : "",
+                 named ? label : "", named ? "'" : "");
+        check_test_vector(o, v, check, desc);
+    }
+}
+
 static void check_optimizer(const optimd_plugin_desc *d)
 {
     const optimd_optimizer *o = d->optimizer;
@@ -1119,6 +1522,7 @@ static void check_optimizer(const optimd_plugin_desc *d)
         if (allowed) check_optimizer_steps(o, hp, ", bools on");
     }
     free(hp);
+    check_test_vectors(o);
 }
 
 static void child_checks(const char *path)
@@ -1402,8 +1806,9 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[first], "-h") == 0 || strcmp(argv[first], "--help") == 0) {
             printf("usage: optimd-validate [-q] PLUGIN.so...\n"
                    "Checks optimd plugins before they ship: one exported symbol, ABI version,\n"
-                   "schema, steps on every declared dtype, state restore, determinism, reload,\n"
-                   "two copies side by side. -q prints only failures and the summary.\n"
+                   "schema, steps on every declared dtype, the plugin's declared test vectors,\n"
+                   "state restore, determinism, reload, two copies side by side.\n"
+                   "-q prints only failures and the summary.\n"
                    "Exit status: 0 all checks passed, 1 a check failed, 2 usage error.\n");
             return 0;
         } else {

@@ -215,6 +215,46 @@ typedef struct optimd_migrate_args {
                                       * zeros; data NULL when disabled */
 } optimd_migrate_args;
 
+/*
+ * ABI 1.1. A known-answer test of one step (optimd_optimizer.test_vectors):
+ * inputs, hyperparameters and the result the plugin promises for them.
+ * optimd-validate runs each one as the host would and compares; the daemon
+ * never reads them. Values are arrays of elements of the tensor's dtype:
+ * `dtype` for the parameter and gradient, each slot's own dtype for slots.
+ * The array of vectors is read with a stride of the first element's
+ * struct_size (not the reader's sizeof), so this struct may grow in 1.x.
+ */
+typedef struct optimd_test_vector {
+    uint32_t struct_size;            /* sizeof(optimd_test_vector) */
+    uint32_t dtype;                  /* optimd_dtype of param and grad */
+    const char *name;                /* short label for reports; may be NULL */
+    uint32_t n_hparam_values;
+    uint32_t n_slots;                /* must equal the optimizer's n_slots */
+    /* Hyperparameters by key, so that the vector stays valid when the
+     * plugin adds keys later: keys not named take their defaults. "lr" is
+     * passed as the step's scheduled lr. */
+    const char *const *hparam_keys;
+    const double *hparam_values;
+    uint64_t step;                   /* args->step of the tested call, >= 1 */
+    int64_t numel;                   /* elements of the parameter, >= 1 */
+    uint32_t ndim;                   /* with shape; 0 when shape is NULL */
+    /* Tolerance. An element matches when its bits equal the expected ones,
+     * or it is within max_ulps units in the last place, or within
+     * max_abs_error of it. Both 0: bit-exact. */
+    uint32_t max_ulps;
+    const int64_t *shape;            /* NULL: one dimension of numel */
+    double max_abs_error;
+    const void *param;               /* numel input values */
+    const void *grad;                /* numel values */
+    /* n_slots pointers, declaration order: each slot's input state; NULL
+     * (the array or an entry) means zeros. Ignored for disabled slots. */
+    const void *const *slots;
+    const void *expected_param;      /* numel values after the step */
+    /* n_slots pointers: each slot after the step; a NULL entry is not
+     * compared. Ignored for disabled slots. */
+    const void *const *expected_slots;
+} optimd_test_vector;
+
 typedef struct optimd_optimizer {
     uint32_t struct_size;
     uint32_t n_hparams;
@@ -246,6 +286,12 @@ typedef struct optimd_optimizer {
      * only; nothing else runs on the session meanwhile. */
     optimd_status (*migrate)(const optimd_host *host,
                              const optimd_migrate_args *args);
+
+    /* Optional (0 and NULL). Known-answer tests of `step`, checked by
+     * optimd-validate and ignored by the daemon. */
+    uint32_t n_test_vectors;
+    uint32_t reserved2;              /* 0 */
+    const optimd_test_vector *test_vectors;
 } optimd_optimizer;
 
 /* ------------------------------------------------------------ scheduler -- */

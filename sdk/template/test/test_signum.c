@@ -2,13 +2,15 @@
  * Loads the built plugin the way the daemon does (dlopen + dlsym of
  * `optimd_plugin`), steps it through the ABI on f32 and f64 data, and
  * compares every parameter and momentum element with the Signum rule
- * computed here, written independently of signum.c.
+ * computed here, written independently of signum.c; then checks the
+ * plugin's declared test vector against the same rule and against a step.
  *
  *   usage: test_signum path/to/signum.so
  */
 #include <optimd/plugin.h>
 
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +139,74 @@ static void run(const optimd_optimizer *o, int f64)
     CHECK((f64 ? p64[1] : p32[1]) == before, "a failed step changed the parameter");
 }
 
+/* The plugin's declared test vectors (what optimd-validate runs): each must
+ * agree with the Signum rule computed here, and the plugin's step on its
+ * inputs must give exactly the declared result. */
+static void check_vectors(const optimd_optimizer *o)
+{
+    CHECK(o->struct_size >= offsetof(optimd_optimizer, test_vectors) + sizeof o->test_vectors &&
+              o->n_test_vectors >= 1 && o->test_vectors,
+          "the template declares no test vector");
+    if (failures) return;
+    optimd_call call = {{0}};
+    optimd_host host = {.struct_size = sizeof host, .abi_major = OPTIMD_ABI_MAJOR,
+                        .abi_minor = OPTIMD_ABI_MINOR, .call = &call, .log = host_log,
+                        .set_error = host_set_error, .scratch = host_scratch,
+                        .parallel_for = host_parallel_for};
+    for (uint32_t k = 0; k < o->n_test_vectors; k++) {
+        const optimd_test_vector *v = &o->test_vectors[k];
+        CHECK(v->struct_size == sizeof *v && v->dtype == OPTIMD_DTYPE_F32 && v->numel >= 1 &&
+                  v->numel <= N && v->shape == NULL && v->n_slots == 1 && v->step >= 1 &&
+                  v->max_ulps == 0 && v->max_abs_error == 0.0,
+              "vector %u is not a bit-exact f32 vector of at most %d elements", k, N);
+        if (failures) return;
+        double hp[2];
+        hp[find(o, "lr")] = o->hparams[find(o, "lr")].default_value;
+        hp[find(o, "momentum")] = o->hparams[find(o, "momentum")].default_value;
+        for (uint32_t i = 0; i < v->n_hparam_values; i++) {
+            int h = find(o, v->hparam_keys[i]);
+            CHECK(h >= 0, "vector %u names unknown hyperparameter '%s'", k, v->hparam_keys[i]);
+            if (h >= 0) hp[h] = v->hparam_values[i];
+        }
+        if (failures) return;
+        const float lr = (float)hp[find(o, "lr")], b = (float)hp[find(o, "momentum")];
+        const float *in_p = v->param, *g = v->grad;
+        const float *in_m = v->slots && v->slots[0] ? v->slots[0] : NULL;
+        const float *want_p = v->expected_param;
+        const float *want_m = v->expected_slots ? v->expected_slots[0] : NULL;
+        CHECK(want_m != NULL, "vector %u does not state the momentum buffer", k);
+        if (failures) return;
+        float p[N], m[N];
+        int64_t n = v->numel, shape[1] = {n}, strides[1] = {1};
+        for (int64_t i = 0; i < n; i++) {
+            /* The rule, independently of signum.c, against the declaration. */
+            float ref_m = b * (in_m ? in_m[i] : 0.0f) + (1.0f - b) * g[i];
+            float ref_p = in_p[i] - (ref_m > 0 ? lr : ref_m < 0 ? -lr : 0.0f);
+            CHECK(memcmp(&ref_m, &want_m[i], sizeof ref_m) == 0,
+                  "vector %u declares m[%lld] = %.9g; the rule gives %.9g", k, (long long)i,
+                  want_m[i], ref_m);
+            CHECK(memcmp(&ref_p, &want_p[i], sizeof ref_p) == 0,
+                  "vector %u declares p[%lld] = %.9g; the rule gives %.9g", k, (long long)i,
+                  want_p[i], ref_p);
+            p[i] = in_p[i];
+            m[i] = in_m ? in_m[i] : 0.0f;
+        }
+        optimd_tensor param = {sizeof param, OPTIMD_DTYPE_F32, p, n, 1, 0, shape, strides};
+        optimd_tensor grad = param, slot = param;
+        grad.data = (void *)g;
+        slot.data = m;
+        optimd_step_args args = {.struct_size = sizeof args, .n_hparams = 2, .hparams = hp,
+                                 .step = v->step, .param = &param, .grad = &grad,
+                                 .slots = &slot, .n_slots = 1};
+        optimd_status st = o->step(&host, &args);
+        CHECK(st == OPTIMD_OK, "vector %u: step returned %d: %s", k, st, call.error);
+        CHECK(memcmp(p, want_p, (size_t)n * sizeof *p) == 0,
+              "vector %u: the step's parameter differs from the declared one", k);
+        CHECK(memcmp(m, want_m, (size_t)n * sizeof *m) == 0,
+              "vector %u: the step's momentum buffer differs from the declared one", k);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -161,11 +231,12 @@ int main(int argc, char **argv)
     if (failures) return 1;
     run(o, 0);
     run(o, 1);
+    check_vectors(o);
     dlclose(h);
     if (failures) {
         fprintf(stderr, "test_signum: %d failure(s)\n", failures);
         return 1;
     }
-    printf("test_signum: f32 and f64 steps match the Signum rule\n");
+    printf("test_signum: f32 and f64 steps and the declared test vector match the Signum rule\n");
     return 0;
 }
