@@ -4,7 +4,11 @@
 
 #include <optimd/plugin.h>
 
+#include <stdbool.h>
+
 void log_set_level(int level);   /* optimd_log_level; lower ones are dropped */
+/* One JSON object per line ({"ts","level","msg"}) instead of text. */
+void log_set_json(bool json);
 int log_level_from_name(const char *name);   /* -1 if unknown */
 void log_msg(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -184,6 +184,7 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     }
     log_set_level(opts.log_level);
+    log_set_json(opts.log_json);
     if (opts.check_config) {
         rc = check_config(&opts);
         options_free(&opts);

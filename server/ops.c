@@ -1263,6 +1263,35 @@ static int dispatch(request *r, const msgpack_object *root)
     return fail(&r->err, OPTIMD_E_UNKNOWN_OP, "unknown op '%.*s'", (int)(op_len > 32 ? 32 : op_len), op);
 }
 
+nng_msg *server_refuse(server *srv, nng_msg *request_msg, const char *message)
+{
+    (void)srv;
+    nng_msg *reply;
+    if (nng_msg_alloc(&reply, 0) != 0) {
+        nng_msg_free(request_msg);
+        return NULL;
+    }
+    /* Only the id is read, so the client can match the refusal. */
+    uint64_t id = 0;
+    request_error err = {0};
+    size_t len = nng_msg_len(request_msg), off = 0;
+    if (wire_prescan(nng_msg_body(request_msg), len, &err) == 0) {
+        msgpack_unpacked root;
+        msgpack_unpacked_init(&root);
+        if (msgpack_unpack_next(&root, nng_msg_body(request_msg), len, &off) == MSGPACK_UNPACK_SUCCESS &&
+            root.data.type == MSGPACK_OBJECT_MAP && wire_get_uint(&root.data, "id", false, &id, &err) != 0)
+            id = 0;
+        msgpack_unpacked_destroy(&root);
+    }
+    wire_writer w;
+    wire_writer_init(&w, reply);
+    memset(&err, 0, sizeof err);
+    fail(&err, OPTIMD_E_LIMIT, "%s", message);
+    write_error(&w, id, &err);
+    nng_msg_free(request_msg);
+    return reply;
+}
+
 nng_msg *server_handle(server *srv, nng_msg *request_msg)
 {
     int64_t started = metrics_now_ns();

@@ -44,6 +44,8 @@ static const option_def defs[] = {
     {"compute-threads", "N", "extra threads for large tensors (default: cores - 1)"},
     {"ready-file", "FILE", "write the first bound URL to FILE once serving"},
     {"log-level", "LEVEL", "debug, info, warn or error (default info)"},
+    {"log-format", "text|json", "one text line, or one JSON object, per event (default text)"},
+    {"max-in-flight", "N", "most requests one connection may have in flight (default 16)"},
     {"validator", "PATH", "optimd-validate, run on every plugin file before it is loaded"},
     {"admin-token", "TOKEN", "allows the admin ops (reload, load) (default: $OPTIMD_ADMIN_TOKEN)"},
     {"watch-plugins", "on|off", "reload when a plugin directory changes (default on)"},
@@ -167,6 +169,11 @@ static int apply(options *o, const char *name, const char *v, const char *source
     } else if (strcmp(name, "log-level") == 0) {
         o->log_level = log_level_from_name(v);
         if (o->log_level < 0) return bad(source, "log-level wants debug, info, warn or error");
+    } else if (strcmp(name, "log-format") == 0) {
+        return parse_bool(source, name, v, "json", "text", &o->log_json);
+    } else if (strcmp(name, "max-in-flight") == 0) {
+        if (parse_u64(source, name, v, 1, 4096, &n)) return -1;
+        o->max_in_flight = (uint32_t)n;
     } else if (strcmp(name, "validator") == 0) {
         o->validator = v;
     } else if (strcmp(name, "admin-token") == 0) {
@@ -258,6 +265,7 @@ int options_parse(options *o, int argc, char **argv)
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     o->max_total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 4 * 3 : 0;
     o->request_threads = 4;
+    o->max_in_flight = 16;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o->compute_threads = cores > 1 ? (uint32_t)(cores - 1) : 0;
     o->contexts = 64;

@@ -32,6 +32,8 @@ typedef struct options {
     uint32_t sync_interval_ms;    /* group commit of "interval" sessions' logs */
     uint32_t session_ttl;         /* seconds a session may stay unused; 0: forever */
     int log_level;
+    bool log_json;             /* --log-format json */
+    uint32_t max_in_flight;    /* requests one connection (pipe) may have at once */
     const char *validator;     /* optimd-validate for new plugin files; NULL: none */
     const char *admin_token;   /* NULL or "": admin ops refused */
     bool watch_plugins;        /* reload on changes in the plugin directories */

@@ -23,5 +23,8 @@ typedef struct server {
 /* Decodes one request, runs it and returns the reply (never NULL unless
  * memory ran out). Takes ownership of `request`. Any request thread. */
 nng_msg *server_handle(server *srv, nng_msg *request);
+/* A LIMIT reply (id 0) to a request refused without reading it. Takes
+ * ownership of `request`. */
+nng_msg *server_refuse(server *srv, nng_msg *request, const char *message);
 
 #endif

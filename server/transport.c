@@ -20,8 +20,17 @@ typedef struct ctx_slot {
     nng_aio *aio;
     ctx_state state;
     nng_msg *request;
+    uint32_t pipe;             /* the connection the request came on (0: none) */
+    bool over_limit;           /* the connection had --max-in-flight already */
     struct ctx_slot *next_queued;
 } ctx_slot;
+
+/* Requests in flight per connection (pipe id), for --max-in-flight: at
+ * most one entry per context, so a small array does. */
+typedef struct pipe_count {
+    uint32_t pipe;
+    uint32_t count;
+} pipe_count;
 
 struct transport {
     server *srv;
@@ -34,7 +43,27 @@ struct transport {
     bool stopping;
     pthread_t *threads;
     uint32_t n_threads;
+    pipe_count *in_flight;     /* n_slots entries; guarded by mutex */
 };
+
+/* Counts a request on `pipe` in (+1) or out (-1); returns the new count.
+ * The caller holds t->mutex. */
+static uint32_t pipe_add(transport *t, uint32_t pipe, int delta)
+{
+    pipe_count *free_entry = NULL;
+    for (uint32_t i = 0; i < t->n_slots; i++) {
+        pipe_count *e = &t->in_flight[i];
+        if (e->count && e->pipe == pipe) {
+            e->count = (uint32_t)((int64_t)e->count + delta);
+            return e->count;
+        }
+        if (!e->count && !free_entry) free_entry = e;
+    }
+    if (delta <= 0 || !free_entry) return 0;
+    free_entry->pipe = pipe;
+    free_entry->count = 1;
+    return 1;
+}
 
 static void arm_receive(ctx_slot *c)
 {
@@ -49,6 +78,12 @@ static void ctx_callback(void *arg)
     transport *t = c->t;
     int rv = nng_aio_result(c->aio);
     if (c->state == CTX_SENDING) {
+        if (c->pipe) {
+            pthread_mutex_lock(&t->mutex);
+            pipe_add(t, c->pipe, -1);
+            pthread_mutex_unlock(&t->mutex);
+            c->pipe = 0;
+        }
         if (rv != 0) {
             /* The client went away; its reply has nowhere to go. */
             nng_msg_free(nng_aio_get_msg(c->aio));
@@ -67,7 +102,10 @@ static void ctx_callback(void *arg)
     }
     c->request = nng_aio_get_msg(c->aio);
     nng_aio_set_msg(c->aio, NULL);
+    c->pipe = nng_pipe_id(nng_msg_get_pipe(c->request));
+    if (c->pipe == (uint32_t)-1) c->pipe = 0;
     pthread_mutex_lock(&t->mutex);
+    c->over_limit = c->pipe && pipe_add(t, c->pipe, +1) > t->srv->opts->max_in_flight;
     c->state = CTX_QUEUED;
     c->next_queued = NULL;
     if (t->queue_tail) t->queue_tail->next_queued = c;
@@ -94,10 +132,19 @@ static void *request_thread(void *arg)
         nng_msg *reply = NULL;
         if (stop) {
             nng_msg_free(c->request);
+        } else if (c->over_limit) {
+            reply = server_refuse(t->srv, c->request, "this connection has --max-in-flight requests in "
+                                  "flight already; wait for replies or open another connection");
         } else {
             reply = server_handle(t->srv, c->request);
         }
         c->request = NULL;
+        if (!reply && c->pipe) {
+            pthread_mutex_lock(&t->mutex);
+            pipe_add(t, c->pipe, -1);
+            pthread_mutex_unlock(&t->mutex);
+            c->pipe = 0;
+        }
         if (!reply) {
             if (!stop) log_error("out of memory: request dropped without a reply");
             if (!stop) arm_receive(c);
@@ -234,7 +281,8 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
 
     t->slots = calloc(o->contexts, sizeof *t->slots);
     t->threads = calloc(o->request_threads, sizeof *t->threads);
-    if (!t->slots || !t->threads) goto fail_out;
+    t->in_flight = calloc(o->contexts, sizeof *t->in_flight);
+    if (!t->slots || !t->threads || !t->in_flight) goto fail_out;
     for (uint32_t i = 0; i < o->contexts; i++) {
         ctx_slot *c = &t->slots[i];
         c->t = t;
@@ -280,5 +328,6 @@ void transport_stop(transport *t)
     pthread_mutex_destroy(&t->mutex);
     free(t->slots);
     free(t->threads);
+    free(t->in_flight);
     free(t);
 }

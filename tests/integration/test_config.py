@@ -117,6 +117,72 @@ max-tensors = 2
                 "--validator", "/bin/true", "--check-config")
         self.assertEqual(r.returncode, 0, r.stderr)
 
+    def test_requests_in_flight_per_connection(self):
+        """--max-in-flight 1: a second request on the same connection while
+        the first is still being applied is refused with LIMIT (its id
+        echoed); another connection is served."""
+        import msgpack
+        import struct as st
+        d = Daemon("--max-in-flight", "1", "--threads", "1")
+        try:
+            c = Req(d.url)
+            r = c.call("open", session="big", optimizer="adam")
+            s = {"session": "big", "token": r["token"]}
+            n = 1 << 22
+            c.call("register", **s, params={"w": tensor(np.zeros(n, np.float32))})
+            host, port = d.url[len("tcp://"):].rsplit(":", 1)
+            raw = socket.create_connection((host, int(port)), timeout=30)
+            raw.sendall(b"\0SP\0\0\x30\0\0")           # SP header: REQ0
+            head = raw.recv(8)
+            self.assertEqual(head[:4], b"\0SP\0")
+
+            def frame(req_id, body):
+                payload = st.pack(">I", 0x80000000 | req_id) + msgpack.packb(body, use_bin_type=True)
+                return st.pack(">Q", len(payload)) + payload
+            slow = {"v": 1, "id": 1, "op": "step", **s, "grads": {"w": tensor(np.ones(n, np.float32))},
+                    "return": False}
+            quick = {"v": 1, "id": 2, "op": "hello"}
+            raw.sendall(frame(1, slow) + frame(2, quick))
+            replies = {}
+            buf = b""
+            while len(replies) < 2:
+                while len(buf) < 8 or len(buf) < 8 + st.unpack(">Q", buf[:8])[0]:
+                    chunk = raw.recv(65536)
+                    self.assertTrue(chunk, "connection closed")
+                    buf += chunk
+                size = st.unpack(">Q", buf[:8])[0]
+                payload, buf = buf[8:8 + size], buf[8 + size:]
+                rid = st.unpack(">I", payload[:4])[0] & 0x7fffffff
+                replies[rid] = msgpack.unpackb(payload[4:], raw=False)
+            raw.close()
+            self.assertTrue(replies[1]["ok"], replies[1])
+            self.assertEqual(replies[2].get("error"), "LIMIT", replies[2])
+            self.assertEqual(replies[2]["id"], 2)
+            self.assertIn("--max-in-flight", replies[2]["message"])
+            self.assertTrue(c.call("hello")["ok"])                # another connection
+            self.assertEqual(c.call("info", **s)["steps"], 1)
+            c.close()
+        finally:
+            self.assertEqual(d.stop(), 0)
+            d.cleanup()
+
+    def test_json_logs(self):
+        d = Daemon("--log-format", "json")
+        try:
+            c = Req(d.url)
+            c.call("open", session='quote"me', optimizer="sgd", hparams={"lr": 0.1})
+            c.close()
+        finally:
+            self.assertEqual(d.stop(), 0)
+            log = d.read_log()
+            d.cleanup()
+        import json
+        lines = [json.loads(l) for l in log.splitlines() if l.strip()]
+        self.assertTrue(lines)
+        for entry in lines:
+            self.assertEqual(set(entry), {"ts", "level", "msg"})
+            self.assertIn(entry["level"], ("debug", "info", "warn", "error"))
+
     def test_memory_limits(self):
         # adam keeps two like-parameter slots: a parameter of N f32 values
         # commits 3 * 4 * N bytes.
