@@ -6,7 +6,11 @@ set -euo pipefail
 build=${1:-build}
 shift || true
 sizes=("$@")
-[ ${#sizes[@]} -eq 0 ] && sizes=(1000000 10000000 50000000)
+# BENCH_QUICK=1 leaves out 50M, the slowest size.
+if [ ${#sizes[@]} -eq 0 ]; then
+  sizes=(1000000 10000000 50000000)
+  [ "${BENCH_QUICK:-0}" = 1 ] && sizes=(1000000 10000000)
+fi
 # torch allocates temporaries per step; without these tunables glibc hands
 # them fresh mmap pages and torch is 10-25x slower (reference §7).
 export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
