@@ -2,8 +2,15 @@ package optimd
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.nanomsg.org/mangos/v3"
@@ -12,6 +19,7 @@ import (
 	// The transports the daemon listens on.
 	_ "go.nanomsg.org/mangos/v3/transport/ipc"
 	_ "go.nanomsg.org/mangos/v3/transport/tcp"
+	_ "go.nanomsg.org/mangos/v3/transport/tlstcp"
 	_ "go.nanomsg.org/mangos/v3/transport/ws"
 )
 
@@ -26,6 +34,53 @@ type Options struct {
 	// DialAsync connects in the background (and keeps retrying) instead of
 	// failing Dial when the daemon is not reachable yet.
 	DialAsync bool
+	// TLS configures a tls+tcp:// connection: the CA that signed the
+	// daemon's certificate (RootCAs) and, where the daemon asks for one,
+	// this client's certificate. TLSConfigFromFiles builds one from PEM
+	// files. Required for tls+tcp:// URLs, ignored otherwise.
+	TLS *tls.Config
+}
+
+// TLSFiles names PEM files for TLSConfigFromFiles.
+type TLSFiles struct {
+	// CA is the certificate (or bundle) the daemon's certificate must
+	// chain to. Empty: the system's roots.
+	CA string
+	// Cert and Key are this client's certificate and private key, for a
+	// daemon that requires client certificates. Both or neither.
+	Cert, Key string
+	// ServerName is the name the daemon's certificate must carry. Empty:
+	// the host of the URL (an IP address is matched against the
+	// certificate's IP SANs).
+	ServerName string
+}
+
+// TLSConfigFromFiles reads the PEM files of f into a *tls.Config for
+// Options.TLS.
+func TLSConfigFromFiles(f TLSFiles) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName}
+	if f.CA != "" {
+		pem, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("optimd: TLS CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("optimd: TLS CA %s: no PEM certificate in it", f.CA)
+		}
+		cfg.RootCAs = pool
+	}
+	if (f.Cert == "") != (f.Key == "") {
+		return nil, errors.New("optimd: TLS client certificate and key go together: give both or neither")
+	}
+	if f.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			return nil, fmt.Errorf("optimd: TLS client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
 }
 
 // Client is a connection to one daemon: one REQ socket. It is safe for
@@ -41,8 +96,13 @@ type Client struct {
 	lastID  atomic.Uint64
 }
 
-// Dial connects to the daemon at url (tcp://host:port, ipc:///path or
-// ws://host:port/path). opts may be nil.
+// Dial connects to the daemon at url (tcp://host:port,
+// tls+tcp://host:port, ipc:///path or ws://host:port/path). opts may be
+// nil, except for tls+tcp:// where opts.TLS is required.
+//
+// Without DialAsync, a tls+tcp:// Dial completes the TLS handshake and the
+// SP header exchange, so a daemon that refuses this client's certificate
+// (or one whose certificate this client does not trust) fails Dial.
 func Dial(url string, opts *Options) (*Client, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -62,8 +122,23 @@ func Dial(url string, opts *Options) (*Client, error) {
 		sock.Close()
 		return nil, err
 	}
-	if err := sock.DialOptions(url, map[string]any{mangos.OptionDialAsynch: opts.DialAsync}); err != nil {
+	dialOpts := map[string]any{mangos.OptionDialAsynch: opts.DialAsync}
+	if strings.HasPrefix(url, "tls+tcp://") {
+		if opts.TLS == nil {
+			sock.Close()
+			return nil, fmt.Errorf("optimd: dial %s: a tls+tcp:// URL needs Options.TLS (see TLSConfigFromFiles)", url)
+		}
+		dialOpts[mangos.OptionTLSConfig] = opts.TLS
+	}
+	if err := sock.DialOptions(url, dialOpts); err != nil {
 		sock.Close()
+		if _, isTLS := dialOpts[mangos.OptionTLSConfig]; isTLS && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			// The daemon refuses a client's certificate by dropping the
+			// connection (in the handshake, or under TLS 1.3 just after the
+			// client's side of it), which reads as EOF, not as an alert.
+			return nil, fmt.Errorf("optimd: dial %s: the daemon closed the connection after the TLS handshake "+
+				"(most likely it refused this client's certificate: none given, or not signed by the CA the daemon trusts): %w", url, err)
+		}
 		return nil, fmt.Errorf("optimd: dial %s: %w", url, err)
 	}
 	return &Client{sock: sock, timeout: opts.Timeout}, nil

@@ -10,7 +10,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { TransportError } from "./errors.js";
-import { ReqSocket } from "./sp.js";
+import { ReqSocket, type TlsOptions } from "./sp.js";
 import type { Tensor } from "./tensor.js";
 import {
   type Hello,
@@ -55,6 +55,8 @@ export interface ClientOptions {
   /** Largest reply accepted in bytes (default 0: no limit, as protocol.md
    * §1 advises for tensor replies). */
   maxReplyBytes?: number;
+  /** TLS settings, required for a `tls+tcp://` URL (see `tlsFromFiles`). */
+  tls?: TlsOptions;
 }
 
 export interface CallOptions {
@@ -67,6 +69,7 @@ export class Client {
   private readonly timeoutMs: number;
   private readonly maxConnections: number;
   private readonly maxReplyBytes: number;
+  private readonly tls: TlsOptions | undefined;
   private readonly idle: ReqSocket[] = [];
   private readonly waiters: Array<(s: ReqSocket | undefined) => void> = [];
   private open_ = 0; // connections made or being made
@@ -78,6 +81,7 @@ export class Client {
     this.timeoutMs = options.timeoutMs ?? 60000;
     this.maxConnections = Math.max(1, options.maxConnections ?? 4);
     this.maxReplyBytes = options.maxReplyBytes ?? 0;
+    this.tls = options.tls;
   }
 
   /** Sends a built request and returns the parsed result. Every op method
@@ -124,7 +128,10 @@ export class Client {
         this.open_++;
         try {
           const left = deadline > 0 ? Math.max(1, deadline - Date.now()) : 0;
-          return await ReqSocket.dial(this.url, left, { maxRecvSize: this.maxReplyBytes });
+          return await ReqSocket.dial(this.url, left, {
+            maxRecvSize: this.maxReplyBytes,
+            ...(this.tls ? { tls: this.tls } : {}),
+          });
         } catch (err) {
           this.open_--;
           this.wakeOne();

@@ -7,6 +7,8 @@
  * `00 'S' 'P' 00 <protocol id: u16 BE> 00 00` and checks the peer's: the
  * magic, version 0, zero reserved bytes and the protocol id it expects
  * (REQ0 = 0x30 talks to REP0 = 0x31).
+ * TLS (`tls+tcp://`, as NNG's tls+tcp transport): the TCP mapping inside a
+ * TLS stream; the header exchange starts once the TLS handshake is done.
  * Framing: over TCP a message is `<length: u64 BE> <payload>`; over IPC
  * (Unix domain sockets) NNG puts a message type byte of 1 before the length
  * (the draft says 0; NNG's peers send and require 1).
@@ -16,7 +18,9 @@
  * has the top bit set.
  */
 import { randomInt } from "node:crypto";
+import * as fs from "node:fs";
 import * as net from "node:net";
+import * as tls from "node:tls";
 import { TimeoutError, TransportError } from "./errors.js";
 
 export const PROTO_REQ0 = 0x30;
@@ -28,31 +32,66 @@ const MAX_HOPS = 8;
 const MAX_BUFFER = 2 ** 32; // Node's Buffer limit on 64-bit hosts is at least this.
 
 export type Endpoint =
-  | { kind: "tcp"; host: string; port: number }
+  | { kind: "tcp" | "tls"; host: string; port: number }
   | { kind: "ipc"; path: string };
 
-/** Parses `tcp://host:port`, `tcp://[v6addr]:port` or `ipc:///path`. */
+/** Parses `tcp://host:port`, `tcp://[v6addr]:port`, the same with
+ * `tls+tcp://`, or `ipc:///path`. */
 export function parseUrl(url: string): Endpoint {
   if (url.startsWith("ipc://")) {
     const path = url.slice("ipc://".length);
     if (path.length === 0) throw new TypeError(`no socket path in ${url}`);
     return { kind: "ipc", path };
   }
-  if (url.startsWith("tcp://")) {
-    const rest = url.slice("tcp://".length);
+  const scheme = url.startsWith("tcp://") ? "tcp://" : url.startsWith("tls+tcp://") ? "tls+tcp://" : undefined;
+  if (scheme) {
+    const rest = url.slice(scheme.length);
     const m = /^(?:\[([^\]]+)\]|([^:/[\]]*)):(\d+)$/.exec(rest);
-    if (!m) throw new TypeError(`cannot parse ${url}: expected tcp://host:port`);
+    if (!m) throw new TypeError(`cannot parse ${url}: expected ${scheme}host:port`);
     const host = m[1] ?? m[2] ?? "";
     const port = Number(m[3]);
     if (port > 65535) throw new TypeError(`port out of range in ${url}`);
-    return { kind: "tcp", host: host === "" || host === "*" ? "0.0.0.0" : host, port };
+    return { kind: scheme === "tcp://" ? "tcp" : "tls", host: host === "" || host === "*" ? "0.0.0.0" : host, port };
   }
-  throw new TypeError(`unsupported address ${url}: this client speaks tcp:// and ipc://`);
+  throw new TypeError(`unsupported address ${url}: this client speaks tcp://, tls+tcp:// and ipc://`);
 }
 
 function formatUrl(ep: Endpoint): string {
   if (ep.kind === "ipc") return `ipc://${ep.path}`;
-  return ep.host.includes(":") ? `tcp://[${ep.host}]:${ep.port}` : `tcp://${ep.host}:${ep.port}`;
+  const scheme = ep.kind === "tls" ? "tls+tcp" : "tcp";
+  return ep.host.includes(":") ? `${scheme}://[${ep.host}]:${ep.port}` : `${scheme}://${ep.host}:${ep.port}`;
+}
+
+/**
+ * TLS settings for `tls+tcp://` URLs, handed to Node's `tls.connect`: PEM
+ * contents, as Node takes them ({@link tlsFromFiles} reads files).
+ */
+export interface TlsOptions {
+  /** The CA certificate(s) the daemon's certificate must chain to; when
+   * absent, Node's bundled roots. */
+  ca?: string | Buffer | Array<string | Buffer>;
+  /** This client's certificate chain, for a daemon that requires client
+   * certificates; goes with `key`. */
+  cert?: string | Buffer;
+  /** The private key of `cert`. */
+  key?: string | Buffer;
+  /** The name the daemon's certificate must carry (and the SNI name);
+   * default: the URL's host (an IP address is matched against the
+   * certificate's IP SANs). */
+  servername?: string;
+}
+
+/** {@link TlsOptions} from PEM file paths. */
+export function tlsFromFiles(files: { ca?: string; cert?: string; key?: string; servername?: string }): TlsOptions {
+  if ((files.cert === undefined) !== (files.key === undefined)) {
+    throw new TypeError("a TLS client certificate and its key go together: give both or neither");
+  }
+  const out: TlsOptions = {};
+  if (files.ca !== undefined) out.ca = fs.readFileSync(files.ca);
+  if (files.cert !== undefined) out.cert = fs.readFileSync(files.cert);
+  if (files.key !== undefined) out.key = fs.readFileSync(files.key);
+  if (files.servername !== undefined) out.servername = files.servername;
+  return out;
 }
 
 function protocolHeader(proto: number): Buffer {
@@ -195,13 +234,30 @@ class Pipe {
   }
 }
 
-function connectSocket(ep: Endpoint): net.Socket {
-  return ep.kind === "tcp" ? net.connect({ host: ep.host, port: ep.port }) : net.connect({ path: ep.path });
+function connectSocket(ep: Endpoint, tlsOptions: TlsOptions | undefined): net.Socket {
+  if (ep.kind === "ipc") return net.connect({ path: ep.path });
+  if (ep.kind === "tcp") return net.connect({ host: ep.host, port: ep.port });
+  if (!tlsOptions) throw new TypeError("a tls+tcp:// URL needs TLS options (the `tls` option)");
+  const { ca, cert, key, servername } = tlsOptions;
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new TypeError("a TLS client certificate and its key go together: give both or neither");
+  }
+  return tls.connect({
+    host: ep.host,
+    port: ep.port,
+    minVersion: "TLSv1.2",
+    ...(ca !== undefined ? { ca } : {}),
+    ...(cert !== undefined ? { cert } : {}),
+    ...(key !== undefined ? { key } : {}),
+    ...(servername !== undefined ? { servername } : {}),
+  });
 }
 
 export interface ReqSocketOptions {
   /** Largest reply accepted, in bytes; 0 (the default) means no limit. */
   maxRecvSize?: number;
+  /** Required for `tls+tcp://` URLs, ignored otherwise. */
+  tls?: TlsOptions;
 }
 
 interface Pending {
@@ -234,11 +290,19 @@ export class ReqSocket {
     };
   }
 
-  /** Connects and exchanges SP headers within `timeoutMs` (0: no limit). */
+  /** Connects (and for `tls+tcp://` completes the TLS handshake) and
+   * exchanges SP headers within `timeoutMs` (0: no limit). */
   static dial(url: string, timeoutMs = 0, options: ReqSocketOptions = {}): Promise<ReqSocket> {
     const ep = parseUrl(url);
     return new Promise((resolve, reject) => {
-      const socket = connectSocket(ep);
+      let socket: net.Socket;
+      try {
+        socket = connectSocket(ep, options.tls);
+      } catch (err) {
+        reject(err);
+        return;
+      }
+      let secured = false;
       const pipe = new Pipe(socket, ep.kind === "ipc", PROTO_REQ0, PROTO_REP0, options.maxRecvSize ?? 0);
       let timer: NodeJS.Timeout | undefined;
       if (timeoutMs > 0) {
@@ -251,9 +315,40 @@ export class ReqSocket {
       };
       pipe.onClose = (err) => {
         clearTimeout(timer);
-        reject(err instanceof TimeoutError ? err : new TransportError(`cannot connect to ${url}: ${err.message}`, { cause: err }));
+        if (err instanceof TimeoutError) {
+          reject(err);
+          return;
+        }
+        // A daemon that refuses the client's certificate just drops the
+        // connection, during the handshake or (TLS 1.3, where the client is
+        // done first) right after it, before the SP header; a certificate
+        // this client refuses fails with the verification error instead.
+        const code = (err.cause as NodeJS.ErrnoException | undefined)?.code;
+        const dropped = code === "ECONNRESET" || code === "EPIPE" || (secured && !(err.cause instanceof Error));
+        const alert = /ALERT_(UNKNOWN_CA|CERTIFICATE_REQUIRED|BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|ACCESS_DENIED)/
+          .test(code ?? "");
+        const hint = ep.kind !== "tls" || !tcpConnected
+          ? ""
+          : alert
+            ? " (the daemon refused this client's certificate: none given, or not signed by the CA the daemon trusts)"
+            : dropped
+              ? " (the daemon dropped the TLS connection: most likely it refused this client's certificate," +
+                " none given or not signed by the CA the daemon trusts)"
+              : "";
+        reject(new TransportError(`cannot connect to ${url}: ${err.message.trimEnd()}${hint}`, { cause: err }));
       };
-      socket.once("connect", () => pipe.start());
+      let tcpConnected = false;
+      if (ep.kind === "tls") {
+        socket.once("connect", () => {
+          tcpConnected = true;
+        });
+        socket.once("secureConnect", () => {
+          secured = true;
+          pipe.start();
+        });
+      } else {
+        socket.once("connect", () => pipe.start());
+      }
     });
   }
 
@@ -330,6 +425,7 @@ export class RepServer {
 
   static listen(url: string, handler: RepHandler): Promise<RepServer> {
     const ep = parseUrl(url);
+    if (ep.kind === "tls") return Promise.reject(new TypeError("RepServer listens on tcp:// and ipc:// only"));
     return new Promise((resolve, reject) => {
       const server = net.createServer();
       let rep: RepServer | undefined;
@@ -354,7 +450,7 @@ export class RepServer {
         resolve(rep);
       };
       if (ep.kind === "tcp") server.listen({ host: ep.host, port: ep.port }, onListening);
-      else server.listen({ path: ep.path }, onListening);
+      else if (ep.kind === "ipc") server.listen({ path: ep.path }, onListening);
     });
   }
 

@@ -1,5 +1,5 @@
 /** Test support: a real optimd on a free loopback port, pynng peers, paths. */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -38,13 +38,18 @@ export class Daemon {
     this.logPath = logPath;
   }
 
-  static async start(...extra: string[]): Promise<Daemon> {
+  static start(...extra: string[]): Promise<Daemon> {
+    return Daemon.startListen("tcp://127.0.0.1:0", ...extra);
+  }
+
+  /** Listening first on `listen` (the ready file names the first address). */
+  static async startListen(listen: string, ...extra: string[]): Promise<Daemon> {
     const dir = tempDir("optimd-js-");
     const ready = path.join(dir, "ready");
     const logPath = path.join(dir, "optimd.log");
     const log = fs.openSync(logPath, "w");
     const proc = spawn(requireEnv("OPTIMD_BIN"), [
-      "--listen", "tcp://127.0.0.1:0",
+      "--listen", listen,
       "--plugin-dir", requireEnv("OPTIMD_PLUGIN_DIR"),
       "--state-dir", path.join(dir, "state"),
       "--ready-file", ready,
@@ -83,6 +88,31 @@ export class Daemon {
     if (status === 0) fs.rmSync(this.dir, { recursive: true, force: true });
     return status;
   }
+}
+
+/** Throw-away certificates (PEM files made with openssl in `dir`): a CA,
+ * a server certificate for 127.0.0.1 and localhost, a client certificate
+ * from the CA, and a client certificate from another CA (`rogue`). */
+export function makePki(dir: string): (name: string) => string {
+  const p = (name: string) => path.join(dir, name);
+  const openssl = (...args: string[]) => {
+    const r = spawnSync("openssl", args, { encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`openssl ${args.join(" ")}: ${r.error?.message ?? r.stderr}`);
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  for (const ca of ["ca", "rogue_ca"]) {
+    openssl("req", "-x509", ...ec, "-keyout", p(`${ca}.key`), "-out", p(`${ca}.pem`), "-days", "2",
+            "-subj", `/CN=optimd js test ${ca}`);
+  }
+  fs.writeFileSync(p("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  for (const [name, ca] of [["server", "ca"], ["client", "ca"], ["rogue", "rogue_ca"]] as const) {
+    openssl("req", "-new", ...ec, "-keyout", p(`${name}.key`), "-out", p(`${name}.csr`),
+            "-subj", `/CN=${name === "server" ? "localhost" : name}`);
+    openssl("x509", "-req", "-in", p(`${name}.csr`), "-CA", p(`${ca}.pem`), "-CAkey", p(`${ca}.key`),
+            "-CAcreateserial", "-out", p(`${name}.pem`), "-days", "2",
+            ...(name === "server" ? ["-extfile", p("san.cnf")] : []));
+  }
+  return p;
 }
 
 /** The python with pynng (the venv scripts/python-env.sh makes). */

@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::sp::{parse_url, Address, Pipe};
+use crate::sp::{parse_url, Address, Pipe, TlsConfig};
 use crate::tensor::{Tensor, TensorRef};
 use crate::types::*;
 use crate::wire::{reply, request, Message};
@@ -22,6 +22,7 @@ pub const DEFAULT_URL: &str = "tcp://127.0.0.1:7878";
 /// For several requests in flight, use several clients.
 pub struct Client {
     addr: Address,
+    tls: Option<TlsConfig>,
     pipe: Option<Pipe>,
     timeout: Duration,
     max_recv: u64,
@@ -43,10 +44,30 @@ impl Client {
         Ok(c)
     }
 
-    /// A client that dials on its first call.
+    /// Connects to `tls+tcp://HOST:PORT` with `tls` (the TLS handshake and
+    /// the SP greeting included) within `timeout`, used for every later call
+    /// too. A daemon that refuses this client's certificate, or whose
+    /// certificate `tls` does not trust, fails this with a transport error
+    /// that says so.
+    pub fn connect_tls(url: &str, tls: TlsConfig, timeout: Duration) -> Result<Client> {
+        let mut c = Client::new_tls(url, tls, timeout)?;
+        c.ensure_pipe(Instant::now() + timeout)?;
+        Ok(c)
+    }
+
+    /// A `tls+tcp://` client that dials on its first call.
+    pub fn new_tls(url: &str, tls: TlsConfig, timeout: Duration) -> Result<Client> {
+        let mut c = Client::new(url, timeout)?;
+        c.tls = Some(tls);
+        Ok(c)
+    }
+
+    /// A client that dials on its first call. A `tls+tcp://` URL needs
+    /// [`Client::new_tls`].
     pub fn new(url: &str, timeout: Duration) -> Result<Client> {
         Ok(Client {
             addr: parse_url(url)?,
+            tls: None,
             pipe: None,
             timeout,
             max_recv: 0,
@@ -88,7 +109,7 @@ impl Client {
 
     fn ensure_pipe(&mut self, deadline: Instant) -> Result<&mut Pipe> {
         if self.pipe.is_none() {
-            self.pipe = Some(Pipe::connect(&self.addr, deadline)?);
+            self.pipe = Some(Pipe::connect(&self.addr, self.tls.as_ref(), deadline)?);
         }
         Ok(self.pipe.as_mut().expect("just set"))
     }

@@ -25,5 +25,6 @@ pub mod wire;
 
 pub use client::{Client, TimeoutGuard, DEFAULT_URL};
 pub use error::{Error, ErrorCode, Result};
+pub use sp::TlsConfig;
 pub use tensor::{Dtype, Tensor, TensorRef};
 pub use types::*;

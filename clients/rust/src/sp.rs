@@ -1,6 +1,9 @@
-//! The client side of the Scalability Protocols' REQ/REP v0 over TCP and
-//! Unix-domain sockets (NNG's `tcp://` and `ipc://`), written here instead
-//! of bound from libnng (README.md says why).
+//! The client side of the Scalability Protocols' REQ/REP v0 over TCP, TLS
+//! and Unix-domain sockets (NNG's `tcp://`, `tls+tcp://` and `ipc://`),
+//! written here instead of bound from libnng (README.md says why).
+//!
+//! `tls+tcp://` is the TCP mapping inside a TLS stream (rustls): the TLS
+//! handshake first, then the greeting and messages as over TCP.
 //!
 //! On the wire, after connecting, each side sends an 8-byte greeting
 //! `00 'S' 'P' 00`, its protocol id (16-bit big-endian: REQ0 48, REP0 49) and
@@ -12,8 +15,13 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::error::{Error, Result};
 use crate::wire::Message;
@@ -28,6 +36,7 @@ const READ_CHUNK: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Address {
     Tcp(String),
+    Tls(String),
     Ipc(PathBuf),
 }
 
@@ -39,18 +48,102 @@ pub(crate) fn parse_url(url: &str) -> Result<Address> {
             return Err(Error::invalid(format!("{url}: expected tcp://HOST:PORT")));
         }
         Ok(Address::Tcp(rest.to_owned()))
+    } else if let Some(rest) = url.strip_prefix("tls+tcp://") {
+        if rest.is_empty() || !rest.contains(':') {
+            return Err(Error::invalid(format!("{url}: expected tls+tcp://HOST:PORT")));
+        }
+        Ok(Address::Tls(rest.to_owned()))
     } else if let Some(rest) = url.strip_prefix("ipc://") {
         if rest.is_empty() {
             return Err(Error::invalid(format!("{url}: expected ipc:///PATH")));
         }
         Ok(Address::Ipc(PathBuf::from(rest)))
     } else {
-        Err(Error::invalid(format!("{url}: only tcp:// and ipc:// URLs are supported")))
+        Err(Error::invalid(format!("{url}: only tcp://, tls+tcp:// and ipc:// URLs are supported")))
     }
+}
+
+/// TLS settings for `tls+tcp://` URLs: the CA the daemon's certificate
+/// must chain to and, for a daemon that requires one, this client's
+/// certificate. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsConfig {
+    config: Arc<ClientConfig>,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+fn tls_error(what: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("TLS: {what}"))
+}
+
+impl TlsConfig {
+    /// From PEM files: `ca`, the certificate(s) the daemon's certificate
+    /// must chain to, and `client`, this client's certificate (chain) and
+    /// private key, where the daemon asks for one. TLS 1.2 and 1.3, with
+    /// rustls' ring provider.
+    pub fn from_pem_files(ca: impl AsRef<Path>, client: Option<(&Path, &Path)>) -> Result<TlsConfig> {
+        let ca = ca.as_ref();
+        let mut roots = RootCertStore::empty();
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| tls_error(format!("CA {}: {e}", ca.display())))? {
+            let cert = cert.map_err(|e| tls_error(format!("CA {}: {e}", ca.display())))?;
+            roots.add(cert).map_err(|e| tls_error(format!("CA {}: {e}", ca.display())))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(tls_error(format!("CA {}: no PEM certificate in it", ca.display())));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| tls_error(format!("client certificate {}: {e}", cert.display())))?;
+                if chain.is_empty() {
+                    return Err(tls_error(format!("client certificate {}: no PEM certificate in it", cert.display())));
+                }
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| tls_error(format!("client key {}: {e}", key.display())))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| tls_error(format!("client certificate: {e}")))?
+            }
+        };
+        Ok(TlsConfig { config: Arc::new(config), server_name: None })
+    }
+
+    /// A rustls configuration made by the caller (its own roots, verifier,
+    /// provider or client certificate resolver).
+    pub fn from_rustls(config: Arc<ClientConfig>) -> TlsConfig {
+        TlsConfig { config, server_name: None }
+    }
+
+    /// The name the daemon's certificate must carry; by default the URL's
+    /// host (an IP address is matched against the certificate's IP SANs).
+    pub fn server_name(mut self, name: impl Into<String>) -> TlsConfig {
+        self.server_name = Some(name.into());
+        self
+    }
+}
+
+/// The host of `host:port` or `[v6]:port`.
+fn host_of(hostport: &str) -> &str {
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 enum Stream {
     Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
     Ipc(UnixStream),
 }
 
@@ -65,6 +158,10 @@ impl Stream {
                 s.set_read_timeout(Some(left))?;
                 s.set_write_timeout(Some(left))
             }
+            Stream::Tls(s) => {
+                s.sock.set_read_timeout(Some(left))?;
+                s.sock.set_write_timeout(Some(left))
+            }
             Stream::Ipc(s) => {
                 s.set_read_timeout(Some(left))?;
                 s.set_write_timeout(Some(left))
@@ -75,6 +172,7 @@ impl Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
             Stream::Ipc(s) => s.read(buf),
         }
     }
@@ -82,9 +180,75 @@ impl Stream {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write_vectored(bufs),
+            // rustls copies into records anyway; flushing is what puts them
+            // on the wire.
+            Stream::Tls(s) => s.write_vectored(bufs).and_then(|n| s.flush().map(|()| n)),
             Stream::Ipc(s) => s.write_vectored(bufs),
         }
     }
+}
+
+const REFUSED_HINT: &str = ": most likely it refused this client's certificate \
+                            (none given, or not signed by the CA the daemon trusts)";
+
+/// Whether a failed handshake looks like the daemon turning this client
+/// away: the connection dropped, or an alert about our certificate.
+fn refused_by_daemon(e: &io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    if matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    ) {
+        return true;
+    }
+    matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            A::UnknownCA | A::CertificateRequired | A::BadCertificate | A::CertificateUnknown | A::AccessDenied
+        ))
+    )
+}
+
+/// The TLS handshake over `sock`, bounded by `deadline`; a failure says
+/// that it was the handshake and why (rustls' reason: an unknown issuer, a
+/// name mismatch, an alert from the daemon).
+fn tls_handshake(
+    mut sock: TcpStream,
+    hostport: &str,
+    tls: &TlsConfig,
+    deadline: Instant,
+) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+    let name = tls.server_name.as_deref().unwrap_or_else(|| host_of(hostport)).to_owned();
+    let server_name = ServerName::try_from(name.clone()).map_err(|e| tls_error(format!("server name {name:?}: {e}")))?;
+    let mut conn = ClientConnection::new(tls.config.clone(), server_name).map_err(tls_error)?;
+    while conn.is_handshaking() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out in the TLS handshake").into());
+        }
+        sock.set_read_timeout(Some(left))?;
+        sock.set_write_timeout(Some(left))?;
+        match conn.complete_io(&mut sock) {
+            Ok((0, 0)) if conn.is_handshaking() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("TLS handshake with {hostport}: the daemon closed the connection{REFUSED_HINT}"),
+                )
+                .into())
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let e = timeout_kind(e);
+                if e.kind() == io::ErrorKind::TimedOut {
+                    return Err(io::Error::new(e.kind(), "timed out in the TLS handshake").into());
+                }
+                let hint = if refused_by_daemon(&e) { REFUSED_HINT } else { "" };
+                return Err(io::Error::new(e.kind(), format!("TLS handshake with {hostport}: {e}{hint}")).into());
+            }
+        }
+    }
+    Ok(StreamOwned::new(conn, sock))
 }
 
 // A socket timeout surfaces as WouldBlock on Unix; callers see TimedOut.
@@ -103,9 +267,9 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
-    pub(crate) fn connect(addr: &Address, deadline: Instant) -> Result<Pipe> {
+    pub(crate) fn connect(addr: &Address, tls: Option<&TlsConfig>, deadline: Instant) -> Result<Pipe> {
         let stream = match addr {
-            Address::Tcp(hostport) => {
+            Address::Tcp(hostport) | Address::Tls(hostport) => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{hostport}: no address"));
                 let mut found = None;
                 for sa in hostport.to_socket_addrs()? {
@@ -126,13 +290,29 @@ impl Pipe {
                 // Requests are written whole; Nagle would only hold back
                 // the tail of one while the daemon waits for it.
                 s.set_nodelay(true)?;
-                Stream::Tcp(s)
+                if let Address::Tls(_) = addr {
+                    let tls = tls.ok_or_else(|| Error::invalid("a tls+tcp:// URL needs a TlsConfig"))?;
+                    Stream::Tls(Box::new(tls_handshake(s, hostport, tls, deadline)?))
+                } else {
+                    Stream::Tcp(s)
+                }
             }
             Address::Ipc(path) => Stream::Ipc(UnixStream::connect(path)?),
         };
         let mut pipe = Pipe { stream, ipc: matches!(addr, Address::Ipc(_)) };
-        pipe.handshake(deadline)?;
-        Ok(pipe)
+        match pipe.handshake(deadline) {
+            // A daemon that refuses the client's certificate does so after
+            // the client's side of a TLS 1.3 handshake is done: the refusal
+            // (an alert, or a closed connection) meets the SP greeting.
+            Err(Error::Transport(e)) if matches!(pipe.stream, Stream::Tls(_)) && e.kind() != io::ErrorKind::TimedOut => {
+                Err(Error::Transport(io::Error::new(
+                    e.kind(),
+                    format!("TLS: the daemon ended the connection before the SP greeting ({e}){REFUSED_HINT}"),
+                )))
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(pipe),
+        }
     }
 
     fn handshake(&mut self, deadline: Instant) -> Result<()> {

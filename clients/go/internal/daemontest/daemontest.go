@@ -27,6 +27,14 @@ type Daemon struct {
 // Without OPTIMD_BIN the test is skipped.
 func Start(t testing.TB, extra ...string) *Daemon {
 	t.Helper()
+	return StartListen(t, "tcp://127.0.0.1:0", extra...)
+}
+
+// StartListen is Start with the daemon listening on listen (for example
+// tls+tcp://127.0.0.1:0, with the --tls-* flags in extra). The ready file
+// names the first --listen address, so this one comes first.
+func StartListen(t testing.TB, listen string, extra ...string) *Daemon {
+	t.Helper()
 	bin := os.Getenv("OPTIMD_BIN")
 	if bin == "" {
 		t.Skip("OPTIMD_BIN is not set: these tests need a built daemon (run them through ctest, or set OPTIMD_BIN and OPTIMD_PLUGIN_DIR)")
@@ -38,7 +46,7 @@ func Start(t testing.TB, extra ...string) *Daemon {
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready")
 	args := append([]string{
-		"--listen", "tcp://127.0.0.1:0",
+		"--listen", listen,
 		"--plugin-dir", pluginDir,
 		"--state-dir", filepath.Join(dir, "state"),
 		"--ready-file", ready,
@@ -84,6 +92,65 @@ func (d *Daemon) stop(t testing.TB, exited chan error) {
 		<-exited
 		t.Errorf("optimd still running 60 s after SIGTERM; its log:\n%s", d.log.String())
 	}
+}
+
+// PKI is a throw-away set of certificates in PEM files: a CA, a server
+// certificate for 127.0.0.1 and localhost signed by it, a client
+// certificate signed by it, and a client certificate signed by another CA
+// (RogueCA).
+type PKI struct {
+	CA, RogueCA                     string
+	ServerCert, ServerKey           string
+	ClientCert, ClientKey           string
+	RogueClientCert, RogueClientKey string
+}
+
+// MakePKI makes a PKI with openssl in a temporary directory of the test.
+func MakePKI(t testing.TB) *PKI {
+	t.Helper()
+	dir := t.TempDir()
+	p := func(name string) string { return filepath.Join(dir, name) }
+	openssl := func(args ...string) {
+		t.Helper()
+		out, err := exec.Command("openssl", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	ec := []string{"-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"}
+	for _, ca := range []string{"ca", "rogue_ca"} {
+		openssl(append(append([]string{"req", "-x509"}, ec...), "-keyout", p(ca+".key"), "-out", p(ca+".pem"),
+			"-days", "2", "-subj", "/CN=optimd go test "+ca)...)
+	}
+	if err := os.WriteFile(p("san.cnf"), []byte("subjectAltName=IP:127.0.0.1,DNS:localhost\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, ca, cn string }{
+		{"server", "ca", "localhost"}, {"client", "ca", "client"}, {"rogue", "rogue_ca", "rogue"},
+	} {
+		openssl(append(append([]string{"req", "-new"}, ec...), "-keyout", p(c.name+".key"), "-out", p(c.name+".csr"),
+			"-subj", "/CN="+c.cn)...)
+		args := []string{"x509", "-req", "-in", p(c.name + ".csr"), "-CA", p(c.ca + ".pem"), "-CAkey", p(c.ca + ".key"),
+			"-CAcreateserial", "-out", p(c.name + ".pem"), "-days", "2"}
+		if c.name == "server" {
+			args = append(args, "-extfile", p("san.cnf"))
+		}
+		openssl(args...)
+	}
+	return &PKI{
+		CA: p("ca.pem"), RogueCA: p("rogue_ca.pem"),
+		ServerCert: p("server.pem"), ServerKey: p("server.key"),
+		ClientCert: p("client.pem"), ClientKey: p("client.key"),
+		RogueClientCert: p("rogue.pem"), RogueClientKey: p("rogue.key"),
+	}
+}
+
+// StartTLS starts a daemon listening on tls+tcp:// with pki's server
+// certificate, requiring client certificates signed by pki.CA.
+func StartTLS(t testing.TB, pki *PKI) *Daemon {
+	t.Helper()
+	return StartListen(t, "tls+tcp://127.0.0.1:0", "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey,
+		"--tls-ca", pki.CA, "--tls-client-auth", "required")
 }
 
 // Log is what the daemon wrote so far.

@@ -49,11 +49,16 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_listen("tcp://127.0.0.1:0", extra)
+    }
+
+    /// Listening first on `listen` (the ready file names the first address).
+    pub fn start_listen(listen: &str, extra: &[&str]) -> Daemon {
         let dir = scratch_dir("daemon");
         let ready = dir.join("ready");
         let log = fs::File::create(dir.join("optimd.log")).expect("log file");
         let child = Command::new(env("OPTIMD_BIN"))
-            .args(["--listen", "tcp://127.0.0.1:0", "--plugin-dir", &env("OPTIMD_PLUGIN_DIR")])
+            .args(["--listen", listen, "--plugin-dir", &env("OPTIMD_PLUGIN_DIR")])
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--ready-file")
@@ -116,4 +121,45 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Throw-away certificates made with openssl in a scratch directory: a CA
+/// (`ca.pem`), a server certificate for 127.0.0.1 and localhost
+/// (`server.pem`/`.key`), a client certificate from the CA
+/// (`client.pem`/`.key`), and one from another CA (`rogue.pem`/`.key`,
+/// `rogue_ca.pem`).
+pub fn make_pki() -> PathBuf {
+    let dir = scratch_dir("pki");
+    let p = |name: &str| dir.join(name).to_str().expect("utf-8 path").to_owned();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    for ca in ["ca", "rogue_ca"] {
+        let (key, pem, subj) = (p(&format!("{ca}.key")), p(&format!("{ca}.pem")), format!("/CN=optimd rust test {ca}"));
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        openssl(&args);
+    }
+    fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("san.cnf");
+    // An extension makes openssl write an X.509 v3 certificate, which
+    // webpki requires of client certificates too (it refuses v1).
+    fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").expect("client.cnf");
+    for (name, ca, cn) in [("server", "ca", "localhost"), ("client", "ca", "client"), ("rogue", "rogue_ca", "rogue")] {
+        let (key, csr, pem, subj) =
+            (p(&format!("{name}.key")), p(&format!("{name}.csr")), p(&format!("{name}.pem")), format!("/CN={cn}"));
+        let mut args = vec!["req", "-new"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(&args);
+        let (ca_pem, ca_key) = (p(&format!("{ca}.pem")), p(&format!("{ca}.key")));
+        let ext = p(if name == "server" { "san.cnf" } else { "client.cnf" });
+        let mut args = vec!["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"];
+        args.extend(["-out", &pem, "-days", "2"]);
+        args.extend(["-extfile", &ext]);
+        openssl(&args);
+    }
+    dir
 }
