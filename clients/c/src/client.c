@@ -85,7 +85,181 @@ static int socket_open(optimd_client *c, const char **what)
     /* Non-blocking: a daemon that starts a little later, or restarts, is
      * picked up by NNG's redial; requests wait for it up to the timeout. */
     *what = "cannot dial";
-    return nng_dial(c->sock, c->url, &c->dialer, NNG_FLAG_NONBLOCK);
+    if (!c->tls) return nng_dial(c->sock, c->url, &c->dialer, NNG_FLAG_NONBLOCK);
+    /* nng_dial cannot take a TLS config, and the socket-wide option would
+     * reach only dialers made after it: this dialer gets it before it
+     * starts, on every reconnect too. */
+    if ((rv = nng_dialer_create(&c->dialer, c->sock, c->url)) ||
+        (rv = nng_dialer_set_ptr(c->dialer, NNG_OPT_TLS_CONFIG, c->tls)))
+        return rv;
+    return nng_dialer_start(c->dialer, NNG_FLAG_NONBLOCK);
+}
+
+static bool url_is_tls(const char *url)
+{
+    return strncmp(url, "tls+", 4) == 0;
+}
+
+/* The host of `url` ("tls+tcp://HOST:PORT", HOST maybe in brackets) into
+ * `out`; false when it does not fit or is empty. */
+static bool url_host(const char *url, char *out, size_t cap)
+{
+    const char *p = strstr(url, "://");
+    if (!p) return false;
+    p += 3;
+    const char *end;
+    if (*p == '[') {
+        end = strchr(++p, ']');
+        if (!end) return false;
+    } else {
+        end = p + strcspn(p, ":/");
+    }
+    size_t len = (size_t)(end - p);
+    if (len == 0 || len >= cap) return false;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return true;
+}
+
+/* The whole of a PEM file, NUL-terminated, as nng_tls_config_own_cert
+ * wants it; NULL with errno set on failure. */
+static char *read_text_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (cap - len < 4097) {
+            size_t grown_cap = cap ? 2 * cap : 8192;
+            char *grown = realloc(buf, grown_cap);
+            if (!grown) {
+                free(buf);
+                fclose(f);
+                errno = ENOMEM;
+                return NULL;
+            }
+            buf = grown;
+            cap = grown_cap;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0) break;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* Builds c->tls from the options. Returns 0, or fills connect_err and
+ * returns OPTIMD_CLIENT_E_ARG / _NOMEM (the client is not freed here). */
+static int tls_setup(optimd_client *c, const optimd_client_options *o)
+{
+    int rv = nng_tls_config_alloc(&c->tls, NNG_TLS_MODE_CLIENT);
+    if (rv) {
+        c->tls = NULL;
+        snprintf(connect_err, sizeof connect_err,
+                 "cannot make a TLS configuration: %s", nng_strerror(rv));
+        return rv == NNG_ENOMEM ? OPTIMD_CLIENT_E_NOMEM : OPTIMD_CLIENT_E_ARG;
+    }
+    char host[256];
+    const char *name = o->tls_server_name;
+    if (!name) name = url_host(c->url, host, sizeof host) ? host : NULL;
+    if (!name) {
+        snprintf(connect_err, sizeof connect_err,
+                 "no host in %s to check the daemon's certificate against: "
+                 "give tls_server_name", c->url);
+        return OPTIMD_CLIENT_E_ARG;
+    }
+    /* REQUIRED is NNG's default for a client already; said here so that
+     * no default change could make the client accept any daemon. */
+    if ((rv = nng_tls_config_auth_mode(c->tls, NNG_TLS_AUTH_MODE_REQUIRED)) ||
+        (rv = nng_tls_config_server_name(c->tls, name))) {
+        snprintf(connect_err, sizeof connect_err,
+                 "cannot configure TLS (server name '%s'): %s", name,
+                 nng_strerror(rv));
+        return OPTIMD_CLIENT_E_ARG;
+    }
+    if ((rv = nng_tls_config_ca_file(c->tls, o->tls_ca_file))) {
+        snprintf(connect_err, sizeof connect_err,
+                 "cannot load the CA file '%s': %s", o->tls_ca_file,
+                 nng_strerror(rv));
+        return OPTIMD_CLIENT_E_ARG;
+    }
+    if (!o->tls_cert_file) return 0;
+    const char *bad = o->tls_cert_file;
+    char *cert = read_text_file(o->tls_cert_file), *key = NULL;
+    if (cert) {
+        bad = o->tls_key_file;
+        key = read_text_file(o->tls_key_file);
+    }
+    if (!key) {
+        int err = errno;
+        free(cert);
+        snprintf(connect_err, sizeof connect_err, "cannot read '%s': %s",
+                 bad, strerror(err));
+        return err == ENOMEM ? OPTIMD_CLIENT_E_NOMEM : OPTIMD_CLIENT_E_ARG;
+    }
+    rv = nng_tls_config_own_cert(c->tls, cert, key, NULL);
+    /* The key stays in memory no longer than it must. */
+    memset(key, 0, strlen(key));
+    free(key);
+    free(cert);
+    if (rv) {
+        snprintf(connect_err, sizeof connect_err,
+                 "cannot use the certificate '%s' with the key '%s': %s",
+                 o->tls_cert_file, o->tls_key_file, nng_strerror(rv));
+        return OPTIMD_CLIENT_E_ARG;
+    }
+    return 0;
+}
+
+/* Why a TLS connection could not be made: a REQ socket that finds no
+ * connection only times out, while its dialer retries a refused handshake
+ * in silence. One stream connection, bounded by the timeout, brings the
+ * handshake's own error to light: it dials, then sends this side's SP
+ * header and reads the daemon's, which is where a TLS 1.2 or 1.3
+ * handshake the daemon rejects (a missing or untrusted client
+ * certificate) ends. Returns 0 when that worked, else the NNG error. */
+static int tls_probe(optimd_client *c)
+{
+    nng_stream_dialer *d = NULL;
+    nng_aio *aio = NULL;
+    nng_stream *st = NULL;
+    int rv;
+    if ((rv = nng_stream_dialer_alloc(&d, c->url)) ||
+        (rv = nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, c->tls)) ||
+        (rv = nng_aio_alloc(&aio, NULL, NULL)))
+        goto out;
+    nng_aio_set_timeout(aio, c->timeout_ms);
+    nng_stream_dialer_dial(d, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio))) goto out;
+    st = nng_aio_get_output(aio, 0);
+    /* SP header: 0, 'S', 'P', version 0, protocol (REQ v0 is 0x30), 0, 0. */
+    unsigned char hdr[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0};
+    nng_iov iov = {.iov_buf = hdr, .iov_len = sizeof hdr};
+    if ((rv = nng_aio_set_iov(aio, 1, &iov))) goto out;
+    nng_stream_send(st, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio))) goto out;
+    nng_stream_recv(st, aio);
+    nng_aio_wait(aio);
+    rv = nng_aio_result(aio);
+out:
+    if (st) {
+        nng_stream_close(st);
+        nng_stream_free(st);
+    }
+    nng_aio_free(aio);
+    nng_stream_dialer_free(d);
+    return rv;
 }
 
 /* Fills `id` with 32 random hex digits. Random ids let any number of
@@ -165,6 +339,12 @@ int optimd_client_connect_ex(const char *url,
         if (OPTS_HAS(opts, client_id)) o.client_id = opts->client_id;
         if (OPTS_HAS(opts, on_retry)) o.on_retry = opts->on_retry;
         if (OPTS_HAS(opts, on_retry_arg)) o.on_retry_arg = opts->on_retry_arg;
+        if (OPTS_HAS(opts, tls_ca_file)) o.tls_ca_file = opts->tls_ca_file;
+        if (OPTS_HAS(opts, tls_cert_file))
+            o.tls_cert_file = opts->tls_cert_file;
+        if (OPTS_HAS(opts, tls_key_file)) o.tls_key_file = opts->tls_key_file;
+        if (OPTS_HAS(opts, tls_server_name))
+            o.tls_server_name = opts->tls_server_name;
     }
     if (o.timeout_ms <= 0)
         return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
@@ -176,6 +356,22 @@ int optimd_client_connect_ex(const char *url,
     if (o.client_id && !client_id_ok(o.client_id))
         return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
                             "client_id must be 1 to %d bytes", CLIENT_ID_MAX);
+
+    bool tls = url_is_tls(url);
+    bool any_tls = o.tls_ca_file || o.tls_cert_file || o.tls_key_file ||
+                   o.tls_server_name;
+    if (!tls && any_tls)
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "TLS options given for %s: they need a "
+                            "tls+tcp:// URL", url);
+    if (tls && !o.tls_ca_file)
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "%s needs tls_ca_file, the CA that issued the "
+                            "daemon's certificate", url);
+    if (!o.tls_cert_file != !o.tls_key_file)
+        return connect_fail(NULL, OPTIMD_CLIENT_E_ARG,
+                            "tls_cert_file and tls_key_file go together: "
+                            "give both or neither");
 
     optimd_client *c = calloc(1, sizeof *c);
     if (!c || !(c->url = strdup(url))) {
@@ -192,8 +388,13 @@ int optimd_client_connect_ex(const char *url,
     if (o.client_id) strcpy(c->id, o.client_id);
     else client_random_id(c->id);
 
+    int rv;
+    if (tls && (rv = tls_setup(c, &o))) {
+        optimd_client_free(c);
+        return rv;
+    }
     const char *what;
-    int rv = socket_open(c, &what);
+    rv = socket_open(c, &what);
     if (rv)
         return connect_fail(c, OPTIMD_CLIENT_E_TRANSPORT, "%s %s: %s", what,
                             url, nng_strerror(rv));
@@ -222,6 +423,7 @@ void optimd_client_free(optimd_client *c)
 {
     if (!c) return;
     if (c->sock_open) nng_close(c->sock);
+    if (c->tls) nng_tls_config_free(c->tls);
     free(c->seqs);
     free(c->url);
     free(c);
@@ -468,6 +670,40 @@ static int reconnect(optimd_client *c)
     return 0;
 }
 
+/* A TLS request that found no connection: says why, if the handshake
+ * was what failed. */
+static int tls_no_connection(optimd_client *c)
+{
+    int rv = tls_probe(c);
+    /* The handshake is where a TLS peer says no; a connection that closed
+     * there, after a whole timeout without any connection, is the daemon
+     * turning this client away, not a restart (that refuses the dial). */
+    if (rv == NNG_ECRYPTO || rv == NNG_EPEERAUTH) {
+        c->tls_refused = true;
+        return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
+                           "no connection to optimd at %s within %d ms: the "
+                           "TLS handshake failed (%s): this client does not "
+                           "trust the daemon's certificate (is it issued by "
+                           "tls_ca_file, for tls_server_name?), or the daemon "
+                           "does not trust this client's",
+                           c->url, c->timeout_ms, nng_strerror(rv));
+    }
+    if (rv == NNG_ECONNSHUT || rv == NNG_ECLOSED || rv == NNG_ECONNRESET) {
+        c->tls_refused = true;
+        return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
+                           "no connection to optimd at %s within %d ms: the "
+                           "daemon closed the connection in the TLS "
+                           "handshake (%s): it wants a client certificate "
+                           "(tls_cert_file, tls_key_file) from a CA it "
+                           "trusts", c->url, c->timeout_ms, nng_strerror(rv));
+    }
+    return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
+                       "no connection to optimd at %s within %d ms (is the "
+                       "daemon running and listening there?%s%s)",
+                       c->url, c->timeout_ms, rv ? " A TLS dial now: " : "",
+                       rv ? nng_strerror(rv) : "");
+}
+
 /* One attempt: sends the request (always consuming it), waits for the
  * reply and checks the envelope. Returns 0 with `rep` filled, or a failure
  * code (positive: the daemon's error) with nothing left to free. *sent
@@ -478,6 +714,7 @@ static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
     optimd_client *c = rq->c;
     memset(rep, 0, sizeof *rep);
     *sent = false;
+    c->tls_refused = false;
     if (rq->w.failed) {
         client_request_abort(rq);
         return client_fail(c, OPTIMD_CLIENT_E_NOMEM,
@@ -496,6 +733,7 @@ static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
         nng_msg_free(msg);
         /* REQ holds a message until some connection can take it, so a
          * send timeout means no connection was up all that time. */
+        if (rv == NNG_ETIMEDOUT && c->tls) return tls_no_connection(c);
         if (rv == NNG_ETIMEDOUT)
             return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
                                "no connection to optimd at %s within %d ms "
@@ -622,6 +860,12 @@ int client_call_run(optimd_client *c, client_call *call, client_reply *rep)
             return rv;
         }
         if (retry == 0) start = now_s();
+        if (c->tls_refused) {
+            if (c->max_retries > 0)
+                client_err_append(c, "; not re-sent: a new connection "
+                                  "would meet the same certificates.");
+            return rv;
+        }
         if (sent && call->retry != CLIENT_RETRY_ALWAYS) {
             if (c->max_retries > 0)
                 client_err_append(c, "; not re-sent, since '%s' is not "

@@ -8,6 +8,7 @@
 #include "wire.h"
 
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 
 #define CLIENT_ERR_CAP 1024
 #define CLIENT_ID_MAX 64               /* protocol.md, `step`: `client` */
@@ -28,6 +29,11 @@ struct optimd_client {
     bool sock_open;
     nng_dialer dialer;
     char *url;
+    /* Set for a tls+tcp:// URL; each new dialer takes its own reference. */
+    nng_tls_config *tls;
+    /* The last attempt met a TLS handshake failure, which a retry would
+     * meet again. */
+    bool tls_refused;
     int timeout_ms;
     int max_retries;
     int backoff_ms;

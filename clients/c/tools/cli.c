@@ -47,6 +47,10 @@ int cli_connect(const cli *cli, optimd_client **out)
     /* A user watching a run stall deserves to know it is waiting for the
      * daemon, not hung. */
     o.on_retry = report_retry;
+    o.tls_ca_file = cli->tls_ca;
+    o.tls_cert_file = cli->tls_cert;
+    o.tls_key_file = cli->tls_key;
+    o.tls_server_name = cli->tls_server_name;
     if (optimd_client_connect_ex(cli->server, &o, out) != 0)
         return cli_fail("%s", optimd_client_error(NULL));
     return CLI_OK;

@@ -21,6 +21,8 @@ typedef struct cli {
     int retries;           /* re-sends after a transport failure */
     int backoff_ms;        /* the first pause before one */
     const char *admin_token;   /* --admin-token; NULL: $OPTIMD_ADMIN_TOKEN */
+    /* --tls-ca, --tls-cert, --tls-key, --tls-server-name (NULL: unset) */
+    const char *tls_ca, *tls_cert, *tls_key, *tls_server_name;
     const char *command;
     const char *usage;     /* the command's usage line(s) */
 } cli;

@@ -17,8 +17,9 @@
 
 static const char main_usage[] =
     "usage: optimctl [--server URL] [--timeout MS] [--retries N]\n"
-    "                [--retry-backoff MS] [--admin-token TOKEN] COMMAND "
-    "[ARGS]\n"
+    "                [--retry-backoff MS] [--admin-token TOKEN]\n"
+    "                [--tls-ca FILE [--tls-cert FILE --tls-key FILE]\n"
+    "                 [--tls-server-name NAME]] COMMAND [ARGS]\n"
     "\n"
     "Talks to an optimd daemon.\n"
     "\n"
@@ -87,6 +88,15 @@ static const char main_usage[] =
     "  --admin-token TOKEN\n"
     "                 the daemon's --admin-token, for reload and load\n"
     "                 (default $OPTIMD_ADMIN_TOKEN)\n"
+    "  --tls-ca FILE  for a tls+tcp:// server: the CA (PEM) that issued the\n"
+    "                 daemon's certificate (required there)\n"
+    "  --tls-cert FILE, --tls-key FILE\n"
+    "                 this client's certificate and key (PEM), for a daemon\n"
+    "                 that requires client certificates\n"
+    "  --tls-server-name NAME\n"
+    "                 the name the daemon's certificate must carry (default:\n"
+    "                 the URL's host; for tls+tcp://127.0.0.1:PORT give the\n"
+    "                 certificate's DNS name, e.g. localhost)\n"
     "\n"
     "Token files: without --token, info, observe, switch and close read "
     "the\n"
@@ -447,7 +457,10 @@ static int main_usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nusage: optimctl [--server URL] [--timeout MS] "
                     "[--retries N] [--retry-backoff MS]\n"
-                    "                [--admin-token TOKEN] COMMAND [ARGS]\n"
+                    "                [--admin-token TOKEN] [--tls-ca FILE] "
+                    "[--tls-cert FILE]\n"
+                    "                [--tls-key FILE] [--tls-server-name NAME] "
+                    "COMMAND [ARGS]\n"
                     "(optimctl --help lists the commands)\n");
     return CLI_USAGE;
 }
@@ -510,6 +523,19 @@ int main(int argc, char **argv)
                                      &value))) {
             if (got < 0) return main_usage_error("%s needs a token", argv[i]);
             cli.admin_token = value;
+        } else if ((got = cli_option(argc, argv, &i, "--tls-ca", &value))) {
+            if (got < 0) return main_usage_error("%s needs a file", argv[i]);
+            cli.tls_ca = value;
+        } else if ((got = cli_option(argc, argv, &i, "--tls-cert", &value))) {
+            if (got < 0) return main_usage_error("%s needs a file", argv[i]);
+            cli.tls_cert = value;
+        } else if ((got = cli_option(argc, argv, &i, "--tls-key", &value))) {
+            if (got < 0) return main_usage_error("%s needs a file", argv[i]);
+            cli.tls_key = value;
+        } else if ((got = cli_option(argc, argv, &i, "--tls-server-name",
+                                     &value))) {
+            if (got < 0) return main_usage_error("%s needs a name", argv[i]);
+            cli.tls_server_name = value;
         } else {
             return main_usage_error("unknown option '%s'", argv[i]);
         }

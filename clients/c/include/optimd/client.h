@@ -132,6 +132,30 @@ typedef struct optimd_client_options {
      * and the next attempt (for a log); NULL: nothing is called. */
     void (*on_retry)(void *arg, const char *message);
     void *on_retry_arg;
+    /* TLS, for a tls+tcp:// URL (and only there: any of these with another
+     * scheme is OPTIMD_CLIENT_E_ARG). The files are PEM and are read once,
+     * by optimd_client_connect_ex; the strings need not outlive it.
+     *   tls_ca_file: the CA (or chain) the daemon's certificate must chain
+     *     to; required for tls+tcp://, since a connection that checks
+     *     nothing would accept any daemon.
+     *   tls_cert_file, tls_key_file: this client's certificate and its
+     *     private key, both or neither; needed when the daemon was started
+     *     with --tls-ca (client certificates required).
+     *   tls_server_name: the name the daemon's certificate must carry;
+     *     NULL: the URL's host. A certificate is matched by DNS name, so
+     *     for tls+tcp://127.0.0.1:PORT give the name it was issued for
+     *     (e.g. "localhost").
+     * A daemon that refuses the handshake (no or untrusted client
+     * certificate), or whose certificate this client does not trust, is
+     * reported as OPTIMD_CLIENT_E_TRANSPORT by the first request once its
+     * timeout has passed without a connection (then one more connection,
+     * bounded by the same timeout, finds out why), with the TLS failure in
+     * optimd_client_error; such a failure is not retried, since sending
+     * again would meet the same certificates. */
+    const char *tls_ca_file;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_server_name;
 } optimd_client_options;
 
 /* Sets struct_size and every default. */

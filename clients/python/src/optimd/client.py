@@ -53,6 +53,19 @@ class Client:
     Errors: a daemon error reply raises the :class:`~optimd.OptimdError`
     subclass of its code; a failed exchange raises
     :class:`~optimd.TransportError`.
+
+    TLS, for a ``tls+tcp://`` URL: ``tls_ca_file`` (required there) is the
+    PEM file of the CA that issued the daemon's certificate;
+    ``tls_cert_file`` and ``tls_key_file`` (both or neither) are this
+    client's certificate and key, for a daemon that requires client
+    certificates (``--tls-ca``); ``tls_server_name`` is the name the
+    daemon's certificate must carry (default: the URL's host; certificates
+    are matched by DNS name, so for ``tls+tcp://127.0.0.1:PORT`` give e.g.
+    ``"localhost"``). TLS options with another scheme, or unreadable files,
+    raise ValueError. A daemon that refuses this client's certificate, or
+    whose certificate this client does not trust, makes the constructor
+    raise :class:`~optimd.TransportError` (with ``connect=False``: each
+    request, after ``timeout``).
     """
 
     def __init__(
@@ -61,10 +74,16 @@ class Client:
         timeout: float | None = 30.0,
         *,
         connect: bool = True,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
-        self._transport = Transport(url, timeout, connect=connect)
+        self._transport = Transport(
+            url, timeout, connect=connect, tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file, tls_server_name=tls_server_name)
         self._ids = itertools.count(1)
         self._ids_lock = threading.Lock()
 

@@ -120,7 +120,9 @@ class RemoteOptimizer(Optimizer):
     step; only hyperparameters the plugin declares mutable may change.
 
     ``server`` is a URL or a :class:`~optimd.Client` (shared, left open by
-    :meth:`close`). ``scheduler``/``sched_hparams`` select a server-side
+    :meth:`close`); for a URL, ``tls_ca_file``, ``tls_cert_file``,
+    ``tls_key_file`` and ``tls_server_name`` go to the Client it makes (see
+    :class:`~optimd.Client`; with a Client given they must be left out). ``scheduler``/``sched_hparams`` select a server-side
     scheduler, which every group runs from its own lr; after each step
     ``group["lr"]`` shows the lr of the group's next one.
 
@@ -138,12 +140,22 @@ class RemoteOptimizer(Optimizer):
         scheduler: str | None = None,
         sched_hparams: dict[str, HparamValue] | None = None,
         timeout: float | None = 30.0,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_server_name: str | None = None,
         **hyperparameters: Any,
     ) -> None:
+        tls = {"tls_ca_file": tls_ca_file, "tls_cert_file": tls_cert_file,
+               "tls_key_file": tls_key_file, "tls_server_name": tls_server_name}
         if isinstance(server, Client):
+            given = [k for k, v in tls.items() if v is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: a Client passed as server brings its own TLS "
+                                 "options")
             self._client, self._owns_client = server, False
         else:
-            self._client, self._owns_client = Client(server, timeout), True
+            self._client, self._owns_client = Client(server, timeout, **tls), True
         self.optimizer_id = optimizer
         self.scheduler_id = scheduler
         self.sched_hparams = dict(sched_hparams or {})

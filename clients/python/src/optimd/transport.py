@@ -5,7 +5,11 @@
   reply surfaces as :class:`~optimd.TransportError`, never as a second step.
 * no receive size limit (NNG's default of 1 MiB would drop large replies);
 * every request runs in its own NNG context, so one socket serves several
-  threads, each with its own request in flight.
+  threads, each with its own request in flight;
+* a ``tls+tcp://`` URL gets a client TLS configuration (pynng.TLSConfig):
+  the CA that must have issued the daemon's certificate, optionally this
+  client's own certificate and key, and the name the daemon's certificate
+  must carry.
 """
 
 from __future__ import annotations
@@ -33,6 +37,74 @@ def _millis(timeout: float | None) -> int:
     return max(1, round(timeout * 1000))
 
 
+def _url_host(url: str) -> str:
+    """The host of ``scheme://HOST:PORT`` (brackets of an IPv6 host
+    dropped); empty when there is none."""
+    rest = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0]
+
+
+def _read_pem(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} {path!r}: {exc}") from exc
+
+
+def _tls_config(
+    url: str,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    server_name: str | None,
+) -> Any:
+    """The client TLS configuration (a pynng.TLSConfig) for ``url``; None
+    for a URL without TLS. Raises ValueError for options that do not fit the
+    URL or each other, and for files that cannot be read or used."""
+    given = any(v is not None for v in (ca_file, cert_file, key_file, server_name))
+    if not url.startswith("tls+"):
+        if given:
+            raise ValueError(f"TLS options given for {url}: they need a tls+tcp:// URL")
+        return None
+    if ca_file is None:
+        raise ValueError(f"{url} needs tls_ca_file, the CA that issued the daemon's certificate")
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("tls_cert_file and tls_key_file go together: give both or neither")
+    name = server_name if server_name is not None else _url_host(url)
+    if not name:
+        raise ValueError(f"no host in {url} to check the daemon's certificate against: "
+                         "give tls_server_name")
+    cert = _read_pem(cert_file, "tls_cert_file") if cert_file is not None else None
+    key = _read_pem(key_file, "tls_key_file") if key_file is not None else None
+    # Read here too, so that a missing CA file is named as such instead of
+    # surfacing as NNG's bare error.
+    _read_pem(ca_file, "tls_ca_file")
+    try:
+        # AUTH_MODE_REQUIRED is NNG's client default; said so that the
+        # client can never end up accepting any daemon.
+        return pynng.TLSConfig(
+            pynng.TLSConfig.MODE_CLIENT,
+            server_name=name,
+            ca_files=[ca_file],
+            own_cert_string=cert,
+            own_key_string=key,
+            auth_mode=pynng.TLSConfig.AUTH_MODE_REQUIRED,
+        )
+    except pynng.NNGException as exc:
+        raise ValueError(f"cannot use the TLS files (CA {ca_file!r}, certificate "
+                         f"{cert_file!r}, key {key_file!r}): {exc}") from exc
+
+
+#: Appended to a failure on a TLS connection: a handshake the daemon or the
+#: client refused shows up only as a failed dial or a timeout.
+_TLS_HINT = ("; over TLS this is also what a refused handshake looks like: does tls_ca_file "
+             "hold the CA that issued the daemon's certificate, does that certificate name "
+             "tls_server_name, and does the daemon accept this client's certificate?")
+
+
 class Transport:
     """One REQ socket dialled to ``url``.
 
@@ -42,17 +114,37 @@ class Transport:
     ``connect=False`` it dials in the background (NNG keeps redialling) and a
     request waits for the connection up to ``timeout``. After a connection is
     lost, NNG redials by itself either way.
+
+    The ``tls_*`` arguments are for a ``tls+tcp://`` URL (see
+    :class:`optimd.Client`); any of them with another scheme, or a
+    ``tls+tcp://`` URL without ``tls_ca_file``, raises ValueError.
     """
 
-    def __init__(self, url: str, timeout: float | None, *, connect: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float | None,
+        *,
+        connect: bool = True,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
+        tls_server_name: str | None = None,
+    ) -> None:
         ms = _millis(timeout)
         self.url = url
+        # Kept for the socket's lifetime, though NNG holds its own reference.
+        self._tls = _tls_config(url, tls_ca_file, tls_cert_file, tls_key_file, tls_server_name)
+        self._hint = _TLS_HINT if self._tls is not None else ""
         try:
             self._socket = pynng.Req0(
                 resend_time=_INFINITE,
                 recv_max_size=0,
                 recv_timeout=ms,
                 send_timeout=ms,
+                # On the socket, before the dial: every dialer, NNG's
+                # redials included, takes it from there.
+                tls_config=self._tls,
             )
         except pynng.NNGException as exc:
             raise TransportError(f"cannot open a REQ socket: {exc}") from exc
@@ -60,7 +152,7 @@ class Transport:
             self._socket.dial(url, block=connect)
         except pynng.NNGException as exc:
             self._socket.close()
-            raise TransportError(f"cannot connect to {url}: {exc}") from exc
+            raise TransportError(f"cannot connect to {url}: {exc}{self._hint}") from exc
 
     @property
     def resend_time(self) -> int:
@@ -83,9 +175,9 @@ class Transport:
                 ctx.send(payload)
                 msg = ctx.recv_msg()
             except pynng.Timeout as exc:
-                raise RequestTimeout(f"{self.url}: no reply within the timeout") from exc
+                raise RequestTimeout(f"{self.url}: no reply within the timeout{self._hint}") from exc
             except pynng.NNGException as exc:
-                raise TransportError(f"{self.url}: {exc}") from exc
+                raise TransportError(f"{self.url}: {exc}{self._hint}") from exc
             # Message._buffer is pynng's documented view of the message body
             # (see pynng.Message); .bytes is the copying fallback.
             buffer = getattr(msg, "_buffer", None)
