@@ -10,6 +10,8 @@
 
 #include <optimd/protocol.h>
 #include <math.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -698,10 +700,10 @@ static int op_set_hparams(request *r)
     return rc;
 }
 
-static int op_close(request *r)
+/* Removes `s` (one reference, consumed) from the table and its files from
+ * the state directory; the reply is the envelope only. */
+static int close_session(request *r, session *s)
 {
-    session *s = request_session(r);
-    if (!s) return -1;
     int rc = session_table_remove(&r->srv->sessions, s);
     if (rc == 0) {
         /* Under the lock, so a snapshot in progress finishes first and
@@ -716,6 +718,12 @@ static int op_close(request *r)
     session_unref(s);
     if (rc == 0) reply_begin(r, 0);
     return rc;
+}
+
+static int op_close(request *r)
+{
+    session *s = request_session(r);
+    return s ? close_session(r, s) : -1;
 }
 
 static int op_sessions(request *r)
@@ -1196,6 +1204,29 @@ static int op_load(request *r)
     return rc ? -1 : 0;
 }
 
+/* Admin: closes any session without its token. */
+static int op_drop(request *r)
+{
+    char name[SESSION_NAME_MAX + 1];
+    bool given;
+    if (check_admin(r) || get_session_name(r, true, name, &given)) return -1;
+    session *s = session_table_get(&r->srv->sessions, name, strlen(name));
+    if (!s) return fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "no session '%s'", name);
+    log_info("session %s dropped by an admin", name);
+    return close_session(r, s);
+}
+
+/* Admin: a graceful stop, as SIGTERM: this reply is sent, requests being
+ * applied finish, every changed session is snapshotted. */
+static int op_shutdown(request *r)
+{
+    if (check_admin(r)) return -1;
+    log_info("shutdown requested by an admin");
+    reply_begin(r, 0);
+    kill(getpid(), SIGTERM);
+    return 0;
+}
+
 static int op_switch(request *r)
 {
     const msgpack_object *hp;
@@ -1236,7 +1267,7 @@ static const op_entry ops[] = {
     {"register", op_register}, {"step", op_step},         {"pull", op_pull},
     {"export", op_export},     {"import", op_import},     {"state", op_state},
     {"observe", op_observe},   {"reload", op_reload},     {"load", op_load},
-    {"switch", op_switch},
+    {"switch", op_switch},     {"drop", op_drop},         {"shutdown", op_shutdown},
 };
 
 static int dispatch(request *r, const msgpack_object *root)

@@ -91,6 +91,15 @@ static void ctx_callback(void *arg)
             if (rv == NNG_ECLOSED) return;
             log_debug("reply not delivered: %s", nng_strerror(rv));
         }
+        /* Stopping: no new request, so transport_stop can wait for this
+         * send (a shutdown's reply among them) to finish. */
+        pthread_mutex_lock(&t->mutex);
+        bool stopping = t->stopping;
+        pthread_mutex_unlock(&t->mutex);
+        if (stopping) {
+            c->state = CTX_RECEIVING;
+            return;
+        }
         arm_receive(c);
         return;
     }
@@ -316,6 +325,9 @@ void transport_stop(transport *t)
     pthread_cond_broadcast(&t->queued);
     pthread_mutex_unlock(&t->mutex);
     for (uint32_t i = 0; i < t->n_threads; i++) pthread_join(t->threads[i], NULL);
+    /* Replies the request threads handed over are still being sent. */
+    for (uint32_t i = 0; i < t->n_slots; i++)
+        if (t->slots[i].state == CTX_SENDING) nng_aio_wait(t->slots[i].aio);
     nng_close(t->sock);
     for (uint32_t i = 0; i < t->n_slots; i++) {
         nng_aio_stop(t->slots[i].aio);

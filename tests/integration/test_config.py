@@ -170,6 +170,36 @@ max-tensors = 2
             self.assertEqual(d.stop(), 0)
             d.cleanup()
 
+    def test_admin_drop_and_shutdown(self):
+        d = Daemon("--admin-token", "admin-secret-0123456789")
+        try:
+            c = Req(d.url)
+            r = c.call("open", session="victim", optimizer="sgd", hparams={"lr": 0.1})
+            s = {"session": "victim", "token": r["token"]}
+            for op, extra in (("drop", {"session": "victim"}), ("shutdown", {})):
+                self.assertEqual(c.call(op, **extra).get("error"), "BAD_TOKEN")
+                self.assertEqual(c.call(op, admin_token="wrong", **extra).get("error"), "BAD_TOKEN")
+            self.assertTrue(c.call("info", **s)["ok"])
+            self.assertTrue(c.call("drop", session="victim", admin_token="admin-secret-0123456789")["ok"])
+            self.assertEqual(c.call("info", **s)["error"], "UNKNOWN_SESSION")
+            self.assertFalse(os.path.exists(os.path.join(d.state_dir, "sessions", "victim")))
+            self.assertEqual(c.call("drop", session="victim", admin_token="admin-secret-0123456789")["error"],
+                             "UNKNOWN_SESSION")
+            r = c.call("open", session="kept", optimizer="sgd", hparams={"lr": 0.1}, durability="none")
+            k = {"session": "kept", "token": r["token"]}
+            c.call("register", **k, params={"w": tensor(np.ones(2, np.float32))})
+            c.call("step", **k, grads={"w": tensor(np.ones(2, np.float32))})
+            # The reply comes, then the daemon stops as on SIGTERM: exit 0,
+            # the session snapshotted.
+            self.assertTrue(c.call("shutdown", admin_token="admin-secret-0123456789")["ok"])
+            self.assertEqual(d.proc.wait(30), 0)
+            self.assertTrue(os.path.exists(os.path.join(d.state_dir, "sessions", "kept",
+                                                        "snapshot.safetensors")))
+            c.close()
+        finally:
+            d.stop()
+            d.cleanup()
+
     def test_json_logs(self):
         d = Daemon("--log-format", "json")
         try:

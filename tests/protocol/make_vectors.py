@@ -121,6 +121,9 @@ request("switch", "move a session to another optimizer",
 request("reload", "rescan the plugin directories (admin)", {"op": "reload", "admin_token": "admin-secret"})
 request("load", "load one plugin file (admin)",
         {"op": "load", "path": "/opt/optimd/plugins/toy.so", "admin_token": "admin-secret"})
+request("drop", "close any session without its token (admin)",
+        {"op": "drop", "session": "run1", "admin_token": "admin-secret"})
+request("shutdown", "stop the daemon gracefully (admin)", {"op": "shutdown", "admin_token": "admin-secret"})
 request("attach", "attach with a token", {"op": "attach", **S})
 request("info", "info naming the client, for client_seq", {"op": "info", **S, "client": "w0"})
 request("hparams", "hparams of a session", {"op": "hparams", **S})
@@ -189,6 +192,8 @@ reply_ok("sessions", "two sessions, one without a scheduler", "sessions",
                        {"session": "b", "optimizer": "sgd", "scheduler": "cosine", "params": 0,
                         "steps": 0}]})
 reply_ok("close", "close answers with the envelope only", "close", {})
+reply_ok("drop", "drop answers with the envelope only", "drop", {})
+reply_ok("shutdown", "shutdown answers with the envelope only", "shutdown", {})
 reply_ok("export", "an exported snapshot", "export", {"snapshot": b"\x00\x01\x02\xff"})
 reply_ok("import", "an imported session", "import", {"session": "copy", "token": TOKEN, "steps": 12})
 reply_ok("hparams", "hyperparameters of a one-group session", "hparams",

@@ -122,9 +122,13 @@ class Vectors(unittest.TestCase):
                 name = "vec-" + v["name"]
                 if "token" in body:
                     body["token"] = self.live_session(name, register=v["name"] != "register")
+                elif body.get("op") == "drop":
+                    self.live_session(name)
                 if "session" in body:
                     body["session"] = name
                 r = self.send(body)
+                if v["name"] == "shutdown":
+                    continue        # would stop the daemon the other vectors need; tests/integration checks it
                 if v["name"] == "load":
                     # No such file here: read, and refused for what it names.
                     self.assertEqual(r.get("error"), "PLUGIN", r)
@@ -178,6 +182,7 @@ class Vectors(unittest.TestCase):
         call("register", **t, params=w)
         call("step", **t, grads=w)
         out["switch"] = call("switch", **t, optimizer="rmsprop")
+        out["drop"] = call("drop", session="sw", admin_token="admin-secret")
         seq = next(v for v in VECTORS["requests"] if v["name"] == "open_lookahead_sequential")
         body = msgpack.unpackb(bytes.fromhex(seq["msgpack"]), raw=False)
         body["session"] = "seq"
