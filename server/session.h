@@ -9,6 +9,7 @@
 #define OPTIMD_SERVER_SESSION_H
 
 #include "compute_pool.h"
+#include "grad_clip.h"
 #include "name_index.h"
 #include "plugin_registry.h"
 #include "request_error.h"
@@ -211,6 +212,11 @@ void session_slot_layout(const session *s, const param *p, uint32_t k, slot_layo
 /* With lookahead on: the parameter's slow weights, a copy of it, if it has
  * none yet. */
 int session_ensure_slow(const session *s, param *p);
+/* Views of a parameter and of one of its slots as plugins see them (for
+ * the step and for migrations); true when a tensor is finite throughout. */
+void session_tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *data);
+void session_slot_view(optimd_tensor *v, const slot_layout *l, void *data);
+bool session_tensor_finite(const optimd_tensor *t);
 /* Allocates a parameter's zero-filled state slots if it has none yet. */
 int session_ensure_slots(const session *s, param *p);
 
@@ -234,14 +240,7 @@ typedef struct step_identity {
     uint64_t seq;
 } step_identity;
 
-/* Gradient clipping before the update (torch clip_grad_value_ and
- * clip_grad_norm_ semantics; docs/protocol.md, step). */
-typedef struct step_clip {
-    double value;              /* > 0: clamp every gradient to [-value, value] */
-    double max_norm;           /* > 0: scale by max_norm / (norm + 1e-6) when below 1 */
-    double norm_type;          /* p of the p-norm; INFINITY for the max norm */
-    bool per_group;            /* a norm per parameter group instead of one */
-} step_clip;
+
 
 /* The rows of a row-sparse gradient's "rows" array (each below
  * n_param_rows), sorted and unique in *out (malloc'd; *n_out of them);
@@ -249,9 +248,6 @@ typedef struct step_clip {
  * stably by row. BAD_TENSOR on a bad index. */
 int session_sparse_rows(const msgpack_object *rows, int64_t n_param_rows, int64_t **out, int64_t *n_out,
                         int64_t **order, request_error *err);
-
-/* Reads a step request's "clip_value" and "clip_norm" (none: all zero). */
-int step_clip_parse(const msgpack_object *req, step_clip *clip, request_error *err);
 
 typedef struct step_result {
     bool duplicate;            /* seq already applied: nothing changed now */
