@@ -20,9 +20,18 @@ clang -std=c11 -g -O1 -D_GNU_SOURCE -DOPTIMD_VERSION='"fuzz"' \
   "$src/tests/fuzz/fuzz_request.c" \
   "$src"/server/{options,log,compute_pool,host,plugin_registry,hparams,name_index,wire,request_error,session,grad_clip,session_migrate,session_table,ops,json,snapshot,store,wal,metrics}.c \
   -lnng -lmsgpackc $(pkg-config --libs libuv) -ldl -lm -lpthread -o "$out/fuzz_request"
+clang -std=c11 -g -O1 -D_GNU_SOURCE \
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+  -I"$src/server" -I"$src/sdk/include" $inc \
+  "$src/tests/fuzz/fuzz_decode.c" "$src"/server/{wire,request_error}.c \
+  -lnng -lmsgpackc -o "$out/fuzz_decode"
 /usr/bin/python3 "$src/tests/fuzz/make_corpus.py" "$out/seeds"
-mkdir -p "$out/corpus"
+mkdir -p "$out/corpus" "$out/corpus-decode"
 cd "$out"
+# A fifth of the time for the decoder alone, the rest for the whole handler.
+decode_seconds=$(( seconds / 5 > 1 ? seconds / 5 : 1 ))
+./fuzz_decode -max_total_time="$decode_seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+  -print_final_stats=1 corpus-decode seeds
 # Plugins log their loading at info level; keep the fuzzer's output readable.
-exec ./fuzz_request -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
-  -print_final_stats=1 corpus seeds 2> >(grep -v " optimd info: " >&2)
+exec ./fuzz_request -max_total_time="$(( seconds - decode_seconds ))" -max_len=4096 -timeout=10 \
+  -rss_limit_mb=2048 -print_final_stats=1 corpus seeds 2> >(grep -v " optimd info: " >&2)
