@@ -10,7 +10,9 @@
 
 #include <optimd/protocol.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1218,12 +1220,30 @@ static int op_drop(request *r)
 
 /* Admin: a graceful stop, as SIGTERM: this reply is sent, requests being
  * applied finish, every changed session is snapshotted. */
+static void *stop_soon(void *arg)
+{
+    (void)arg;
+    /* NNG calls a send done once the reply is queued for its connection,
+     * and closing the socket may drop what is queued: the stop waits a
+     * moment so that the reply to the shutdown is written first. */
+    struct timespec pause = {0, 500 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
 static int op_shutdown(request *r)
 {
     if (check_admin(r)) return -1;
     log_info("shutdown requested by an admin");
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int started = pthread_create(&t, &attr, stop_soon, NULL);
+    pthread_attr_destroy(&attr);
+    if (started != 0) kill(getpid(), SIGTERM);
     reply_begin(r, 0);
-    kill(getpid(), SIGTERM);
     return 0;
 }
 
