@@ -4,7 +4,8 @@
  * buffer and its step count; versions of tests/hotswap/toy.c (the update
  * is p -= lr * scale * g, scale 1 in v1 and 2 in v2) loaded by path and by
  * a rescan change what the next step does; a wrong admin token and a
- * broken plugin are refused. CTest gives OPTIMD_TOYS (the built toy
+ * broken plugin are refused; drop closes a session without its token and
+ * shutdown stops the daemon, which exits 0. CTest gives OPTIMD_TOYS (the built toy
  * versions, <dir>/<variant>/toy.so) and OPTIMD_VALIDATE (optimd-validate).
  */
 #include "check.h"
@@ -17,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ADMIN "admin-secret-for-the-c-test"
@@ -331,6 +334,49 @@ static void test_reload_and_load(void)
           optimd_client_error(c));
 }
 
+/* drop: a wrong admin token is refused and leaves the session; the right
+ * one closes it, so its own token no longer reaches it; then shutdown. */
+static void test_drop_and_shutdown(test_daemon *d)
+{
+    optimd_session s;
+    optimd_hvalue hp = {"lr", OPTIMD_HVALUE_FLOAT, 0.1, 0};
+    REQUIRE(optimd_client_open(c, "dropme", "sgd", &hp, 1, NULL, NULL, 0, &s,
+                               NULL) == 0,
+            "open: %s", optimd_client_error(c));
+    EXPECT_CODE(optimd_client_drop(c, "not-the-token", "dropme"),
+                OPTIMD_E_BAD_TOKEN);
+    optimd_session_details *det;
+    REQUIRE(optimd_client_info_ex(c, &s, &det) == 0,
+            "info after a refused drop: %s", optimd_client_error(c));
+    optimd_session_details_free(det);
+    EXPECT_CODE(optimd_client_drop(c, NULL, "dropme"), OPTIMD_CLIENT_E_ARG);
+    CHECK(optimd_client_drop(c, ADMIN, "dropme") == 0, "drop: %s",
+          optimd_client_error(c));
+    EXPECT_CODE(optimd_client_info_ex(c, &s, &det), OPTIMD_E_UNKNOWN_SESSION);
+    EXPECT_CODE(optimd_client_drop(c, ADMIN, "dropme"),
+                OPTIMD_E_UNKNOWN_SESSION);
+
+    EXPECT_CODE(optimd_client_shutdown(c, "not-the-token"),
+                OPTIMD_E_BAD_TOKEN);
+    CHECK(test_daemon_alive(d), "a refused shutdown stopped the daemon");
+    CHECK(optimd_client_shutdown(c, ADMIN) == 0, "shutdown: %s",
+          optimd_client_error(c));
+    /* Bounded: a daemon that ignored the shutdown fails the test here
+     * instead of hanging it. */
+    int status = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 500 && r == 0; i++) {
+        r = waitpid(d->pid, &status, WNOHANG);
+        if (r == 0) nanosleep(&(struct timespec){0, 20000000}, NULL);
+    }
+    CHECK(r == d->pid, "the daemon still runs 10 s after shutdown");
+    if (r == d->pid) {
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the daemon ended with status %#x after shutdown", status);
+        d->pid = 0;    /* reaped: test_daemon_stop only cleans up */
+    }
+}
+
 int main(void)
 {
     const char *t = getenv("OPTIMD_TOYS"), *validate = getenv("OPTIMD_VALIDATE");
@@ -356,10 +402,12 @@ int main(void)
     }
     test_switch();
     test_reload_and_load();
-    optimd_client_free(c);
     CHECK(test_daemon_alive(&d), "the daemon died");
-    int status = test_daemon_stop(&d);
-    CHECK(status == 0, "daemon exit status %d", status);
+    test_drop_and_shutdown(&d);
+    optimd_client_free(c);
+    /* Stops a daemon the shutdown left running; either way it removes the
+     * state directory. */
+    test_daemon_stop(&d);
     char path[512];
     snprintf(path, sizeof path, "%s/toy.so", plugin_dir);
     unlink(path);

@@ -690,12 +690,15 @@ static bool build_request(call_args *a, built *b)
         r->hp = json_hvalues(hp, &r->n);
         if (r->optimizer) req_switch_call(&b->s, r, &b->call);
         else return false;
-    } else if (strcmp(op, "reload") == 0 || strcmp(op, "load") == 0) {
+    } else if (strcmp(op, "reload") == 0 || strcmp(op, "load") == 0 ||
+               strcmp(op, "drop") == 0 || strcmp(op, "shutdown") == 0) {
         req_admin *r = &b->u.admin;
         r->op = op;
         r->admin_token = arg_str(a, "admin_token");
         r->path = arg_str(a, "path");
+        r->session = arg_str(a, "session");
         if (op[0] == 'l' && !r->path) mismatch("load without a path");
+        if (op[0] == 'd' && !r->session) mismatch("drop without a session");
         req_admin_call(r, &b->call);
     } else {
         mismatch("op '%s' has no request builder here", op);
@@ -1388,7 +1391,8 @@ static int read_and_check(optimd_client *c, const char *op,
         if ((rv = read_plugins(c, rep, &list, &n))) return rv;
         if (want) check_plugins(list, n, rk(&k, "plugins"));
         optimd_plugin_list_free(list, n);
-    } else if (strcmp(op, "close") == 0) {
+    } else if (strcmp(op, "close") == 0 || strcmp(op, "drop") == 0 ||
+               strcmp(op, "shutdown") == 0) {
         rv = 0;                /* the envelope is the whole reply */
     } else if (strcmp(op, "export") == 0) {
         void *snap;

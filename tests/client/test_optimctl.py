@@ -661,10 +661,35 @@ def test_reload_and_load():
               "load with a wrong token: %d %s" % (r.returncode, r.stderr))
         for args in (["reload"], ["load", toy("v2")], ["load"],
                      ["--admin-token", admin, "reload", "extra"],
-                     ["--admin-token", admin, "load", "a", "b"]):
+                     ["--admin-token", admin, "load", "a", "b"],
+                     ["drop", "x"], ["shutdown"],
+                     ["--admin-token", admin, "drop"],
+                     ["--admin-token", admin, "shutdown", "extra"]):
             r = optimctl(a, *args)
             check(r.returncode == 2 and not r.stdout.strip(),
                   "%r: exit %d %r" % (args, r.returncode, r.stdout))
+        # drop: a session closed without its token; the test keeps the
+        # token only to ask info about the session afterwards.
+        r = optimctl(a, "open", "lost", "--optimizer", "sgd", "--set",
+                     "lr=0.1")
+        check(r.returncode == 0, "open lost: %s" % r.stderr)
+        tok = r.stdout.strip()
+        r = optimctl(a, "drop", "lost", env={"OPTIMD_ADMIN_TOKEN": "x"})
+        check(r.returncode == 1 and "BAD_TOKEN" in r.stderr,
+              "drop with a wrong token: %d %s" % (r.returncode, r.stderr))
+        r = optimctl(a, "info", "lost", "--token", tok)
+        check(r.returncode == 0, "info after a refused drop: %s" % r.stderr)
+        r = optimctl(a, "drop", "lost", env=env)
+        check(r.returncode == 0, "drop: %d %s" % (r.returncode, r.stderr))
+        r = optimctl(a, "info", "lost", "--token", tok)
+        check(r.returncode == 1 and "UNKNOWN_SESSION" in r.stderr,
+              "info after drop: %d %s" % (r.returncode, r.stderr))
+        r = optimctl(a, "--admin-token", admin, "shutdown")
+        check(r.returncode == 0, "shutdown: %d %s" % (r.returncode, r.stderr))
+        try:
+            a.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            check(False, "the daemon still runs 10 s after shutdown")
     finally:
         status = a.stop()
         check(status == 0, "admin daemon exit status %r" % status)

@@ -48,7 +48,9 @@ class Daemon:
         raise RuntimeError("optimd not ready after 60 s")
 
     def log(self) -> str:
-        self._log.flush()
+        # stop() closes it; a failed class teardown still wants the text.
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path) as f:
             return f.read()
 

@@ -357,6 +357,32 @@ class SwitchAndAdmin(DaemonTestCase):
             self.client.load("/nonexistent/plugin.so", self.ADMIN)
 
 
+class DropAndShutdown(DaemonTestCase):
+    """A daemon of its own: the test ends it (tearDownClass then finds it
+    exited, and its status must still be 0)."""
+
+    ADMIN = "py-admin-token-for-drop"
+    DAEMON_ARGS = ("--admin-token", ADMIN)
+
+    def test_drop_then_shutdown(self) -> None:
+        with optimd.Client(self.daemon.url, timeout=60) as client:
+            s = client.open("dropme", "sgd", {"lr": 0.1})
+            with self.assertRaises(optimd.BadTokenError):
+                client.drop("dropme", self.ADMIN + "x")
+            self.assertEqual(client.info(s).steps, 0)  # still there
+            self.assertIsNone(client.drop("dropme", self.ADMIN))
+            with self.assertRaises(optimd.UnknownSessionError):
+                client.info(s)
+            with self.assertRaises(optimd.UnknownSessionError):
+                client.drop("dropme", self.ADMIN)
+            with self.assertRaises(optimd.BadTokenError):
+                client.shutdown("wrong")
+            self.assertIsNone(self.daemon.proc.poll())
+            self.assertIsNone(client.shutdown(self.ADMIN))
+        # Bounded, so a daemon that ignores shutdown fails here.
+        self.assertEqual(self.daemon.proc.wait(10), 0)
+
+
 class Offline(unittest.TestCase):
     def test_request_fields_on_the_wire(self) -> None:
         def answer(request: bytes) -> bytes:

@@ -108,6 +108,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], messages.Request]] = {
     "switch": lambda c: messages.switch(session_of(c), c.pop("optimizer"), c.pop("hparams", None)),
     "reload": lambda c: messages.reload(c.pop("admin_token")),
     "load": lambda c: messages.load(c.pop("path"), c.pop("admin_token")),
+    "drop": lambda c: messages.drop(c.pop("session"), c.pop("admin_token")),
+    "shutdown": lambda c: messages.shutdown(c.pop("admin_token")),
     "pull": lambda c: messages.pull(session_of(c), c.pop("names", None)),
     "state": lambda c: messages.state(session_of(c), c.pop("names", None)),
     "export": lambda c: messages.export(session_of(c)),
@@ -243,9 +245,9 @@ def check_reply(vector: dict[str, Any]) -> None:
     if expect.get("ok") is True and set(expect) == {"ok", "result"}:
         result = messages.parse_reply(op, message, rid)
         want = expect["result"]
-        if op == "close":
+        if op in ("close", "drop", "shutdown"):
             if want != {} or result is not None:
-                raise Unmappable(f"close: result {want!r}")
+                raise Unmappable(f"{op}: result {want!r}")
             return
         if op in UNWRAP:
             if set(want) != {UNWRAP[op]}:

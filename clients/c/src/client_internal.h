@@ -215,11 +215,12 @@ typedef struct req_switch {
 void req_switch_call(const optimd_session *s, const req_switch *a,
                      client_call *call);
 
-/* reload (path NULL) and load. */
+/* reload and shutdown (path and session NULL), load, drop. */
 typedef struct req_admin {
-    const char *op;            /* "reload" or "load" */
+    const char *op;            /* "reload", "load", "drop" or "shutdown" */
     const char *admin_token;   /* NULL: absent */
     const char *path;          /* NULL: absent */
+    const char *session;       /* drop's session name; NULL: absent */
 } req_admin;
 void req_admin_call(const req_admin *a, client_call *call);
 

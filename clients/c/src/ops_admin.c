@@ -1,5 +1,5 @@
-/* Changing what runs: switch, and the admin ops reload and load
- * (protocol.md). */
+/* Changing what runs: switch, and the admin ops reload, load, drop and
+ * shutdown (protocol.md). */
 #include "client_internal.h"
 
 #include <stdlib.h>
@@ -128,6 +128,10 @@ static void pack_admin(msgpack_packer *pk, const void *arg)
         wire_pack_str(pk, "path");
         wire_pack_str(pk, a->path);
     }
+    if (a->session) {
+        wire_pack_str(pk, "session");
+        wire_pack_str(pk, a->session);
+    }
     if (a->admin_token) {
         wire_pack_str(pk, "admin_token");
         wire_pack_str(pk, a->admin_token);
@@ -139,14 +143,17 @@ void req_admin_call(const req_admin *a, client_call *call)
     bool reload = strcmp(a->op, "reload") == 0;
     *call = (client_call){
         .op = a->op,
-        .n_keys = (a->admin_token ? 1 : 0) + (a->path ? 1 : 0),
+        .n_keys = (a->admin_token ? 1 : 0) + (a->path ? 1 : 0) +
+                  (a->session ? 1 : 0),
         .size_hint = (a->admin_token ? strlen(a->admin_token) : 0) +
-                     (a->path ? strlen(a->path) : 0) + 32,
+                     (a->path ? strlen(a->path) : 0) +
+                     (a->session ? strlen(a->session) : 0) + 48,
         .pack = pack_admin,
         .arg = a,
         /* A rescan loads only files changed since the last one, so a
          * repeated reload loads nothing twice; each load installs its file
-         * as a new version (optimd_client_load). */
+         * as a new version (optimd_client_load); drop and shutdown are not
+         * repeated either (optimd_client_drop, optimd_client_shutdown). */
         .retry = reload ? CLIENT_RETRY_ALWAYS : CLIENT_RETRY_UNSENT};
 }
 
@@ -254,7 +261,7 @@ int optimd_client_reload(optimd_client *c, const char *admin_token,
     client_begin_call(c);
     if (!admin_token)
         return client_fail(c, OPTIMD_CLIENT_E_ARG, "admin_token is NULL");
-    req_admin a = {"reload", admin_token, NULL};
+    req_admin a = {"reload", admin_token, NULL, NULL};
     return admin_call(c, &a, report);
 }
 
@@ -268,6 +275,52 @@ int optimd_client_load(optimd_client *c, const char *admin_token,
         return client_fail(c, OPTIMD_CLIENT_E_ARG, "admin_token is NULL");
     if (!path || !*path)
         return client_fail(c, OPTIMD_CLIENT_E_ARG, "path is NULL or empty");
-    req_admin a = {"load", admin_token, path};
+    req_admin a = {"load", admin_token, path, NULL};
     return admin_call(c, &a, report);
+}
+
+int optimd_client_drop(optimd_client *c, const char *admin_token,
+                       const char *name)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!admin_token)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "admin_token is NULL");
+    if (!name || !*name)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "name is NULL or empty");
+    req_admin a = {"drop", admin_token, NULL, name};
+    client_call call;
+    req_admin_call(&a, &call);
+    client_reply rep;
+    int rv = client_call_run(c, &call, &rep);
+    if (rv == OPTIMD_E_UNKNOWN_SESSION && call.ambiguous) {
+        /* The attempt whose reply was lost dropped it. */
+        c->err[0] = '\0';
+        rv = 0;
+    } else if (rv == 0) {
+        client_reply_free(&rep);
+    }
+    if (rv) return rv;
+    /* A later session of that name starts a fresh record of seqs. */
+    for (size_t i = 0; i < c->n_seqs; i++)
+        if (strcmp(c->seqs[i].session, name) == 0) {
+            c->seqs[i] = c->seqs[--c->n_seqs];
+            break;
+        }
+    return 0;
+}
+
+int optimd_client_shutdown(optimd_client *c, const char *admin_token)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    if (!admin_token)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG, "admin_token is NULL");
+    req_admin a = {"shutdown", admin_token, NULL, NULL};
+    client_call call;
+    req_admin_call(&a, &call);
+    client_reply rep;
+    int rv = client_call_run(c, &call, &rep);
+    if (rv == 0) client_reply_free(&rep);
+    return rv;
 }

@@ -1,4 +1,5 @@
-/* optimctl reload, load and switch: changing the code a daemon runs. */
+/* optimctl reload, load and switch: changing the code a daemon runs; and
+ * the other admin ops, drop and shutdown. */
 #include "cli.h"
 
 #include <stdio.h>
@@ -18,6 +19,15 @@ const char load_usage[] =
     "current version of its id. Prints \"loaded ID VERSION PATH\", or\n"
     "\"refused PATH: ERROR\" and exits 1. The admin token is found as for\n"
     "reload.\n";
+const char drop_usage[] =
+    "usage: optimctl [--admin-token TOKEN] drop NAME\n"
+    "Closes session NAME without its token (one whose token was lost).\n"
+    "The admin token is found as for reload.\n";
+const char shutdown_usage[] =
+    "usage: optimctl [--admin-token TOKEN] shutdown\n"
+    "Stops the daemon as SIGTERM does: requests being applied finish,\n"
+    "changed sessions are snapshotted, it exits 0. The admin token is\n"
+    "found as for reload.\n";
 const char switch_usage[] =
     "usage: optimctl switch NAME --optimizer ID [--set KEY=VALUE]...\n"
     "                [--token TOKEN | --token-file FILE]\n"
@@ -100,6 +110,36 @@ int cmd_load(const cli *cli, int argc, char **argv)
         rv = print_report(&r);
     }
     optimd_reload_report_free(&r);
+    optimd_client_free(c);
+    return rv;
+}
+
+int cmd_drop(const cli *cli, int argc, char **argv)
+{
+    if (argc != 1 || !argv[0][0] || argv[0][0] == '-')
+        return cli_usage_error(cli, "expects one session name");
+    const char *token = admin_token(cli);
+    if (!token) return CLI_USAGE;
+    optimd_client *c;
+    int rv = cli_connect(cli, &c);
+    if (rv) return rv;
+    if (optimd_client_drop(c, token, argv[0]) != 0)
+        rv = cli_fail("%s", optimd_client_error(c));
+    optimd_client_free(c);
+    return rv;
+}
+
+int cmd_shutdown(const cli *cli, int argc, char **argv)
+{
+    (void)argv;
+    if (argc > 0) return cli_usage_error(cli, "takes no arguments");
+    const char *token = admin_token(cli);
+    if (!token) return CLI_USAGE;
+    optimd_client *c;
+    int rv = cli_connect(cli, &c);
+    if (rv) return rv;
+    if (optimd_client_shutdown(c, token) != 0)
+        rv = cli_fail("%s", optimd_client_error(c));
     optimd_client_free(c);
     return rv;
 }

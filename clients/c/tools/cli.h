@@ -111,6 +111,8 @@ int cmd_import(const cli *cli, int argc, char **argv);
 int cmd_schedule(const cli *cli, int argc, char **argv);
 int cmd_reload(const cli *cli, int argc, char **argv);
 int cmd_load(const cli *cli, int argc, char **argv);
+int cmd_drop(const cli *cli, int argc, char **argv);
+int cmd_shutdown(const cli *cli, int argc, char **argv);
 int cmd_switch(const cli *cli, int argc, char **argv);
 
 extern const char rosenbrock_usage[];
@@ -119,6 +121,8 @@ extern const char import_usage[];
 extern const char schedule_usage[];
 extern const char reload_usage[];
 extern const char load_usage[];
+extern const char drop_usage[];
+extern const char shutdown_usage[];
 extern const char switch_usage[];
 
 #endif

@@ -71,6 +71,9 @@ static const char main_usage[] =
     "                             line per file: loaded or refused\n"
     "  load PATH                  (admin) the daemon loads one plugin "
     "file\n"
+    "  drop NAME                  (admin) close a session without its "
+    "token\n"
+    "  shutdown                   (admin) stop the daemon gracefully\n"
     "  help [COMMAND]             this text, or a command's usage\n"
     "\n"
     "options:\n"
@@ -86,7 +89,8 @@ static const char main_usage[] =
     "2 s\n"
     "                 (default 100)\n"
     "  --admin-token TOKEN\n"
-    "                 the daemon's --admin-token, for reload and load\n"
+    "                 the daemon's --admin-token, for reload, load, drop\n"
+    "                 and shutdown\n"
     "                 (default $OPTIMD_ADMIN_TOKEN)\n"
     "  --tls-ca FILE  for a tls+tcp:// server: the CA (PEM) that issued the\n"
     "                 daemon's certificate (required there)\n"
@@ -437,6 +441,8 @@ static const command commands[] = {
     {"switch", cmd_switch, switch_usage},
     {"reload", cmd_reload, reload_usage},
     {"load", cmd_load, load_usage},
+    {"drop", cmd_drop, drop_usage},
+    {"shutdown", cmd_shutdown, shutdown_usage},
     {"export", cmd_export, export_usage},
     {"import", cmd_import, import_usage},
     {"schedule", cmd_schedule, schedule_usage},

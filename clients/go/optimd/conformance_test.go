@@ -185,6 +185,10 @@ func buildRequest(c *callArgs) *optimd.Request {
 		return optimd.NewReloadRequest(c.str("admin_token"))
 	case "load":
 		return optimd.NewLoadRequest(c.str("path"), c.str("admin_token"))
+	case "drop":
+		return optimd.NewDropRequest(c.str("session"), c.str("admin_token"))
+	case "shutdown":
+		return optimd.NewShutdownRequest(c.str("admin_token"))
 	case "pull":
 		return optimd.NewPullRequest(session(), c.strings("names"))
 	case "state":
@@ -540,6 +544,8 @@ var replyParsers = map[string]func(id uint64, b []byte) (any, error){
 	"switch":      wrapParse(optimd.ParseSwitchReply),
 	"reload":      wrapParse(optimd.ParseReloadReply),
 	"load":        wrapParse(optimd.ParseLoadReply),
+	"drop":        wrapParse(optimd.ParseDropReply),
+	"shutdown":    wrapParse(optimd.ParseShutdownReply),
 }
 
 func wrapParse[T any](f func(uint64, []byte) (T, error)) func(uint64, []byte) (any, error) {

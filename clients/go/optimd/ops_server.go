@@ -313,8 +313,9 @@ func (c *Client) Sessions(ctx context.Context) ([]SessionSummary, error) {
 	return res.Sessions, nil
 }
 
-// Admin ops: reload and load hot-swap plugins. They need the token the
-// daemon was started with (--admin-token); a wrong one is ErrBadToken.
+// Admin ops: reload and load hot-swap plugins, drop closes any session,
+// shutdown stops the daemon. They need the token the daemon was started
+// with (--admin-token); a wrong one is ErrBadToken.
 
 // PluginLoad reports one plugin file that reload or load tried.
 type PluginLoad struct {
@@ -408,6 +409,55 @@ func (c *Client) Reload(ctx context.Context, adminToken string) ([]PluginLoad, e
 		return nil, err
 	}
 	return res.Plugins, nil
+}
+
+// DropResult is the reply to drop: no keys.
+type DropResult struct{}
+
+// NewDropRequest builds drop of the session named session.
+func NewDropRequest(session, adminToken string) *Request {
+	r := newRequest("drop")
+	r.Args["session"] = session
+	r.Args["admin_token"] = adminToken
+	return r
+}
+
+// ParseDropReply parses the reply to drop request id.
+func ParseDropReply(id uint64, b []byte) (*DropResult, error) {
+	return parseReply("drop", id, b, func(map[string]any) (*DropResult, error) {
+		return &DropResult{}, nil
+	})
+}
+
+// ShutdownResult is the reply to shutdown: no keys.
+type ShutdownResult struct{}
+
+// NewShutdownRequest builds shutdown.
+func NewShutdownRequest(adminToken string) *Request {
+	r := newRequest("shutdown")
+	r.Args["admin_token"] = adminToken
+	return r
+}
+
+// ParseShutdownReply parses the reply to shutdown request id.
+func ParseShutdownReply(id uint64, b []byte) (*ShutdownResult, error) {
+	return parseReply("shutdown", id, b, func(map[string]any) (*ShutdownResult, error) {
+		return &ShutdownResult{}, nil
+	})
+}
+
+// Drop closes the session named session as CloseSession does, without its
+// token (one whose token was lost). An unknown name is ErrUnknownSession.
+func (c *Client) Drop(ctx context.Context, session, adminToken string) error {
+	_, err := call(ctx, c, NewDropRequest(session, adminToken), ParseDropReply)
+	return err
+}
+
+// Shutdown stops the daemon as SIGTERM does: it answers, finishes the
+// requests being applied, snapshots changed sessions and exits 0.
+func (c *Client) Shutdown(ctx context.Context, adminToken string) error {
+	_, err := call(ctx, c, NewShutdownRequest(adminToken), ParseShutdownReply)
+	return err
 }
 
 // Load loads the plugin file at path (on the daemon's machine) as Reload

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/optimd/optimd/clients/go/internal/daemontest"
 	"github.com/optimd/optimd/clients/go/optimd"
@@ -41,6 +42,44 @@ func TestSwitchAndReload(t *testing.T) {
 		_, err = c.Load(ctx, "/nonexistent/plugin.so", testAdminToken)
 		wantServerError(t, err, optimd.CodePlugin, optimd.ErrPlugin)
 	})
+}
+
+// TestDropAndShutdown ends its daemon with shutdown; daemontest's cleanup
+// then finds it exited and checks that it exited 0.
+func TestDropAndShutdown(t *testing.T) {
+	d := daemontest.Start(t, "--admin-token", testAdminToken)
+	c, err := optimd.Dial(d.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := testCtx(t)
+
+	s := try(c.Open(ctx, "dropme", "sgd", &optimd.OpenOptions{
+		Hparams: optimd.Hparams{"lr": 0.1}})).must(t).Session
+	wantServerError(t, c.Drop(ctx, "dropme", testAdminToken+"x"), optimd.CodeBadToken, optimd.ErrBadToken)
+	try(c.Info(ctx, s, "")).must(t) // a refused drop leaves it
+	if err := c.Drop(ctx, "dropme", testAdminToken); err != nil {
+		t.Fatalf("drop: %v", err)
+	}
+	_, err = c.Info(ctx, s, "")
+	wantServerError(t, err, optimd.CodeUnknownSession, optimd.ErrUnknownSession)
+	wantServerError(t, c.Drop(ctx, "dropme", testAdminToken), optimd.CodeUnknownSession, optimd.ErrUnknownSession)
+
+	wantServerError(t, c.Shutdown(ctx, "wrong"), optimd.CodeBadToken, optimd.ErrBadToken)
+	if gone, _ := d.WaitExit(0); gone {
+		t.Fatal("a refused shutdown stopped the daemon")
+	}
+	if err := c.Shutdown(ctx, testAdminToken); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	gone, err := d.WaitExit(10 * time.Second)
+	if !gone {
+		t.Fatal("the daemon still runs 10 s after shutdown")
+	}
+	if err != nil {
+		t.Fatalf("the daemon exited with %v after shutdown", err)
+	}
 }
 
 func checkSwitch(t *testing.T, ctx context.Context, c *optimd.Client) {

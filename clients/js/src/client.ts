@@ -260,4 +260,17 @@ export class Client {
   async load(path: string, adminToken: string, call?: CallOptions): Promise<PluginLoad[]> {
     return (await this.call(requests.load(path, adminToken), call)).plugins;
   }
+
+  /** Admin: closes the session named `session` as `closeSession` does,
+   * without its token (one whose token was lost); an unknown name rejects
+   * with ServerError UNKNOWN_SESSION. */
+  async drop(session: string, adminToken: string, call?: CallOptions): Promise<void> {
+    await this.call(requests.drop(session, adminToken), call);
+  }
+
+  /** Admin: stops the daemon as SIGTERM does; it answers, finishes the
+   * requests being applied, snapshots changed sessions and exits 0. */
+  async shutdown(adminToken: string, call?: CallOptions): Promise<void> {
+    await this.call(requests.shutdown(adminToken), call);
+  }
 }

@@ -163,6 +163,9 @@ export interface SessionInfo extends HparamsResult, CombinedSchedule {
 }
 
 export type CloseResult = Record<string, never>;
+/** The replies to the admin ops `drop` and `shutdown`: the envelope only. */
+export type DropResult = Record<string, never>;
+export type ShutdownResult = Record<string, never>;
 
 export interface SessionSummary {
   session: string;
@@ -263,6 +266,8 @@ export interface Results {
   switch: SwitchResult;
   reload: ReloadResult;
   load: ReloadResult;
+  drop: DropResult;
+  shutdown: ShutdownResult;
 }
 
 export type Op = keyof Results;
@@ -270,7 +275,7 @@ export type Op = keyof Results;
 export const OPS: readonly Op[] = [
   "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
   "sessions", "register", "step", "observe", "pull", "state", "export", "import",
-  "switch", "reload", "load",
+  "switch", "reload", "load", "drop", "shutdown",
 ];
 
 // --------------------------------------------------------------- requests
@@ -567,6 +572,12 @@ export const requests = {
   load(path: string, adminToken: string): Request<"load"> {
     return { op: "load", fields: { path: str(path, "path"), admin_token: str(adminToken, "admin_token") } };
   },
+  drop(session: string, adminToken: string): Request<"drop"> {
+    return { op: "drop", fields: { session: str(session, "session"), admin_token: str(adminToken, "admin_token") } };
+  },
+  shutdown(adminToken: string): Request<"shutdown"> {
+    return { op: "shutdown", fields: { admin_token: str(adminToken, "admin_token") } };
+  },
 };
 
 // No useBigInt64 when encoding: with it, @msgpack/msgpack writes integers
@@ -857,6 +868,8 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   }),
   reload: reloadResult,
   load: reloadResult,
+  drop: () => ({}),
+  shutdown: () => ({}),
 };
 
 function reloadResult(r: Reader): ReloadResult {

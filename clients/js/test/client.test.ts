@@ -672,3 +672,25 @@ describe("switch and the admin ops", () => {
     await assert.rejects(c.load("/nonexistent/plugin.so", ADMIN), assertServerError(ErrorCode.PLUGIN, "PLUGIN"));
   });
 });
+
+test("drop closes a session without its token; shutdown stops the daemon", async () => {
+  const ADMIN = "js-admin-token-for-drop";
+  const d = await Daemon.start("--admin-token", ADMIN);
+  const c = new Client(d.url, { timeoutMs: 30000 });
+  try {
+    const s = await c.open("dropme", "sgd", { hparams: { lr: 0.1 } });
+    await assert.rejects(c.drop("dropme", `${ADMIN}x`), assertServerError(21, "BAD_TOKEN"));
+    assert.equal((await c.info(s)).steps, 0); // a refused drop leaves it
+    await c.drop("dropme", ADMIN);
+    await assert.rejects(c.info(s), assertServerError(ErrorCode.UNKNOWN_SESSION, "UNKNOWN_SESSION"));
+    await assert.rejects(c.drop("dropme", ADMIN), assertServerError(ErrorCode.UNKNOWN_SESSION, "UNKNOWN_SESSION"));
+    await assert.rejects(c.shutdown("wrong"), assertServerError(21, "BAD_TOKEN"));
+    assert.equal(await d.waitExit(0), undefined, "a refused shutdown stopped the daemon");
+    await c.shutdown(ADMIN);
+    // Bounded: a daemon that ignores shutdown fails here.
+    assert.equal(await d.waitExit(10000), 0, `optimd after shutdown; its log:\n${d.log()}`);
+  } finally {
+    c.close();
+    await d.stop();
+  }
+});

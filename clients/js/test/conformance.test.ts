@@ -108,6 +108,8 @@ function build(c: Call): Request {
     case "switch": return requests.switch(c.session(), c.get("optimizer"), c.pick(["hparams"]));
     case "reload": return requests.reload(c.get("admin_token"));
     case "load": return requests.load(c.get("path"), c.get("admin_token"));
+    case "drop": return requests.drop(c.get("session"), c.get("admin_token"));
+    case "shutdown": return requests.shutdown(c.get("admin_token"));
   }
   throw new Error(`vector names op ${String(op)}, which this client does not know`);
 }

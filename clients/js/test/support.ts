@@ -75,6 +75,22 @@ export class Daemon {
     return fs.readFileSync(this.logPath, "utf8");
   }
 
+  /** Waits up to `timeoutMs` for the daemon to exit by itself (after a
+   * `shutdown`): its exit status, or undefined while it still runs. A
+   * later stop() finds it gone and sends nothing. */
+  async waitExit(timeoutMs: number): Promise<number | null | undefined> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      let timer: NodeJS.Timeout | undefined;
+      const gone = await Promise.race([
+        once(this.proc, "exit").then(() => true),
+        new Promise<boolean>((r) => { timer = setTimeout(() => r(false), timeoutMs); }),
+      ]);
+      clearTimeout(timer);
+      if (!gone) return undefined;
+    }
+    return this.proc.exitCode;
+  }
+
   /** SIGTERM and wait; resolves with the exit status (must be 0). */
   async stop(): Promise<number | null> {
     if (this.proc.exitCode === null && this.proc.signalCode === null) {

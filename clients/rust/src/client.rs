@@ -265,6 +265,21 @@ impl Client {
     pub fn load(&mut self, path: &str, admin_token: &str) -> Result<Vec<PluginLoad>> {
         self.call(|id| request::load(id, path, admin_token), reply::reload)
     }
+
+    /// `drop` (admin): closes the session named `session` as
+    /// [`close_session`](Self::close_session) does, without its token (one
+    /// whose token was lost). An unknown name is
+    /// [`ErrorCode::UnknownSession`](crate::ErrorCode::UnknownSession).
+    pub fn drop_session(&mut self, session: &str, admin_token: &str) -> Result<()> {
+        self.call(|id| request::drop(id, session, admin_token), reply::empty)
+    }
+
+    /// `shutdown` (admin): stops the daemon as SIGTERM does; it answers,
+    /// finishes the requests being applied, snapshots changed sessions and
+    /// exits 0.
+    pub fn shutdown(&mut self, admin_token: &str) -> Result<()> {
+        self.call(|id| request::shutdown(id, admin_token), reply::empty)
+    }
 }
 
 /// See [`Client::with_timeout`].

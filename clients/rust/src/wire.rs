@@ -533,6 +533,24 @@ pub mod request {
         Ok(m)
     }
 
+    pub fn drop(id: u64, session: &str, admin_token: &str) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "drop", None, 2)?;
+        m.str("session")?;
+        m.str(session)?;
+        m.str("admin_token")?;
+        m.str(admin_token)?;
+        Ok(m)
+    }
+
+    pub fn shutdown(id: u64, admin_token: &str) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "shutdown", None, 1)?;
+        m.str("admin_token")?;
+        m.str(admin_token)?;
+        Ok(m)
+    }
+
     pub fn import<'a>(id: u64, snapshot: &'a [u8], o: &ImportOptions) -> Result<Message<'a>> {
         let mut m = Message::new();
         let extra = 1 + o.session.is_some() as usize + o.durability.is_some() as usize;

@@ -120,6 +120,8 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
         }
         "reload" => request::reload(id, get("admin_token").expect("admin_token").str()),
         "load" => request::load(id, get("path").expect("path").str(), get("admin_token").expect("admin_token").str()),
+        "drop" => request::drop(id, get("session").expect("session").str(), get("admin_token").expect("admin_token").str()),
+        "shutdown" => request::shutdown(id, get("admin_token").expect("admin_token").str()),
         "attach" | "hparams" | "close" | "export" | "info" | "set_hparams" | "register" | "step" | "pull"
         | "state" | "observe" | "switch" => {
             get("session");
@@ -450,7 +452,7 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
             obj(o)
         }
         "hparams" | "set_hparams" => obj(hparams_json(&reply::hparams(bytes, id)?)),
-        "close" => {
+        "close" | "drop" | "shutdown" => {
             reply::empty(bytes, id)?;
             obj(vec![])
         }

@@ -772,3 +772,25 @@ fn switch_carries_the_momentum_buffer_and_reload_needs_the_admin_token() {
     drop(c);
     d.stop();
 }
+
+#[test]
+fn drop_closes_any_session_and_shutdown_stops_the_daemon() {
+    const ADMIN: &str = "rust-admin-token-for-drop";
+    let mut d = Daemon::start_with(&["--admin-token", ADMIN]);
+    let mut c = client(&d);
+    let s = c.open("dropme", "sgd", &OpenOptions::new().hparam("lr", 0.1)).unwrap().session;
+    assert_eq!(server_code(c.drop_session("dropme", &format!("{ADMIN}x"))), ErrorCode::BadToken);
+    assert_eq!(c.info(&s, None).unwrap().steps, 0, "a refused drop left it");
+    c.drop_session("dropme", ADMIN).unwrap();
+    assert_eq!(server_code(c.info(&s, None)), ErrorCode::UnknownSession);
+    assert_eq!(server_code(c.drop_session("dropme", ADMIN)), ErrorCode::UnknownSession);
+
+    assert_eq!(server_code(c.shutdown("wrong")), ErrorCode::BadToken);
+    assert!(d.wait_exit(Duration::ZERO).is_none(), "a refused shutdown stopped the daemon");
+    c.shutdown(ADMIN).unwrap();
+    // Bounded: a daemon that ignores shutdown fails here.
+    let status = d.wait_exit(Duration::from_secs(10)).expect("the daemon still runs 10 s after shutdown");
+    assert!(status.success(), "optimd exited with {status} after shutdown; its log:\n{}", d.log());
+    drop(c);
+    d.stop();
+}

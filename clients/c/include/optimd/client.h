@@ -621,8 +621,8 @@ int optimd_client_set_hparams_ex(optimd_client *c, const optimd_session *s,
                                  optimd_session_details **out);
 
 /*
- * Changing what runs: switch (a session) and the admin ops reload and load
- * (protocol.md). Their results live in one block the library allocates per
+ * Changing what runs: switch (a session) and the admin ops reload, load,
+ * drop and shutdown (protocol.md). Their results live in one block the library allocates per
  * call; the strings point into it. Free it with the matching _free, which
  * also zeroes the struct (freeing a zeroed one is fine, so a caller may
  * free after a failed call too).
@@ -702,6 +702,22 @@ int optimd_client_reload(optimd_client *c, const char *admin_token,
  * another version in between, would put this older one back over it. */
 int optimd_client_load(optimd_client *c, const char *admin_token,
                        const char *path, optimd_reload_report *report);
+
+/* Admin op `drop`: closes session `name` as optimd_client_close does,
+ * without its token (for a session whose token was lost); an unknown name
+ * is OPTIMD_E_UNKNOWN_SESSION. Not re-sent once it may have reached the
+ * daemon: had the lost attempt dropped it and someone opened a session of
+ * that name since, a repeat would drop that one. A caller that repeats a
+ * drop itself after a transport failure may take UNKNOWN_SESSION as done,
+ * as close does. */
+int optimd_client_drop(optimd_client *c, const char *admin_token,
+                       const char *name);
+
+/* Admin op `shutdown`: the daemon answers, finishes the requests it is
+ * applying, snapshots every changed session and exits 0, as on SIGTERM.
+ * Not re-sent once it may have reached the daemon: a repeat would meet a
+ * daemon that is gone, or one started since. */
+int optimd_client_shutdown(optimd_client *c, const char *admin_token);
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,9 @@ type Daemon struct {
 	URL string
 	cmd *exec.Cmd
 	log *syncBuffer
+	// exited holds the process's end once it came: whoever takes the value
+	// puts it back, so WaitExit and the cleanup can both read it.
+	exited chan error
 }
 
 // Start starts a daemon with extra command-line arguments and stops it when
@@ -58,6 +61,7 @@ func StartListen(t testing.TB, listen string, extra ...string) *Daemon {
 		t.Fatalf("start %s: %v", bin, err)
 	}
 	exited := make(chan error, 1)
+	d.exited = exited
 	go func() { exited <- d.cmd.Wait() }()
 	t.Cleanup(func() { d.stop(t, exited) })
 
@@ -80,7 +84,22 @@ func StartListen(t testing.TB, listen string, extra ...string) *Daemon {
 	return nil
 }
 
+// WaitExit waits up to timeout for the daemon to exit by itself (after a
+// shutdown request): exited is false if it still runs, else err is how it
+// ended (nil: status 0). The cleanup then finds it gone and checks the
+// same end.
+func (d *Daemon) WaitExit(timeout time.Duration) (exited bool, err error) {
+	select {
+	case err = <-d.exited:
+		d.exited <- err
+		return true, err
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
 func (d *Daemon) stop(t testing.TB, exited chan error) {
+	// Fails harmlessly on a daemon that already exited.
 	_ = d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-exited:

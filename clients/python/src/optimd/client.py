@@ -320,6 +320,17 @@ class Client:
         result: list[PluginLoad] = self.send(messages.load(path, admin_token))
         return result
 
+    def drop(self, session_name: str, admin_token: str) -> None:
+        """Closes session ``session_name`` as :meth:`close_session` does,
+        without its token (one whose token was lost). An unknown name raises
+        :class:`~optimd.UnknownSessionError`."""
+        self.send(messages.drop(session_name, admin_token))
+
+    def shutdown(self, admin_token: str) -> None:
+        """Stops the daemon as SIGTERM does: it answers, finishes the
+        requests being applied, snapshots changed sessions and exits 0."""
+        self.send(messages.shutdown(admin_token))
+
     def pull(self, session: Session, names: Iterable[str] | None = None) -> dict[str, Array]:
         """Current values of the named parameters (default: all), as
         read-only arrays."""

@@ -64,6 +64,8 @@ __all__ = [
     "switch",
     "reload",
     "load",
+    "drop",
+    "shutdown",
     "state",
     "export",
     "import_",
@@ -338,6 +340,14 @@ def load(path: str, admin_token: str) -> Request:
     return Request("load", {"path": path, "admin_token": admin_token})
 
 
+def drop(session_name: str, admin_token: str) -> Request:
+    return Request("drop", {"session": session_name, "admin_token": admin_token})
+
+
+def shutdown(admin_token: str) -> Request:
+    return Request("shutdown", {"admin_token": admin_token})
+
+
 def _names(session: Session, op: str, names: Iterable[str] | None) -> Request:
     fields = _session_fields(session)
     if names is not None:
@@ -397,6 +407,8 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "switch": SwitchResult.from_reply,
     "reload": _list_of("plugins", PluginLoad.from_reply),
     "load": _list_of("plugins", PluginLoad.from_reply),
+    "drop": lambda r: None,
+    "shutdown": lambda r: None,
     "state": state_from_reply,
     "export": snapshot_from_reply,
     "import": ImportResult.from_reply,

@@ -91,12 +91,32 @@ impl Daemon {
         fs::read_to_string(self.dir.join("optimd.log")).unwrap_or_default()
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself (after a
+    /// `shutdown`): its status, or None while it still runs. `stop` then
+    /// finds it gone, signals nothing and checks that status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, wait, and assert exit status 0 (sanitizer builds report
     /// leaks and errors through it).
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        // A daemon already reaped (wait_exit) has no pid left to signal.
+        if child.try_wait().expect("try_wait").is_none() {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(s) = child.try_wait().expect("try_wait") {
