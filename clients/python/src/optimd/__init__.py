@@ -11,6 +11,7 @@
 """
 
 from .client import DEFAULT_URL, Client
+from . import errors as _errors
 from .errors import (
     ERROR_CLASSES,
     BadHparamError,
@@ -96,32 +97,6 @@ __all__ = [
     "StepResult",
     "SwitchResult",
     "PluginLoad",
-    "OptimdError",
-    "ERROR_CLASSES",
-    "MalformedError",
-    "BadRequestError",
-    "UnknownOpError",
-    "VersionError",
-    "TooLargeError",
-    "UnknownPluginError",
-    "WrongKindError",
-    "UnknownHparamError",
-    "BadHparamError",
-    "NotMutableError",
-    "UnknownSessionError",
-    "BadTokenError",
-    "SessionExistsError",
-    "LimitError",
-    "UnknownParamError",
-    "ParamExistsError",
-    "BadTensorError",
-    "NonfiniteError",
-    "PluginError",
-    "InternalError",
-    "NoMemoryError",
-    "ShuttingDownError",
-    "StorageError",
-    "TransportError",
-    "RequestTimeout",
-    "ProtocolError",
+    # Every exception class, as errors.py lists them (one list to keep).
+    *(name for name in _errors.__all__ if name != "error_from_reply"),
 ]
