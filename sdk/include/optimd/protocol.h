@@ -33,7 +33,7 @@ typedef enum optimd_error_code {
     OPTIMD_E_UNKNOWN_SESSION = 20,
     OPTIMD_E_BAD_TOKEN = 21,
     OPTIMD_E_SESSION_EXISTS = 22,
-    OPTIMD_E_LIMIT = 23,           /* too many sessions or parameters */
+    OPTIMD_E_LIMIT = 23,           /* a limit of protocol.md §5 */
     OPTIMD_E_UNKNOWN_PARAM = 30,
     OPTIMD_E_PARAM_EXISTS = 31,
     OPTIMD_E_BAD_TENSOR = 32,      /* dtype, shape or byte length wrong */
