@@ -11,6 +11,7 @@
 """
 
 from .client import DEFAULT_URL, Client
+from .cluster import Cluster, ClusterSession, ClusterStepResult, place
 from . import errors as _errors
 from .errors import (
     ERROR_CLASSES,
@@ -70,6 +71,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "Cluster",
+    "ClusterSession",
+    "ClusterStepResult",
+    "place",
     "DEFAULT_URL",
     "lr_range_test",
     "LRRangeResult",
