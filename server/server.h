@@ -11,6 +11,8 @@
 #include "store.h"
 
 #include <nng/nng.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 typedef struct server {
     const options *opts;
@@ -20,9 +22,23 @@ typedef struct server {
     store store;
 } server;
 
+/* How the transport hands a request to server_handle, and what the handler
+ * may ask back: to park the request instead of answering it now (a
+ * worker's push that waits for the others). A parked request keeps its
+ * message; transport_answer or transport_wake (transport.h) ends it. */
+typedef struct request_ticket {
+    void *handle;              /* the transport's context of this request */
+    bool rerun;                /* handled before, parked, woken since */
+    bool timed_out;            /* ... because its deadline passed */
+    bool park;                 /* out: leave unanswered, keep the message */
+    int64_t deadline;          /* out, with park: metrics_now_ns() time of a
+                                * rerun with timed_out (0: none) */
+} request_ticket;
+
 /* Decodes one request, runs it and returns the reply (never NULL unless
- * memory ran out). Takes ownership of `request`. Any request thread. */
-nng_msg *server_handle(server *srv, nng_msg *request);
+ * memory ran out or the ticket asks to park). Takes ownership of
+ * `request`, unless parked. Any request thread. */
+nng_msg *server_handle(server *srv, nng_msg *request, request_ticket *ticket);
 /* A LIMIT reply (id 0) to a request refused without reading it. Takes
  * ownership of `request`. */
 nng_msg *server_refuse(server *srv, nng_msg *request, const char *message);

@@ -1,5 +1,7 @@
 #include "session.h"
 
+#include "workers.h"
+
 #include "grad_clip.h"
 
 #include "hparams.h"
@@ -185,6 +187,7 @@ static void session_destroy(session *s)
     free(s->names);
     for (size_t i = 0; i < s->n_clients; i++) free(s->clients[i].client);
     free(s->clients);
+    worker_set_free(s->workers);
     if (s->wal_fd >= 0) close(s->wal_fd);
     name_index_free(&s->index);
     for (uint32_t i = 0; i < s->n_groups; i++) {
@@ -608,6 +611,11 @@ static bool all_finite(const wire_tensor *g)
         }
     }
     return true;
+}
+
+bool session_grad_finite(const wire_tensor *g)
+{
+    return all_finite(g);
 }
 
 static bool slot_enabled(const session *s, const param *p, const optimd_slot_def *d)

@@ -161,6 +161,8 @@ typedef struct session {
     int64_t wal_unsynced_since;   /* metrics_now_ns() of the first such append */
     uint64_t wal_bytes;        /* the log's length */
 
+    struct worker_set *workers;   /* workers.h; NULL: a session without workers */
+
     client_seq *clients;       /* sequenced clients, in first-seen order */
     size_t n_clients;
 
@@ -216,6 +218,8 @@ int session_ensure_slow(const session *s, param *p);
  * the step and for migrations); true when a tensor is finite throughout. */
 void session_tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void *data);
 void session_slot_view(optimd_tensor *v, const slot_layout *l, void *data);
+/* A received gradient holds no NaN or infinity (its bytes may be unaligned). */
+bool session_grad_finite(const wire_tensor *g);
 bool session_tensor_finite(const optimd_tensor *t);
 /* Allocates a parameter's zero-filled state slots if it has none yet. */
 int session_ensure_slots(const session *s, param *p);

@@ -3,6 +3,7 @@
 #include "hparams.h"
 #include "json.h"
 #include "log.h"
+#include "workers.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -108,6 +109,19 @@ static void write_manifest(FILE *f, const session *s)
         fprintf(f, ",\"lookahead\":{\"k\":%u,\"alpha\":", s->lookahead_k);
         write_number(f, s->lookahead_alpha);
         fputc('}', f);
+    }
+    if (s->workers) {
+        /* Members by rank ("" a free rank): the rank orders a sync round's sum. */
+        const worker_set *ws = s->workers;
+        fprintf(f, ",\"workers\":{\"mode\":\"%s\",\"count\":%u,\"reduce\":\"%s\",\"on_timeout\":\"%s\","
+                "\"timeout_ms\":%u,\"max_staleness\":%u,\"members\":[", worker_mode_name(ws->cfg.mode),
+                ws->cfg.count, ws->cfg.sum ? "sum" : "mean", ws->cfg.proceed ? "proceed" : "fail",
+                ws->cfg.timeout_ms, ws->cfg.max_staleness);
+        for (uint32_t i = 0; i < ws->cap; i++) {
+            if (i) fputc(',', f);
+            json_write_string(f, ws->w[i].name, strlen(ws->w[i].name));
+        }
+        fputs("]}", f);
     }
     fprintf(f, ",\"steps\":%llu,\"version\":%llu,\"durability\":%d,\"clients\":[", (unsigned long long)s->steps,
             (unsigned long long)s->version, s->durability);
@@ -380,6 +394,40 @@ static int restore_group(reader *r, plugin_registry *reg, const session *s, para
     return 0;
 }
 
+/* The workers' settings and members, each at its rank. */
+static int restore_workers(session *s, const json_value *wk, reader *r)
+{
+    worker_config cfg = {0};
+    const char *mode, *reduce, *on_timeout;
+    double count, timeout, staleness;
+    const json_value *members = json_get(wk, "members");
+    if (!json_get_string(wk, "mode", &mode) || !json_get_string(wk, "reduce", &reduce) ||
+        !json_get_string(wk, "on_timeout", &on_timeout) || !json_get_number(wk, "count", &count) ||
+        !json_get_number(wk, "timeout_ms", &timeout) || !json_get_number(wk, "max_staleness", &staleness) ||
+        !members || members->type != JSON_ARRAY || count < 1 || count > WORKERS_MAX || timeout < 1 ||
+        timeout > UINT32_MAX || staleness < 0 || staleness > UINT32_MAX || members->count != (size_t)count)
+        return why(r, "the manifest's workers are malformed");
+    for (int m = WORKERS_SYNC; m <= WORKERS_BOUNDED; m++)
+        if (strcmp(mode, worker_mode_name(m)) == 0) cfg.mode = m;
+    if (!cfg.mode) return why(r, "the manifest's workers have an unknown mode '%.16s'", mode);
+    cfg.count = (uint32_t)count;
+    cfg.sum = strcmp(reduce, "sum") == 0;
+    cfg.proceed = strcmp(on_timeout, "proceed") == 0;
+    cfg.timeout_ms = (uint32_t)timeout;
+    cfg.max_staleness = (uint32_t)staleness;
+    if (!(s->workers = worker_set_create(&cfg))) return why(r, "out of memory");
+    for (size_t i = 0; i < members->count; i++) {
+        const json_value *m = &members->items[i];
+        if (m->type != JSON_STRING || m->string_len > WORKER_NAME_MAX || strlen(m->string) != m->string_len)
+            return why(r, "the manifest's workers are malformed");
+        if (!m->string_len) continue;
+        memcpy(s->workers->w[i].name, m->string, m->string_len);
+        s->workers->w[i].seen_steps = s->steps;
+        s->workers->joined++;
+    }
+    return 0;
+}
+
 static session *restore(reader *r, const json_value *man, plugin_registry *reg, const char *rename_to)
 {
     const char *name, *token, *opt_id, *opt_version;
@@ -471,6 +519,8 @@ static session *restore(reader *r, const json_value *man, plugin_registry *reg, 
         s->lookahead_k = (uint32_t)k;
         s->lookahead_alpha = alpha;
     }
+    const json_value *wk = json_get(man, "workers");
+    if (wk && wk->type == JSON_OBJECT && restore_workers(s, wk, r)) goto fail_out;
     const optimd_optimizer *o = opt->desc->optimizer;
     char key[PARAM_NAME_MAX + 80];
     for (size_t i = 0; i < params->count; i++) {

@@ -1,5 +1,7 @@
 #include "store.h"
 
+#include "workers.h"
+
 #include "log.h"
 #include "metrics.h"
 #include "snapshot.h"
@@ -280,6 +282,16 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
                wire_get_map(req, "hparams", true, &map, &err) == 0 &&
                session_request_group(s, req, true, &group, &err) == 0) {
         result = session_set_hparams(s, map, group, NULL, NULL, &err);
+    } else if (s->workers && ((op_len == 4 && memcmp(op, "join", 4) == 0) ||
+                              (op_len == 5 && memcmp(op, "leave", 5) == 0))) {
+        const char *name;
+        size_t name_len;
+        if (wire_get_str(req, "worker", true, &name, &name_len, &err) == 0) {
+            worker *w = worker_find(s->workers, name, name_len);
+            if (op_len == 4 && !w && worker_join(s->workers, name, name_len, s->steps, &err)) result = 0;
+            else if (op_len == 5 && w) result = (worker_leave(s->workers, w), 0);
+            if (result == 0) s->version++;
+        }
     } else if (op_len == 7 && memcmp(op, "observe", 7) == 0) {
         double metric;
         if (wire_get_number(req, "metric", true, &metric, &err) == 0 &&

@@ -1,6 +1,7 @@
 #include "transport.h"
 
 #include "log.h"
+#include "metrics.h"
 
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/tls/tls.h>
@@ -11,7 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { CTX_RECEIVING, CTX_QUEUED, CTX_SENDING } ctx_state;
+/* PARKED: the handler kept the request for a later answer (a sync round's
+ * other workers, a bounded worker too far ahead); transport_answer or a
+ * wake ends it. */
+typedef enum { CTX_RECEIVING, CTX_QUEUED, CTX_PARKED, CTX_SENDING } ctx_state;
 
 /* One request slot: an NNG context and the aio that drives it. */
 typedef struct ctx_slot {
@@ -23,6 +27,14 @@ typedef struct ctx_slot {
     uint32_t pipe;             /* the connection the request came on (0: none) */
     bool over_limit;           /* the connection had --max-in-flight already */
     struct ctx_slot *next_queued;
+    /* Parking (all guarded by the transport's mutex). An answer or a wake
+     * can come from another thread before the handler that parked the
+     * request has returned: they wait here until it has. */
+    bool rerun;                /* queued again after being parked */
+    bool timed_out;            /* ... because its deadline passed */
+    bool wake_pending;
+    nng_msg *answer;
+    int64_t deadline;          /* parked: metrics_now_ns() deadline, 0: none */
 } ctx_slot;
 
 /* Requests in flight per connection (pipe id), for --max-in-flight: at
@@ -44,6 +56,9 @@ struct transport {
     pthread_t *threads;
     uint32_t n_threads;
     pipe_count *in_flight;     /* n_slots entries; guarded by mutex */
+    pthread_t timer;           /* wakes parked requests at their deadline */
+    bool timer_started;
+    pthread_cond_t parked;     /* a deadline was set, or stopping */
 };
 
 /* Counts a request on `pipe` in (+1) or out (-1); returns the new count.
@@ -63,6 +78,17 @@ static uint32_t pipe_add(transport *t, uint32_t pipe, int delta)
     free_entry->pipe = pipe;
     free_entry->count = 1;
     return 1;
+}
+
+/* Puts a context on the request queue. The caller holds t->mutex. */
+static void enqueue(transport *t, ctx_slot *c)
+{
+    c->state = CTX_QUEUED;
+    c->next_queued = NULL;
+    if (t->queue_tail) t->queue_tail->next_queued = c;
+    else t->queue_head = c;
+    t->queue_tail = c;
+    pthread_cond_signal(&t->queued);
 }
 
 static void arm_receive(ctx_slot *c)
@@ -115,13 +141,38 @@ static void ctx_callback(void *arg)
     if (c->pipe == (uint32_t)-1) c->pipe = 0;
     pthread_mutex_lock(&t->mutex);
     c->over_limit = c->pipe && pipe_add(t, c->pipe, +1) > t->srv->opts->max_in_flight;
-    c->state = CTX_QUEUED;
-    c->next_queued = NULL;
-    if (t->queue_tail) t->queue_tail->next_queued = c;
-    else t->queue_head = c;
-    t->queue_tail = c;
-    pthread_cond_signal(&t->queued);
+    enqueue(t, c);
     pthread_mutex_unlock(&t->mutex);
+}
+
+static void send_reply(ctx_slot *c, nng_msg *reply)
+{
+    nng_aio_set_msg(c->aio, reply);
+    nng_ctx_send(c->ctx, c->aio);
+}
+
+/* After the handler asked to park the request: park it, or, when an answer
+ * or a wake came meanwhile, act on that now. */
+static void park(transport *t, ctx_slot *c, int64_t deadline)
+{
+    pthread_mutex_lock(&t->mutex);
+    nng_msg *answer = c->answer;
+    c->answer = NULL;
+    if (answer) {
+        c->state = CTX_SENDING;
+        nng_msg_free(c->request);
+        c->request = NULL;
+    } else if (c->wake_pending || t->stopping) {
+        c->wake_pending = false;
+        c->rerun = true;
+        enqueue(t, c);
+    } else {
+        c->state = CTX_PARKED;
+        c->deadline = deadline;
+        if (deadline) pthread_cond_signal(&t->parked);
+    }
+    pthread_mutex_unlock(&t->mutex);
+    if (answer) send_reply(c, answer);
 }
 
 static void *request_thread(void *arg)
@@ -136,6 +187,11 @@ static void *request_thread(void *arg)
             if (!t->queue_head) t->queue_tail = NULL;
         }
         bool stop = t->stopping;
+        request_ticket ticket = {0};
+        if (c) {
+            ticket = (request_ticket){.handle = c, .rerun = c->rerun, .timed_out = c->timed_out};
+            c->rerun = c->timed_out = false;
+        }
         pthread_mutex_unlock(&t->mutex);
         if (!c) break;
         nng_msg *reply = NULL;
@@ -145,7 +201,11 @@ static void *request_thread(void *arg)
             reply = server_refuse(t->srv, c->request, "this connection has --max-in-flight requests in "
                                   "flight already; wait for replies or open another connection");
         } else {
-            reply = server_handle(t->srv, c->request);
+            reply = server_handle(t->srv, c->request, &ticket);
+            if (ticket.park) {
+                park(t, c, ticket.deadline);
+                continue;
+            }
         }
         c->request = NULL;
         if (!reply && c->pipe) {
@@ -160,9 +220,77 @@ static void *request_thread(void *arg)
             continue;
         }
         c->state = CTX_SENDING;
-        nng_aio_set_msg(c->aio, reply);
-        nng_ctx_send(c->ctx, c->aio);
+        send_reply(c, reply);
     }
+    return NULL;
+}
+
+void transport_wake(void *handle)
+{
+    ctx_slot *c = handle;
+    transport *t = c->t;
+    pthread_mutex_lock(&t->mutex);
+    if (c->state == CTX_PARKED) {
+        c->deadline = 0;
+        c->rerun = true;
+        enqueue(t, c);
+    } else {
+        c->wake_pending = true;
+    }
+    pthread_mutex_unlock(&t->mutex);
+}
+
+void transport_answer(void *handle, nng_msg *reply)
+{
+    ctx_slot *c = handle;
+    transport *t = c->t;
+    pthread_mutex_lock(&t->mutex);
+    bool parked = c->state == CTX_PARKED;
+    if (parked) {
+        c->state = CTX_SENDING;
+        c->deadline = 0;
+        nng_msg_free(c->request);
+        c->request = NULL;
+    } else {
+        if (c->answer) nng_msg_free(c->answer);
+        c->answer = reply;
+    }
+    pthread_mutex_unlock(&t->mutex);
+    if (parked) send_reply(c, reply);
+}
+
+/* Requeues parked requests whose deadline passed, for their handler to
+ * answer (a sync round's timeout, a bounded worker's wait). */
+static void *timer_thread(void *arg)
+{
+    transport *t = arg;
+    pthread_mutex_lock(&t->mutex);
+    while (!t->stopping) {
+        int64_t now = metrics_now_ns(), next = 0;
+        for (uint32_t i = 0; i < t->n_slots; i++) {
+            ctx_slot *c = &t->slots[i];
+            if (c->state != CTX_PARKED || !c->deadline) continue;
+            if (c->deadline <= now) {
+                c->deadline = 0;
+                c->rerun = c->timed_out = true;
+                enqueue(t, c);
+            } else if (!next || c->deadline < next) {
+                next = c->deadline;
+            }
+        }
+        if (!next) {
+            pthread_cond_wait(&t->parked, &t->mutex);
+            continue;
+        }
+        /* The condition variable runs on CLOCK_MONOTONIC, as metrics_now_ns. */
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t at = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + (next - now);
+        ts.tv_sec = at / 1000000000;
+        ts.tv_nsec = at % 1000000000;
+        pthread_cond_timedwait(&t->parked, &t->mutex, &ts);
+    }
+    pthread_mutex_unlock(&t->mutex);
     return NULL;
 }
 
@@ -277,6 +405,11 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
     t->srv = srv;
     pthread_mutex_init(&t->mutex, NULL);
     pthread_cond_init(&t->queued, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->parked, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     int rv = nng_rep0_open(&t->sock);
     if (rv != 0) {
         log_error("cannot open a rep0 socket: %s", nng_strerror(rv));
@@ -306,6 +439,8 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
         if (pthread_create(&t->threads[i], NULL, request_thread, t) != 0) goto fail_out;
         t->n_threads++;
     }
+    if (pthread_create(&t->timer, NULL, timer_thread, t) != 0) goto fail_out;
+    t->timer_started = true;
     if (listen_all(t, bound_url, cap)) goto fail_out;
     for (uint32_t i = 0; i < t->n_slots; i++) arm_receive(&t->slots[i]);
     *out = t;
@@ -323,8 +458,10 @@ void transport_stop(transport *t)
     pthread_mutex_lock(&t->mutex);
     t->stopping = true;
     pthread_cond_broadcast(&t->queued);
+    pthread_cond_broadcast(&t->parked);
     pthread_mutex_unlock(&t->mutex);
     for (uint32_t i = 0; i < t->n_threads; i++) pthread_join(t->threads[i], NULL);
+    if (t->timer_started) pthread_join(t->timer, NULL);
     /* Replies the request threads handed over are still being sent. */
     for (uint32_t i = 0; i < t->n_slots; i++)
         if (t->slots[i].state == CTX_SENDING) nng_aio_wait(t->slots[i].aio);
@@ -334,9 +471,12 @@ void transport_stop(transport *t)
         nng_msg *left = nng_aio_get_msg(t->slots[i].aio);
         if (left) nng_msg_free(left);
         nng_aio_free(t->slots[i].aio);
+        /* Parked requests go unanswered: the socket is closed. */
         if (t->slots[i].request) nng_msg_free(t->slots[i].request);
+        if (t->slots[i].answer) nng_msg_free(t->slots[i].answer);
     }
     pthread_cond_destroy(&t->queued);
+    pthread_cond_destroy(&t->parked);
     pthread_mutex_destroy(&t->mutex);
     free(t->slots);
     free(t->threads);

@@ -18,6 +18,13 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap);
 /* Stops receiving, lets running requests finish, frees everything. */
 void transport_stop(transport *t);
 
+/* A parked request (request_ticket.park): answer it with `reply` (taken),
+ * or have its handler run again (ticket.rerun). Any thread, once the
+ * handle is known; a call that comes before the parking handler returned
+ * takes effect when it has. */
+void transport_answer(void *handle, nng_msg *reply);
+void transport_wake(void *handle);
+
 /* Builds the TLS configuration the options describe and throws it away:
  * -1 (logged) when a file is unreadable or the certificate, key and CA do
  * not go together. For --check-config. */

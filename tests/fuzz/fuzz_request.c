@@ -28,7 +28,8 @@ static void handle(const void *data, size_t size)
     nng_msg *req;
     if (nng_msg_alloc(&req, size) != 0) return;
     if (size) memcpy(nng_msg_body(req), data, size);
-    nng_msg *reply = server_handle(&srv, req);
+    request_ticket ticket = {0};
+    nng_msg *reply = server_handle(&srv, req, &ticket);
     if (!reply) return;
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);

@@ -24,6 +24,8 @@ const (
 	CodeBadToken       Code = 21
 	CodeSessionExists  Code = 22
 	CodeLimit          Code = 23
+	CodeUnknownWorker  Code = 24
+	CodeTimeout        Code = 25
 	CodeUnknownParam   Code = 30
 	CodeParamExists    Code = 31
 	CodeBadTensor      Code = 32
@@ -50,6 +52,8 @@ var codeNames = map[Code]string{
 	CodeBadToken:       "BAD_TOKEN",
 	CodeSessionExists:  "SESSION_EXISTS",
 	CodeLimit:          "LIMIT",
+	CodeUnknownWorker:  "UNKNOWN_WORKER",
+	CodeTimeout:        "TIMEOUT",
 	CodeUnknownParam:   "UNKNOWN_PARAM",
 	CodeParamExists:    "PARAM_EXISTS",
 	CodeBadTensor:      "BAD_TENSOR",
@@ -115,6 +119,8 @@ var (
 	ErrBadToken       error = codeError{CodeBadToken}
 	ErrSessionExists  error = codeError{CodeSessionExists}
 	ErrLimit          error = codeError{CodeLimit}
+	ErrUnknownWorker  error = codeError{CodeUnknownWorker}
+	ErrTimeout        error = codeError{CodeTimeout}
 	ErrUnknownParam   error = codeError{CodeUnknownParam}
 	ErrParamExists    error = codeError{CodeParamExists}
 	ErrBadTensor      error = codeError{CodeBadTensor}

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     BadToken = 21,
     SessionExists = 22,
     Limit = 23,
+    UnknownWorker = 24,
+    Timeout = 25,
     UnknownParam = 30,
     ParamExists = 31,
     BadTensor = 32,
@@ -35,7 +37,7 @@ pub enum ErrorCode {
     Storage = 53,
 }
 
-const CODES: [(ErrorCode, &str); 23] = [
+const CODES: [(ErrorCode, &str); 25] = [
     (ErrorCode::Malformed, "MALFORMED"),
     (ErrorCode::BadRequest, "BAD_REQUEST"),
     (ErrorCode::UnknownOp, "UNKNOWN_OP"),
@@ -50,6 +52,8 @@ const CODES: [(ErrorCode, &str); 23] = [
     (ErrorCode::BadToken, "BAD_TOKEN"),
     (ErrorCode::SessionExists, "SESSION_EXISTS"),
     (ErrorCode::Limit, "LIMIT"),
+    (ErrorCode::UnknownWorker, "UNKNOWN_WORKER"),
+    (ErrorCode::Timeout, "TIMEOUT"),
     (ErrorCode::UnknownParam, "UNKNOWN_PARAM"),
     (ErrorCode::ParamExists, "PARAM_EXISTS"),
     (ErrorCode::BadTensor, "BAD_TENSOR"),

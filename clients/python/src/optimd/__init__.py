@@ -40,12 +40,18 @@ from .errors import (
     UnknownParamError,
     UnknownPluginError,
     UnknownSessionError,
+    UnknownWorkerError,
     VersionError,
+    WorkerTimeoutError,
     WrongKindError,
 )
 from .lr_range import LRRangeResult, lr_range_test
 from .messages import INHERIT, ClipNorm, Group, Request
 from .results import (
+    JoinResult,
+    WorkerInfo,
+    Workers,
+    WorkersInfo,
     Array,
     GroupInfo,
     ImportResult,
@@ -86,6 +92,10 @@ __all__ = [
     "Request",
     "GroupInfo",
     "Lookahead",
+    "JoinResult",
+    "WorkerInfo",
+    "Workers",
+    "WorkersInfo",
     "Schedule",
     "ObserveResult",
     "ImportResult",

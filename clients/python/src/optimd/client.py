@@ -13,6 +13,8 @@ import numpy.typing as npt
 from . import messages
 from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, Request, ScheduleSpec
 from .results import (
+    JoinResult,
+    Workers,
     Array,
     Hello,
     Hparams,
@@ -166,6 +168,7 @@ class Client:
         lookahead: LookaheadSpec | None = None,
         schedulers: Sequence[ScheduleSpec] | None = None,
         milestones: Sequence[int] | None = None,
+        workers: Workers | Mapping[str, Any] | None = None,
     ) -> Session:
         """Creates a session named ``session`` running plugin ``optimizer``,
         optionally with a server-side ``scheduler``. Hyperparameters not given
@@ -187,11 +190,13 @@ class Client:
         ``scheduler="sequential"`` (torch's ``SequentialLR``, with
         ``milestones``) or ``"chained"`` (``ChainedScheduler``) combine the
         :class:`~optimd.Schedule` parts in ``schedulers``; ``lookahead``
-        (:class:`~optimd.Lookahead`) wraps the optimizer in Lookahead."""
+        (:class:`~optimd.Lookahead`) wraps the optimizer in Lookahead;
+        ``workers`` (:class:`~optimd.Workers`) makes it a session that
+        several workers push to (sync, async or bounded; see :meth:`join`)."""
         result: Session = self.send(messages.open(
             session, optimizer, hparams, scheduler=scheduler, sched_hparams=sched_hparams,
             groups=groups, durability=durability, open_key=open_key, lookahead=lookahead,
-            schedulers=schedulers, milestones=milestones))
+            schedulers=schedulers, milestones=milestones, workers=workers))
         return result
 
     def attach(self, session: Session) -> SessionInfo:
@@ -262,6 +267,7 @@ class Client:
         client: str | None = None,
         clip_value: float | None = None,
         clip_norm: ClipNormSpec | None = None,
+        worker: str | None = None,
     ) -> StepResult:
         """Applies one optimizer step with ``grads`` (a subset of the
         registered parameters; each with its parameter's dtype and shape).
@@ -280,10 +286,29 @@ class Client:
         (a :class:`~optimd.ClipNorm`, or just ``max_norm``) rescales as
         ``clip_grad_norm_`` and the result carries ``grad_norm`` (or
         ``grad_norms`` by group with ``per_group``).
+
+        In a session with workers every step is a push by ``worker`` (joined
+        with :meth:`join`). In a ``sync`` session the call returns when the
+        round is complete, with the parameters every worker of the round gets;
+        a ``bounded`` worker too far ahead returns once the slowest caught up.
+        Either may wait up to the session's ``timeout_ms``: give the client a
+        ``timeout`` longer than that.
         """
         result: StepResult = self.send(messages.step(
             session, grads, return_params=return_params, seq=seq, client=client,
-            clip_value=clip_value, clip_norm=clip_norm))
+            clip_value=clip_value, clip_norm=clip_norm, worker=worker))
+        return result
+
+    def join(self, session: Session, worker: str) -> JoinResult:
+        """Makes ``worker`` a member of a session opened with ``workers`` (its
+        rank is the lowest free one; joining again changes nothing)."""
+        result: JoinResult = self.send(messages.join(session, worker))
+        return result
+
+    def leave(self, session: Session, worker: str) -> JoinResult:
+        """Removes ``worker`` from the session; a push of it that waits is
+        answered with :class:`~optimd.UnknownWorkerError`."""
+        result: JoinResult = self.send(messages.leave(session, worker))
         return result
 
     def observe(self, session: Session, metric: float, group: str | None = None) -> ObserveResult:
@@ -331,10 +356,12 @@ class Client:
         requests being applied, snapshots changed sessions and exits 0."""
         self.send(messages.shutdown(admin_token))
 
-    def pull(self, session: Session, names: Iterable[str] | None = None) -> dict[str, Array]:
+    def pull(self, session: Session, names: Iterable[str] | None = None,
+             worker: str | None = None) -> dict[str, Array]:
         """Current values of the named parameters (default: all), as
-        read-only arrays."""
-        result: dict[str, Array] = self.send(messages.pull(session, names))
+        read-only arrays. With ``worker``: that worker's pull, after which
+        its staleness counts from now."""
+        result: dict[str, Array] = self.send(messages.pull(session, names, worker))
         return result
 
     def state(self, session: Session, names: Iterable[str] | None = None) -> dict[str, dict[str, Array]]:

@@ -34,6 +34,8 @@ __all__ = [
     "BadTokenError",
     "SessionExistsError",
     "LimitError",
+    "UnknownWorkerError",
+    "WorkerTimeoutError",
     "UnknownParamError",
     "ParamExistsError",
     "BadTensorError",
@@ -160,6 +162,20 @@ class LimitError(OptimdError):
     CODE = 23
 
 
+class UnknownWorkerError(OptimdError):
+    """24 UNKNOWN_WORKER: a worker that has not joined the session (or left it
+    while its push waited)."""
+
+    CODE = 24
+
+
+class WorkerTimeoutError(OptimdError):
+    """25 TIMEOUT: a sync round, or a bounded worker's wait for the slowest,
+    ran past the session's ``timeout_ms``; the push was not applied."""
+
+    CODE = 25
+
+
 class UnknownParamError(OptimdError):
     """30 UNKNOWN_PARAM: a parameter name that is not registered."""
 
@@ -232,6 +248,8 @@ ERROR_CLASSES: Final[dict[int, type[OptimdError]]] = {
         BadTokenError,
         SessionExistsError,
         LimitError,
+        UnknownWorkerError,
+        WorkerTimeoutError,
         UnknownParamError,
         ParamExistsError,
         BadTensorError,

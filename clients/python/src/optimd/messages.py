@@ -25,6 +25,8 @@ from .errors import ProtocolError
 from .results import (
     Hello,
     Lookahead,
+    JoinResult,
+    Workers,
     Schedule,
     Hparams,
     ImportResult,
@@ -209,8 +211,10 @@ def open(  # noqa: A001 - the op's name
     lookahead: LookaheadSpec | None = None,
     schedulers: Sequence[ScheduleSpec] | None = None,
     milestones: Sequence[int] | None = None,
+    workers: Workers | Mapping[str, Any] | None = None,
 ) -> Request:
-    """``schedulers``/``milestones``: the parts of a combined schedule, with
+    """``workers``: a :class:`~optimd.Workers` (or the protocol's map).
+    ``schedulers``/``milestones``: the parts of a combined schedule, with
     ``scheduler="sequential"`` or ``"chained"``; ``lookahead``: a
     :class:`~optimd.Lookahead` (or the protocol's ``{k, alpha}`` map)."""
     fields: dict[str, Any] = {"session": session, "optimizer": optimizer}
@@ -227,6 +231,8 @@ def open(  # noqa: A001 - the op's name
         raise ValueError("sched_hparams, schedulers or milestones given without a scheduler")
     if groups:
         fields["groups"] = [g.to_wire() if isinstance(g, Group) else dict(g) for g in groups]
+    if workers is not None:
+        fields["workers"] = workers.to_wire() if isinstance(workers, Workers) else dict(workers)
     if durability is not None:
         fields["durability"] = durability
     if open_key is not None:
@@ -290,10 +296,13 @@ def step(
     client: str | None = None,
     clip_value: float | None = None,
     clip_norm: ClipNormSpec | None = None,
+    worker: str | None = None,
 ) -> Request:
     """``clip_norm`` is a :class:`ClipNorm`, a bare ``max_norm``, or the
     protocol's map."""
     fields = {**_session_fields(session), "grads": _tensors(grads)}
+    if worker is not None:
+        fields["worker"] = worker
     if seq is not None:
         fields["seq"] = seq
         if client is not None:
@@ -361,8 +370,19 @@ def state(session: Session, names: Iterable[str] | None = None) -> Request:
     return _names(session, "state", names)
 
 
-def pull(session: Session, names: Iterable[str] | None = None) -> Request:
-    return _names(session, "pull", names)
+def pull(session: Session, names: Iterable[str] | None = None, worker: str | None = None) -> Request:
+    request = _names(session, "pull", names)
+    if worker is not None:
+        request.fields["worker"] = worker
+    return request
+
+
+def join(session: Session, worker: str) -> Request:
+    return Request("join", {**_session_fields(session), "worker": worker})
+
+
+def leave(session: Session, worker: str) -> Request:
+    return Request("leave", {**_session_fields(session), "worker": worker})
 
 
 def export(session: Session) -> Request:
@@ -413,6 +433,8 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "export": snapshot_from_reply,
     "import": ImportResult.from_reply,
     "pull": lambda r: tensors_from_reply(r, "pull"),
+    "join": JoinResult.from_reply,
+    "leave": JoinResult.from_reply,
 }
 
 

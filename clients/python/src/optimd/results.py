@@ -341,6 +341,97 @@ class Lookahead:
         return out
 
 
+@dataclass(frozen=True)
+class Workers:
+    """How a session's workers push (``open``'s ``workers``): ``mode`` is
+    ``"sync"`` (``count`` pushes per round combined by ``reduce``, ``"mean"``
+    or ``"sum"``; at ``timeout_ms`` the round fails or, with
+    ``on_timeout="proceed"``, steps with the pushes present), ``"async"``
+    (every push applies at once) or ``"bounded"`` (async, but a worker more
+    than ``max_staleness`` pushes ahead of the slowest waits up to
+    ``timeout_ms``). ``None`` leaves the daemon's default."""
+
+    mode: str
+    count: int | None = None
+    reduce: str | None = None
+    timeout_ms: int | None = None
+    on_timeout: str | None = None
+    max_staleness: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode}
+        for key in ("count", "reduce", "timeout_ms", "on_timeout", "max_staleness"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One member of a session's workers: its rank (the order a sync round
+    sums in), pushes applied, staleness (steps since the parameters it last
+    received) and whether a push of it is waiting."""
+
+    name: str
+    rank: int
+    pushes: int
+    staleness: int
+    waiting: bool
+
+    @classmethod
+    def from_reply(cls, d: Any) -> WorkerInfo:
+        w = "workers.members"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} entry is not a map")
+        return cls(name=_get(d, "name", str, w), rank=_get(d, "rank", int, w), pushes=_get(d, "pushes", int, w),
+                   staleness=_get(d, "staleness", int, w), waiting=_get(d, "waiting", bool, w))
+
+
+@dataclass(frozen=True)
+class WorkersInfo:
+    """A session's workers as ``info``, ``join`` and ``leave`` report them:
+    the settings (:class:`Workers`), the members, and for sync the pushes
+    the round in progress has."""
+
+    settings: Workers
+    members: tuple[WorkerInfo, ...]
+    round_pushes: int = 0
+
+    @classmethod
+    def from_reply(cls, d: Any) -> WorkersInfo:
+        w = "workers"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        settings = Workers(
+            mode=_get(d, "mode", str, w),
+            count=_get(d, "count", int, w) if "count" in d else None,
+            reduce=_get(d, "reduce", str, w) if "reduce" in d else None,
+            timeout_ms=_get(d, "timeout_ms", int, w) if "timeout_ms" in d else None,
+            on_timeout=_get(d, "on_timeout", str, w) if "on_timeout" in d else None,
+            max_staleness=_get(d, "max_staleness", int, w) if "max_staleness" in d else None)
+        return cls(settings=settings,
+                   members=tuple(WorkerInfo.from_reply(m) for m in _get(d, "members", list, w)),
+                   round_pushes=_get(d, "round_pushes", int, w) if "round_pushes" in d else 0)
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """The ``join`` / ``leave`` reply: the worker's rank (``None`` after a
+    leave), the session's step count and its workers."""
+
+    rank: int | None
+    steps: int
+    workers: WorkersInfo
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> JoinResult:
+        w = "join"
+        return cls(rank=_get(reply, "rank", int, w) if "rank" in reply else None,
+                   steps=_get(reply, "steps", int, w),
+                   workers=WorkersInfo.from_reply(reply.get("workers")))
+
+
 def _schedulers(reply: dict[str, Any], what: str) -> tuple[Schedule, ...]:
     if "schedulers" not in reply:
         return ()
@@ -446,6 +537,7 @@ class SessionInfo(Hparams):
     durability: str = "interval"
     client_seq: int | None = None
     lookahead: Lookahead | None = None
+    workers: WorkersInfo | None = None
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], what: str = "info") -> SessionInfo:
@@ -467,6 +559,7 @@ class SessionInfo(Hparams):
             durability=_get(reply, "durability", str, what),
             client_seq=_get(reply, "client_seq", int, what) if "client_seq" in reply else None,
             lookahead=None if reply.get("lookahead") is None else Lookahead.from_reply(reply["lookahead"]),
+            workers=None if reply.get("workers") is None else WorkersInfo.from_reply(reply["workers"]),
         )
 
 
@@ -517,6 +610,17 @@ class StepResult:
     next_lrs: dict[str, float] = field(default_factory=dict)
     grad_norm: float | None = None
     grad_norms: dict[str, float] = field(default_factory=dict)
+    #: A worker's push (sessions with workers): who pushed, its pushes applied
+    #: so far, and how many steps older than the session its parameters were
+    #: (staleness); sync: how many pushes the round combined; bounded: how
+    #: many pushes it led the slowest worker by when admitted, and whether it
+    #: had to wait.
+    worker: str | None = None
+    pushes: int | None = None
+    staleness: int | None = None
+    combined: int | None = None
+    lead: int | None = None
+    waited: bool | None = None
 
     def group_lr(self, group: str) -> float:
         """The lr ``group`` used in this step (the one lr of a one-group session)."""
@@ -545,6 +649,12 @@ class StepResult:
             next_lrs=_float_map(reply, "next_lrs", w) if "next_lrs" in reply else {},
             grad_norm=_float(reply, "grad_norm", w) if "grad_norm" in reply else None,
             grad_norms=_float_map(reply, "grad_norms", w) if "grad_norms" in reply else {},
+            worker=_get(reply, "worker", str, w) if "worker" in reply else None,
+            pushes=_get(reply, "pushes", int, w) if "pushes" in reply else None,
+            staleness=_get(reply, "staleness", int, w) if "staleness" in reply else None,
+            combined=_get(reply, "combined", int, w) if "combined" in reply else None,
+            lead=_get(reply, "lead", int, w) if "lead" in reply else None,
+            waited=_get(reply, "waited", bool, w) if "waited" in reply else None,
         )
 
 
