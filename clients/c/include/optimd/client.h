@@ -719,6 +719,25 @@ int optimd_client_drop(optimd_client *c, const char *admin_token,
  * daemon that is gone, or one started since. */
 int optimd_client_shutdown(optimd_client *c, const char *admin_token);
 
+/*
+ * Rendezvous placement, the rule the Python and Go clients' clusters use:
+ * a parameter lives on the server whose weight for its name is highest, a
+ * tie (two equal 64-bit digests) going to the greater URL (byte-wise). It
+ * depends only on the name and the set of URLs, not on their order, and
+ * adding a server moves only what the new server takes over.
+ */
+
+/* The weight of parameter `name` on server `url`: the 8-byte BLAKE2b
+ * digest (digest size 8, not a truncated longer one) of the bytes of
+ * `url`, a NUL byte and the bytes of `name`, read big-endian. Python:
+ * int.from_bytes(hashlib.blake2b(f"{url}\0{name}".encode(),
+ * digest_size=8).digest(), "big"). */
+uint64_t optimd_rendezvous_weight(const char *url, const char *name);
+
+/* The index in urls[0..n) of the server that holds `name`; (size_t)-1
+ * when n is 0 or an argument is NULL. */
+size_t optimd_place(const char *name, const char *const *urls, size_t n);
+
 #ifdef __cplusplus
 }
 #endif
