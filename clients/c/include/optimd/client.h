@@ -719,6 +719,164 @@ int optimd_client_drop(optimd_client *c, const char *admin_token,
  * daemon that is gone, or one started since. */
 int optimd_client_shutdown(optimd_client *c, const char *admin_token);
 
+/*
+ * Clusters: one session spread over several daemons, as the Python
+ * client's optimd.Cluster and the Go client's optimd.NewCluster do it, and
+ * placing every parameter where they place it.
+ *
+ * Each parameter lives on exactly one server, chosen by rendezvous
+ * (highest-random-weight) hashing of its name: the server whose
+ * optimd_rendezvous_weight(url, name) is highest, a tie (two equal 64-bit
+ * digests) going to the greater URL (byte-wise). The choice depends only
+ * on the name and the set of URLs, not on their order, so workers in any
+ * language that list the same servers, spelled the same way, agree; and
+ * adding a server moves only the parameters whose weight on it beats their
+ * old maximum (about 1/(N+1) of them), all to the new server.
+ *
+ * Per-parameter optimizers (SGD, Adam, AdamW, ...) do not look at other
+ * parameters, so a session spread this way trains bit-identically to the
+ * same session on one server. What a server cannot see is the others'
+ * gradients: global-norm clipping (clip_norm) is refused with more than
+ * one server.
+ *
+ * Requests go to the servers one at a time, in the order of the URLs given
+ * to optimd_cluster_create (the library has no asynchronous requests, and
+ * this order is what lets an error say exactly which servers applied a
+ * call). A server holding none of the parameters a call names gets no
+ * request, except for step, which every server gets (with no gradients if
+ * need be) so that step counts and schedules keep pace everywhere.
+ *
+ * A cluster call is one request per server, not atomic: when a server
+ * fails, the servers before it have applied the call and the later ones
+ * were not asked. The call returns that server's code (a positive
+ * optimd_error_code, or an OPTIMD_CLIENT_E_*), and
+ * optimd_cluster_error, optimd_cluster_failed_server and
+ * optimd_cluster_applied say which server failed and which applied it.
+ *
+ * Like optimd_client, an optimd_cluster is not thread-safe.
+ */
+typedef struct optimd_cluster optimd_cluster;
+
+/* The weight of parameter `name` on server `url`: the 8-byte BLAKE2b
+ * digest (digest size 8, not a truncated longer one) of the bytes of
+ * `url`, a NUL byte and the bytes of `name`, read big-endian. Python:
+ * int.from_bytes(hashlib.blake2b(f"{url}\0{name}".encode(),
+ * digest_size=8).digest(), "big"). */
+uint64_t optimd_rendezvous_weight(const char *url, const char *name);
+
+/* The index in urls[0..n) of the server that holds `name`; (size_t)-1
+ * when n is 0 or an argument is NULL. */
+size_t optimd_place(const char *name, const char *const *urls, size_t n);
+
+/* Connects one client per URL (n of them, at least 1, none listed twice),
+ * each with optimd_client_connect_ex(url, opts) (`opts` NULL: every
+ * default), so TLS, timeouts and retries are set as for one client. On a
+ * failure nothing is left open, *out is NULL and optimd_cluster_error(NULL)
+ * says why (per thread). */
+int optimd_cluster_create(const char *const *urls, size_t n,
+                          const optimd_client_options *opts,
+                          optimd_cluster **out);
+/* Frees every connection; the sessions stay on the daemons. */
+void optimd_cluster_free(optimd_cluster *cl);
+
+/* The number of servers, the URL of server i (as given; NULL when i is out
+ * of range) and its client (for the single-server calls: info, state,
+ * set_hparams, ...). */
+size_t optimd_cluster_size(const optimd_cluster *cl);
+const char *optimd_cluster_url(const optimd_cluster *cl, size_t i);
+optimd_client *optimd_cluster_client(optimd_cluster *cl, size_t i);
+
+/* The index of the server that holds parameter `name` (optimd_place over
+ * the cluster's URLs); (size_t)-1 when an argument is NULL. */
+size_t optimd_cluster_place(const optimd_cluster *cl, const char *name);
+
+/*
+ * The session calls. `sessions` is an array of optimd_cluster_size
+ * handles, one per server in the cluster's order, all of the same session
+ * name: what optimd_cluster_open filled. Keep it (names and tokens) to use
+ * the session again.
+ */
+
+/* Opens session `name` on every server with the same options (as
+ * optimd_client_open_ex; *opts->existing, when asked for, is 1 only when
+ * every server answered with an existing session). *lr (if not NULL) gets
+ * the first server's. If one server refuses, the sessions already opened
+ * on the others are closed again (best effort) and its error is returned
+ * (optimd_cluster_applied then lists none). */
+int optimd_cluster_open(optimd_cluster *cl, const char *name,
+                        const optimd_open_options *opts,
+                        optimd_session *sessions, double *lr);
+
+/* Registers each parameter on its server into group `group` (NULL:
+ * "default"), one request per server holding any. A refusal leaves the
+ * earlier servers' parameters registered (optimd_cluster_applied). */
+int optimd_cluster_register(optimd_cluster *cl, const optimd_session *sessions,
+                            const optimd_named_tensor *params, size_t n,
+                            const char *group);
+
+/*
+ * One step on every server with its share of `grads`; each output in
+ * `params_out` (by name, as optimd_client_step_opts: each needs a
+ * gradient) is filled by the server that holds it, and with n_out 0 no
+ * server sends parameters back. `results` (NULL, or optimd_cluster_size
+ * entries) gets each server's optimd_step_result in the cluster's order;
+ * they agree on steps and lrs unless an earlier step failed part-way.
+ * `opts` goes to every server, except that only the first server writes
+ * the per-group values (opts->groups); clip_norm with more than one server
+ * is OPTIMD_CLIENT_E_ARG, before anything is sent.
+ *
+ * Exactly once across servers: every server gets the same `seq` (see
+ * optimd_cluster_next_seq), and it advances only when every server
+ * answered with success. So after a failure, calling the step again with
+ * the same gradients completes it: the servers that had applied it answer
+ * `duplicate` (results[i].duplicate) and are not stepped twice, the others
+ * apply it. To give up on the failed step instead, skip its seq with
+ * optimd_cluster_set_next_seq(cl, name, optimd_cluster_next_seq(cl, name)
+ * + 1); the servers that applied it keep it applied.
+ */
+int optimd_cluster_step(optimd_cluster *cl, const optimd_session *sessions,
+                        const optimd_named_tensor *grads, size_t n_grads,
+                        optimd_named_tensor *params_out, size_t n_out,
+                        const optimd_step_options *opts,
+                        optimd_step_result *results);
+
+/* The seq the next cluster step on session `name` sends to every server
+ * (0 if an argument is NULL). A session the cluster has not stepped starts
+ * from the highest next seq of its clients (optimd_client_next_seq), so an
+ * optimd_client_attach through optimd_cluster_client is taken into
+ * account if made before the first cluster step. */
+uint64_t optimd_cluster_next_seq(const optimd_cluster *cl, const char *name);
+/* Sets it (1 to 2^53). */
+int optimd_cluster_set_next_seq(optimd_cluster *cl, const char *name,
+                                uint64_t seq);
+
+/* Fetches the named parameters into their `data`, each from its server,
+ * one request per server holding any. */
+int optimd_cluster_pull(optimd_cluster *cl, const optimd_session *sessions,
+                        optimd_named_tensor *params, size_t n);
+
+/* Closes the session on every server; after trying them all, returns the
+ * first failure (optimd_cluster_failed_server names it; applied lists the
+ * servers where it was closed before that one). */
+int optimd_cluster_close(optimd_cluster *cl, const optimd_session *sessions);
+
+/* Text of the last failure (empty after a success): the call, the failing
+ * server's URL, the servers that had already applied the call, and that
+ * server's own error, e.g. "cluster step on tcp://b:1 (already applied on:
+ * tcp://a:1): NONFINITE: ...". Valid until the next call on `cl`.
+ * optimd_cluster_error(NULL) is why the calling thread's last
+ * optimd_cluster_create failed. */
+const char *optimd_cluster_error(const optimd_cluster *cl);
+
+/* After a failure: the index of the server that failed, or -1 when the
+ * failure was no server's (a bad argument, out of memory). */
+long optimd_cluster_failed_server(const optimd_cluster *cl);
+
+/* After a failure: the indexes of the servers that had applied the failed
+ * call, in the order they applied it (*count of them; count may be NULL);
+ * valid until the next call on `cl`. */
+const size_t *optimd_cluster_applied(const optimd_cluster *cl, size_t *count);
+
 #ifdef __cplusplus
 }
 #endif
