@@ -37,6 +37,8 @@ EXPECTED = {
     21: ("BAD_TOKEN", optimd.BadTokenError),
     22: ("SESSION_EXISTS", optimd.SessionExistsError),
     23: ("LIMIT", optimd.LimitError),
+    24: ("UNKNOWN_WORKER", optimd.UnknownWorkerError),
+    25: ("TIMEOUT", optimd.WorkerTimeoutError),
     30: ("UNKNOWN_PARAM", optimd.UnknownParamError),
     31: ("PARAM_EXISTS", optimd.ParamExistsError),
     32: ("BAD_TENSOR", optimd.BadTensorError),
