@@ -758,23 +758,8 @@ static int op_sessions(request *r)
     return 0;
 }
 
-/* --max-session-bytes and --max-total-bytes for the parameters a register
- * request adds (their state counted in, as they will have it). */
-static int check_memory_adding(request *r, session *s, uint64_t adding);
-
-static int check_memory(request *r, session *s, const msgpack_object *params)
-{
-    uint64_t adding = 0;
-    for (uint32_t i = 0; i < params->via.map.size; i++) {
-        wire_tensor t;
-        request_error ignored = {0};
-        if (wire_decode_tensor(&params->via.map.ptr[i].val, "", &t, &ignored) == 0)
-            adding += session_param_cost(s, t.nbytes);
-    }
-    return check_memory_adding(r, s, adding);
-}
-
-/* The same for parameters that commit `adding` bytes. */
+/* --max-session-bytes and --max-total-bytes for parameters that commit
+ * `adding` bytes more. */
 static int check_memory_adding(request *r, session *s, uint64_t adding)
 {
     const options *o = r->srv->opts;
@@ -789,6 +774,20 @@ static int check_memory_adding(request *r, session *s, uint64_t adding)
                     "--max-total-bytes is %llu", (unsigned long long)(total + adding),
                     (unsigned long long)o->max_total_bytes);
     return 0;
+}
+
+/* The same for the parameters a register request adds (their state
+ * counted in, as they will have it). */
+static int check_memory(request *r, session *s, const msgpack_object *params)
+{
+    uint64_t adding = 0;
+    for (uint32_t i = 0; i < params->via.map.size; i++) {
+        wire_tensor t;
+        request_error ignored = {0};
+        if (wire_decode_tensor(&params->via.map.ptr[i].val, "", &t, &ignored) == 0)
+            adding += session_param_cost(s, t.nbytes);
+    }
+    return check_memory_adding(r, s, adding);
 }
 
 static int check_tensor_count(request *r, const msgpack_object *map, const char *what)
