@@ -1308,3 +1308,5 @@ int session_observe(session *s, double metric, int group, session_commit_fn comm
     s->version++;
     return 0;
 }
+
+void session_release_param(const session *s, param *p) { param_release(s, p); }

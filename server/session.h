@@ -195,6 +195,8 @@ int session_request_group(const session *s, const msgpack_object *req, bool all_
 /* What a parameter of `nbytes` commits: itself, its like-parameter state
  * slots and its lookahead copy. */
 uint64_t session_param_cost(const session *s, uint64_t nbytes);
+/* Frees a parameter's buffers (not its name). */
+void session_release_param(const session *s, param *p);
 /* Adds a parameter without checks (the caller made them). -1: no memory. */
 int session_append_param(session *s, const char *name, size_t name_len, uint32_t dtype,
                          uint32_t ndim, const int64_t *shape, const void *data);

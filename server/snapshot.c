@@ -80,7 +80,7 @@ static void write_group(FILE *f, const session *s, const param_group *g)
     fputc(']', f);
 }
 
-static void write_manifest(FILE *f, const session *s)
+static void write_manifest(FILE *f, const session *s, const bool *keep)
 {
     fprintf(f, "{\"format\":%d,\"session\":", SNAPSHOT_FORMAT);
     json_write_string(f, s->name, strlen(s->name));
@@ -137,9 +137,12 @@ static void write_manifest(FILE *f, const session *s)
         fputc('}', f);
     }
     fputs("],\"params\":[", f);
+    bool first = true;
     for (size_t i = 0; i < s->n_params; i++) {
         const param *p = &s->params[i];
-        if (i) fputc(',', f);
+        if (keep && !keep[i]) continue;
+        if (!first) fputc(',', f);
+        first = false;
         fputs("{\"name\":", f);
         json_write_string(f, s->names[i], strlen(s->names[i]));
         fprintf(f, ",\"steps\":%llu,\"group\":%u}", (unsigned long long)p->steps, p->group);
@@ -165,7 +168,9 @@ static void write_entry(FILE *f, bool *first, const char *prefix, const char *na
     *offset += bytes;
 }
 
-int snapshot_write(const session *s, FILE *f)
+int snapshot_write(const session *s, FILE *f) { return snapshot_write_some(s, NULL, f); }
+
+int snapshot_write_some(const session *s, const bool *keep, FILE *f)
 {
     char *header = NULL;
     size_t header_len = 0;
@@ -181,7 +186,7 @@ int snapshot_write(const session *s, FILE *f)
         free(header);
         return -1;
     }
-    write_manifest(m, s);
+    write_manifest(m, s, keep);
     fclose(m);
     json_write_string(h, manifest, manifest_len);
     free(manifest);
@@ -190,6 +195,7 @@ int snapshot_write(const session *s, FILE *f)
     size_t offset = 0;
     for (size_t i = 0; i < s->n_params; i++) {
         const param *p = &s->params[i];
+        if (keep && !keep[i]) continue;
         write_entry(h, &first, "param/", s->names[i], NULL, p->dtype, p->ndim, p->shape, &offset, p->nbytes);
         for (uint32_t k = 0; p->slots && k < o->n_slots; k++) {
             if (!p->slots[k]) continue;
@@ -216,6 +222,7 @@ int snapshot_write(const session *s, FILE *f)
     free(header);
     for (size_t i = 0; rc == 0 && i < s->n_params; i++) {
         const param *p = &s->params[i];
+        if (keep && !keep[i]) continue;
         if (p->nbytes && fwrite(p->data, 1, p->nbytes, f) != p->nbytes) rc = -1;
         for (uint32_t k = 0; rc == 0 && p->slots && k < o->n_slots; k++) {
             if (!p->slots[k]) continue;

@@ -13,6 +13,9 @@
 /* Writes `s` (the caller holds its lock) to `f`. Returns 0, or -1 with
  * errno set. */
 int snapshot_write(const session *s, FILE *f);
+/* The same with only the parameters keep[i] marks (NULL: all); everything
+ * of the session besides its parameters is written as it is. */
+int snapshot_write_some(const session *s, const bool *keep, FILE *f);
 
 /* Reads the snapshot at `path` into a new session (one reference). On
  * failure returns NULL and says why in `why`. */

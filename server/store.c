@@ -59,7 +59,7 @@ static void session_path(const store *st, const char *name, const char *file, ch
 
 /* Writes the snapshot next to the latest one and renames it into place;
  * the latest becomes the previous. */
-static int write_snapshot(store *st, const session *s)
+static int write_snapshot(store *st, const session *s, const bool *keep)
 {
     char dir[4096], tmp[4200], latest[4200], previous[4200];
     session_path(st, s->name, NULL, dir, sizeof dir);
@@ -74,7 +74,7 @@ static int write_snapshot(store *st, const session *s)
         close(fd);
         return -1;
     }
-    int rc = snapshot_write(s, f);
+    int rc = snapshot_write_some(s, keep, f);
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) rc = -1;
     int saved_errno = errno;
     if (fclose(f) != 0) rc = -1;
@@ -96,15 +96,9 @@ static int open_log(store *st, session *s)
     return s->wal_fd < 0 ? -1 : 0;
 }
 
-/* Snapshot, then an empty log: every record is in the snapshot now. */
-static int save_locked(store *st, session *s)
+/* Every record is in the snapshot just written. */
+static void empty_log(session *s)
 {
-    if (s->closed || s->version == s->saved_version) return 0;
-    if (write_snapshot(st, s) != 0) {
-        log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
-        return -1;
-    }
-    s->saved_version = s->version;
     if (s->wal_fd >= 0) {
         if (ftruncate(s->wal_fd, 0) != 0 || fdatasync(s->wal_fd) != 0)
             log_warn("session %s: cannot empty the log (%s); replay will skip what it holds", s->name,
@@ -113,6 +107,31 @@ static int save_locked(store *st, session *s)
             s->wal_bytes = 0;
         s->wal_unsynced = false;
     }
+}
+
+/* Snapshot, then an empty log: every record is in the snapshot now. */
+static int save_locked(store *st, session *s)
+{
+    if (s->closed || s->version == s->saved_version) return 0;
+    if (write_snapshot(st, s, NULL) != 0) {
+        log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
+        return -1;
+    }
+    s->saved_version = s->version;
+    empty_log(s);
+    return 0;
+}
+
+int store_save_some(store *st, session *s, const bool *keep)
+{
+    if (write_snapshot(st, s, keep) != 0) {
+        int e = errno;
+        log_error("session %s: snapshot failed: %s", s->name, strerror(e));
+        errno = e;
+        return -1;
+    }
+    s->saved_version = s->version;
+    empty_log(s);
     return 0;
 }
 

@@ -46,6 +46,12 @@ int store_compact_if_large(store *st, session *s);
  * session that moved to another plugin version: its log must not be
  * replayed through a version it was not applied with). */
 int store_save_locked(store *st, session *s);
+/* Snapshots `s` now, as it will be without the parameters keep[i] does
+ * not mark (NULL: all of them), and empties its log; the caller holds the
+ * lock and has already counted the change in s->version. A change that is
+ * not logged (parameters added or removed between steps) is durable once
+ * this returns 0; on failure (errno) the files are as they were. */
+int store_save_some(store *st, session *s, const bool *keep);
 /* Saves `s` if it changed since its last snapshot, then empties its log.
  * Takes the session lock. */
 int store_save(store *st, session *s);

@@ -12,6 +12,7 @@
 
 from .client import DEFAULT_URL, Client
 from .cluster import Cluster, ClusterSession, ClusterStepResult, place
+from .reshard import ReshardPlan
 from . import errors as _errors
 from .errors import (
     ERROR_CLASSES,
@@ -80,6 +81,7 @@ __all__ = [
     "Cluster",
     "ClusterSession",
     "ClusterStepResult",
+    "ReshardPlan",
     "place",
     "DEFAULT_URL",
     "lr_range_test",

@@ -231,11 +231,32 @@ class Client:
         """Deletes the session and all its state on the daemon (op ``close``)."""
         self.send(messages.close(session))
 
-    def export(self, session: Session) -> bytes:
+    def export(self, session: Session, names: Iterable[str] | None = None) -> bytes:
         """The session as one safetensors snapshot (parameters, optimizer
         state, hyperparameters, counters, token): what :meth:`import_session`
-        takes, on this daemon or another."""
-        result: bytes = self.send(messages.export(session))
+        and :meth:`import_into` take, on this daemon or another. With
+        ``names``, only those parameters (and their state) are in it; the
+        rest of the session is, whole. An unknown name raises
+        :class:`~optimd.UnknownParamError`."""
+        result: bytes = self.send(messages.export(session, names))
+        return result
+
+    def import_into(self, session: Session, snapshot: bytes) -> int:
+        """Adds the parameters of an :meth:`export` snapshot, with their
+        state, to the existing ``session`` (op ``import`` with ``into``);
+        returns how many. The snapshot must come from the same run at the
+        same step (same optimizer, step count, groups and their settings;
+        :class:`~optimd.BadRequestError` says which differs) and hold no
+        parameter the session has (:class:`~optimd.ParamExistsError`). All or
+        nothing, and on the daemon's disk when this returns."""
+        result: int = self.send(messages.import_into(session, snapshot))
+        return result
+
+    def unregister(self, session: Session, names: Iterable[str]) -> int:
+        """Removes the named parameters and their state from ``session``, all
+        or none (an unknown name raises :class:`~optimd.UnknownParamError`);
+        returns how many. On the daemon's disk when this returns."""
+        result: int = self.send(messages.unregister(session, names))
         return result
 
     def import_session(

@@ -19,7 +19,6 @@ servers' gradients; see :class:`Cluster` for what follows from that.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -30,29 +29,12 @@ import numpy.typing as npt
 from .client import Client
 from .errors import OptimdError, TransportError
 from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, ScheduleSpec
+from .placement import place, rendezvous_weight
+from .reshard import DEFAULT_BATCH_BYTES, ReshardPlan, plan_reshard, run_reshard
 from .results import Array, Hparams, Session, SessionInfo, StepResult
 from .wire import HparamValue
 
 __all__ = ["Cluster", "ClusterSession", "ClusterStepResult", "place", "rendezvous_weight"]
-
-
-def rendezvous_weight(url: str, name: str) -> int:
-    """The weight of parameter ``name`` on server ``url``: the 64-bit
-    BLAKE2b digest of ``url``, a NUL byte and ``name`` (UTF-8), big-endian."""
-    digest = hashlib.blake2b(f"{url}\0{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-def place(name: str, urls: Iterable[str]) -> str:
-    """The URL among ``urls`` that holds parameter ``name``."""
-    best: tuple[int, str] | None = None
-    for url in urls:
-        key = (rendezvous_weight(url, name), url)
-        if best is None or key > best:
-            best = key
-    if best is None:
-        raise ValueError("no servers to place a parameter on")
-    return best[1]
 
 
 @dataclass(frozen=True)
@@ -140,6 +122,7 @@ class Cluster:
             raise ValueError(f"server URLs listed twice: {urls!r}")
         self.urls: tuple[str, ...] = urls
         self.clients: dict[str, Client] = {}
+        self._client_kwargs = client_kwargs
         try:
             for url in urls:
                 self.clients[url] = Client(url, **client_kwargs)
@@ -308,10 +291,93 @@ class Cluster:
         out: dict[str, Array] = {}
         if names is None:
             for url, s in self._each(session):
-                out.update(self.clients[url].pull(s))
+                # Only what is placed there: a server may keep a stale copy
+                # after an interrupted reshard.
+                out.update((n, v) for n, v in self.clients[url].pull(s).items()
+                           if self.placement(n) == url)
         else:
             for url, part in self.split({n: None for n in names}).items():
                 out.update(self.clients[url].pull(session.on(url), part))
+        return out
+
+    # -- resharding ---------------------------------------------------------
+
+    def plan_reshard(self, session: ClusterSession, urls: Sequence[str]) -> ReshardPlan:
+        """What :meth:`reshard` to ``urls`` would move (nothing changes)."""
+        held = {url: [p.name for p in info.params] for url, info in self.info(session).items()}
+        return plan_reshard(held, self._check_urls(urls))
+
+    def reshard(
+        self, session: ClusterSession, urls: Sequence[str], *, batch_bytes: int = DEFAULT_BATCH_BYTES
+    ) -> ClusterSession:
+        """Moves ``session`` from this cluster's servers to ``urls`` (any
+        others, or some of the same) and makes ``urls`` this cluster's
+        servers; returns the session on them (new servers' sessions have
+        tokens of their own). Training must pause meanwhile: a step or
+        register sent during a reshard can be lost or refused.
+
+        Each parameter whose placement changes is exported with its state
+        from its old server, imported into the session on its new server
+        (made there by importing the first share, with the old servers'
+        settings, step count and schedule), and removed from the old server
+        only once every parameter has its copy (see :mod:`optimd.reshard`).
+        The old servers that are not in ``urls`` are left without the
+        session. At most ``batch_bytes`` (estimated) go in one request.
+
+        Failure never loses a parameter:
+
+        - While copying (the error has ``url``): the copies made so far are
+          removed again (what could not be is in the error's ``leftover``,
+          URL -> (session, names or None for the whole session)); the old
+          servers were not touched and the cluster keeps its servers.
+        - While removing: every parameter is complete on its new server, so
+          the cluster uses ``urls`` anyway; the error carries ``session``
+          (the session on ``urls``, as this method would have returned it)
+          and ``leftover`` (stale copies on old servers). Stale copies are
+          never read (:meth:`pull` takes each parameter from its placement
+          only) and the next reshard deletes those on the cluster's servers.
+        """
+        new_urls = self._check_urls(urls)
+        sessions = dict(self._each(session))
+        infos = self.info(session)
+        held = {url: [p.name for p in infos[url].params] for url in self.urls}
+        plan = plan_reshard(held, new_urls)
+        declared = {p.name: p for info in infos.values() for p in info.params}
+        first = infos[self.urls[0]]
+        slots = next((len(p.slots) for p in self.clients[self.urls[0]].plugins() if p.id == first.optimizer), 0)
+        copies = 1 + slots + (first.lookahead is not None)
+        clients = dict(self.clients)
+        added: list[str] = []
+        try:
+            for url in plan.created:
+                clients[url] = Client(url, **self._client_kwargs)
+                added.append(url)
+            new_sessions, leftover, error = run_reshard(
+                plan, clients, sessions, session.name, declared, copies, batch_bytes,
+                annotate=lambda exc, url: _annotate(exc, url, ()))
+        except BaseException:
+            for url in added:
+                clients[url].close()
+            raise
+        for url in plan.dropped:
+            clients[url].close()
+        self.clients = {url: clients[url] for url in new_urls}
+        self.urls = new_urls
+        result = ClusterSession(session.name, new_sessions)
+        if error is None and leftover:
+            error = RuntimeError(f"parameters appeared on {sorted(leftover)} while resharding")
+        if error is not None:
+            setattr(error, "session", result)
+            setattr(error, "leftover", leftover)
+            raise error
+        return result
+
+    def _check_urls(self, urls: Sequence[str]) -> tuple[str, ...]:
+        out = tuple(urls)
+        if not out:
+            raise ValueError("a cluster needs at least one server URL")
+        if len(set(out)) != len(out):
+            raise ValueError(f"server URLs listed twice: {out!r}")
         return out
 
     def _each(self, session: ClusterSession) -> list[tuple[str, Session]]:

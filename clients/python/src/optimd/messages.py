@@ -71,6 +71,8 @@ __all__ = [
     "state",
     "export",
     "import_",
+    "import_into",
+    "unregister",
     "pull",
 ]
 
@@ -385,8 +387,20 @@ def leave(session: Session, worker: str) -> Request:
     return Request("leave", {**_session_fields(session), "worker": worker})
 
 
-def export(session: Session) -> Request:
-    return Request("export", _session_fields(session))
+def export(session: Session, names: Iterable[str] | None = None) -> Request:
+    return _names(session, "export", names)
+
+
+def import_into(session: Session, snapshot: bytes) -> Request:
+    fields = _session_fields(session)
+    fields.update(snapshot=bytes(snapshot), into=True)
+    return Request("import", fields)
+
+
+def unregister(session: Session, names: Iterable[str]) -> Request:
+    if names is None:
+        raise TypeError("unregister: names is required (an iterable of names)")
+    return _names(session, "unregister", names)
 
 
 # -- replies ----------------------------------------------------------------
@@ -402,11 +416,24 @@ def _list_of(key: str, parse: Callable[[Any], Any]) -> Callable[[dict[str, Any]]
     return parser
 
 
-def _registered(reply: dict[str, Any]) -> int:
-    count = reply.get("registered")
-    if not isinstance(count, int) or isinstance(count, bool):
-        raise ProtocolError("register: the reply has no 'registered' count")
-    return count
+def _count(op: str, key: str) -> Callable[[dict[str, Any]], int]:
+    def parser(reply: dict[str, Any]) -> int:
+        count = reply.get(key)
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise ProtocolError(f"{op}: the reply has no '{key}' count")
+        return count
+
+    return parser
+
+
+_registered = _count("register", "registered")
+_imported = _count("import", "imported")
+
+
+def _import(reply: dict[str, Any]) -> Any:
+    # One op, two replies: into an existing session it counts what it
+    # added (and has no token); otherwise it is a new session.
+    return _imported(reply) if "imported" in reply else ImportResult.from_reply(reply)
 
 
 #: op -> the function that turns its success reply map into the typed result
@@ -431,7 +458,8 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "shutdown": lambda r: None,
     "state": state_from_reply,
     "export": snapshot_from_reply,
-    "import": ImportResult.from_reply,
+    "import": _import,
+    "unregister": _count("unregister", "unregistered"),
     "pull": lambda r: tensors_from_reply(r, "pull"),
     "join": JoinResult.from_reply,
     "leave": JoinResult.from_reply,
