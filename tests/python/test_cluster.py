@@ -24,6 +24,9 @@ SHAPES = {
     "head.bias": ((1,), np.float32),
     "scale": ((), np.float32),
 }
+# Enough parameters that every one of three servers (on random ports) holds
+# some: all 24 on two of them has probability 3 * (2/3)^24, about 2e-4.
+SHAPES.update({f"blocks.{i}.gain": ((3,), np.float32) for i in range(16)})
 HPARAMS = {"lr": 0.05, "weight_decay": 0.1, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6}
 SCHED = {"step_size": 3, "gamma": 0.5}
 STEPS = 10

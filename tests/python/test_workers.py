@@ -294,6 +294,41 @@ class AsyncBoundedTest(DaemonTestCase):
             self.c.join(s, "a")
 
 
+class ClusterWorkersTest(unittest.TestCase):
+    def test_sync_workers_on_two_servers_match_one_server(self):
+        daemons = [Daemon() for _ in range(3)]
+        try:
+            rng = np.random.default_rng(11)
+            model = {f"w{i}": rng.standard_normal(50 + i).astype(np.float32) for i in range(24)}
+            runs = {}
+            for label, urls in (("two", [daemons[0].url, daemons[1].url]), ("one", [daemons[2].url])):
+                clusters = [optimd.Cluster(urls, timeout=30) for _ in range(2)]
+                s = clusters[0].open("c", "adamw", {"lr": 0.01}, workers=optimd.Workers("sync", count=2))
+                clusters[0].register(s, model)
+                clusters[0].join(s, "a")
+                clusters[0].join(s, "b")
+                grads = np.random.default_rng(5)
+                for _ in range(4):
+                    g = [{n: grads.standard_normal(v.shape).astype(np.float32) for n, v in model.items()}
+                         for _ in range(2)]
+                    out = run_concurrently([lambda i=i: clusters[i].step(s, g[i], worker="ab"[i]) for i in range(2)])
+                    for r in out:
+                        self.assertIsInstance(r, optimd.ClusterStepResult, r)
+                    for n in model:
+                        np.testing.assert_array_equal(out[0].params[n], out[1].params[n])
+                runs[label] = clusters[0].pull(s)
+                if label == "two":
+                    placed = {clusters[0].placement(n) for n in model}
+                    self.assertEqual(len(placed), 2, "the model should span both servers")
+                for cl in clusters:
+                    cl.close()
+            for n in model:
+                np.testing.assert_array_equal(runs["two"][n], runs["one"][n])
+        finally:
+            for d in daemons:
+                self.assertEqual(d.stop(), 0)
+
+
 class MembershipDurabilityTest(unittest.TestCase):
     def test_members_survive_restart_and_export(self):
         state = tempfile.mkdtemp(prefix="optimd-workers-")

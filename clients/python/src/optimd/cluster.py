@@ -31,7 +31,7 @@ from .errors import OptimdError, TransportError
 from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, ScheduleSpec
 from .placement import place, rendezvous_weight
 from .reshard import DEFAULT_BATCH_BYTES, ReshardPlan, plan_reshard, run_reshard
-from .results import Array, Hparams, Session, SessionInfo, StepResult
+from .results import Array, Hparams, JoinResult, Session, SessionInfo, StepResult, Workers
 from .wire import HparamValue
 
 __all__ = ["Cluster", "ClusterSession", "ClusterStepResult", "place", "rendezvous_weight"]
@@ -181,9 +181,11 @@ class Cluster:
         lookahead: LookaheadSpec | None = None,
         schedulers: Sequence[ScheduleSpec] | None = None,
         milestones: Sequence[int] | None = None,
+        workers: Workers | Mapping[str, Any] | None = None,
     ) -> ClusterSession:
         """Opens session ``session`` on every server, as
-        :meth:`Client.open` does. If one server refuses, the sessions already
+        :meth:`Client.open` does (``workers``: every server's share has the
+        same workers; see :meth:`join`). If one server refuses, the sessions already
         opened on the others are closed again (best effort) and its error is
         raised, with ``url`` set."""
         opened: dict[str, Session] = {}
@@ -193,7 +195,7 @@ class Cluster:
                     session, optimizer, hparams, scheduler=scheduler,
                     sched_hparams=sched_hparams, groups=groups, durability=durability,
                     open_key=open_key, lookahead=lookahead, schedulers=schedulers,
-                    milestones=milestones)
+                    milestones=milestones, workers=workers)
             except (OptimdError, TransportError) as exc:
                 for done_url, done in opened.items():
                     try:
@@ -260,12 +262,16 @@ class Cluster:
         client: str | None = None,
         clip_value: float | None = None,
         clip_norm: ClipNormSpec | None = None,
+        worker: str | None = None,
     ) -> ClusterStepResult:
         """One step on every server with its share of ``grads``; the updated
         parameters come back merged. ``seq``/``client`` go to every server
         (each session keeps its own record, so a retry after a partial
         failure is applied only where it was not). ``clip_norm`` with more
-        than one server raises ValueError: no server sees the global norm."""
+        than one server raises ValueError: no server sees the global norm.
+        ``worker``: a push by that worker to every server (in the order of
+        ``urls``, so the workers of a sync session complete each server's
+        round in turn)."""
         if clip_norm is not None and len(self.urls) > 1:
             raise ValueError(
                 "clip_norm needs the norm over every gradient, and each server sees only its "
@@ -276,7 +282,7 @@ class Cluster:
             try:
                 results[url] = self.clients[url].step(
                     s, parts.get(url, {}), return_params=return_params, seq=seq, client=client,
-                    clip_value=clip_value, clip_norm=clip_norm)
+                    clip_value=clip_value, clip_norm=clip_norm, worker=worker)
             except (OptimdError, TransportError) as exc:
                 _annotate(exc, url, tuple(results))
                 raise
@@ -284,6 +290,14 @@ class Cluster:
         for result in results.values():
             params.update(result.params)
         return ClusterStepResult(params, results)
+
+    def join(self, session: ClusterSession, worker: str) -> dict[str, JoinResult]:
+        """Joins ``worker`` on every server; each server's reply, by URL."""
+        return {url: self.clients[url].join(s, worker) for url, s in self._each(session)}
+
+    def leave(self, session: ClusterSession, worker: str) -> dict[str, JoinResult]:
+        """Removes ``worker`` on every server; each server's reply, by URL."""
+        return {url: self.clients[url].leave(s, worker) for url, s in self._each(session)}
 
     def pull(self, session: ClusterSession, names: Iterable[str] | None = None) -> dict[str, Array]:
         """Current values of the named parameters (default: all, from every
