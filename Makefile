@@ -40,12 +40,14 @@ test-fast: test-deps build
 # Kernels vs torch 1.13.1 and the bandwidth bound, then a full remote step vs
 # torch's local step and an NNG echo, small-request latency and throughput
 # with 1, 4 and 16 clients vs the echo, and daemon memory per parameter;
-# ratios printed (docs/performance.md). BENCH_QUICK=1: no 50M kernel sizes.
+# ratios printed (docs/performance.md), and the aggregate gradient throughput
+# of 1, 2, 4 workers on 1 and 2 servers. BENCH_QUICK=1: no 50M kernel sizes.
 bench: test-deps build
 	@bench/kernels.sh $(BUILD)
 	@bench/remote.sh $(BUILD)
 	@bench/latency.sh $(BUILD)
 	@bench/memory.sh $(BUILD)
+	@bench/workers.sh $(BUILD)
 
 # A longer fuzz run of the request handler than the one in `make test`
 # (FUZZ_SECONDS, default 600); a crash leaves its input in build/fuzz/crash-*.
