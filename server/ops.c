@@ -1228,7 +1228,9 @@ static int build_round_request(session *s, parked_push *pp, uint32_t k, nng_msg 
     msgpack_packer *pk = &w.pk;
     const msgpack_object *clip_value = wire_map_get(pp[0].root, "clip_value");
     const msgpack_object *clip_norm = wire_map_get(pp[0].root, "clip_norm");
-    msgpack_pack_map(pk, 4 + (clip_value != NULL) + (clip_norm != NULL));
+    uint32_t n_seqs = 0;
+    for (uint32_t q = 0; q < k; q++) n_seqs += wire_map_get(pp[q].root, "seq") != NULL;
+    msgpack_pack_map(pk, 4 + (clip_value != NULL) + (clip_norm != NULL) + (n_seqs > 0));
     wire_pack_str(pk, "v");
     msgpack_pack_int(pk, OPTIMD_PROTOCOL_VERSION);
     wire_pack_str(pk, "op");
@@ -1242,6 +1244,22 @@ static int build_round_request(session *s, parked_push *pp, uint32_t k, nng_msg 
     if (clip_norm) {
         wire_pack_str(pk, "clip_norm");
         msgpack_pack_object(pk, *clip_norm);
+    }
+    /* The pushes' sequence numbers, recorded with the round (and on replay). */
+    if (n_seqs) {
+        wire_pack_str(pk, "seqs");
+        msgpack_pack_array(pk, n_seqs);
+        for (uint32_t q = 0; q < k; q++) {
+            const msgpack_object *seq = wire_map_get(pp[q].root, "seq");
+            if (!seq) continue;
+            const msgpack_object *client = wire_map_get(pp[q].root, "client");
+            msgpack_pack_map(pk, 2);
+            wire_pack_str(pk, "client");
+            if (client) msgpack_pack_object(pk, *client);
+            else wire_pack_str(pk, "");
+            wire_pack_str(pk, "seq");
+            msgpack_pack_object(pk, *seq);
+        }
     }
     wire_pack_str(pk, "grads");
     msgpack_pack_map(pk, n);
@@ -1322,6 +1340,17 @@ static int complete_round(request *r, session *s, worker *self, const msgpack_ob
             store_change change = {.st = &r->srv->store, .request = nng_msg_body(combined),
                                    .len = nng_msg_len(combined)};
             rc = session_step(s, cgrads, NULL, &clip, r->srv->pool, store_log_change, &change, &res, &r->err);
+            const msgpack_object *seqs = rc == 0 ? wire_map_get(&cu.data, "seqs") : NULL;
+            for (uint32_t i = 0; seqs && i < seqs->via.array.size; i++) {
+                const msgpack_object *e = &seqs->via.array.ptr[i];
+                const char *client;
+                size_t client_len;
+                uint64_t seq;
+                request_error ignored;
+                if (wire_get_str(e, "client", true, &client, &client_len, &ignored) == 0 &&
+                    wire_get_uint(e, "seq", true, &seq, &ignored) == 0)
+                    session_record_seq(s, client, client_len, seq, &res);
+            }
             if (rc == 0) store_compact_if_large(&r->srv->store, s);
         }
     }
@@ -1395,9 +1424,8 @@ static int sync_push(request *r, session *s, worker *w, const msgpack_object *gr
         if (r->ticket->timed_out && w->pushed) return round_timed_out(r, s, w, grads, want_params);
         return park_request(r, ws->round_deadline);
     }
-    if (id->seq)
-        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "a sync push carries no 'seq': the round, not the push, "
-                    "is the unit that applies");
+    if (id->seq && id->client_len > CLIENT_ID_MAX)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'client' is at most %d bytes", CLIENT_ID_MAX);
     uint32_t n = grads->via.map.size;
     uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
     if (!idx) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
@@ -1410,12 +1438,45 @@ static int sync_push(request *r, session *s, worker *w, const msgpack_object *gr
     if (ws->round_pushes == 0) ws->round_deadline = metrics_now_ns() + (int64_t)ws->cfg.timeout_ms * 1000000;
     ws->round_pushes++;
     w->pushed = true;
+    w->push_seq = id->seq;
     w->parked = r->ticket ? r->ticket->handle : NULL;
     w->raw = r->raw;
     w->raw_len = r->raw_len;
     if (!last) return park_request(r, ws->round_deadline);
     w->parked = NULL;
     return complete_round(r, s, w, grads, want_params);
+}
+
+/* A sequenced sync push sent again: a retry of one whose round was applied
+ * is answered from the session's record; a retry of the one still waiting
+ * takes its place (the first attempt's connection gave up on it). 1:
+ * answered or parked, 0: not a retry, -1: error. */
+static int sync_retry(request *r, session *s, worker *w, const msgpack_object *grads, bool want_params,
+                      const step_identity *id, const step_clip *clip)
+{
+    worker_set *ws = s->workers;
+    if (!id->seq) return 0;
+    if (id->client_len > CLIENT_ID_MAX)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "'client' is at most %d bytes", CLIENT_ID_MAX);
+    const client_seq *cs = session_client(s, id->client, id->client_len, false);
+    if (cs && id->seq <= cs->seq) {
+        step_result res;
+        uint64_t staleness = staleness_of(s, w);
+        if (session_step(s, grads, id, clip, r->srv->pool, NULL, NULL, &res, &r->err)) return -1;
+        if (want_params) w->seen_steps = s->steps;
+        pack_step_reply(r, s, grads, want_params, clip, &res, worker_extra_pairs(ws));
+        pack_worker_extra(&r->w->pk, ws, w, staleness, 0, 0, false);
+        return 1;
+    }
+    if (!w->pushed || w->push_seq != id->seq || !w->parked || !r->ticket || !r->ticket->handle) return 0;
+    request_error superseded = {0};
+    fail(&superseded, OPTIMD_E_BAD_REQUEST, "push seq %llu of worker '%s' was sent again; the new attempt "
+         "waits in its place", (unsigned long long)id->seq, w->name);
+    answer_parked_error(w, &superseded);
+    w->parked = r->ticket->handle;
+    w->raw = r->raw;
+    w->raw_len = r->raw_len;
+    return park_request(r, ws->round_deadline) ? -1 : 1;
 }
 
 /* A step in a session with workers: who pushes, and how it combines. */
@@ -1441,6 +1502,10 @@ static int worker_push(request *r, session *s, const msgpack_object *grads, bool
     if (!w)
         return fail(&r->err, OPTIMD_E_UNKNOWN_WORKER, "no worker '%.*s' in session '%s': join first",
                     (int)(len > WORKER_NAME_MAX ? WORKER_NAME_MAX : len), name, s->name);
+    if (!rerun && ws->cfg.mode == WORKERS_SYNC) {
+        int retried = sync_retry(r, s, w, grads, want_params, id, clip);
+        if (retried) return retried < 0 ? -1 : 0;
+    }
     if (!rerun && (w->parked || w->pushed))
         return fail(&r->err, OPTIMD_E_BAD_REQUEST, "worker '%s' has a push waiting already; one at a time",
                     w->name);

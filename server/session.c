@@ -926,6 +926,19 @@ void session_slot_view(optimd_tensor *v, const slot_layout *l, void *data)
     v->strides = l->ndim ? l->strides : NULL;
 }
 
+void session_record_seq(session *s, const char *client, size_t len, uint64_t seq, const step_result *res)
+{
+    client_seq *cs = session_client(s, client, len, true);
+    if (!cs) {
+        log_error("session %s: out of memory recording client sequence numbers", s->name);
+        return;
+    }
+    cs->seq = seq;
+    cs->steps = res->steps;
+    cs->lr = res->lr;
+    cs->next_lr = res->next_lr;
+}
+
 client_seq *session_client(session *s, const char *client, size_t len, bool create)
 {
     for (size_t i = 0; i < s->n_clients; i++)

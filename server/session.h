@@ -290,6 +290,10 @@ int session_observe(session *s, double metric, int group, session_commit_fn comm
  * table is full). */
 client_seq *session_client(session *s, const char *client, size_t len, bool create);
 
+/* Records that `client`'s step `seq` was applied with result `res` (the
+ * pushes of a sync round, whose combined step carries no seq itself). */
+void session_record_seq(session *s, const char *client, size_t len, uint64_t seq, const step_result *res);
+
 /* A fresh random token, and no open_key (an imported session must not
  * keep the exporter's). */
 void session_new_token(session *s);

@@ -297,6 +297,17 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
         step_result res;
         if (step_clip_parse(req, &clip, &err) == 0)
             result = session_step(s, map, &id, &clip, rc->pool, NULL, NULL, &res, &err);
+        /* A sync round's combined step: the sequence numbers of its pushes. */
+        const msgpack_object *seqs = wire_map_get(req, "seqs");
+        for (uint32_t i = 0; result == 0 && seqs && seqs->type == MSGPACK_OBJECT_ARRAY && i < seqs->via.array.size; i++) {
+            const msgpack_object *e = &seqs->via.array.ptr[i];
+            const char *client;
+            size_t client_len;
+            uint64_t seq;
+            if (wire_get_str(e, "client", true, &client, &client_len, &err) == 0 &&
+                wire_get_uint(e, "seq", true, &seq, &err) == 0)
+                session_record_seq(s, client, client_len, seq, &res);
+        }
     } else if (op_len == 11 && memcmp(op, "set_hparams", 11) == 0 &&
                wire_get_map(req, "hparams", true, &map, &err) == 0 &&
                session_request_group(s, req, true, &group, &err) == 0) {

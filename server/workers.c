@@ -192,6 +192,7 @@ void worker_round_clear(worker_set *ws)
     for (uint32_t i = 0; i < ws->cap; i++) {
         ws->w[i].parked = NULL;
         ws->w[i].pushed = false;
+        ws->w[i].push_seq = 0;
         ws->w[i].raw = NULL;
         ws->w[i].raw_len = 0;
     }

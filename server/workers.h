@@ -32,6 +32,7 @@ typedef struct worker {
     uint64_t pushes;           /* pushes applied (its clock) */
     uint64_t seen_steps;       /* the session's steps in the last parameters it received */
     bool pushed;               /* sync: its push is in the round */
+    uint64_t push_seq;         /* ... and that push's seq (0: none) */
     /* A push that waits (in the sync round, or for the bounded bound): the
      * transport's handle and the request, which stays valid while parked. */
     void *parked;

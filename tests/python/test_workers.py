@@ -153,8 +153,6 @@ class SyncTest(DaemonTestCase):
         with self.assertRaises(optimd.BadTensorError):
             self.c.step(s, {"p": np.ones(5, dtype=np.float32)}, worker="w0")
         with self.assertRaises(optimd.BadRequestError):
-            self.c.step(s, {"p": g}, worker="w0", seq=1, client="c")
-        with self.assertRaises(optimd.BadRequestError):
             self.c.request("step", session=s.name, token=s.token, worker="w0",
                            grads={"p": {"rows": [1], "values": encode_tensor(np.ones(1, dtype=np.float32))}})
         self.assertEqual(self.c.info(s).workers.round_pushes, 0)
@@ -188,6 +186,34 @@ class SyncTest(DaemonTestCase):
         # Now complete the round as w1.
         self.clients[1].step(s, {"p": g}, worker="w1")
         return names
+
+    def test_sequenced_pushes_are_applied_once(self):
+        p = np.zeros(4, dtype=np.float32)
+        g = np.ones(4, dtype=np.float32)
+        s = self.open_sync("sync-seq", count=2, optimizer="sgd", hparams={"lr": 0.5}, timeout_ms=20000)
+        self.c.register(s, {"p": p})
+        # w0's push waits; the same push sent again (its first connection gave
+        # up) takes its place, and the round applies it once.
+        out = run_concurrently([
+            lambda: self.clients[0].step(s, {"p": g}, worker="w0", seq=1, client="c0"),
+            lambda: self._after_round_has(s, 1, lambda: run_concurrently([
+                lambda: self.clients[1].step(s, {"p": g}, worker="w0", seq=1, client="c0"),
+                lambda: self._after_round_has(s, 1, lambda: time.sleep(0.2) or
+                                              self.clients[2].step(s, {"p": 3 * g}, worker="w1", seq=1, client="c1")),
+            ]))])
+        self.assertIsInstance(out[0], optimd.BadRequestError, out[0])
+        self.assertIn("sent again", str(out[0]))
+        retried, other = out[1]
+        self.assertIsInstance(retried, optimd.StepResult, retried)
+        expected = p - 0.5 * ((g + 3 * g) / 2)
+        np.testing.assert_array_equal(retried.params["p"], expected)
+        np.testing.assert_array_equal(other.params["p"], expected)
+        # A retry after the round was applied is answered, not applied again.
+        again = self.c.step(s, {"p": g}, worker="w0", seq=1, client="c0")
+        self.assertTrue(again.duplicate)
+        self.assertEqual(again.steps, 1)
+        np.testing.assert_array_equal(again.params["p"], expected)
+        self.assertEqual(self.c.info(s, client="c1").client_seq, 1)
 
     def test_leave_and_close_answer_waiting_pushes(self):
         p = np.zeros(4, dtype=np.float32)
@@ -340,18 +366,32 @@ class MembershipDurabilityTest(unittest.TestCase):
             for name in ("x", "y", "z"):
                 c.join(s, name)
             c.leave(s, "y")
+            # A sequenced round: its pushes' seqs are logged with it.
+            c.register(s, {"p": np.zeros(2, dtype=np.float32)})
+            g = np.ones(2, dtype=np.float32)
+            self.assertEqual(c.join(s, "w").rank, 1)   # y's rank, free again
+            out = run_concurrently([lambda w=w: optimd.Client(d.url, timeout=30).step(
+                s, {"p": g}, worker=w, seq=7, client=f"client-{w}") for w in ("x", "z", "w", "y")])
+            self.assertIsInstance(out[3], optimd.UnknownWorkerError)
+            self.assertEqual([r.steps for r in out[:3]], [1, 1, 1])
             c.close()
         finally:
-            self.assertEqual(d.stop(), 0)
+            # kill -9: the restart must replay the log (joins, leave, the round).
+            d.proc.kill()
+            d.proc.wait()
+            d.stop()
         d = Daemon("--state-dir", state)
         try:
             c = optimd.Client(d.url, timeout=30)
             info = c.info(s).workers
             self.assertEqual(info.settings, optimd.Workers("sync", count=3, reduce="mean", timeout_ms=1234,
                                                            on_timeout="fail"))
-            self.assertEqual([(m.name, m.rank) for m in info.members], [("x", 0), ("z", 2)])
+            self.assertEqual([(m.name, m.rank) for m in info.members], [("x", 0), ("w", 1), ("z", 2)])
+            retry = c.step(s, {"p": np.ones(2, dtype=np.float32)}, worker="x", seq=7, client="client-x")
+            self.assertTrue(retry.duplicate)
+            self.assertEqual(c.info(s).steps, 1)
             moved = c.import_session(c.export(s), session="moved")
-            self.assertEqual([(m.name, m.rank) for m in c.info(moved.session).workers.members], [("x", 0), ("z", 2)])
+            self.assertEqual([(m.name, m.rank) for m in c.info(moved.session).workers.members], [("x", 0), ("w", 1), ("z", 2)])
             c.close()
         finally:
             self.assertEqual(d.stop(), 0)
