@@ -162,7 +162,7 @@ static void park(transport *t, ctx_slot *c, int64_t deadline)
         c->state = CTX_SENDING;
         nng_msg_free(c->request);
         c->request = NULL;
-    } else if (c->wake_pending || t->stopping) {
+    } else if (c->wake_pending && !t->stopping) {
         c->wake_pending = false;
         c->rerun = true;
         enqueue(t, c);
@@ -194,9 +194,16 @@ static void *request_thread(void *arg)
         }
         pthread_mutex_unlock(&t->mutex);
         if (!c) break;
-        nng_msg *reply = NULL;
+        nng_msg *reply;
         if (stop) {
-            nng_msg_free(c->request);
+            /* Dropped, but its message may be a sync round's push that a
+             * handler still running reads: transport_stop frees it once
+             * every handler is done. */
+            pthread_mutex_lock(&t->mutex);
+            c->state = CTX_PARKED;
+            c->deadline = 0;
+            pthread_mutex_unlock(&t->mutex);
+            continue;
         } else if (c->over_limit) {
             reply = server_refuse(t->srv, c->request, "this connection has --max-in-flight requests in "
                                   "flight already; wait for replies or open another connection");
@@ -215,8 +222,8 @@ static void *request_thread(void *arg)
             c->pipe = 0;
         }
         if (!reply) {
-            if (!stop) log_error("out of memory: request dropped without a reply");
-            if (!stop) arm_receive(c);
+            log_error("out of memory: request dropped without a reply");
+            arm_receive(c);
             continue;
         }
         c->state = CTX_SENDING;
