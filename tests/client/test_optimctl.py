@@ -504,6 +504,51 @@ def test_observe(d):
     check(r.returncode == 0, "close plat: %s" % r.stderr)
 
 
+def test_workers(d):
+    r = optimctl(d, "open", "wk", "--optimizer", "sgd", "--set", "lr=0.1",
+                 "--workers", "sync", "--workers-count", "2",
+                 "--workers-reduce", "sum", "--workers-timeout", "5000")
+    check(r.returncode == 0, "open wk: %s" % r.stderr)
+    tok = r.stdout.strip()
+    r = optimctl(d, "join", "wk", "alpha", "--token", tok)
+    check(r.returncode == 0 and lines(r.stdout) == ["rank 0"],
+          "join alpha: %r %s" % (r.stdout, r.stderr))
+    r = optimctl(d, "join", "wk", "--token", tok, "beta")
+    check(r.returncode == 0 and lines(r.stdout) == ["rank 1"],
+          "join beta: %r %s" % (r.stdout, r.stderr))
+    r = optimctl(d, "info", "wk", "--token", tok)
+    w = [l for l in lines(r.stdout) if l.startswith("worker")]
+    check(r.returncode == 0 and w == [
+              "workers sync count=2 reduce=sum on_timeout=fail "
+              "timeout_ms=5000 round_pushes=0",
+              "worker alpha rank 0 pushes 0 staleness 0",
+              "worker beta rank 1 pushes 0 staleness 0"],
+          "info workers: %r %s" % (w, r.stderr))
+    r = optimctl(d, "leave", "wk", "alpha", "--token", tok)
+    check(r.returncode == 0, "leave alpha: %s" % r.stderr)
+    r = optimctl(d, "leave", "wk", "alpha", "--token", tok)
+    check(r.returncode == 1 and "UNKNOWN_WORKER" in r.stderr,
+          "leave alpha again: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "join", "wk", "--token", tok)
+    check(r.returncode == 2, "join without a worker: %d" % r.returncode)
+    r = optimctl(d, "open", "wk2", "--optimizer", "sgd", "--workers", "async",
+                 "--workers-count", "2")
+    check(r.returncode == 2 and "--workers-count" in r.stderr,
+          "count with async: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "open", "wk2", "--optimizer", "sgd", "--set", "lr=0.1")
+    check(r.returncode == 0, "open wk2: %s" % r.stderr)
+    tok2 = r.stdout.strip()
+    r = optimctl(d, "join", "wk2", "alpha", "--token", tok2)
+    check(r.returncode == 1 and "BAD_REQUEST" in r.stderr,
+          "join without workers: %d %s" % (r.returncode, r.stderr))
+    r = optimctl(d, "info", "wk2", "--token", tok2)
+    check(r.returncode == 0 and not any(l.startswith("worker")
+                                        for l in lines(r.stdout)),
+          "info of a plain session: %r" % r.stdout)
+    for name, t in (("wk", tok), ("wk2", tok2)):
+        optimctl(d, "close", name, "--token", t)
+
+
 # ---- switch, reload, load ------------------------------------------------
 
 def torch_switched(sgd_steps, steps):
@@ -704,7 +749,7 @@ def main():
     try:
         for test in [test_hello, test_plugins, test_hparams, test_sessions,
                      test_errors, test_rosenbrock, test_schedule, test_export_import,
-                     test_observe, test_switch]:
+                     test_observe, test_workers, test_switch]:
             try:
                 test(d)
             except Exception as e:  # one broken test must not hide the rest

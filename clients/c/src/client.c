@@ -467,6 +467,8 @@ int client_seq_get(optimd_client *c, const char *session, client_seq **out)
     client_seq *e = &c->seqs[c->n_seqs++];
     strcpy(e->session, session);
     e->next = 1;
+    e->wait_known = false;
+    e->wait_ms = 0;
     *out = e;
     return 0;
 }
@@ -709,7 +711,8 @@ static int tls_no_connection(optimd_client *c)
  * code (positive: the daemon's error) with nothing left to free. *sent
  * tells whether the request left this process, i.e. whether the daemon may
  * have applied it. */
-static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
+static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent,
+                          uint32_t wait_ms)
 {
     optimd_client *c = rq->c;
     memset(rep, 0, sizeof *rep);
@@ -745,12 +748,23 @@ static int roundtrip_once(client_request *rq, client_reply *rep, bool *sent)
     }
     /* REQ completes a send once a connection has taken the message. */
     *sent = true;
+    /* A request the daemon may hold (a worker's push waiting for the
+     * others) gets that long on top: a shorter wait would give up on a
+     * reply that is on its way and re-send a push that is only waiting. */
+    long long recv_ms = (long long)c->timeout_ms + wait_ms;
+    if (recv_ms > INT_MAX) recv_ms = INT_MAX;
+    if (wait_ms &&
+        (rv = nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, (int)recv_ms)))
+        return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
+                           "cannot set the receive timeout: %s",
+                           nng_strerror(rv));
     rv = nng_recvmsg(c->sock, &msg, 0);
+    if (wait_ms) nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms);
     if (rv == NNG_ETIMEDOUT)
         return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
-                           "optimd at %s sent no reply to '%s' within %d ms "
-                           "(the request may or may not have taken effect)",
-                           c->url, rq->op, c->timeout_ms);
+                           "optimd at %s sent no reply to '%s' within %lld "
+                           "ms (the request may or may not have taken "
+                           "effect)", c->url, rq->op, recv_ms);
     if (rv == NNG_ECONNRESET)
         return client_fail(c, OPTIMD_CLIENT_E_TRANSPORT,
                            "the connection to optimd at %s was lost before "
@@ -850,7 +864,7 @@ int client_call_run(optimd_client *c, client_call *call, client_reply *rep)
         if (rv) return rv;
         if (call->pack) call->pack(&rq.w.pk, call->arg);
         bool sent;
-        rv = roundtrip_once(&rq, rep, &sent);
+        rv = roundtrip_once(&rq, rep, &sent, call->wait_ms);
         /* An answer, even an error, is final: the daemon changed nothing
          * when it said no (protocol.md section 2), and asking again would
          * get the same answer. */

@@ -12,6 +12,7 @@
 
 #define CLIENT_ERR_CAP 1024
 #define CLIENT_ID_MAX 64               /* protocol.md, `step`: `client` */
+#define CLIENT_WORKER_MAX 64           /* protocol.md, `join`: `worker` */
 
 /* Writes 32 random lowercase hex digits and a NUL: client ids, and the
  * open_key that makes a retried open safe. */
@@ -19,9 +20,13 @@ void client_random_id(char id[CLIENT_ID_MAX + 1]);
 #define CLIENT_SEQ_MAX (1ull << 53)    /* protocol.md, `step`: `seq` */
 
 /* The seq of the next step on one session. */
+/* The seq of the next step on one session, and how long the daemon may
+ * hold a worker's push there (see optimd_step_options.worker_wait_ms). */
 typedef struct client_seq {
     char session[129];
     uint64_t next;
+    bool wait_known;           /* learned from open, join, leave or info */
+    uint32_t wait_ms;          /* 0: pushes are answered at once */
 } client_seq;
 
 struct optimd_client {
@@ -75,6 +80,10 @@ typedef struct client_call {
     client_pack_fn pack;       /* NULL when n_keys is 0 */
     const void *arg;
     client_retry retry;
+    /* Milliseconds the daemon may hold the request before it answers
+     * (a worker's push waiting for others): each attempt awaits its reply
+     * for the client's timeout plus this. */
+    uint32_t wait_ms;
     /* Out: true when an attempt before the one answered may have reached
      * the daemon and been applied, so that the answer may be to a repeat
      * (SESSION_EXISTS to a repeated open, ...). */
@@ -157,6 +166,7 @@ typedef struct req_step {
     double max_norm;           /* 0: no clip_norm */
     double norm_type;          /* 0: absent */
     int per_group;             /* -1: absent, 0 or 1 */
+    const char *worker;        /* NULL: absent */
 } req_step;
 void req_step_call(const optimd_session *s, const req_step *a,
                    client_call *call);
@@ -169,6 +179,7 @@ typedef struct req_names {
     const optimd_named_tensor *from;
     size_t n;
     bool absent;
+    const char *worker;        /* pull's `worker`; NULL: absent */
 } req_names;
 void req_names_call(const optimd_session *s, const req_names *a,
                     client_call *call);
@@ -268,6 +279,29 @@ int read_group_values(optimd_client *c, const client_reply *rep,
 /* info and attach (`full`), hparams and set_hparams (not). */
 int read_details(optimd_client *c, const client_reply *rep, bool full,
                  optimd_session_details **out);
+
+/* Workers (ops_workers.c). */
+
+/* Reads a `workers` map (info, join, leave) into *out (calloc'd; free with
+ * workers_info_free). */
+int read_workers(optimd_client *c, const char *op, const msgpack_object *o,
+                 struct optimd_workers_info **out);
+void workers_info_free(struct optimd_workers_info *w);
+/* Records what a reply's `workers` map says of how long a push on `s`
+ * may wait; a reply without one says the session has none. */
+int workers_learn(optimd_client *c, const char *session,
+                  const msgpack_object *workers);
+/* The same from the options of an open that succeeded. */
+int workers_learn_open(optimd_client *c, const char *session,
+                       const optimd_open_options *o);
+/* The wait of a push by a worker on `s`: `given` when not 0, else what
+ * the client learned, else what an `info` request finds out. */
+int workers_wait_ms(optimd_client *c, const optimd_session *s,
+                    uint32_t given, uint32_t *out);
+/* Reads the worker keys of a step reply into *out (only the members
+ * out->struct_size covers). */
+int read_worker_result(optimd_client *c, const client_reply *rep,
+                       optimd_worker_result *out);
 
 /* Appends text to c->err (cut at its capacity). */
 void client_err_append(optimd_client *c, const char *fmt, ...)

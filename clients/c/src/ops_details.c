@@ -53,6 +53,7 @@ void optimd_session_details_free(optimd_session_details *d)
     hvalues_free(d->sched_hparams, d->n_sched_hparams);
     for (size_t i = 0; i < d->n_groups; i++) group_info_clear(&d->groups[i]);
     free(d->groups);
+    workers_info_free(d->workers);
     free(d);
 }
 
@@ -354,6 +355,10 @@ int read_details(optimd_client *c, const client_reply *rep, bool full,
             (rv = read_array(c, rep, "params", sizeof *d->params,
                              (void **)&d->params, &d->n_params,
                              read_param_v)))
+            goto fail;
+        /* Only a session opened with workers has the key. */
+        const msgpack_object *workers = wire_map_get(root, "workers");
+        if (workers && (rv = read_workers(c, op, workers, &d->workers)))
             goto fail;
         if (cs) {
             if (!wire_as_uint(cs, &d->client_seq)) {

@@ -43,6 +43,10 @@ static void pack_tensor_map(msgpack_packer *pk, const optimd_named_tensor *t,
 static void pack_names(msgpack_packer *pk, const void *arg)
 {
     const req_names *a = arg;
+    if (a->worker) {
+        wire_pack_str(pk, "worker");
+        wire_pack_str(pk, a->worker);
+    }
     if (a->absent) return;
     wire_pack_str(pk, "names");
     msgpack_pack_array(pk, a->n);
@@ -53,11 +57,15 @@ static void pack_names(msgpack_packer *pk, const void *arg)
 void req_names_call(const optimd_session *s, const req_names *a,
                     client_call *call)
 {
-    size_t hint = 0;
+    size_t hint = a->worker ? strlen(a->worker) + 16 : 0;
     for (size_t i = 0; !a->absent && i < a->n; i++)
         hint += strlen(a->names ? a->names[i] : a->from[i].name) + 5;
-    *call = (client_call){.op = a->op, .s = s, .n_keys = a->absent ? 0 : 1,
-                          .size_hint = hint, .pack = pack_names, .arg = a,
+    uint32_t n_keys = (a->absent ? 0 : 1) + (a->worker ? 1 : 0);
+    /* A worker's pull only resets its staleness, so a repeat is as
+     * harmless as a repeated read. */
+    *call = (client_call){.op = a->op, .s = s, .n_keys = n_keys,
+                          .size_hint = hint,
+                          .pack = pack_names, .arg = a,
                           .retry = CLIENT_RETRY_ALWAYS};
 }
 
@@ -202,6 +210,10 @@ static void pack_step(msgpack_packer *pk, const void *arg)
         wire_pack_str(pk, "client");
         wire_pack_str(pk, a->client);
     }
+    if (a->worker) {
+        wire_pack_str(pk, "worker");
+        wire_pack_str(pk, a->worker);
+    }
     if (a->clip_value > 0) {
         wire_pack_str(pk, "clip_value");
         msgpack_pack_double(pk, a->clip_value);
@@ -238,7 +250,8 @@ void req_step_call(const optimd_session *s, const req_step *a,
     *call = (client_call){
         .op = "step", .s = s,
         .n_keys = 1 + (a->ret >= 0) + (a->seq != 0) + (a->client != NULL) +
-                  (a->clip_value > 0) + (a->max_norm > 0),
+                  (a->worker != NULL) + (a->clip_value > 0) +
+                  (a->max_norm > 0),
         .size_hint = hint, .pack = pack_step, .arg = a,
         /* Only a sequenced step may be repeated: its seq makes the daemon
          * answer a repeat instead of applying it again. */
@@ -311,6 +324,11 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
             o.clip_per_group = opts->clip_per_group;
         if (STEP_HAS(opts, groups)) o.groups = opts->groups;
         if (STEP_HAS(opts, groups_cap)) o.groups_cap = opts->groups_cap;
+        if (STEP_HAS(opts, worker)) o.worker = opts->worker;
+        if (STEP_HAS(opts, worker_result))
+            o.worker_result = opts->worker_result;
+        if (STEP_HAS(opts, worker_wait_ms))
+            o.worker_wait_ms = opts->worker_wait_ms;
     }
     /* `!(x >= 0)` catches NaN too. */
     if (!(o.clip_value >= 0) || !(o.clip_norm >= 0) || !(o.norm_type >= 0))
@@ -324,12 +342,26 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
         return client_fail(c, OPTIMD_CLIENT_E_ARG,
                            "groups_cap is %zu but groups is NULL",
                            o.groups_cap);
+    if (o.worker && (!*o.worker || strlen(o.worker) > CLIENT_WORKER_MAX))
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "a worker name is 1 to %d bytes",
+                           CLIENT_WORKER_MAX);
+    if (o.worker_result &&
+        o.worker_result->struct_size < offsetof(optimd_worker_result, pushes) +
+                                           sizeof o.worker_result->pushes)
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "worker_result->struct_size is %zu: fill it with "
+                           "optimd_worker_result_init",
+                           o.worker_result->struct_size);
     size_t hint = 0;
     int rv;
     if ((rv = tensors_arg_ok(c, grads, n_grads, &hint)) ||
         (rv = tensors_arg_ok(c, params_out, n_out, NULL)))
         return rv;
     if ((rv = client_session_ok(c, s))) return rv;
+    uint32_t wait_ms = 0;
+    if (o.worker && (rv = workers_wait_ms(c, s, o.worker_wait_ms, &wait_ms)))
+        return rv;
     for (size_t i = 0; i < n_out; i++)
         if (!has_grad(grads, n_grads, params_out[i].name, i))
             return client_fail(c, OPTIMD_CLIENT_E_ARG,
@@ -350,9 +382,11 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
                   .ret = n_out > 0 ? -1 : 0, .seq = e->next,
                   .client = c->id, .clip_value = o.clip_value,
                   .max_norm = o.clip_norm, .norm_type = o.norm_type,
-                  .per_group = o.clip_per_group ? 1 : -1};
+                  .per_group = o.clip_per_group ? 1 : -1,
+                  .worker = o.worker};
     client_call call;
     req_step_call(s, &a, &call);
+    call.wait_ms = wait_ms;
     if (c->no_dedup) call.retry = CLIENT_RETRY_UNSENT;
     client_reply rep;
     rv = client_call_run(c, &call, &rep);
@@ -372,6 +406,8 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
     if (!wire_map_get(rep.root, "duplicate")) c->no_dedup = true;
     optimd_step_result res;
     rv = read_step(c, &rep, params_out, n_out, o.groups, o.groups_cap, &res);
+    if (!rv && o.worker_result)
+        rv = read_worker_result(c, &rep, o.worker_result);
     client_reply_free(&rep);
     res.seq = a.seq;
     if (!rv && result) *result = res;
@@ -404,14 +440,25 @@ int optimd_client_step(optimd_client *c, const optimd_session *s,
 int optimd_client_pull(optimd_client *c, const optimd_session *s,
                        optimd_named_tensor *params, size_t n)
 {
+    return optimd_client_pull_as(c, s, NULL, params, n);
+}
+
+int optimd_client_pull_as(optimd_client *c, const optimd_session *s,
+                          const char *worker, optimd_named_tensor *params,
+                          size_t n)
+{
     if (!c) return OPTIMD_CLIENT_E_ARG;
     client_begin_call(c);
     int rv = tensors_arg_ok(c, params, n, NULL);
     if (rv) return rv;
     if ((rv = client_session_ok(c, s))) return rv;
+    if (worker && (!*worker || strlen(worker) > CLIENT_WORKER_MAX))
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "a worker name is 1 to %d bytes",
+                           CLIENT_WORKER_MAX);
     /* Always name them: an absent `names` would ask for every parameter,
      * even when the caller wants none. */
-    req_names a = {.op = "pull", .from = params, .n = n};
+    req_names a = {.op = "pull", .from = params, .n = n, .worker = worker};
     client_call call;
     req_names_call(s, &a, &call);
     client_reply rep;

@@ -105,7 +105,18 @@ int cli_open_option(const cli *cli, int argc, char **argv, int *i,
 /* Checks the spec once every option is read; reports a usage error. */
 int cli_open_spec_check(const cli *cli, const cli_open_spec *spec);
 
+/* Consumes argv[*i] when it is one of open's workers options (--workers
+ * MODE, --workers-count, --workers-reduce, --workers-timeout,
+ * --workers-on-timeout, --workers-max-staleness) into `o`; returns as
+ * cli_open_option does. */
+int cli_workers_option(const cli *cli, int argc, char **argv, int *i,
+                       optimd_open_options *o);
+/* The "workers ..." and "worker ..." lines of info (nothing for NULL). */
+void cli_print_workers(const optimd_workers_info *w);
+
 int cmd_rosenbrock(const cli *cli, int argc, char **argv);
+int cmd_join(const cli *cli, int argc, char **argv);
+int cmd_leave(const cli *cli, int argc, char **argv);
 int cmd_export(const cli *cli, int argc, char **argv);
 int cmd_import(const cli *cli, int argc, char **argv);
 int cmd_schedule(const cli *cli, int argc, char **argv);
@@ -116,6 +127,8 @@ int cmd_shutdown(const cli *cli, int argc, char **argv);
 int cmd_switch(const cli *cli, int argc, char **argv);
 
 extern const char rosenbrock_usage[];
+extern const char join_usage[];
+extern const char leave_usage[];
 extern const char export_usage[];
 extern const char import_usage[];
 extern const char schedule_usage[];

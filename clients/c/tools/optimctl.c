@@ -36,17 +36,24 @@ static const char main_usage[] =
     "  open NAME --optimizer ID [--set KEY=VALUE]...\n"
     "       [--scheduler ID [--sched-set KEY=VALUE]...]\n"
     "       [--durability always|interval|none] [--token-file FILE]\n"
+    "       [--workers sync|async|bounded [--workers-count N] ...]\n"
     "                             open a session; prints its token\n"
     "  info NAME [--token TOKEN | --token-file FILE]\n"
     "                             a session's steps, parameters, lr, "
     "optimizer,\n"
-    "                             scheduler and durability\n"
+    "                             scheduler and durability (and "
+    "workers)\n"
     "  observe NAME METRIC [--group G] [--token TOKEN | --token-file FILE]\n"
     "                             report a metric to a metric-driven "
     "scheduler\n"
     "                             (plateau); prints the next lr\n"
     "  close NAME [--token TOKEN | --token-file FILE]\n"
     "                             close a session and drop its state\n"
+    "  join NAME WORKER [--token TOKEN | --token-file FILE]\n"
+    "                             make WORKER a member of a session with\n"
+    "                             workers; prints its rank\n"
+    "  leave NAME WORKER [--token TOKEN | --token-file FILE]\n"
+    "                             remove WORKER from the session\n"
     "  switch NAME --optimizer ID [--set KEY=VALUE]...\n"
     "       [--token TOKEN | --token-file FILE]\n"
     "                             move a session to another optimizer; "
@@ -102,11 +109,12 @@ static const char main_usage[] =
     "                 the URL's host; for tls+tcp://127.0.0.1:PORT give the\n"
     "                 certificate's DNS name, e.g. localhost)\n"
     "\n"
-    "Token files: without --token, info, observe, switch and close read "
-    "the\n"
-    "session's token from --token-file FILE, else $OPTIMD_TOKEN_DIR/NAME, "
-    "else\n"
-    "./var/optimctl-tokens/NAME; rosenbrock --session keeps it there.\n"
+    "Token files: without --token, info, observe, switch, join, leave and "
+    "close\n"
+    "read the session's token from --token-file FILE, else "
+    "$OPTIMD_TOKEN_DIR/NAME,\n"
+    "else ./var/optimctl-tokens/NAME; rosenbrock --session keeps it "
+    "there.\n"
     "\n"
     "Exit status: 0 success, 1 the daemon or the connection failed, "
     "2 usage error.\n";
@@ -124,10 +132,22 @@ static const char open_usage[] =
     "                [--scheduler ID [--sched-set KEY=VALUE]...]\n"
     "                [--durability always|interval|none] "
     "[--token-file FILE]\n"
+    "                [--workers sync|async|bounded] [--workers-count N]\n"
+    "                [--workers-reduce mean|sum] [--workers-timeout MS]\n"
+    "                [--workers-on-timeout fail|proceed]\n"
+    "                [--workers-max-staleness N]\n"
     "Prints the session's token; keep it for info and close. With\n"
     "--token-file it is also written there (mode 0600).\n"
     "--durability: when a change is on disk (protocol.md, open); default\n"
-    "the daemon's (interval).\n";
+    "the daemon's (interval).\n"
+    "--workers: a session that workers push to after `optimctl join`\n"
+    "(protocol.md, Workers). sync: --workers-count pushes (required) make\n"
+    "a round, combined by --workers-reduce (mean); --workers-on-timeout\n"
+    "says what a round missing pushes after --workers-timeout (60000) does.\n"
+    "async: each push applies at once. bounded: as async, but a worker\n"
+    "more than --workers-max-staleness (0) pushes ahead of the slowest\n"
+    "waits up to --workers-timeout. An option of another mode is a usage\n"
+    "error.\n";
 static const char info_usage[] =
     "usage: optimctl info NAME [--token TOKEN | --token-file FILE]\n"
     "Without --token the token is read from FILE, else "
@@ -268,14 +288,41 @@ static int cmd_sessions(const cli *cli, int argc, char **argv)
     return rv;
 }
 
+/* The library refuses a setting of another mode too; said here as a
+ * usage error, with the option's name. */
+static int workers_check(const cli *cli, const optimd_open_options *o)
+{
+    const char *m = o->workers_mode;
+    bool sync = m && strcmp(m, "sync") == 0;
+    bool bounded = m && strcmp(m, "bounded") == 0;
+    const char *stray =
+        !sync && o->workers_count        ? "--workers-count"
+        : !sync && o->workers_reduce     ? "--workers-reduce"
+        : !sync && o->workers_on_timeout ? "--workers-on-timeout"
+        : !sync && !bounded && o->workers_timeout_ms ? "--workers-timeout"
+        : !bounded && o->workers_max_staleness ? "--workers-max-staleness"
+                                               : NULL;
+    if (stray && !m)
+        return cli_usage_error(cli, "%s needs --workers", stray);
+    if (stray)
+        return cli_usage_error(cli, "%s does not go with --workers %s", stray,
+                               m);
+    if (sync && !o->workers_count)
+        return cli_usage_error(cli, "--workers sync needs --workers-count");
+    return CLI_OK;
+}
+
 static int cmd_open(const cli *cli, int argc, char **argv)
 {
     cli_open_spec spec;
     int rv = cli_open_spec_init(&spec, argc);
     if (rv) return rv;
     const char *name = NULL, *token_file = NULL;
+    optimd_open_options o;
+    optimd_open_options_init(&o);
     for (int i = 0; i < argc && !rv; i++) {
         int got = cli_open_option(cli, argc, argv, &i, &spec);
+        if (!got) got = cli_workers_option(cli, argc, argv, &i, &o);
         if (got < 0) rv = -got;
         else if (got) continue;
         else if ((got = cli_option(argc, argv, &i, "--token-file",
@@ -290,12 +337,11 @@ static int cmd_open(const cli *cli, int argc, char **argv)
     }
     if (!rv && !name) rv = cli_usage_error(cli, "no session name given");
     if (!rv) rv = cli_open_spec_check(cli, &spec);
+    if (!rv) rv = workers_check(cli, &o);
     optimd_client *c = NULL;
     if (!rv) rv = cli_connect(cli, &c);
     if (!rv) {
         optimd_session s;
-        optimd_open_options o;
-        optimd_open_options_init(&o);
         o.optimizer = spec.optimizer;
         o.hparams = spec.hp;
         o.n_hparams = spec.n_hp;
@@ -341,6 +387,7 @@ static int cmd_info(const cli *cli, int argc, char **argv)
                    d->groups[i].name, d->groups[i].lr, d->groups[i].base_lr,
                    (unsigned long long)d->groups[i].params,
                    d->groups[i].scheduler ? d->groups[i].scheduler : "-");
+        cli_print_workers(d->workers);
         optimd_session_details_free(d);
     }
     optimd_client_free(c);
@@ -438,6 +485,8 @@ static const command commands[] = {
     {"info", cmd_info, info_usage},
     {"observe", cmd_observe, observe_usage},
     {"close", cmd_close, close_usage},
+    {"join", cmd_join, join_usage},
+    {"leave", cmd_leave, leave_usage},
     {"switch", cmd_switch, switch_usage},
     {"reload", cmd_reload, reload_usage},
     {"load", cmd_load, load_usage},

@@ -320,6 +320,22 @@ typedef struct optimd_open_options {
     int32_t lookahead;
     int64_t lookahead_k;
     double lookahead_alpha;
+    /* Workers (protocol.md, `open`'s `workers`): a session that several
+     * workers push to, each after optimd_client_join. workers_mode is
+     * "sync", "async" or "bounded"; NULL: an ordinary session, and the
+     * members below must be 0 / NULL. Each member below is sent only when
+     * set (0 / NULL: the daemon's default), and only for the modes it
+     * belongs to; setting one of another mode is OPTIMD_CLIENT_E_ARG
+     * (a mode this library does not know goes to the daemon as given). */
+    const char *workers_mode;
+    uint32_t workers_count;            /* sync: pushes per round, and the
+                                        * most members (required) */
+    const char *workers_reduce;        /* sync: "mean" (default) or "sum" */
+    uint32_t workers_timeout_ms;       /* sync, bounded: the longest a push
+                                        * waits (default 60000) */
+    const char *workers_on_timeout;    /* sync: "fail" (default) or
+                                        * "proceed" */
+    uint32_t workers_max_staleness;    /* bounded: default 0 */
 } optimd_open_options;
 
 /* One scheduler of a combined schedule. */
@@ -481,7 +497,39 @@ typedef struct optimd_step_options {
      * one group; OPTIMD_MAX_GROUPS is always enough); NULL: not wanted. */
     optimd_group_value *groups;
     size_t groups_cap;
+    /* A session with workers: every step is a push by `worker` (joined
+     * with optimd_client_join; NULL: none, for an ordinary session). */
+    const char *worker;
+    /* Out, when not NULL: what the reply adds for a worker. */
+    struct optimd_worker_result *worker_result;
+    /* The longest the daemon may hold this push before answering (sync:
+     * the session's timeout_ms; bounded: the same; async: 0). The reply is
+     * awaited for the client's timeout_ms plus this. 0: what this client
+     * learned of the session (its open, join, leave or info_ex), or, when
+     * it learned nothing, what an `info` request sent first says. */
+    uint32_t worker_wait_ms;
 } optimd_step_options;
+
+/* What a worker's step reply adds (protocol.md, **Workers**). Caller
+ * memory: set struct_size (optimd_worker_result_init does); the library
+ * writes only the members it covers. */
+typedef struct optimd_worker_result {
+    size_t struct_size;        /* sizeof(optimd_worker_result) */
+    uint64_t pushes;           /* this worker's pushes applied so far, this
+                                * one included */
+    uint64_t staleness;        /* steps the session took since the
+                                * parameters this worker last received,
+                                * not counting this one */
+    uint32_t combined;         /* sync: the pushes the round combined
+                                * (0 on a duplicate); else 0 */
+    uint64_t lead;             /* bounded: its pushes minus the slowest
+                                * member's when admitted; else 0 */
+    int32_t waited;            /* bounded: 1 when it waited for the
+                                * slowest; else 0 */
+} optimd_worker_result;
+
+/* Zeroes the result and sets struct_size. */
+void optimd_worker_result_init(optimd_worker_result *r);
 
 /* Zeroes the options and sets struct_size. */
 void optimd_step_options_init(optimd_step_options *opts);
@@ -598,9 +646,37 @@ typedef struct optimd_session_details {
      * predates groups. */
     optimd_group_info *groups;
     size_t n_groups;
+    /* A session with workers: its settings and members; NULL otherwise
+     * (and from hparams and set_hparams). */
+    struct optimd_workers_info *workers;
 } optimd_session_details;
 
 void optimd_session_details_free(optimd_session_details *d);
+
+/* One member of a session's workers. */
+typedef struct optimd_worker_info {
+    char *name;
+    uint32_t rank;             /* the order a sync round sums in */
+    uint64_t pushes;           /* pushes applied since it joined (or the
+                                * daemon restarted) */
+    uint64_t staleness;        /* steps since the parameters it last got */
+    int32_t waiting;           /* 1: a push of it waits */
+} optimd_worker_info;
+
+/* A session's workers as info, join and leave report them: the settings
+ * (every key of the mode filled in; the others 0 / NULL) and the members
+ * in rank order. */
+typedef struct optimd_workers_info {
+    char *mode;                /* "sync", "async" or "bounded" */
+    uint32_t count;            /* sync */
+    char *reduce;              /* sync */
+    char *on_timeout;          /* sync */
+    uint32_t timeout_ms;       /* sync, bounded */
+    uint32_t max_staleness;    /* bounded */
+    uint32_t round_pushes;     /* sync: pushes the round in progress has */
+    optimd_worker_info *members;
+    size_t n_members;
+} optimd_workers_info;
 
 /* Everything `info` says, with the session's groups and parameters;
  * raises the next seq like optimd_client_attach. Free *out with
@@ -619,6 +695,46 @@ int optimd_client_set_hparams_ex(optimd_client *c, const optimd_session *s,
                                  const optimd_hvalue *hp, size_t n,
                                  const char *group,
                                  optimd_session_details **out);
+
+/*
+ * Workers (protocol.md, **Workers**): a session opened with workers_mode
+ * (optimd_open_options) is stepped by its members, each a worker that
+ * joined it; optimd_client_step_opts with opts->worker makes the step that
+ * worker's push. Use one client per worker thread (a client is not
+ * thread-safe, and a sync push blocks until its round is complete).
+ *
+ * Waiting. A sync push returns when the round has `count` pushes, and a
+ * bounded push that is too far ahead waits for the slowest member: either
+ * may be held up to the session's timeout_ms before the daemon answers
+ * (TIMEOUT, or the step). Such a push awaits its reply for the client's
+ * timeout_ms plus that wait (opts->worker_wait_ms, or else what the client
+ * learned of the session), so a long wait is neither cut short into a
+ * transport failure nor re-sent while it waits. The client's own
+ * timeout_ms then only has to cover the daemon's work, as for any step. A
+ * push that still gets no reply is re-sent with the same seq (with retries
+ * on): the daemon answers a repeat of an applied round as a `duplicate`,
+ * and a repeat of a push still waiting takes its place in the round.
+ */
+
+/* Makes `worker` (1 to 64 bytes) a member of session `s`, at the lowest
+ * free rank (*rank, when not NULL); joining again changes nothing and
+ * gives the same rank. A session without workers is
+ * OPTIMD_E_BAD_REQUEST; a full one OPTIMD_E_LIMIT. */
+int optimd_client_join(optimd_client *c, const optimd_session *s,
+                       const char *worker, uint32_t *rank);
+
+/* Removes `worker`; a push of it that waits is answered
+ * OPTIMD_E_UNKNOWN_WORKER. Not a member: OPTIMD_E_UNKNOWN_WORKER (except
+ * for a repeat after a lost reply, which the lost attempt's leave
+ * explains: that is success). */
+int optimd_client_leave(optimd_client *c, const optimd_session *s,
+                        const char *worker);
+
+/* optimd_client_pull as `worker` (NULL: as optimd_client_pull): the
+ * worker's staleness counts from these parameters. */
+int optimd_client_pull_as(optimd_client *c, const optimd_session *s,
+                          const char *worker, optimd_named_tensor *params,
+                          size_t n);
 
 /*
  * Changing what runs: switch (a session) and the admin ops reload, load,
