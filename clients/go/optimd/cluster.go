@@ -59,7 +59,7 @@ type ClusterError struct {
 	Op  string // the cluster method: "open", "register", "step", ...
 	URL string // the server that failed
 	// Applied are the servers, in the cluster's order, that had already
-	// applied this call (for register and step); the servers after URL
+	// applied this call (for register, step, join and leave); the servers after URL
 	// were not asked.
 	Applied []string
 	Err     error
@@ -223,8 +223,9 @@ func (c *Cluster) check(s *ClusterSession) error {
 	return nil
 }
 
-// Open opens session name on every server, as Client.Open does. If one
-// server refuses, the sessions already opened on the others are closed
+// Open opens session name on every server, as Client.Open does (with
+// opts.Workers, every server's share has the same workers: see Join). If
+// one server refuses, the sessions already opened on the others are closed
 // again (best effort) and its error comes back as a *ClusterError.
 func (c *Cluster) Open(ctx context.Context, name, optimizer string, opts *OpenOptions) (*ClusterSession, error) {
 	s := &ClusterSession{Name: name, Sessions: make(map[string]Session, len(c.urls))}
@@ -326,6 +327,11 @@ func (c *Cluster) RegisterInGroup(ctx context.Context, s *ClusterSession, group 
 // retry after a partial failure is applied only where it was not. ClipNorm
 // with more than one server returns ErrClusterClipNorm before sending
 // anything.
+//
+// With opts.Worker, the step is that worker's push to every server, in the
+// cluster's order: in a sync session every worker completes the first
+// server's round, then the next one's, so each call waits up to the
+// session's TimeoutMS per server.
 func (c *Cluster) Step(ctx context.Context, s *ClusterSession, grads map[string]Tensor, opts *StepOptions) (*ClusterStepResult, error) {
 	if opts != nil && opts.ClipNorm != nil && len(c.urls) > 1 {
 		return nil, ErrClusterClipNorm
@@ -398,6 +404,41 @@ func (c *Cluster) Pull(ctx context.Context, s *ClusterSession, names []string) (
 		if err := pull(u, ns); err != nil {
 			return nil, err
 		}
+	}
+	return out, nil
+}
+
+// Join joins worker on every server (in the cluster's order); each
+// server's reply, by URL. A refusal leaves it joined on the servers before
+// the failing one (ClusterError.Applied).
+func (c *Cluster) Join(ctx context.Context, s *ClusterSession, worker string) (map[string]*JoinResult, error) {
+	return eachServer(c, s, "join", func(u string) (*JoinResult, error) {
+		return c.clients[u].Join(ctx, s.Sessions[u], worker)
+	})
+}
+
+// Leave removes worker on every server; each server's reply, by URL.
+func (c *Cluster) Leave(ctx context.Context, s *ClusterSession, worker string) (map[string]*LeaveResult, error) {
+	return eachServer(c, s, "leave", func(u string) (*LeaveResult, error) {
+		return c.clients[u].Leave(ctx, s.Sessions[u], worker)
+	})
+}
+
+// eachServer calls f for every server in order and collects the replies by
+// URL; the first failure stops it.
+func eachServer[T any](c *Cluster, s *ClusterSession, op string, f func(u string) (T, error)) (map[string]T, error) {
+	if err := c.check(s); err != nil {
+		return nil, err
+	}
+	out := make(map[string]T, len(c.urls))
+	var applied []string
+	for _, u := range c.urls {
+		r, err := f(u)
+		if err != nil {
+			return nil, &ClusterError{Op: op, URL: u, Applied: applied, Err: err}
+		}
+		out[u] = r
+		applied = append(applied, u)
 	}
 	return out, nil
 }

@@ -75,6 +75,11 @@ type StepOptions struct {
 	// MaxNorm before the update (torch's clip_grad_norm_); after
 	// ClipValue when both are given.
 	ClipNorm *ClipNorm
+	// Worker names the member pushing (sessions opened with
+	// OpenOptions.Workers, where every step is a push; see Client.Join).
+	// A sync push returns when its round is applied, a bounded one may
+	// wait for the slowest member: either up to the session's TimeoutMS.
+	Worker string
 }
 
 // ClipNorm configures norm clipping of a step's gradients.
@@ -105,6 +110,19 @@ type StepResult struct {
 	// with ClipNorm.PerGroup.
 	GradNorms map[string]float64 `json:"grad_norms"`
 	Params    map[string]Tensor  `json:"params"` // new values; nil with NoReturn
+	// A worker's push (sessions with workers; zero values otherwise):
+	// Worker is who pushed, Pushes its pushes applied so far (this one
+	// included), Staleness the steps the session took since the
+	// parameters it last received (not counting this one). Sync: Combined
+	// is the number of pushes the round combined. Bounded: Lead is how
+	// many pushes it was ahead of the slowest member when admitted, and
+	// Waited whether it had to wait.
+	Worker    string `json:"worker,omitempty"`
+	Pushes    uint64 `json:"pushes,omitempty"`
+	Staleness uint64 `json:"staleness,omitempty"`
+	Combined  uint64 `json:"combined,omitempty"`
+	Lead      uint64 `json:"lead,omitempty"`
+	Waited    bool   `json:"waited,omitempty"`
 }
 
 // NewStepRequest builds step: grads maps parameter names to gradients (any
@@ -136,6 +154,9 @@ func NewStepRequest(s Session, grads map[string]Tensor, opts *StepOptions) *Requ
 			m["per_group"] = true
 		}
 		r.Args["clip_norm"] = m
+	}
+	if opts.Worker != "" {
+		r.Args["worker"] = opts.Worker
 	}
 	return r
 }
@@ -195,6 +216,24 @@ func ParseStepReply(id uint64, b []byte) (*StepResult, error) {
 		if v, ok := m["params"]; ok {
 			if res.Params, err = tensorMapFromWire(v); err != nil {
 				return nil, fmt.Errorf("key \"params\": %w", err)
+			}
+		}
+		if _, ok := m["worker"]; ok {
+			if res.Worker, err = getString(m, "worker"); err != nil {
+				return nil, err
+			}
+		}
+		for key, dst := range map[string]*uint64{"pushes": &res.Pushes, "staleness": &res.Staleness,
+			"combined": &res.Combined, "lead": &res.Lead} {
+			if _, ok := m[key]; ok {
+				if *dst, err = getUint(m, key); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if _, ok := m["waited"]; ok {
+			if res.Waited, err = getBool(m, "waited"); err != nil {
+				return nil, err
 			}
 		}
 		return &res, nil

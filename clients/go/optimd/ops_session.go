@@ -54,6 +54,9 @@ type OpenOptions struct {
 	// Groups are parameter groups besides DefaultGroup, configured by the
 	// fields above (torch's param_groups).
 	Groups []GroupSpec
+	// Workers makes the session one that several workers push to (see
+	// Client.Join); nil: a plain session.
+	Workers *Workers
 }
 
 // DefaultGroup is the group that OpenOptions' own Hparams and Scheduler
@@ -198,6 +201,9 @@ func NewOpenRequest(name, optimizer string, opts *OpenOptions) *Request {
 			}
 			r.Args["groups"] = groups
 		}
+		if opts.Workers != nil {
+			r.Args["workers"] = opts.Workers.wire()
+		}
 	}
 	return r
 }
@@ -275,6 +281,9 @@ type SessionInfo struct {
 	// above (Scheduler to LR) are the default group's. nil from a daemon
 	// without groups.
 	Groups []GroupInfo `json:"groups"`
+	// Workers are the settings, members and round of a session opened
+	// with workers; nil otherwise.
+	Workers *WorkersInfo `json:"workers"`
 }
 
 // GroupInfo describes one parameter group.
@@ -502,6 +511,9 @@ func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
 		}
 	}
 	if res.Groups, err = parseGroups(m); err != nil {
+		return nil, err
+	}
+	if res.Workers, err = parseOptWorkers(m); err != nil {
 		return nil, err
 	}
 	return &res, nil

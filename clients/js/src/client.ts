@@ -20,11 +20,14 @@ import {
   type ImportResult,
   type ObserveOptions,
   type ObserveResult,
+  type JoinResult,
+  type LeaveResult,
   type OpenOptions,
   type OpenResult,
   type Op,
   type PluginInfo,
   type PluginLoad,
+  type PullOptions,
   type Request,
   type RegisterOptions,
   type Results,
@@ -225,6 +228,36 @@ export class Client {
 
   async pull(s: SessionRef, names?: readonly string[], call?: CallOptions): Promise<Record<string, Tensor>> {
     return (await this.call(requests.pull(s, names), call)).params;
+  }
+
+  /** `pull` as member `worker` of a session with workers: its staleness
+   * starts again from 0 (UNKNOWN_WORKER if it is not a member). */
+  async pullAsWorker(s: SessionRef, worker: string, names?: readonly string[], call?: CallOptions): Promise<Record<string, Tensor>> {
+    const opts: PullOptions = { worker };
+    return (await this.call(requests.pull(s, names, opts), call)).params;
+  }
+
+  /** Makes `worker` (1 to 64 bytes) a member of a session opened with
+   * `workers`, at the lowest free rank; joining again changes nothing. A
+   * session without workers rejects with ServerError BAD_REQUEST.
+   *
+   * Every push (`step` with `worker`) of a sync session waits for its
+   * round, and a bounded worker too far ahead waits for the slowest member,
+   * each up to the session's `timeout_ms` (60 s by default, as is this
+   * client's `timeoutMs`): give pushes a longer `timeoutMs` (the client's,
+   * or the call's). A call that gives up closes its connection and leaves
+   * the push counted on the daemon; the client never resends. Retry a push
+   * with the same `seq` and `client`: a retry of one still waiting takes
+   * its place, one whose round was applied is answered as a duplicate. A
+   * waiting push holds one of the client's `maxConnections`. */
+  join(s: SessionRef, worker: string, call?: CallOptions): Promise<JoinResult> {
+    return this.call(requests.join(s, worker), call);
+  }
+
+  /** Removes `worker` (UNKNOWN_WORKER if it is not a member); a push of it
+   * that waits is answered UNKNOWN_WORKER. */
+  leave(s: SessionRef, worker: string, call?: CallOptions): Promise<LeaveResult> {
+    return this.call(requests.leave(s, worker), call);
   }
 
   async state(s: SessionRef, names?: readonly string[], call?: CallOptions): Promise<Record<string, Record<string, Tensor>>> {

@@ -148,6 +148,66 @@ export interface ParamInfo {
   steps: number;
 }
 
+/** How a session's workers push (protocol.md, open's `workers`). */
+export type WorkersMode = "sync" | "async" | "bounded";
+
+/** `open`'s `workers`: a key left out takes the daemon's default; a key
+ * that does not belong to the mode is refused (BAD_REQUEST). In `info`,
+ * `join` and `leave` replies every key of the mode is present. */
+export interface Workers {
+  /** `sync`: `count` pushes make a round, applied as one step with their
+   * gradients summed in rank order (then averaged for `mean`); `async`:
+   * every push applies at once; `bounded`: as async, but a worker more than
+   * `max_staleness` pushes ahead of the slowest member waits for it. */
+  mode: WorkersMode;
+  /** Sync (required): the pushes a round combines, and the most workers. */
+  count?: number;
+  /** Sync: "mean" (the default) or "sum". */
+  reduce?: "mean" | "sum";
+  /** Sync and bounded: 1 to 86,400,000 (default 60,000). A push may wait
+   * this long: its call needs a longer `timeoutMs` (see `Client.join`). */
+  timeout_ms?: number;
+  /** Sync: "fail" (the default: waiting pushes get TIMEOUT) or "proceed"
+   * (the round is applied with the pushes present). */
+  on_timeout?: "fail" | "proceed";
+  /** Bounded (default 0). */
+  max_staleness?: number;
+}
+
+/** One member of a session's workers. */
+export interface WorkerInfo {
+  name: string;
+  /** The order a sync round sums in, the lowest first. */
+  rank: number;
+  /** Its pushes applied so far (from 0 again after a restart). */
+  pushes: number;
+  /** The steps the session took since the parameters it last received. */
+  staleness: number;
+  /** A push of it waits (for its round, or for the slowest member). */
+  waiting: boolean;
+}
+
+/** A session's workers as `info`, `join` and `leave` report them: the
+ * settings, the members in rank order and, for sync, the pushes the round
+ * in progress has. */
+export interface WorkersInfo extends Workers {
+  members: WorkerInfo[];
+  round_pushes?: number;
+}
+
+export interface JoinResult {
+  /** The worker's rank: the lowest free one. */
+  rank: number;
+  /** The session's step count. */
+  steps: number;
+  workers: WorkersInfo;
+}
+
+export interface LeaveResult {
+  steps: number;
+  workers: WorkersInfo;
+}
+
 export interface SessionInfo extends HparamsResult, CombinedSchedule {
   /** The session's Lookahead, or null when off. */
   lookahead: Lookahead | null;
@@ -160,6 +220,8 @@ export interface SessionInfo extends HparamsResult, CombinedSchedule {
   params: ParamInfo[];
   /** Present when the request named a `client`. */
   client_seq?: number;
+  /** Present for a session opened with `workers`. */
+  workers?: WorkersInfo;
 }
 
 export type CloseResult = Record<string, never>;
@@ -201,6 +263,18 @@ export interface StepResult {
   grad_norms?: Record<string, number>;
   /** Absent when the step was sent with `return: false`. */
   params?: Record<string, Tensor>;
+  /** A worker's push (sessions with workers): who pushed, its pushes
+   * applied so far (this one included), and the steps the session took
+   * since the parameters it last received (not counting this one). */
+  worker?: string;
+  pushes?: number;
+  staleness?: number;
+  /** Sync: the pushes the round combined. */
+  combined?: number;
+  /** Bounded: how many pushes it was ahead of the slowest member when
+   * admitted, and whether it had to wait. */
+  lead?: number;
+  waited?: boolean;
 }
 
 export interface ObserveResult {
@@ -268,6 +342,8 @@ export interface Results {
   load: ReloadResult;
   drop: DropResult;
   shutdown: ShutdownResult;
+  join: JoinResult;
+  leave: LeaveResult;
 }
 
 export type Op = keyof Results;
@@ -275,7 +351,7 @@ export type Op = keyof Results;
 export const OPS: readonly Op[] = [
   "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
   "sessions", "register", "step", "observe", "pull", "state", "export", "import",
-  "switch", "reload", "load", "drop", "shutdown",
+  "switch", "reload", "load", "drop", "shutdown", "join", "leave",
 ];
 
 // --------------------------------------------------------------- requests
@@ -323,6 +399,8 @@ export interface OpenOptions {
    * first attempt created the session answers with it (`existing: true`)
    * instead of SESSION_EXISTS. A secret, like the token. */
   open_key?: string;
+  /** A session that several workers push to (see `Client.join`). */
+  workers?: Workers;
 }
 
 export interface ClipNorm {
@@ -346,6 +424,14 @@ export interface StepOptions {
   /** Scale the gradients down to a total norm of at most `max_norm`
    * (torch's clip_grad_norm_); the reply then has `grad_norm` or `grad_norms`. */
   clip_norm?: ClipNorm;
+  /** The member pushing, in a session with workers (where every step is a
+   * push). A sync push resolves when its round is applied. */
+  worker?: string;
+}
+
+export interface PullOptions {
+  /** A member's pull: its staleness starts again from 0. */
+  worker?: string;
 }
 
 export interface RegisterOptions {
@@ -449,6 +535,22 @@ function openKey(k: unknown): string {
   return k;
 }
 
+function uint(v: unknown, what: string): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) throw new RangeError(`${what} must be an integer >= 0`);
+  return v;
+}
+
+function workers(w: Workers): Record<string, unknown> {
+  if (typeof w !== "object" || w === null) throw new TypeError("workers must be an object");
+  const out: Record<string, unknown> = { mode: str(w.mode, "workers.mode") };
+  if (w.count !== undefined) out["count"] = uint(w.count, "workers.count");
+  if (w.reduce !== undefined) out["reduce"] = str(w.reduce, "workers.reduce");
+  if (w.timeout_ms !== undefined) out["timeout_ms"] = uint(w.timeout_ms, "workers.timeout_ms");
+  if (w.on_timeout !== undefined) out["on_timeout"] = str(w.on_timeout, "workers.on_timeout");
+  if (w.max_staleness !== undefined) out["max_staleness"] = uint(w.max_staleness, "workers.max_staleness");
+  return out;
+}
+
 function clipNorm(c: ClipNorm): Record<string, unknown> {
   if (typeof c !== "object" || c === null) throw new TypeError("clip_norm must be an object");
   const out: Record<string, unknown> = { max_norm: positive(c.max_norm, "clip_norm.max_norm") };
@@ -494,6 +596,7 @@ export const requests = {
       fields["groups"] = opts.groups.map(group);
     }
     if (opts.open_key !== undefined) fields["open_key"] = openKey(opts.open_key);
+    if (opts.workers !== undefined) fields["workers"] = workers(opts.workers);
     return { op: "open", fields };
   },
   attach(s: SessionRef): Request<"attach"> {
@@ -536,6 +639,7 @@ export const requests = {
     if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
     if (opts.clip_value !== undefined) fields["clip_value"] = positive(opts.clip_value, "clip_value");
     if (opts.clip_norm !== undefined) fields["clip_norm"] = clipNorm(opts.clip_norm);
+    if (opts.worker !== undefined) fields["worker"] = str(opts.worker, "worker");
     return { op: "step", fields };
   },
   /** `metric` may be NaN (a bad epoch, as torch counts it). */
@@ -545,8 +649,16 @@ export const requests = {
     if (opts.group !== undefined) fields["group"] = str(opts.group, "group");
     return { op: "observe", fields };
   },
-  pull(s: SessionRef, paramNames?: readonly string[]): Request<"pull"> {
-    return { op: "pull", fields: { ...ref(s), names: names(paramNames) } };
+  pull(s: SessionRef, paramNames?: readonly string[], opts: PullOptions = {}): Request<"pull"> {
+    const fields: Record<string, unknown> = { ...ref(s), names: names(paramNames) };
+    if (opts.worker !== undefined) fields["worker"] = str(opts.worker, "worker");
+    return { op: "pull", fields };
+  },
+  join(s: SessionRef, worker: string): Request<"join"> {
+    return { op: "join", fields: { ...ref(s), worker: str(worker, "worker") } };
+  },
+  leave(s: SessionRef, worker: string): Request<"leave"> {
+    return { op: "leave", fields: { ...ref(s), worker: str(worker, "worker") } };
   },
   state(s: SessionRef, paramNames?: readonly string[]): Request<"state"> {
     return { op: "state", fields: { ...ref(s), names: names(paramNames) } };
@@ -770,6 +882,26 @@ function lookaheadOf(r: Reader): Lookahead | null {
   return { k: m.uint("k"), alpha: m.float("alpha") };
 }
 
+function workersInfo(r: Reader): WorkersInfo {
+  const out: WorkersInfo = {
+    mode: r.oneOf("mode", ["sync", "async", "bounded"] as const),
+    members: r.list("members", (m) => ({
+      name: m.str("name"),
+      rank: m.uint("rank"),
+      pushes: m.uint("pushes"),
+      staleness: m.uint("staleness"),
+      waiting: m.bool("waiting"),
+    })),
+  };
+  if (r.present("count")) out.count = r.uint("count");
+  if (r.present("reduce")) out.reduce = r.oneOf("reduce", ["mean", "sum"] as const);
+  if (r.present("timeout_ms")) out.timeout_ms = r.uint("timeout_ms");
+  if (r.present("on_timeout")) out.on_timeout = r.oneOf("on_timeout", ["fail", "proceed"] as const);
+  if (r.present("max_staleness")) out.max_staleness = r.uint("max_staleness");
+  if (r.present("round_pushes")) out.round_pushes = r.uint("round_pushes");
+  return out;
+}
+
 function hparamDecl(r: Reader): HparamDecl {
   return {
     key: r.str("key"),
@@ -846,6 +978,12 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
     if (r.present("grad_norm")) out.grad_norm = r.float("grad_norm");
     if (r.present("grad_norms")) out.grad_norms = r.floats("grad_norms");
     if (r.present("params")) out.params = r.tensors("params");
+    if (r.present("worker")) out.worker = r.str("worker");
+    if (r.present("pushes")) out.pushes = r.uint("pushes");
+    if (r.present("staleness")) out.staleness = r.uint("staleness");
+    if (r.present("combined")) out.combined = r.uint("combined");
+    if (r.present("lead")) out.lead = r.uint("lead");
+    if (r.present("waited")) out.waited = r.bool("waited");
     return out;
   },
   observe: (r) => ({ lr: r.float("lr"), lrs: r.floats("lrs") }),
@@ -870,6 +1008,8 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   load: reloadResult,
   drop: () => ({}),
   shutdown: () => ({}),
+  join: (r) => ({ rank: r.uint("rank"), steps: r.uint("steps"), workers: workersInfo(r.sub("workers")) }),
+  leave: (r) => ({ steps: r.uint("steps"), workers: workersInfo(r.sub("workers")) }),
 };
 
 function reloadResult(r: Reader): ReloadResult {
@@ -904,6 +1044,7 @@ function sessionInfo(r: Reader): SessionInfo {
     })),
   };
   if (r.present("client_seq")) info.client_seq = r.uint("client_seq");
+  if (r.present("workers") && !r.isNil("workers")) info.workers = workersInfo(r.sub("workers"));
   return info;
 }
 

@@ -88,7 +88,7 @@ function build(c: Call): Request {
     case "open":
       return requests.open(c.get("session"), c.get("optimizer"),
                            c.pick(["hparams", "scheduler", "sched_hparams", "schedulers", "milestones", "lookahead",
-                                   "durability", "groups", "open_key"]));
+                                   "durability", "groups", "open_key", "workers"]));
     case "attach": return requests.attach(c.session());
     case "info": return requests.info(c.session(), c.pick(["client"]));
     case "hparams": return requests.hparams(c.session());
@@ -98,9 +98,11 @@ function build(c: Call): Request {
     case "register": return requests.register(c.session(), jsonTensors(c.get("params")), c.pick(["group"]));
     case "step":
       return requests.step(c.session(), jsonTensors(c.get("grads")),
-                           c.pick(["return", "seq", "client", "clip_value", "clip_norm"]));
+                           c.pick(["return", "seq", "client", "clip_value", "clip_norm", "worker"]));
     case "observe": return requests.observe(c.session(), c.get("metric"), c.pick(["group"]));
-    case "pull": return requests.pull(c.session(), c.get("names"));
+    case "pull": return requests.pull(c.session(), c.get("names"), c.pick(["worker"]));
+    case "join": return requests.join(c.session(), c.get("worker"));
+    case "leave": return requests.leave(c.session(), c.get("worker"));
     case "state": return requests.state(c.session(), c.get("names"));
     case "export": return requests.export(c.session());
     case "import":

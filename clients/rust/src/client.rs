@@ -218,7 +218,9 @@ impl Client {
         self.call(|id| request::register(id, s, params, Some(group)), reply::register)
     }
 
-    /// `step`: one optimizer update with these gradients.
+    /// `step`: one optimizer update with these gradients. In a session with
+    /// workers, a push by [`StepOptions::worker`]; a sync push returns when its
+    /// round is applied (see [`Client::join`] on timeouts).
     pub fn step(&mut self, s: &Session, grads: &[(&str, TensorRef<'_>)], options: &StepOptions) -> Result<StepResult> {
         self.call(|id| request::step(id, s, grads, options), reply::step)
     }
@@ -226,6 +228,36 @@ impl Client {
     /// `pull`: current parameter values (all when `names` is None).
     pub fn pull(&mut self, s: &Session, names: Option<&[&str]>) -> Result<BTreeMap<String, Tensor>> {
         self.call(|id| request::pull(id, s, names), reply::pull)
+    }
+
+    /// `pull` as member `worker` of a session with workers: its staleness
+    /// starts again from 0 (`UNKNOWN_WORKER` if it is not a member).
+    pub fn pull_as_worker(&mut self, s: &Session, worker: &str, names: Option<&[&str]>) -> Result<BTreeMap<String, Tensor>> {
+        self.call(|id| request::pull_as_worker(id, s, Some(worker), names), reply::pull)
+    }
+
+    /// `join`: makes `worker` (1 to 64 bytes) a member of a session opened
+    /// with [`OpenOptions::workers`], at the lowest free rank; joining again
+    /// changes nothing. A session without workers is `BAD_REQUEST`.
+    ///
+    /// **Timeouts.** Every push ([`StepOptions::worker`]) of a sync session
+    /// waits for its round, and a bounded worker too far ahead waits for the
+    /// slowest member, each up to the session's `timeout_ms` (60 s by
+    /// default), while this client's calls give up after its own timeout
+    /// (30 s unless set). Give a worker's client a longer one
+    /// ([`Client::set_timeout`], [`Client::with_timeout`]): a call that gives
+    /// up leaves its push counted on the daemon. The client never re-sends;
+    /// retry a push with the same `seq` and `client` ([`StepOptions::seq`]):
+    /// a retry of a push still waiting takes its place, one whose round was
+    /// applied is answered as a `duplicate`.
+    pub fn join(&mut self, s: &Session, worker: &str) -> Result<Joined> {
+        self.call(|id| request::join(id, s, worker), reply::join)
+    }
+
+    /// `leave`: removes `worker` (`UNKNOWN_WORKER` if it is not a member); a
+    /// push of it that waits is answered `UNKNOWN_WORKER`.
+    pub fn leave(&mut self, s: &Session, worker: &str) -> Result<Left> {
+        self.call(|id| request::leave(id, s, worker), reply::leave)
     }
 
     /// `state`: the optimizer state slots per parameter.

@@ -115,6 +115,9 @@ pub struct OpenOptions {
     pub milestones: Option<Vec<u64>>,
     /// `lookahead`: wraps the optimizer in Lookahead.
     pub lookahead: Option<Lookahead>,
+    /// `workers`: a session that several workers push to (see
+    /// [`Client::join`](crate::Client::join)).
+    pub workers: Option<Workers>,
 }
 
 impl OpenOptions {
@@ -181,6 +184,222 @@ impl OpenOptions {
         self.lookahead = Some(l);
         self
     }
+
+    /// Makes the session one that several workers push to.
+    pub fn workers(mut self, w: Workers) -> OpenOptions {
+        self.workers = Some(w);
+        self
+    }
+}
+
+/// How a session's workers push (`open`'s `workers.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkersMode {
+    /// Bulk-synchronous: `count` pushes make a round, applied as one step
+    /// with their gradients combined in rank order; each push waits for its
+    /// round, up to `timeout_ms`.
+    Sync,
+    /// Every push is applied when it arrives.
+    Async,
+    /// As `Async`, but a worker more than `max_staleness` pushes ahead of
+    /// the slowest member waits for it, up to `timeout_ms`.
+    Bounded,
+}
+
+impl WorkersMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkersMode::Sync => "sync",
+            WorkersMode::Async => "async",
+            WorkersMode::Bounded => "bounded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkersMode> {
+        match s {
+            "sync" => Some(WorkersMode::Sync),
+            "async" => Some(WorkersMode::Async),
+            "bounded" => Some(WorkersMode::Bounded),
+            _ => None,
+        }
+    }
+}
+
+/// How a sync round combines its pushes' gradients (summed in rank order,
+/// each addition rounded in the parameter's dtype).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reduce {
+    /// The sum divided by the number of pushes: `((g0 + g1) + g2) / 3`.
+    Mean,
+    Sum,
+}
+
+impl Reduce {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reduce::Mean => "mean",
+            Reduce::Sum => "sum",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reduce> {
+        match s {
+            "mean" => Some(Reduce::Mean),
+            "sum" => Some(Reduce::Sum),
+            _ => None,
+        }
+    }
+}
+
+/// What a sync round incomplete after `timeout_ms` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Every waiting push is answered `TIMEOUT`; nothing is applied.
+    Fail,
+    /// The round is applied with the pushes present.
+    Proceed,
+}
+
+impl OnTimeout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnTimeout::Fail => "fail",
+            OnTimeout::Proceed => "proceed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OnTimeout> {
+        match s {
+            "fail" => Some(OnTimeout::Fail),
+            "proceed" => Some(OnTimeout::Proceed),
+            _ => None,
+        }
+    }
+}
+
+/// `open`'s `workers`: how a session's workers push. A `None` field is
+/// left out of the request (the daemon's default applies); a key that does
+/// not belong to the mode is refused (`BAD_REQUEST`). In `info`, `join`
+/// and `leave` replies every key of the mode is filled in.
+///
+/// ```
+/// use optimd::{OnTimeout, OpenOptions, Workers};
+/// let sync = Workers::sync(4).timeout_ms(30_000).on_timeout(OnTimeout::Proceed);
+/// let bounded = Workers::bounded(2);
+/// let opts = OpenOptions::new().hparam("lr", 1e-3).workers(sync);
+/// # let _ = (opts, bounded, Workers::asynchronous());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workers {
+    pub mode: WorkersMode,
+    /// Sync (required): the pushes a round combines, and the most workers
+    /// that can join.
+    pub count: Option<u64>,
+    /// Sync: default [`Reduce::Mean`].
+    pub reduce: Option<Reduce>,
+    /// Sync and bounded: 1 to 86,400,000 ms, default 60,000. A push may wait
+    /// this long: see [`Client::join`](crate::Client::join) on timeouts.
+    pub timeout_ms: Option<u64>,
+    /// Sync: default [`OnTimeout::Fail`].
+    pub on_timeout: Option<OnTimeout>,
+    /// Bounded: default 0.
+    pub max_staleness: Option<u64>,
+}
+
+impl Workers {
+    /// Settings of `mode` with no key but the mode.
+    pub fn new(mode: WorkersMode) -> Workers {
+        Workers { mode, count: None, reduce: None, timeout_ms: None, on_timeout: None, max_staleness: None }
+    }
+
+    /// Sync rounds of `count` pushes.
+    pub fn sync(count: u64) -> Workers {
+        Workers { count: Some(count), ..Workers::new(WorkersMode::Sync) }
+    }
+
+    /// Async: every push applies at once.
+    pub fn asynchronous() -> Workers {
+        Workers::new(WorkersMode::Async)
+    }
+
+    /// Bounded staleness: at most `max_staleness` pushes ahead of the
+    /// slowest member.
+    pub fn bounded(max_staleness: u64) -> Workers {
+        Workers { max_staleness: Some(max_staleness), ..Workers::new(WorkersMode::Bounded) }
+    }
+
+    pub fn reduce(mut self, r: Reduce) -> Workers {
+        self.reduce = Some(r);
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u64) -> Workers {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    pub fn on_timeout(mut self, o: OnTimeout) -> Workers {
+        self.on_timeout = Some(o);
+        self
+    }
+
+    pub fn count(mut self, n: u64) -> Workers {
+        self.count = Some(n);
+        self
+    }
+
+    pub fn max_staleness(mut self, n: u64) -> Workers {
+        self.max_staleness = Some(n);
+        self
+    }
+}
+
+/// One member of a session's workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// The order a sync round sums in, the lowest first.
+    pub rank: u64,
+    /// Its pushes applied so far (from 0 again after a restart).
+    pub pushes: u64,
+    /// The steps the session took since the parameters it last received.
+    pub staleness: u64,
+    /// A push of it waits (for its round, or for the slowest member).
+    pub waiting: bool,
+}
+
+/// A session's workers as `info`, `join` and `leave` report them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkersInfo {
+    /// As `open` took them, every key of the mode filled in.
+    pub settings: Workers,
+    /// In rank order.
+    pub members: Vec<WorkerInfo>,
+    /// Sync: the pushes the round in progress has; None for other modes.
+    pub round_pushes: Option<u64>,
+}
+
+impl WorkersInfo {
+    pub fn member(&self, name: &str) -> Option<&WorkerInfo> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// Reply of `join`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    /// The worker's rank: the lowest free one.
+    pub rank: u64,
+    /// The session's step count.
+    pub steps: u64,
+    pub workers: WorkersInfo,
+}
+
+/// Reply of `leave`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Left {
+    pub steps: u64,
+    pub workers: WorkersInfo,
 }
 
 /// The `scheduler` id of a sequential combined schedule.
@@ -396,6 +615,9 @@ pub struct StepOptions {
     /// `clip_norm`: torch's `clip_grad_norm_`; the reply then carries the
     /// norm before clipping ([`StepResult::grad_norm`]).
     pub clip_norm: Option<ClipNorm>,
+    /// `worker`: the member pushing, in a session opened with workers
+    /// (where every step is a push; see [`Client::join`](crate::Client::join)).
+    pub worker: Option<String>,
 }
 
 impl StepOptions {
@@ -421,6 +643,12 @@ impl StepOptions {
 
     pub fn clip_norm(mut self, c: ClipNorm) -> StepOptions {
         self.clip_norm = Some(c);
+        self
+    }
+
+    /// A push by member `name`.
+    pub fn worker(mut self, name: &str) -> StepOptions {
+        self.worker = Some(name.to_owned());
         self
     }
 }
@@ -616,6 +844,9 @@ pub struct SessionInfo {
     /// `hparams`, `sched_hparams`, `base_lr` and `lr` are the default
     /// group's.
     pub groups: Vec<GroupInfo>,
+    /// The settings, members and round of a session opened with workers;
+    /// None otherwise.
+    pub workers: Option<WorkersInfo>,
 }
 
 impl SessionInfo {
@@ -681,6 +912,18 @@ pub struct StepResult {
     pub grad_norm: Option<GradNorm>,
     /// Absent when the request said `return: false`.
     pub params: Option<BTreeMap<String, Tensor>>,
+    /// A worker's push (sessions with workers): who pushed, its pushes
+    /// applied so far (this one included), and the steps the session took
+    /// since the parameters it last received (not counting this one).
+    pub worker: Option<String>,
+    pub pushes: Option<u64>,
+    pub staleness: Option<u64>,
+    /// Sync: the pushes the round combined.
+    pub combined: Option<u64>,
+    /// Bounded: how many pushes it was ahead of the slowest member when
+    /// admitted, and whether it had to wait.
+    pub lead: Option<u64>,
+    pub waited: Option<bool>,
 }
 
 impl StepResult {

@@ -200,6 +200,39 @@ impl<'a> Message<'a> {
         self.combined(&g.schedulers, &g.milestones)
     }
 
+    fn workers(&mut self, w: &Workers) -> Result<()> {
+        self.map(
+            1 + w.count.is_some() as usize
+                + w.reduce.is_some() as usize
+                + w.timeout_ms.is_some() as usize
+                + w.on_timeout.is_some() as usize
+                + w.max_staleness.is_some() as usize,
+        )?;
+        self.str("mode")?;
+        self.str(w.mode.as_str())?;
+        if let Some(n) = w.count {
+            self.str("count")?;
+            self.uint(n);
+        }
+        if let Some(r) = w.reduce {
+            self.str("reduce")?;
+            self.str(r.as_str())?;
+        }
+        if let Some(ms) = w.timeout_ms {
+            self.str("timeout_ms")?;
+            self.uint(ms);
+        }
+        if let Some(o) = w.on_timeout {
+            self.str("on_timeout")?;
+            self.str(o.as_str())?;
+        }
+        if let Some(n) = w.max_staleness {
+            self.str("max_staleness")?;
+            self.uint(n);
+        }
+        Ok(())
+    }
+
     fn clip_norm(&mut self, c: &ClipNorm) -> Result<()> {
         self.map(1 + c.norm_type.is_some() as usize + c.per_group.is_some() as usize)?;
         self.str("max_norm")?;
@@ -320,7 +353,8 @@ pub mod request {
             + o.groups.is_some() as usize
             + o.schedulers.is_some() as usize
             + o.milestones.is_some() as usize
-            + o.lookahead.is_some() as usize;
+            + o.lookahead.is_some() as usize
+            + o.workers.is_some() as usize;
         m.envelope(id, "open", None, extra)?;
         m.str("session")?;
         m.str(session)?;
@@ -361,6 +395,10 @@ pub mod request {
             for g in groups {
                 m.group_spec(g)?;
             }
+        }
+        if let Some(w) = &o.workers {
+            m.str("workers")?;
+            m.workers(w)?;
         }
         Ok(m)
     }
@@ -456,7 +494,8 @@ pub mod request {
             + o.seq.is_some() as usize
             + o.client.is_some() as usize
             + o.clip_value.is_some() as usize
-            + o.clip_norm.is_some() as usize;
+            + o.clip_norm.is_some() as usize
+            + o.worker.is_some() as usize;
         m.envelope(id, "step", Some(s), extra)?;
         m.str("grads")?;
         m.tensors(grads)?;
@@ -480,6 +519,10 @@ pub mod request {
             m.str("clip_norm")?;
             m.clip_norm(c)?;
         }
+        if let Some(w) = &o.worker {
+            m.str("worker")?;
+            m.str(w)?;
+        }
         Ok(m)
     }
 
@@ -495,6 +538,37 @@ pub mod request {
 
     pub fn pull(id: u64, s: &Session, names: Option<&[&str]>) -> Result<Message<'static>> {
         names_op(id, "pull", s, names)
+    }
+
+    /// `pull` as member `worker` (None: a plain pull).
+    pub fn pull_as_worker(id: u64, s: &Session, worker: Option<&str>, names: Option<&[&str]>) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, "pull", Some(s), names.is_some() as usize + worker.is_some() as usize)?;
+        if let Some(n) = names {
+            m.str("names")?;
+            m.names(n)?;
+        }
+        if let Some(w) = worker {
+            m.str("worker")?;
+            m.str(w)?;
+        }
+        Ok(m)
+    }
+
+    fn worker_op(id: u64, op: &str, s: &Session, worker: &str) -> Result<Message<'static>> {
+        let mut m = Message::new();
+        m.envelope(id, op, Some(s), 1)?;
+        m.str("worker")?;
+        m.str(worker)?;
+        Ok(m)
+    }
+
+    pub fn join(id: u64, s: &Session, worker: &str) -> Result<Message<'static>> {
+        worker_op(id, "join", s, worker)
+    }
+
+    pub fn leave(id: u64, s: &Session, worker: &str) -> Result<Message<'static>> {
+        worker_op(id, "leave", s, worker)
     }
 
     pub fn state(id: u64, s: &Session, names: Option<&[&str]>) -> Result<Message<'static>> {
@@ -969,6 +1043,58 @@ pub mod reply {
         })
     }
 
+    fn enum_key<T>(f: &mut Fields, key: &str, parse: fn(&str) -> Option<T>) -> Result<Option<T>> {
+        match f.opt(key) {
+            None => Ok(None),
+            Some((v, p)) => {
+                let s = as_str(v, &p)?;
+                parse(&s).map(Some).ok_or_else(|| bad(&p, &format!("unknown value {s:?}")))
+            }
+        }
+    }
+
+    fn opt_uint(f: &mut Fields, key: &str) -> Result<Option<u64>> {
+        match f.opt(key) {
+            None => Ok(None),
+            Some((v, p)) => as_uint(&v, &p).map(Some),
+        }
+    }
+
+    fn worker_info(v: Value, p: &str) -> Result<WorkerInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        Ok(WorkerInfo {
+            name: f.str("name")?,
+            rank: f.uint("rank")?,
+            pushes: f.uint("pushes")?,
+            staleness: f.uint("staleness")?,
+            waiting: f.bool("waiting")?,
+        })
+    }
+
+    /// `workers` of `info`, `join` and `leave`.
+    fn workers_info(v: Value, p: &str) -> Result<WorkersInfo> {
+        let mut f = Fields::from_value(v, p)?;
+        let mode = f.str("mode")?;
+        let mode = WorkersMode::parse(&mode).ok_or_else(|| bad(&f.path("mode"), &format!("unknown value {mode:?}")))?;
+        let (members, mp) = f.array("members")?;
+        Ok(WorkersInfo {
+            settings: Workers {
+                mode,
+                count: opt_uint(&mut f, "count")?,
+                reduce: enum_key(&mut f, "reduce", Reduce::parse)?,
+                timeout_ms: opt_uint(&mut f, "timeout_ms")?,
+                on_timeout: enum_key(&mut f, "on_timeout", OnTimeout::parse)?,
+                max_staleness: opt_uint(&mut f, "max_staleness")?,
+            },
+            members: members
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| worker_info(v, &format!("{mp}[{i}]")))
+                .collect::<Result<_>>()?,
+            round_pushes: opt_uint(&mut f, "round_pushes")?,
+        })
+    }
+
     fn groups(f: &mut Fields) -> Result<Vec<GroupInfo>> {
         let (a, p) = f.array("groups")?;
         a.into_iter().enumerate().map(|(i, v)| group_info(v, &format!("{p}[{i}]"))).collect()
@@ -987,6 +1113,10 @@ pub mod reply {
         let (params, pp) = f.array("params")?;
         let lookahead = lookahead(&mut f)?;
         let (schedulers, milestones) = combined(&mut f)?;
+        let workers = match f.opt("workers") {
+            None | Some((Value::Nil, _)) => None,
+            Some((v, p)) => Some(workers_info(v, &p)?),
+        };
         Ok(SessionInfo {
             client_seq,
             session: f.str("session")?,
@@ -1008,7 +1138,20 @@ pub mod reply {
                 .map(|(i, v)| param_info(v, &format!("{pp}[{i}]")))
                 .collect::<Result<_>>()?,
             groups: groups(&mut f)?,
+            workers,
         })
+    }
+
+    pub fn join(bytes: &[u8], id: u64) -> Result<Joined> {
+        let mut f = envelope(bytes, id)?;
+        let (w, p) = f.req("workers")?;
+        Ok(Joined { rank: f.uint("rank")?, steps: f.uint("steps")?, workers: workers_info(w, &p)? })
+    }
+
+    pub fn leave(bytes: &[u8], id: u64) -> Result<Left> {
+        let mut f = envelope(bytes, id)?;
+        let (w, p) = f.req("workers")?;
+        Ok(Left { steps: f.uint("steps")?, workers: workers_info(w, &p)? })
     }
 
     /// `hparams` and `set_hparams`.
@@ -1071,6 +1214,19 @@ pub mod reply {
             next_lrs: f.opt_floats("next_lrs")?,
             grad_norm,
             params,
+            worker: match f.opt("worker") {
+                None => None,
+                Some((v, p)) => Some(as_str(v, &p)?),
+            },
+            pushes: opt_uint(&mut f, "pushes")?,
+            staleness: opt_uint(&mut f, "staleness")?,
+            combined: opt_uint(&mut f, "combined")?,
+            lead: opt_uint(&mut f, "lead")?,
+            waited: match f.opt("waited") {
+                None => None,
+                Some((Value::Boolean(b), _)) => Some(b),
+                Some((_, p)) => return Err(bad(&p, "not a bool")),
+            },
         })
     }
 

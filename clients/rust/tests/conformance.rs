@@ -79,6 +79,20 @@ fn lookahead_from_json(j: &Json) -> Lookahead {
     Lookahead { k: m.get("k").expect("k").u64(), alpha: m.get("alpha").expect("alpha").f64() }
 }
 
+fn workers_from_json(j: &Json) -> Workers {
+    let m = j.obj();
+    check_used(m, &["mode", "count", "reduce", "timeout_ms", "on_timeout", "max_staleness"]);
+    let mode = m.get("mode").expect("mode").str();
+    Workers {
+        mode: WorkersMode::parse(mode).unwrap_or_else(|| panic!("workers.mode {mode:?}")),
+        count: m.get("count").map(Json::u64),
+        reduce: m.get("reduce").map(|r| Reduce::parse(r.str()).expect("workers.reduce")),
+        timeout_ms: m.get("timeout_ms").map(Json::u64),
+        on_timeout: m.get("on_timeout").map(|o| OnTimeout::parse(o.str()).expect("workers.on_timeout")),
+        max_staleness: m.get("max_staleness").map(Json::u64),
+    }
+}
+
 fn clip_norm_from_json(j: &Json) -> ClipNorm {
     let c = j.obj();
     check_used(c, &["max_norm", "norm_type", "per_group"]);
@@ -115,6 +129,7 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                 schedulers: get("schedulers").map(schedulers_from_json),
                 milestones: get("milestones").map(|a| a.arr().iter().map(Json::u64).collect()),
                 lookahead: get("lookahead").map(lookahead_from_json),
+                workers: get("workers").map(workers_from_json),
             };
             request::open(id, get("session").unwrap().str(), get("optimizer").unwrap().str(), &o)
         }
@@ -162,6 +177,7 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                             client: get("client").map(|s| s.str().to_owned()),
                             clip_value: get("clip_value").map(Json::f64),
                             clip_norm: get("clip_norm").map(clip_norm_from_json),
+                            worker: get("worker").map(|s| s.str().to_owned()),
                         };
                         request::step(id, &s, &refs, &o).map(|m| m.to_vec())
                     };
