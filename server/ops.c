@@ -5,6 +5,7 @@
 #include "hparams.h"
 #include "log.h"
 #include "metrics.h"
+#include "shm_attachment.h"
 #include "snapshot.h"
 #include "wire.h"
 
@@ -34,6 +35,7 @@ typedef struct request {
     const plugin **held;
     size_t n_held;
     const char *op;            /* the dispatched op's name, for the metrics */
+    nng_pipe pipe;             /* the connection it came on (shm_attach asks what kind) */
 } request;
 
 /* A looked-up plugin kept alive until the request ends. */
@@ -713,6 +715,9 @@ static int close_session(request *r, session *s)
         session_lock(s);
         s->closed = true;
         store_remove(&r->srv->store, s);
+        /* Now, not when the last reference goes: the client is told the
+         * mapping is gone once this reply comes. */
+        optimd_shm_detach(s);
         session_unlock(s);
         log_info("session %s closed", s->name);
     }
@@ -758,16 +763,9 @@ static int op_sessions(request *r)
 
 /* --max-session-bytes and --max-total-bytes for the parameters a register
  * request adds (their state counted in, as they will have it). */
-static int check_memory(request *r, session *s, const msgpack_object *params)
+static int check_adding(request *r, session *s, uint64_t adding)
 {
     const options *o = r->srv->opts;
-    uint64_t adding = 0;
-    for (uint32_t i = 0; i < params->via.map.size; i++) {
-        wire_tensor t;
-        request_error ignored = {0};
-        if (wire_decode_tensor(&params->via.map.ptr[i].val, "", &t, &ignored) == 0)
-            adding += session_param_cost(s, t.nbytes);
-    }
     uint64_t mine = atomic_load(&s->committed_bytes);
     if (o->max_session_bytes && mine + adding > o->max_session_bytes)
         return fail(&r->err, OPTIMD_E_LIMIT, "session '%s' would hold %llu bytes of parameters and state; "
@@ -779,6 +777,18 @@ static int check_memory(request *r, session *s, const msgpack_object *params)
                     "--max-total-bytes is %llu", (unsigned long long)(total + adding),
                     (unsigned long long)o->max_total_bytes);
     return 0;
+}
+
+static int check_memory(request *r, session *s, const msgpack_object *params)
+{
+    uint64_t adding = 0;
+    for (uint32_t i = 0; i < params->via.map.size; i++) {
+        wire_tensor t;
+        request_error ignored = {0};
+        if (wire_decode_tensor(&params->via.map.ptr[i].val, "", &t, &ignored) == 0)
+            adding += session_param_cost(s, t.nbytes);
+    }
+    return check_adding(r, s, adding);
 }
 
 static int check_tensor_count(request *r, const msgpack_object *map, const char *what)
@@ -844,6 +854,51 @@ static void pack_param_rows(msgpack_packer *pk, const session *s, size_t i, cons
     free(rows);
 }
 
+/* The success reply of a step up to its own keys (`extra` of them, packed
+ * by the caller next): steps, lr, next_lr, duplicate and, where they
+ * apply, the per-group lrs and the gradient norm(s). */
+static msgpack_packer *pack_step_counters(request *r, const session *s, const step_result *res,
+                                          const step_clip *clip, uint32_t extra)
+{
+    /* Per-group lrs only where there is more than one group, and the
+     * norm only where the step clipped by norm (duplicates: neither). */
+    bool group_lrs = s->n_groups > 1 && !res->duplicate;
+    bool norm = clip->max_norm > 0 && !res->duplicate;
+    msgpack_packer *pk = reply_begin(r, 4 + extra + 2 * group_lrs + norm);
+    wire_pack_str(pk, "steps");
+    msgpack_pack_uint64(pk, res->steps);
+    wire_pack_str(pk, "lr");
+    msgpack_pack_double(pk, res->lr);
+    wire_pack_str(pk, "next_lr");
+    msgpack_pack_double(pk, res->next_lr);
+    wire_pack_str(pk, "duplicate");
+    if (res->duplicate) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    for (int which = 0; group_lrs && which < 2; which++) {
+        wire_pack_str(pk, which ? "next_lrs" : "lrs");
+        msgpack_pack_map(pk, s->n_groups);
+        for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+            wire_pack_str(pk, s->groups[gi].name);
+            msgpack_pack_double(pk, which ? res->next_lrs[gi] : res->lrs[gi]);
+        }
+    }
+    if (norm && clip->per_group) {
+        uint32_t clipped = 0;
+        for (uint32_t gi = 0; gi < s->n_groups; gi++) clipped += res->group_clipped[gi];
+        wire_pack_str(pk, "grad_norms");
+        msgpack_pack_map(pk, clipped);
+        for (uint32_t gi = 0; gi < s->n_groups; gi++) {
+            if (!res->group_clipped[gi]) continue;
+            wire_pack_str(pk, s->groups[gi].name);
+            msgpack_pack_double(pk, res->group_norms[gi]);
+        }
+    } else if (norm) {
+        wire_pack_str(pk, "grad_norm");
+        msgpack_pack_double(pk, res->grad_norm);
+    }
+    return pk;
+}
+
 static int op_step(request *r)
 {
     const msgpack_object *grads;
@@ -881,42 +936,7 @@ static int op_step(request *r)
             }
             nng_msg_reserve(r->w->msg, bytes);
         }
-        /* Per-group lrs only where there is more than one group, and the
-         * norm only where the step clipped by norm (duplicates: neither). */
-        bool group_lrs = s->n_groups > 1 && !res.duplicate;
-        bool norm = clip.max_norm > 0 && !res.duplicate;
-        msgpack_packer *pk = reply_begin(r, 4 + want_params + 2 * group_lrs + norm);
-        wire_pack_str(pk, "steps");
-        msgpack_pack_uint64(pk, res.steps);
-        wire_pack_str(pk, "lr");
-        msgpack_pack_double(pk, res.lr);
-        wire_pack_str(pk, "next_lr");
-        msgpack_pack_double(pk, res.next_lr);
-        wire_pack_str(pk, "duplicate");
-        if (res.duplicate) msgpack_pack_true(pk);
-        else msgpack_pack_false(pk);
-        for (int which = 0; group_lrs && which < 2; which++) {
-            wire_pack_str(pk, which ? "next_lrs" : "lrs");
-            msgpack_pack_map(pk, s->n_groups);
-            for (uint32_t gi = 0; gi < s->n_groups; gi++) {
-                wire_pack_str(pk, s->groups[gi].name);
-                msgpack_pack_double(pk, which ? res.next_lrs[gi] : res.lrs[gi]);
-            }
-        }
-        if (norm && clip.per_group) {
-            uint32_t clipped = 0;
-            for (uint32_t gi = 0; gi < s->n_groups; gi++) clipped += res.group_clipped[gi];
-            wire_pack_str(pk, "grad_norms");
-            msgpack_pack_map(pk, clipped);
-            for (uint32_t gi = 0; gi < s->n_groups; gi++) {
-                if (!res.group_clipped[gi]) continue;
-                wire_pack_str(pk, s->groups[gi].name);
-                msgpack_pack_double(pk, res.group_norms[gi]);
-            }
-        } else if (norm) {
-            wire_pack_str(pk, "grad_norm");
-            msgpack_pack_double(pk, res.grad_norm);
-        }
+        msgpack_packer *pk = pack_step_counters(r, s, &res, &clip, want_params);
         if (want_params) {
             uint32_t n_marked = 0;
             for (size_t i = 0; i < s->n_params; i++) n_marked += s->params[i].mark == s->request_serial;
@@ -938,6 +958,130 @@ static int op_step(request *r)
     session_unlock(s);
     session_unref(s);
     return rc;
+}
+
+/* ------------------------------------------------------ shared memory -- */
+
+static const char *address_family_name(uint16_t family)
+{
+    switch (family) {
+    case NNG_AF_INPROC: return "inproc";
+    case NNG_AF_IPC: return "ipc";
+    case NNG_AF_INET: return "tcp";
+    case NNG_AF_INET6: return "tcp (IPv6)";
+    default: return "unknown";
+    }
+}
+
+/* The uid of the process at the other end of this request's connection,
+ * which must be an ipc:// one: only there is the client on this host, and
+ * only there does the kernel tell the daemon who it is (SO_PEERCRED). */
+static int ipc_peer_uid(request *r, uid_t *uid)
+{
+    nng_sockaddr sa;
+    memset(&sa, 0, sizeof sa);
+    int rv = nng_pipe_id(r->pipe) > 0 ? nng_pipe_get_addr(r->pipe, NNG_OPT_REMADDR, &sa) : NNG_ENOENT;
+    if (rv != 0 || sa.s_family != NNG_AF_IPC)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "shm_attach needs an ipc:// connection (this one is %s): "
+                    "shared memory is for clients on the daemon's host; others step over the wire",
+                    rv != 0 ? "unknown" : address_family_name(sa.s_family));
+    uint64_t peer;
+    if (nng_pipe_get_uint64(r->pipe, NNG_OPT_IPC_PEER_UID, &peer) != 0)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "shm_attach: the daemon cannot tell who the ipc peer is "
+                    "on this platform");
+    *uid = (uid_t)peer;
+    return 0;
+}
+
+static int op_shm_attach(request *r)
+{
+    const char *segment;
+    size_t segment_len;
+    uint64_t size;
+    const msgpack_object *params;
+    uid_t peer = 0;
+    if (wire_get_str(r->root, "segment", true, &segment, &segment_len, &r->err) ||
+        wire_get_uint(r->root, "size", true, &size, &r->err) ||
+        wire_get_map(r->root, "params", true, &params, &r->err) || check_tensor_count(r, params, "params") ||
+        ipc_peer_uid(r, &peer))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    optimd_shm_attachment *a = NULL;
+    int rc = optimd_shm_prepare(s, segment, segment_len, size, peer, nng_pipe_id(r->pipe), params, &a, &r->err);
+    if (rc == 0) {
+        /* The gradient copies are the daemon's memory: they count against
+         * the limits (net of the attachment this one replaces). */
+        uint64_t freed = s->shm ? s->shm->staging_bytes : 0;
+        rc = check_adding(r, s, a->staging_bytes > freed ? a->staging_bytes - freed : 0);
+        if (rc) optimd_shm_discard(a);
+    }
+    size_t attached = rc == 0 ? a->n_entries : 0;
+    if (rc == 0) rc = optimd_shm_install(s, a, &r->err);
+    /* A connection that closed before the install could not detach it:
+     * check, now that it is installed. */
+    nng_sockaddr sa;
+    if (rc == 0 && nng_pipe_get_addr(r->pipe, NNG_OPT_REMADDR, &sa) != 0) optimd_shm_detach(s);
+    session_unlock(s);
+    session_unref(s);
+    if (rc == 0) {
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "attached");
+        msgpack_pack_uint64(pk, attached);
+    }
+    return rc;
+}
+
+static int op_shm_step(request *r)
+{
+    step_identity id = {"", 0, 0};
+    step_clip clip;
+    const msgpack_object *names = wire_map_get(r->root, "names");
+    if (names && names->type == MSGPACK_OBJECT_NIL) names = NULL;
+    if (wire_get_uint(r->root, "seq", false, &id.seq, &r->err) ||
+        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err) ||
+        step_clip_parse(r->root, &clip, &r->err))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    if (session_follow_upgrades(s, &r->srv->plugins, &r->err) > 0 && store_save_locked(&r->srv->store, s) != 0)
+        log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
+    step_result res;
+    bool detached = false;
+    int rc = optimd_shm_step(s, names, r->root, &id, &clip, r->srv->pool, &r->srv->store, &res, &detached,
+                             &r->err);
+    if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
+    if (rc == 0) {
+        msgpack_packer *pk = pack_step_counters(r, s, &res, &clip, 1);
+        wire_pack_str(pk, "detached");
+        if (detached) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+static int op_shm_detach(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    bool detached = optimd_shm_detach(s);
+    session_unlock(s);
+    session_unref(s);
+    msgpack_packer *pk = reply_begin(r, 1);
+    wire_pack_str(pk, "detached");
+    if (detached) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    return 0;
+}
+
+void server_connection_closed(server *srv, uint32_t connection)
+{
+    optimd_shm_detach_connection(&srv->sessions, connection);
 }
 
 static int op_observe(request *r)
@@ -1288,6 +1432,7 @@ static const op_entry ops[] = {
     {"export", op_export},     {"import", op_import},     {"state", op_state},
     {"observe", op_observe},   {"reload", op_reload},     {"load", op_load},
     {"switch", op_switch},     {"drop", op_drop},         {"shutdown", op_shutdown},
+    {"shm_attach", op_shm_attach}, {"shm_step", op_shm_step}, {"shm_detach", op_shm_detach},
 };
 
 static int dispatch(request *r, const msgpack_object *root)
@@ -1353,7 +1498,8 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg)
     }
     wire_writer w;
     wire_writer_init(&w, reply);
-    request r = {.srv = srv, .w = &w, .raw = nng_msg_body(request_msg), .raw_len = nng_msg_len(request_msg)};
+    request r = {.srv = srv, .w = &w, .raw = nng_msg_body(request_msg), .raw_len = nng_msg_len(request_msg),
+                 .pipe = nng_msg_get_pipe(request_msg)};
     size_t len = nng_msg_len(request_msg);
     if (len > srv->opts->max_message) {
         fail(&r.err, OPTIMD_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", len,

@@ -5,6 +5,7 @@
 #include "hparams.h"
 #include "host.h"
 #include "log.h"
+#include "shm_attachment.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -177,6 +178,7 @@ static void param_release(const session *s, param *p)
 
 static void session_destroy(session *s)
 {
+    optimd_shm_detach(s);
     for (size_t i = 0; i < s->n_params; i++) {
         param_release(s, &s->params[i]);
         free(s->names[i]);

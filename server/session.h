@@ -164,6 +164,10 @@ typedef struct session {
     client_seq *clients;       /* sequenced clients, in first-seen order */
     size_t n_clients;
 
+    /* The shared-memory segment a co-located client attached (shm_attach),
+     * or NULL; see shm_attachment.h. */
+    struct optimd_shm_attachment *shm;
+
     param *params;             /* registration order */
     char **names;              /* names[i] is params[i]'s name */
     size_t n_params;

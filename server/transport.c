@@ -124,6 +124,15 @@ static void ctx_callback(void *arg)
     pthread_mutex_unlock(&t->mutex);
 }
 
+/* NNG thread: a connection closed. */
+static void on_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    (void)ev;
+    transport *t = arg;
+    int id = nng_pipe_id(p);
+    if (id > 0) server_connection_closed(t->srv, (uint32_t)id);
+}
+
 static void *request_thread(void *arg)
 {
     transport *t = arg;
@@ -287,6 +296,12 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
      * still gets a TOO_LARGE reply; larger ones are cut by the transport. */
     uint64_t transport_max = o->max_message * 2;
     nng_socket_set_size(t->sock, NNG_OPT_RECVMAXSZ, (size_t)transport_max);
+    if ((rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_REM_POST, on_pipe_removed, t)) != 0) {
+        log_error("cannot watch connections: %s", nng_strerror(rv));
+        nng_close(t->sock);
+        free(t);
+        return -1;
+    }
 
     t->slots = calloc(o->contexts, sizeof *t->slots);
     t->threads = calloc(o->request_threads, sizeof *t->threads);
