@@ -919,7 +919,7 @@ static int op_step(request *r)
         log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
     step_result res;
     store_change change = change_of(r);
-    int rc = session_step(s, grads, &id, &clip, r->srv->pool, store_log_change, &change, &res, &r->err);
+    int rc = session_step(s, grads, &id, &clip, NULL, r->srv->pool, store_log_change, &change, &res, &r->err);
     if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
     if (rc == 0) {
         if (want_params) {

@@ -61,5 +61,13 @@ bool optimd_shm_intact(const optimd_shared_segment *seg, request_error *err);
  * shrank under the copy (SIGBUS caught): part of it may have been copied. */
 int optimd_shm_read(const optimd_shared_segment *seg, void *dst, uint64_t offset, size_t n);
 int optimd_shm_write(const optimd_shared_segment *seg, uint64_t offset, const void *src, size_t n);
+/* optimd_shm_read of `n` bytes of IEEE floats of `elem_size` (4 or 8)
+ * bytes each, checking in the same pass whether all are finite: *finite
+ * becomes false if one is not (it is never set true). */
+int optimd_shm_read_checked(const optimd_shared_segment *seg, void *dst, uint64_t offset, size_t n,
+                            size_t elem_size, bool *finite);
+/* optimd_shm_write, with the same check of what it writes. */
+int optimd_shm_write_checked(const optimd_shared_segment *seg, uint64_t offset, const void *src, size_t n,
+                             size_t elem_size, bool *finite);
 
 #endif

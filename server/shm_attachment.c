@@ -1,5 +1,6 @@
 #include "shm_attachment.h"
 
+#include "finite.h"
 #include "log.h"
 #include "wire.h"
 
@@ -363,6 +364,72 @@ static int log_as_wire_step(void *ctx, session *s, request_error *err)
     return rc;
 }
 
+/* One tensor copied between the segment and private memory, in chunks
+ * spread over the compute pool: a single core does not saturate memory
+ * bandwidth here, and these copies are most of a step's cost besides the
+ * update itself. */
+typedef struct tensor_copy {
+    const optimd_shared_segment *seg;
+    unsigned char *mem;        /* the private side */
+    uint64_t offset;           /* the segment side */
+    size_t esize;
+    bool to_segment;
+    atomic_bool faulted;       /* SIGBUS: the segment shrank */
+    atomic_bool nonfinite;     /* reading: a NaN or infinity came by */
+} tensor_copy;
+
+static void copy_chunk(void *user, int64_t begin, int64_t end)
+{
+    tensor_copy *c = user;
+    size_t at = (size_t)begin * c->esize, n = (size_t)(end - begin) * c->esize;
+    bool finite = true;
+    int rc = c->to_segment ? optimd_shm_write_checked(c->seg, c->offset + at, c->mem + at, n, c->esize, &finite)
+                           : optimd_shm_read_checked(c->seg, c->mem + at, c->offset + at, n, c->esize, &finite);
+    if (rc) atomic_store(&c->faulted, true);
+    if (!finite) atomic_store(&c->nonfinite, true);
+}
+
+/* Returns -1 if the segment shrank under the copy; *finite becomes false
+ * if an element that passed is not finite. */
+static int copy_tensor(compute_pool *pool, const optimd_shared_segment *seg, const param *p, unsigned char *mem,
+                       uint64_t offset, bool to_segment, bool *finite)
+{
+    tensor_copy c = {.seg = seg, .mem = mem, .offset = offset, .esize = wire_dtype_size(p->dtype),
+                     .to_segment = to_segment};
+    atomic_init(&c.faulted, false);
+    atomic_init(&c.nonfinite, false);
+    compute_pool_run(pool, p->numel, 1 << 16, copy_chunk, &c);
+    if (atomic_load(&c.nonfinite)) *finite = false;
+    return atomic_load(&c.faulted) ? -1 : 0;
+}
+
+/* The step's copy-out: which entries went back into the segment already. */
+typedef struct publish_context {
+    compute_pool *pool;
+    optimd_shm_attachment *a;
+    uint64_t serial;           /* entries[].published == serial: written out */
+    bool shrank;
+} publish_context;
+
+/* step_extras.updated: the parameter the plugin just updated goes into the
+ * segment, checked for NaN and infinity in the same pass. */
+static bool publish_updated(void *ctx, const session *s, size_t index)
+{
+    publish_context *pc = ctx;
+    const param *p = &s->params[index];
+    int64_t entry = index < pc->a->n_params ? pc->a->entry_of[index] : -1;
+    if (entry < 0 || pc->shrank)
+        return optimd_all_finite_parallel(pc->pool, p->data, (size_t)p->numel, wire_dtype_size(p->dtype));
+    optimd_shm_entry *e = &pc->a->entries[entry];
+    bool finite = true;
+    if (copy_tensor(pc->pool, &pc->a->seg, p, p->data, e->param_offset, true, &finite) != 0) {
+        pc->shrank = true;
+        return optimd_all_finite_parallel(pc->pool, p->data, (size_t)p->numel, wire_dtype_size(p->dtype));
+    }
+    e->published = pc->serial;
+    return finite;
+}
+
 int optimd_shm_step(session *s, const msgpack_object *names, const msgpack_object *request,
                     const step_identity *id, const step_clip *clip, compute_pool *pool, store *st,
                     step_result *res, bool *detached, request_error *err)
@@ -379,13 +446,16 @@ int optimd_shm_step(session *s, const msgpack_object *names, const msgpack_objec
      * guarded copy catches a truncation that races with it. */
     if (!optimd_shm_intact(&a->seg, err)) rc = -1;
     uint64_t tensor_bytes = 0;
+    const char *nonfinite = NULL;
     for (size_t k = 0; rc == 0 && k < n; k++) {
         const optimd_shm_entry *e = &a->entries[which[k]];
-        size_t nbytes = s->params[e->param].nbytes;
-        tensor_bytes += nbytes;
-        if (optimd_shm_read(&a->seg, e->staging, e->grad_offset, nbytes))
+        const param *p = &s->params[e->param];
+        tensor_bytes += p->nbytes;
+        bool finite = true;
+        if (copy_tensor(pool, &a->seg, p, e->staging, e->grad_offset, false, &finite))
             rc = fail(err, OPTIMD_E_BAD_REQUEST, "shared memory segment %s shrank while gradients were read "
                       "from it", a->seg.name);
+        if (!finite && !nonfinite) nonfinite = s->names[e->param];
     }
     if (rc) {
         /* A segment that shrank is useless from now on: its owner must
@@ -398,15 +468,27 @@ int optimd_shm_step(session *s, const msgpack_object *names, const msgpack_objec
         return -1;
     }
     grads_object g;
+    publish_context pc = {.pool = pool, .a = a, .serial = a->serial};
     rc = build_grads(s, a, which, n, &g, err);
     if (rc == 0) {
+        /* A non-finite gradient is left for session_step to refuse: it
+         * answers a duplicate first, as for a wire step. */
         log_context lc = {.st = st, .grads = &g, .request = request, .tensor_bytes = tensor_bytes};
-        rc = session_step(s, &g.map, id, clip, pool, log_as_wire_step, &lc, res, err);
+        step_extras extras = {.grads_finite = nonfinite == NULL, .updated = publish_updated, .updated_ctx = &pc};
+        rc = session_step(s, &g.map, id, clip, &extras, pool, log_as_wire_step, &lc, res, err);
     }
     free_grads(&g);
     /* Applied (or a duplicate, answered with the current values, as a wire
-     * step answers one): the parameters go back into the segment. */
-    if (rc == 0 && write_params(s, a, which, n)) {
+     * step answers one): the parameters not written out during the step
+     * (a duplicate's, with lookahead: all) go back into the segment. */
+    for (size_t k = 0; rc == 0 && !pc.shrank && k < n; k++) {
+        const optimd_shm_entry *e = &a->entries[which[k]];
+        if (e->published == pc.serial) continue;
+        bool unused = true;
+        pc.shrank = copy_tensor(pool, &a->seg, &s->params[e->param], s->params[e->param].data, e->param_offset,
+                                true, &unused) != 0;
+    }
+    if (pc.shrank) {
         log_warn("session %s: shared memory segment %s shrank during step %llu; the step stands, the "
                  "segment is detached", s->name, a->seg.name, (unsigned long long)res->steps);
         optimd_shm_detach(s);

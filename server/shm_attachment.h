@@ -28,6 +28,7 @@ typedef struct optimd_shm_entry {
     uint64_t grad_offset;
     unsigned char *staging;    /* the gradient's private copy */
     uint64_t seen;             /* the last shm_step that named it (duplicate names) */
+    uint64_t published;        /* the last shm_step that wrote it into the segment */
 } optimd_shm_entry;
 
 typedef struct optimd_shm_attachment {

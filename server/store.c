@@ -275,7 +275,7 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
         wire_get_str(req, "client", false, &id.client, &id.client_len, &err);
         step_result res;
         if (step_clip_parse(req, &clip, &err) == 0)
-            result = session_step(s, map, &id, &clip, rc->pool, NULL, NULL, &res, &err);
+            result = session_step(s, map, &id, &clip, NULL, rc->pool, NULL, NULL, &res, &err);
     } else if (op_len == 11 && memcmp(op, "set_hparams", 11) == 0 &&
                wire_get_map(req, "hparams", true, &map, &err) == 0 &&
                session_request_group(s, req, true, &group, &err) == 0) {
