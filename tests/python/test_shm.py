@@ -149,6 +149,34 @@ class SharedMemoryTest(DaemonTestCase):
                                      f"{name} after step {step + 1}")
         self.assertEqual(self.snapshot(shared)[1:], self.snapshot(wire)[1:], "parameters and state")
 
+    def test_groups_schedule_and_clipping_match_wire_steps(self) -> None:
+        kwargs: dict[str, Any] = {"scheduler": "cosine", "sched_hparams": {"T_max": 4},
+                                  "groups": [optimd.Group("nodecay", {"weight_decay": 0.0})]}
+        sessions = []
+        for name in ("wire-g", "shared-g"):
+            session = self.ipc.open(name, "adamw", HPARAMS, **kwargs)
+            self.addCleanup(self._close_quietly, session)
+            start = initial()
+            self.ipc.register(session, {"w": start["w"]})
+            self.ipc.register(session, {"b": start["b"]}, group="nodecay")
+            sessions.append(session)
+        wire, shared = sessions
+        shapes = {k: v for k, v in initial().items() if k in ("w", "b")}
+        with self.ipc.shared_memory(shared) as shm:
+            for step in range(5):
+                g = {k: v * 10 for k, v in grads(step, shapes).items()}
+                clip = optimd.ClipNorm(1.0, per_group=step % 2 == 1)
+                expected = self.ipc.step(wire, g, clip_value=2.0, clip_norm=clip)
+                for name, value in g.items():
+                    shm.grads[name][...] = value
+                got = shm.step(clip_value=2.0, clip_norm=clip)
+                self.assertEqual((got.lrs, got.next_lrs, got.grad_norm, got.grad_norms),
+                                 (expected.lrs, expected.next_lrs, expected.grad_norm, expected.grad_norms))
+                for name in g:
+                    self.assertEqual(bits(shm.params[name]), bits(expected.params[name]), f"{name}, step {step}")
+                # The gradients as the client wrote them: clipping works on a copy.
+                self.assertEqual(bits(shm.grads["w"]), bits(g["w"]))
+
     @unittest.skipIf(torch is None, "torch is not importable")
     def test_bit_identical_to_torch_adamw(self) -> None:
         start = initial()["w"]
