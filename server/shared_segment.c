@@ -241,8 +241,10 @@ int optimd_shm_map(optimd_shared_segment *seg, const char *name, size_t name_len
         return fail(err, OPTIMD_E_INTERNAL, "cannot install the SIGBUS guard for shared memory");
     memcpy(seg->name, name, name_len);
     seg->name[name_len] = '\0';
-    /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC. */
-    int fd = shm_open(seg->name, O_RDWR, 0);
+    /* glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC; O_NONBLOCK and
+     * O_NOCTTY keep a FIFO or a device someone put in /dev/shm from
+     * blocking or doing anything on open before fstat refuses it. */
+    int fd = shm_open(seg->name, O_RDWR | O_NONBLOCK | O_NOCTTY, 0);
     if (fd < 0)
         return fail(err, OPTIMD_E_BAD_REQUEST, "cannot open shared memory segment %s: %s", seg->name,
                     strerror(errno));

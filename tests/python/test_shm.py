@@ -177,6 +177,22 @@ class SharedMemoryTest(DaemonTestCase):
                 # The gradients as the client wrote them: clipping works on a copy.
                 self.assertEqual(bits(shm.grads["w"]), bits(g["w"]))
 
+    def test_lookahead_matches_wire_steps(self) -> None:
+        """Lookahead rewrites the parameter after the plugin's update: what
+        reaches the segment must be the synchronised value."""
+        wire = self.open("wire-la", lookahead=optimd.Lookahead(k=2, alpha=0.5))
+        shared = self.open("shared-la", lookahead=optimd.Lookahead(k=2, alpha=0.5))
+        shapes = initial()
+        with self.ipc.shared_memory(shared) as shm:
+            for step in range(4):
+                g = grads(step, shapes)
+                expected = self.ipc.step(wire, g)
+                for name, value in g.items():
+                    shm.grads[name][...] = value
+                shm.step()
+                for name in g:
+                    self.assertEqual(bits(shm.params[name]), bits(expected.params[name]), f"{name}, step {step}")
+
     @unittest.skipIf(torch is None, "torch is not importable")
     def test_bit_identical_to_torch_adamw(self) -> None:
         start = initial()["w"]
