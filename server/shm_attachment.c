@@ -131,11 +131,11 @@ bool optimd_shm_detach(session *s)
     return true;
 }
 
-/* The session's current values of the given entries, into the segment. */
-static int write_params(const session *s, const optimd_shm_attachment *a, const size_t *which, size_t n)
+/* The session's current value of every entry, into the segment. */
+static int write_params(const session *s, const optimd_shm_attachment *a)
 {
-    for (size_t k = 0; k < n; k++) {
-        const optimd_shm_entry *e = &a->entries[which ? which[k] : k];
+    for (size_t k = 0; k < a->n_entries; k++) {
+        const optimd_shm_entry *e = &a->entries[k];
         const param *p = &s->params[e->param];
         if (optimd_shm_write(&a->seg, e->param_offset, p->data, p->nbytes)) return -1;
     }
@@ -144,7 +144,7 @@ static int write_params(const session *s, const optimd_shm_attachment *a, const 
 
 int optimd_shm_install(session *s, optimd_shm_attachment *a, request_error *err)
 {
-    if (!optimd_shm_intact(&a->seg, err) || write_params(s, a, NULL, a->n_entries)) {
+    if (!optimd_shm_intact(&a->seg, err) || write_params(s, a)) {
         if (!err->code)
             fail(err, OPTIMD_E_BAD_REQUEST, "shared memory segment %s shrank while the parameters were "
                  "written into it", a->seg.name);
@@ -446,16 +446,14 @@ int optimd_shm_step(session *s, const msgpack_object *names, const msgpack_objec
      * guarded copy catches a truncation that races with it. */
     if (!optimd_shm_intact(&a->seg, err)) rc = -1;
     uint64_t tensor_bytes = 0;
-    const char *nonfinite = NULL;
+    bool all_finite = true;
     for (size_t k = 0; rc == 0 && k < n; k++) {
         const optimd_shm_entry *e = &a->entries[which[k]];
         const param *p = &s->params[e->param];
         tensor_bytes += p->nbytes;
-        bool finite = true;
-        if (copy_tensor(pool, &a->seg, p, e->staging, e->grad_offset, false, &finite))
+        if (copy_tensor(pool, &a->seg, p, e->staging, e->grad_offset, false, &all_finite))
             rc = fail(err, OPTIMD_E_BAD_REQUEST, "shared memory segment %s shrank while gradients were read "
                       "from it", a->seg.name);
-        if (!finite && !nonfinite) nonfinite = s->names[e->param];
     }
     if (rc) {
         /* A segment that shrank is useless from now on: its owner must
@@ -471,10 +469,10 @@ int optimd_shm_step(session *s, const msgpack_object *names, const msgpack_objec
     publish_context pc = {.pool = pool, .a = a, .serial = a->serial};
     rc = build_grads(s, a, which, n, &g, err);
     if (rc == 0) {
-        /* A non-finite gradient is left for session_step to refuse: it
-         * answers a duplicate first, as for a wire step. */
+        /* A non-finite gradient is left for session_step to find again
+         * and refuse: it answers a duplicate first, as for a wire step. */
         log_context lc = {.st = st, .grads = &g, .request = request, .tensor_bytes = tensor_bytes};
-        step_extras extras = {.grads_finite = nonfinite == NULL, .updated = publish_updated, .updated_ctx = &pc};
+        step_extras extras = {.grads_finite = all_finite, .updated = publish_updated, .updated_ctx = &pc};
         rc = session_step(s, &g.map, id, clip, &extras, pool, log_as_wire_step, &lc, res, err);
     }
     free_grads(&g);
