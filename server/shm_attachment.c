@@ -91,20 +91,6 @@ int optimd_shm_prepare(session *s, const char *name, size_t name_len, uint64_t s
     if (optimd_shm_map(&a->seg, name, name_len, size, owner, err) ||
         optimd_shm_check_ranges(&a->seg, ranges, 2 * (size_t)n, err))
         goto fail_out;
-    /* One private block for all gradients, touched now so that a step
-     * takes no page faults on it. */
-    a->staging = aligned_alloc(OPTIMD_SHM_ALIGN, a->staging_bytes ? a->staging_bytes : OPTIMD_SHM_ALIGN);
-    if (!a->staging) {
-        fail(err, OPTIMD_E_NOMEM, "out of memory for %llu bytes of gradient copies",
-             (unsigned long long)a->staging_bytes);
-        goto fail_out;
-    }
-    memset(a->staging, 0, a->staging_bytes);
-    uint64_t at = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        a->entries[i].staging = a->staging + at;
-        at += round_up(s->params[a->entries[i].param].nbytes);
-    }
     free(ranges);
     *out = a;
     return 0;
@@ -142,8 +128,29 @@ static int write_params(const session *s, const optimd_shm_attachment *a)
     return 0;
 }
 
+/* One private block for all gradients, touched now so that a step takes
+ * no page faults on it. */
+static int allocate_staging(const session *s, optimd_shm_attachment *a, request_error *err)
+{
+    a->staging = aligned_alloc(OPTIMD_SHM_ALIGN, a->staging_bytes ? a->staging_bytes : OPTIMD_SHM_ALIGN);
+    if (!a->staging)
+        return fail(err, OPTIMD_E_NOMEM, "out of memory for %llu bytes of gradient copies",
+                    (unsigned long long)a->staging_bytes);
+    memset(a->staging, 0, a->staging_bytes);
+    uint64_t at = 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        a->entries[i].staging = a->staging + at;
+        at += round_up(s->params[a->entries[i].param].nbytes);
+    }
+    return 0;
+}
+
 int optimd_shm_install(session *s, optimd_shm_attachment *a, request_error *err)
 {
+    if (allocate_staging(s, a, err)) {
+        optimd_shm_discard(a);
+        return -1;
+    }
     if (!optimd_shm_intact(&a->seg, err) || write_params(s, a)) {
         if (!err->code)
             fail(err, OPTIMD_E_BAD_REQUEST, "shared memory segment %s shrank while the parameters were "

@@ -46,14 +46,16 @@ typedef struct optimd_shm_attachment {
 /* Maps segment `name` (must belong to `owner`, be `size` bytes) and lays
  * out `params` (map name -> {param: offset, grad: offset}) in it: every
  * name registered, given once, each tensor aligned, inside the segment and
- * overlapping no other. The new attachment is not installed yet; its
- * staging_bytes tell the caller what it would commit. */
+ * overlapping no other. The new attachment is not installed yet, and its
+ * gradient copies not allocated: staging_bytes tell the caller what they
+ * would commit. */
 int optimd_shm_prepare(session *s, const char *name, size_t name_len, uint64_t size, uid_t owner,
                        uint32_t connection, const msgpack_object *params, optimd_shm_attachment **out,
                        request_error *err);
-/* Writes the session's current parameters into the segment and makes `a`
- * the session's attachment, detaching the one it had. On failure (the
- * segment shrank meanwhile) `a` is freed and the old one stays. */
+/* Allocates the gradient copies, writes the session's current parameters
+ * into the segment and makes `a` the session's attachment, detaching the
+ * one it had. On failure (no memory, the segment shrank meanwhile) `a` is
+ * freed and the old one stays. */
 int optimd_shm_install(session *s, optimd_shm_attachment *a, request_error *err);
 /* Frees an attachment that was never installed. */
 void optimd_shm_discard(optimd_shm_attachment *a);

@@ -320,6 +320,24 @@ class SharedMemoryTest(DaemonTestCase):
         good.grads["w"][...] = 1.0
         self.assertEqual(good.step().steps, 1)
 
+    def test_gradient_copies_count_against_memory_limits(self) -> None:
+        state = tempfile.mkdtemp(prefix="optimd-shm-limit-")
+        url = "ipc://" + os.path.join(state, "d.ipc")
+        # w: 60 bytes, 3 copies with AdamW's two slots; the copy of its
+        # gradient (64 bytes with alignment) does not fit in 200.
+        d = Daemon("--listen", url, "--max-session-bytes", "200")
+        try:
+            with optimd.Client(url, timeout=60) as c:
+                session = c.open("limited", "adamw", HPARAMS)
+                c.register(session, {"w": initial()["w"]})
+                with self.assertRaisesRegex(optimd.LimitError, "max-session-bytes"):
+                    c.shared_memory(session)
+                self.assertEqual(c.info(session).steps, 0)
+            log = d.log()
+        finally:
+            status = d.stop()
+        self.assertEqual(status, 0, log)
+
     def test_truncated_segment_is_detached_and_nothing_applied(self) -> None:
         session = self.open("trunc")
         w = initial()["w"]
