@@ -124,7 +124,12 @@ static void ctx_callback(void *arg)
     pthread_mutex_unlock(&t->mutex);
 }
 
-/* NNG thread: a connection closed. */
+/* NNG thread: a connection closed. What only it kept alive goes now (the
+ * segments its client attached), not when the session ends: a killed
+ * client must not leave its memory mapped for the session's lifetime. NNG
+ * calls this outside its own locks, so waiting for a session's lock here
+ * (a step in progress) holds up only this connection's teardown. Every
+ * connection is gone by the end of transport_stop, before the sessions. */
 static void on_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     (void)ev;
