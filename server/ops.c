@@ -2,6 +2,7 @@
  * dispatching on "op", and each op's handler. */
 #include "server.h"
 
+#include "connections.h"
 #include "hparams.h"
 #include "log.h"
 #include "metrics.h"
@@ -1019,10 +1020,9 @@ static int op_shm_attach(request *r)
     }
     size_t attached = rc == 0 ? a->n_entries : 0;
     if (rc == 0) rc = optimd_shm_install(s, a, &r->err);
-    /* A connection that closed before the install could not detach it:
-     * check, now that it is installed. */
-    nng_sockaddr sa;
-    if (rc == 0 && nng_pipe_get_addr(r->pipe, NNG_OPT_REMADDR, &sa) != 0) optimd_shm_detach(s);
+    /* A connection that closed while this was applied found nothing to
+     * detach: look, now that it is installed (transport.c has the order). */
+    if (rc == 0 && !optimd_connection_is_open((uint32_t)nng_pipe_id(r->pipe))) optimd_shm_detach(s);
     session_unlock(s);
     session_unref(s);
     if (rc == 0) {

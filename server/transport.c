@@ -1,5 +1,6 @@
 #include "transport.h"
 
+#include "connections.h"
 #include "log.h"
 
 #include <nng/protocol/reqrep0/rep.h>
@@ -124,18 +125,26 @@ static void ctx_callback(void *arg)
     pthread_mutex_unlock(&t->mutex);
 }
 
-/* NNG thread: a connection closed. What only it kept alive goes now (the
- * segments its client attached), not when the session ends: a killed
- * client must not leave its memory mapped for the session's lifetime. NNG
+/* NNG thread: a connection opened or closed. What only a closed one kept
+ * alive goes now (the segments its client attached), not when the session
+ * ends: a killed client must not leave its memory mapped for the session's
+ * lifetime. It leaves the open set first: an attach that installs after
+ * this scan sees the connection gone and detaches by itself (ops.c). NNG
  * calls this outside its own locks, so waiting for a session's lock here
  * (a step in progress) holds up only this connection's teardown. Every
  * connection is gone by the end of transport_stop, before the sessions. */
-static void on_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg)
+static void on_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
-    (void)ev;
     transport *t = arg;
     int id = nng_pipe_id(p);
-    if (id > 0) server_connection_closed(t->srv, (uint32_t)id);
+    if (id <= 0) return;
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        if (optimd_connection_opened((uint32_t)id) != 0)
+            log_warn("out of memory tracking connections: connection %d cannot attach shared memory", id);
+        return;
+    }
+    optimd_connection_closed((uint32_t)id);
+    server_connection_closed(t->srv, (uint32_t)id);
 }
 
 static void *request_thread(void *arg)
@@ -301,7 +310,8 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
      * still gets a TOO_LARGE reply; larger ones are cut by the transport. */
     uint64_t transport_max = o->max_message * 2;
     nng_socket_set_size(t->sock, NNG_OPT_RECVMAXSZ, (size_t)transport_max);
-    if ((rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_REM_POST, on_pipe_removed, t)) != 0) {
+    if ((rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_ADD_POST, on_pipe_event, t)) != 0 ||
+        (rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_REM_POST, on_pipe_event, t)) != 0) {
         log_error("cannot watch connections: %s", nng_strerror(rv));
         nng_close(t->sock);
         free(t);

@@ -18,7 +18,7 @@ clang -std=c11 -g -O1 -D_GNU_SOURCE -DOPTIMD_VERSION='"fuzz"' \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -I"$src/server" -I"$src/sdk/include" $inc \
   "$src/tests/fuzz/fuzz_request.c" \
-  "$src"/server/{options,log,compute_pool,host,plugin_registry,hparams,name_index,wire,request_error,session,grad_clip,session_migrate,session_table,ops,json,snapshot,store,wal,metrics,finite,shared_segment,shm_attachment}.c \
+  "$src"/server/{options,log,compute_pool,host,plugin_registry,hparams,name_index,wire,request_error,session,grad_clip,session_migrate,session_table,ops,json,snapshot,store,wal,metrics,finite,shared_segment,shm_attachment,connections}.c \
   -lnng -lmsgpackc $(pkg-config --libs libuv) -ldl -lm -lpthread -o "$out/fuzz_request"
 clang -std=c11 -g -O1 -D_GNU_SOURCE \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
