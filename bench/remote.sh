@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A full remote step (Python client, tcp and ipc) against torch's local
+# A full remote step (Python client: tcp, ipc and shared memory) against torch's local
 # step and an NNG echo of the same bytes. usage: bench/remote.sh BUILD_DIR [N...]
 set -euo pipefail
 build=${1:-build}

@@ -1,7 +1,9 @@
-"""A full remote AdamW step through the Python client, over tcp and ipc,
-against torch 1.13's local step on the same data and against an NNG echo
-of the same bytes (the transport bound), in one run. Prints median ms and
-ratios. Run by bench/remote.sh with the test virtualenv's python.
+"""A full remote AdamW step through the Python client, over tcp, ipc and
+shared memory (ipc, tensors in a segment the daemon maps: no tensor bytes
+through the socket), against torch 1.13's local step on the same data and
+against an NNG echo of the same bytes (the transport bound), in one run.
+Prints median ms and ratios. Run by bench/remote.sh with the test
+virtualenv's python.
 
 usage: remote_step.py BUILD_DIR [N...]"""
 import os
@@ -85,6 +87,15 @@ try:
                 rows.append(("optimd %s no return" % label,
                              median_ms(lambda: c.step(sess, {"w": g}, return_params=False))))
                 c.close_session(sess)
+        with optimd.Client(ipc, timeout=120) as c:
+            sess = c.open("bench-shm-%d" % n, "adamw", {"lr": 1e-3, "weight_decay": 1e-2}, durability="none")
+            c.register(sess, {"w": p0})
+            with c.shared_memory(sess) as shm:
+                # Filled once: a training loop's backward() would write them
+                # there; the step itself is what is timed, as for torch.
+                shm.grads["w"][:] = g
+                rows.append(("optimd shm step", median_ms(shm.step)))
+            c.close_session(sess)
         rows.append(("nng echo tcp (bound)", t_echo))
         for what, ms in rows:
             print("%-10d %-22s %10.2f %7.2fx %9.2fx" % (n, what, ms, ms / t_torch, ms / t_echo))

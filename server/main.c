@@ -7,6 +7,7 @@
 #include "notify.h"
 #include "options.h"
 #include "server.h"
+#include "shm_attachment.h"
 #include "transport.h"
 
 #include <errno.h>
@@ -40,6 +41,7 @@ static void on_expiry_timer(uv_timer_t *timer)
         session_lock(s);
         s->closed = true;
         store_remove(&srv->store, s);
+        optimd_shm_detach(s);
         session_unlock(s);
         log_info("session %s expired after %lld s unused", s->name, (long long)idle);
     }

@@ -2,10 +2,12 @@
  * dispatching on "op", and each op's handler. */
 #include "server.h"
 
+#include "connections.h"
 #include "hparams.h"
 #include "log.h"
 #include "metrics.h"
 #include "session_transfer.h"
+#include "shm_attachment.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -39,6 +41,7 @@ typedef struct request {
     size_t n_held;
     const char *op;            /* the dispatched op's name, for the metrics */
     request_ticket *ticket;    /* from the transport: parking a request */
+    nng_pipe pipe;             /* the connection it came on (shm_attach asks what kind) */
 } request;
 
 static void workers_abandon(session *s, const char *why);
@@ -733,6 +736,9 @@ static int close_session(request *r, session *s)
         s->closed = true;
         workers_abandon(s, "was closed");
         store_remove(&r->srv->store, s);
+        /* Now, not when the last reference goes: the client is told the
+         * mapping is gone once this reply comes. */
+        optimd_shm_detach(s);
         session_unlock(s);
         log_info("session %s closed", s->name);
     }
@@ -871,30 +877,17 @@ static void pack_param_rows(msgpack_packer *pk, const session *s, size_t i, cons
     free(rows);
 }
 
-/* A step's reply: counters, lrs, clipping norms and (want_params) the
- * parameters `grads` named, then `extra` pairs the caller packs. */
-static void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool want_params,
-                            const step_clip *clip, const step_result *res, uint32_t extra)
+/* The success reply of a step up to its own keys (`extra` of them, packed
+ * by the caller next): steps, lr, next_lr, duplicate and, where they
+ * apply, the per-group lrs and the gradient norm(s). */
+static msgpack_packer *pack_step_counters(request *r, const session *s, const step_result *res,
+                                          const step_clip *clip, uint32_t extra)
 {
-    if (want_params) {
-        size_t bytes = 256 + 64 * (size_t)s->n_groups;
-        for (uint32_t i = 0; i < grads->via.map.size; i++) {
-            const msgpack_object_kv *kv = &grads->via.map.ptr[i];
-            int64_t idx = session_find_param(s, kv->key.via.str.ptr, kv->key.via.str.size);
-            if (idx < 0 || s->params[idx].mark != s->request_serial) continue;
-            const param *p = &s->params[idx];
-            const msgpack_object *rows = kv->val.type == MSGPACK_OBJECT_MAP ? wire_map_get(&kv->val, "rows") : NULL;
-            /* A row-sparse entry returns at most its rows (9 bytes an index). */
-            size_t n = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
-            bytes += 384 + (rows ? n * (9 + (p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0)) : p->nbytes);
-        }
-        nng_msg_reserve(r->w->msg, bytes);
-    }
     /* Per-group lrs only where there is more than one group, and the
      * norm only where the step clipped by norm (duplicates: neither). */
     bool group_lrs = s->n_groups > 1 && !res->duplicate;
     bool norm = clip->max_norm > 0 && !res->duplicate;
-    msgpack_packer *pk = reply_begin(r, 4 + want_params + 2 * group_lrs + norm + extra);
+    msgpack_packer *pk = reply_begin(r, 4 + extra + 2 * group_lrs + norm);
     wire_pack_str(pk, "steps");
     msgpack_pack_uint64(pk, res->steps);
     wire_pack_str(pk, "lr");
@@ -926,6 +919,29 @@ static void pack_step_reply(request *r, session *s, const msgpack_object *grads,
         wire_pack_str(pk, "grad_norm");
         msgpack_pack_double(pk, res->grad_norm);
     }
+    return pk;
+}
+
+/* A step's reply: the counters, the parameters `grads` named (want_params),
+ * then `extra` pairs the caller packs. */
+static void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool want_params,
+                            const step_clip *clip, const step_result *res, uint32_t extra)
+{
+    if (want_params) {
+        size_t bytes = 256 + 64 * (size_t)s->n_groups;
+        for (uint32_t i = 0; i < grads->via.map.size; i++) {
+            const msgpack_object_kv *kv = &grads->via.map.ptr[i];
+            int64_t idx = session_find_param(s, kv->key.via.str.ptr, kv->key.via.str.size);
+            if (idx < 0 || s->params[idx].mark != s->request_serial) continue;
+            const param *p = &s->params[idx];
+            const msgpack_object *rows = kv->val.type == MSGPACK_OBJECT_MAP ? wire_map_get(&kv->val, "rows") : NULL;
+            /* A row-sparse entry returns at most its rows (9 bytes an index). */
+            size_t n = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
+            bytes += 384 + (rows ? n * (9 + (p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0)) : p->nbytes);
+        }
+        nng_msg_reserve(r->w->msg, bytes);
+    }
+    msgpack_packer *pk = pack_step_counters(r, s, res, clip, want_params + extra);
     if (want_params) {
         uint32_t n_marked = 0;
         for (size_t i = 0; i < s->n_params; i++) n_marked += s->params[i].mark == s->request_serial;
@@ -951,7 +967,7 @@ static int apply_step(request *r, session *s, const msgpack_object *grads, const
                       const step_clip *clip, step_result *res)
 {
     store_change change = change_of(r);
-    int rc = session_step(s, grads, id, clip, r->srv->pool, store_log_change, &change, res, &r->err);
+    int rc = session_step(s, grads, id, clip, NULL, r->srv->pool, store_log_change, &change, res, &r->err);
     if (rc == 0 && !res->duplicate) store_compact_if_large(&r->srv->store, s);
     return rc;
 }
@@ -1339,7 +1355,7 @@ static int complete_round(request *r, session *s, worker *self, const msgpack_ob
         } else {
             store_change change = {.st = &r->srv->store, .request = nng_msg_body(combined),
                                    .len = nng_msg_len(combined)};
-            rc = session_step(s, cgrads, NULL, &clip, r->srv->pool, store_log_change, &change, &res, &r->err);
+            rc = session_step(s, cgrads, NULL, &clip, NULL, r->srv->pool, store_log_change, &change, &res, &r->err);
             const msgpack_object *seqs = rc == 0 ? wire_map_get(&cu.data, "seqs") : NULL;
             for (uint32_t i = 0; seqs && i < seqs->via.array.size; i++) {
                 const msgpack_object *e = &seqs->via.array.ptr[i];
@@ -1462,7 +1478,7 @@ static int sync_retry(request *r, session *s, worker *w, const msgpack_object *g
     if (cs && id->seq <= cs->seq) {
         step_result res;
         uint64_t staleness = staleness_of(s, w);
-        if (session_step(s, grads, id, clip, r->srv->pool, NULL, NULL, &res, &r->err)) return -1;
+        if (session_step(s, grads, id, clip, NULL, r->srv->pool, NULL, NULL, &res, &r->err)) return -1;
         if (want_params) w->seen_steps = s->steps;
         pack_step_reply(r, s, grads, want_params, clip, &res, worker_extra_pairs(ws));
         pack_worker_extra(&r->w->pk, ws, w, staleness, 0, 0, false);
@@ -1665,6 +1681,129 @@ static int op_step(request *r)
     session_unlock(s);
     session_unref(s);
     return rc;
+}
+
+/* ------------------------------------------------------ shared memory -- */
+
+static const char *address_family_name(uint16_t family)
+{
+    switch (family) {
+    case NNG_AF_INPROC: return "inproc";
+    case NNG_AF_IPC: return "ipc";
+    case NNG_AF_INET: return "tcp";
+    case NNG_AF_INET6: return "tcp (IPv6)";
+    default: return "unknown";
+    }
+}
+
+/* The uid of the process at the other end of this request's connection,
+ * which must be an ipc:// one: only there is the client on this host, and
+ * only there does the kernel tell the daemon who it is (SO_PEERCRED). */
+static int ipc_peer_uid(request *r, uid_t *uid)
+{
+    nng_sockaddr sa;
+    memset(&sa, 0, sizeof sa);
+    int rv = nng_pipe_id(r->pipe) > 0 ? nng_pipe_get_addr(r->pipe, NNG_OPT_REMADDR, &sa) : NNG_ENOENT;
+    if (rv != 0 || sa.s_family != NNG_AF_IPC)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "shm_attach needs an ipc:// connection (this one is %s): "
+                    "shared memory is for clients on the daemon's host; others step over the wire",
+                    rv != 0 ? "unknown" : address_family_name(sa.s_family));
+    uint64_t peer;
+    if (nng_pipe_get_uint64(r->pipe, NNG_OPT_IPC_PEER_UID, &peer) != 0)
+        return fail(&r->err, OPTIMD_E_BAD_REQUEST, "shm_attach: the daemon cannot tell who the ipc peer is "
+                    "on this platform");
+    *uid = (uid_t)peer;
+    return 0;
+}
+
+static int op_shm_attach(request *r)
+{
+    const char *segment;
+    size_t segment_len;
+    uint64_t size;
+    const msgpack_object *params;
+    uid_t peer = 0;
+    if (wire_get_str(r->root, "segment", true, &segment, &segment_len, &r->err) ||
+        wire_get_uint(r->root, "size", true, &size, &r->err) ||
+        wire_get_map(r->root, "params", true, &params, &r->err) || check_tensor_count(r, params, "params") ||
+        ipc_peer_uid(r, &peer))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    optimd_shm_attachment *a = NULL;
+    int rc = optimd_shm_prepare(s, segment, segment_len, size, peer, nng_pipe_id(r->pipe), params, &a, &r->err);
+    if (rc == 0) {
+        /* The gradient copies are the daemon's memory: they count against
+         * the limits (net of the attachment this one replaces). */
+        uint64_t freed = s->shm ? s->shm->staging_bytes : 0;
+        rc = check_memory_adding(r, s, a->staging_bytes > freed ? a->staging_bytes - freed : 0);
+        if (rc) optimd_shm_discard(a);
+    }
+    size_t attached = rc == 0 ? a->n_entries : 0;
+    if (rc == 0) rc = optimd_shm_install(s, a, &r->err);
+    /* A connection that closed while this was applied found nothing to
+     * detach: look, now that it is installed (transport.c has the order). */
+    if (rc == 0 && !optimd_connection_is_open((uint32_t)nng_pipe_id(r->pipe))) optimd_shm_detach(s);
+    session_unlock(s);
+    session_unref(s);
+    if (rc == 0) {
+        msgpack_packer *pk = reply_begin(r, 1);
+        wire_pack_str(pk, "attached");
+        msgpack_pack_uint64(pk, attached);
+    }
+    return rc;
+}
+
+static int op_shm_step(request *r)
+{
+    step_identity id = {"", 0, 0};
+    step_clip clip;
+    const msgpack_object *names = wire_map_get(r->root, "names");
+    if (names && names->type == MSGPACK_OBJECT_NIL) names = NULL;
+    if (wire_get_uint(r->root, "seq", false, &id.seq, &r->err) ||
+        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err) ||
+        step_clip_parse(r->root, &clip, &r->err))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    if (session_follow_upgrades(s, &r->srv->plugins, &r->err) > 0 && store_save_locked(&r->srv->store, s) != 0)
+        log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
+    step_result res;
+    bool detached = false;
+    int rc = optimd_shm_step(s, names, r->root, &id, &clip, r->srv->pool, &r->srv->store, &res, &detached,
+                             &r->err);
+    if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
+    if (rc == 0) {
+        msgpack_packer *pk = pack_step_counters(r, s, &res, &clip, 1);
+        wire_pack_str(pk, "detached");
+        if (detached) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
+static int op_shm_detach(request *r)
+{
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    bool detached = optimd_shm_detach(s);
+    session_unlock(s);
+    session_unref(s);
+    msgpack_packer *pk = reply_begin(r, 1);
+    wire_pack_str(pk, "detached");
+    if (detached) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    return 0;
+}
+
+void server_connection_closed(server *srv, uint32_t connection)
+{
+    optimd_shm_detach_connection(&srv->sessions, connection);
 }
 
 static int op_observe(request *r)
@@ -2153,6 +2292,7 @@ static const op_entry ops[] = {
     {"observe", op_observe},   {"reload", op_reload},     {"load", op_load},
     {"switch", op_switch},     {"drop", op_drop},         {"shutdown", op_shutdown},
     {"join", op_join},         {"leave", op_leave},       {"unregister", op_unregister},
+    {"shm_attach", op_shm_attach}, {"shm_step", op_shm_step}, {"shm_detach", op_shm_detach},
 };
 
 static int dispatch(request *r, const msgpack_object *root)
@@ -2219,7 +2359,7 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
     wire_writer w;
     wire_writer_init(&w, reply);
     request r = {.srv = srv, .w = &w, .raw = nng_msg_body(request_msg), .raw_len = nng_msg_len(request_msg),
-                 .ticket = ticket};
+                 .ticket = ticket, .pipe = nng_msg_get_pipe(request_msg)};
     ticket->park = false;
     ticket->deadline = 0;
     size_t len = nng_msg_len(request_msg);

@@ -42,5 +42,8 @@ nng_msg *server_handle(server *srv, nng_msg *request, request_ticket *ticket);
 /* A LIMIT reply (id 0) to a request refused without reading it. Takes
  * ownership of `request`. */
 nng_msg *server_refuse(server *srv, nng_msg *request, const char *message);
+/* A client connection (NNG pipe id) closed: what it alone kept alive goes
+ * (the shared-memory segments it attached). Any thread. */
+void server_connection_closed(server *srv, uint32_t connection);
 
 #endif

@@ -4,9 +4,11 @@
 
 #include "grad_clip.h"
 
+#include "finite.h"
 #include "hparams.h"
 #include "host.h"
 #include "log.h"
+#include "shm_attachment.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -179,6 +181,7 @@ static void param_release(const session *s, param *p)
 
 static void session_destroy(session *s)
 {
+    optimd_shm_detach(s);
     for (size_t i = 0; i < s->n_params; i++) {
         param_release(s, &s->params[i]);
         free(s->names[i]);
@@ -595,22 +598,7 @@ int session_append_param(session *s, const char *name, size_t name_len, uint32_t
 
 static bool all_finite(const wire_tensor *g)
 {
-    /* memcpy per element: the bytes may be unaligned in the message. */
-    const unsigned char *b = g->data;
-    if (g->dtype == OPTIMD_DTYPE_F32) {
-        for (int64_t i = 0; i < g->numel; i++) {
-            uint32_t bits;
-            memcpy(&bits, b + 4 * i, 4);
-            if ((bits & 0x7f800000u) == 0x7f800000u) return false;
-        }
-    } else {
-        for (int64_t i = 0; i < g->numel; i++) {
-            uint64_t bits;
-            memcpy(&bits, b + 8 * i, 8);
-            if ((bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull) return false;
-        }
-    }
-    return true;
+    return optimd_all_finite(g->data, (size_t)g->numel, wire_dtype_size(g->dtype));
 }
 
 bool session_grad_finite(const wire_tensor *g)
@@ -870,24 +858,7 @@ static int decode_sparse(const session *s, pending_grad *pg, const msgpack_objec
 /* True when every element of a (contiguous) tensor is finite. */
 bool session_tensor_finite(const optimd_tensor *t)
 {
-    /* Bits through memcpy (no aliasing of float as integer); one branch
-     * for the whole tensor, so the loop vectorises. */
-    const unsigned char *b = t->data;
-    unsigned bad = 0;
-    if (t->dtype == OPTIMD_DTYPE_F32) {
-        for (int64_t i = 0; i < t->numel; i++) {
-            uint32_t bits;
-            memcpy(&bits, b + 4 * i, 4);
-            bad |= (bits & 0x7f800000u) == 0x7f800000u;
-        }
-    } else {
-        for (int64_t i = 0; i < t->numel; i++) {
-            uint64_t bits;
-            memcpy(&bits, b + 8 * i, 8);
-            bad |= (bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-        }
-    }
-    return bad == 0;
+    return optimd_all_finite(t->data, (size_t)t->numel, wire_dtype_size(t->dtype));
 }
 
 /* Copies rows `rows` of a [n, row_len] buffer to or from a compact one. */
@@ -986,8 +957,8 @@ static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, cons
                           step_result *res);
 
 int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
-                 compute_pool *pool, session_commit_fn commit, void *ctx, step_result *res,
-                 request_error *err)
+                 const step_extras *extras, compute_pool *pool, session_commit_fn commit, void *ctx,
+                 step_result *res, request_error *err)
 {
     memset(res, 0, sizeof *res);
     client_seq *cs = NULL;
@@ -1054,7 +1025,8 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
                       s->names[idx], wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
             break;
         }
-        if (!all_finite(g))
+        bool checked = extras && extras->grads_finite;
+        if (!checked && !optimd_all_finite_parallel(pool, g->data, (size_t)g->numel, wire_dtype_size(g->dtype)))
             rc = fail(err, OPTIMD_E_NONFINITE, "gradient for '%s' holds NaN or infinity; nothing applied",
                       s->names[idx]);
     }
@@ -1150,7 +1122,13 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
          * a plugin bug. Parameters before this one are already updated, so
          * the session is stopped rather than left to go on half-stepped. */
         const char *bad = st != OPTIMD_OK ? (hc.call.error[0] ? hc.call.error : "step failed") : NULL;
-        if (!bad && !session_tensor_finite(&pv)) bad = "it wrote NaN or infinity into the parameter";
+        if (!bad) {
+            bool by_caller = extras && extras->updated && !pg->sparse && !s->lookahead_k;
+            bool finite = by_caller ? extras->updated(extras->updated_ctx, s, (size_t)(p - s->params))
+                                    : optimd_all_finite_parallel(pool, pv.data, (size_t)pv.numel,
+                                                                 wire_dtype_size(pv.dtype));
+            if (!finite) bad = "it wrote NaN or infinity into the parameter";
+        }
         if (bad) {
             snprintf(s->stopped, sizeof s->stopped, "plugin %.64s %.32s failed on '%.40s' at step %llu: %.100s",
                      s->opt->desc->id, s->opt->desc->version, s->names[p - s->params],

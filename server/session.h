@@ -166,6 +166,10 @@ typedef struct session {
     client_seq *clients;       /* sequenced clients, in first-seen order */
     size_t n_clients;
 
+    /* The shared-memory segment a co-located client attached (shm_attach),
+     * or NULL; see shm_attachment.h. */
+    struct optimd_shm_attachment *shm;
+
     param *params;             /* registration order */
     char **names;              /* names[i] is params[i]'s name */
     size_t n_params;
@@ -267,14 +271,29 @@ typedef struct step_result {
     bool group_clipped[SESSION_MAX_GROUPS];   /* the group had gradients */
 } step_result;
 
+/* What a caller that moves tensors itself (a shared-memory step) adds to a
+ * step, each to save a pass over tensors of tens of megabytes. */
+typedef struct step_extras {
+    /* The caller found every gradient finite already, in the pass that
+     * copied it; the check is not run again. */
+    bool grads_finite;
+    /* Called for each dense parameter the plugin updated, in place of the
+     * daemon's scan for NaN and infinity: returns whether every element is
+     * finite (the caller copies it out and checks it in one pass). Not
+     * called with lookahead on, whose synchronisation changes the
+     * parameter after the check. NULL: the daemon scans. */
+    bool (*updated)(void *ctx, const struct session *s, size_t index);
+    void *updated_ctx;
+} step_extras;
+
 /* One step request: the map name -> gradient. Everything is checked before
  * anything changes. On success the parameters the request names (and the
  * daemon has) carry mark == request_serial. A sequenced step whose seq is
  * not above the client's last one is a duplicate: answered from the record
- * of its first application, not applied. */
+ * of its first application, not applied. `extras` may be NULL. */
 int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
-                 compute_pool *pool, session_commit_fn commit, void *ctx, step_result *res,
-                 request_error *err);
+                 const step_extras *extras, compute_pool *pool, session_commit_fn commit, void *ctx,
+                 step_result *res, request_error *err);
 
 /* Mutable hyperparameters of `group` (-1: every group); "lr" also becomes
  * the next step's lr. */

@@ -296,7 +296,7 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
         wire_get_str(req, "client", false, &id.client, &id.client_len, &err);
         step_result res;
         if (step_clip_parse(req, &clip, &err) == 0)
-            result = session_step(s, map, &id, &clip, rc->pool, NULL, NULL, &res, &err);
+            result = session_step(s, map, &id, &clip, NULL, rc->pool, NULL, NULL, &res, &err);
         /* A sync round's combined step: the sequence numbers of its pushes. */
         const msgpack_object *seqs = wire_map_get(req, "seqs");
         for (uint32_t i = 0; result == 0 && seqs && seqs->type == MSGPACK_OBJECT_ARRAY && i < seqs->via.array.size; i++) {

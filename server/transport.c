@@ -1,5 +1,6 @@
 #include "transport.h"
 
+#include "connections.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -104,12 +105,6 @@ static void ctx_callback(void *arg)
     transport *t = c->t;
     int rv = nng_aio_result(c->aio);
     if (c->state == CTX_SENDING) {
-        if (c->pipe) {
-            pthread_mutex_lock(&t->mutex);
-            pipe_add(t, c->pipe, -1);
-            pthread_mutex_unlock(&t->mutex);
-            c->pipe = 0;
-        }
         if (rv != 0) {
             /* The client went away; its reply has nowhere to go. */
             nng_msg_free(nng_aio_get_msg(c->aio));
@@ -145,6 +140,15 @@ static void ctx_callback(void *arg)
     pthread_mutex_unlock(&t->mutex);
 }
 
+/* The request no longer counts against its connection's --max-in-flight:
+ * its reply is handed to NNG (a client that has it may send the next at
+ * once, before the send completes here). The caller holds t->mutex. */
+static void release_pipe(transport *t, ctx_slot *c)
+{
+    if (c->pipe) pipe_add(t, c->pipe, -1);
+    c->pipe = 0;
+}
+
 static void send_reply(ctx_slot *c, nng_msg *reply)
 {
     nng_aio_set_msg(c->aio, reply);
@@ -162,6 +166,7 @@ static void park(transport *t, ctx_slot *c, int64_t deadline)
         c->state = CTX_SENDING;
         nng_msg_free(c->request);
         c->request = NULL;
+        release_pipe(t, c);
     } else if (c->wake_pending && !t->stopping) {
         c->wake_pending = false;
         c->rerun = true;
@@ -173,6 +178,28 @@ static void park(transport *t, ctx_slot *c, int64_t deadline)
     }
     pthread_mutex_unlock(&t->mutex);
     if (answer) send_reply(c, answer);
+}
+
+/* NNG thread: a connection opened or closed. What only a closed one kept
+ * alive goes now (the segments its client attached), not when the session
+ * ends: a killed client must not leave its memory mapped for the session's
+ * lifetime. It leaves the open set first: an attach that installs after
+ * this scan sees the connection gone and detaches by itself (ops.c). NNG
+ * calls this outside its own locks, so waiting for a session's lock here
+ * (a step in progress) holds up only this connection's teardown. Every
+ * connection is gone by the end of transport_stop, before the sessions. */
+static void on_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    transport *t = arg;
+    int id = nng_pipe_id(p);
+    if (id <= 0) return;
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        if (optimd_connection_opened((uint32_t)id) != 0)
+            log_warn("out of memory tracking connections: connection %d cannot attach shared memory", id);
+        return;
+    }
+    optimd_connection_closed((uint32_t)id);
+    server_connection_closed(t->srv, (uint32_t)id);
 }
 
 static void *request_thread(void *arg)
@@ -215,12 +242,9 @@ static void *request_thread(void *arg)
             }
         }
         c->request = NULL;
-        if (!reply && c->pipe) {
-            pthread_mutex_lock(&t->mutex);
-            pipe_add(t, c->pipe, -1);
-            pthread_mutex_unlock(&t->mutex);
-            c->pipe = 0;
-        }
+        pthread_mutex_lock(&t->mutex);
+        release_pipe(t, c);
+        pthread_mutex_unlock(&t->mutex);
         if (!reply) {
             log_error("out of memory: request dropped without a reply");
             arm_receive(c);
@@ -258,6 +282,7 @@ void transport_answer(void *handle, nng_msg *reply)
         c->deadline = 0;
         nng_msg_free(c->request);
         c->request = NULL;
+        release_pipe(t, c);
     } else {
         if (c->answer) nng_msg_free(c->answer);
         c->answer = reply;
@@ -427,6 +452,13 @@ int transport_start(transport **out, server *srv, char *bound_url, size_t cap)
      * still gets a TOO_LARGE reply; larger ones are cut by the transport. */
     uint64_t transport_max = o->max_message * 2;
     nng_socket_set_size(t->sock, NNG_OPT_RECVMAXSZ, (size_t)transport_max);
+    if ((rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_ADD_POST, on_pipe_event, t)) != 0 ||
+        (rv = nng_pipe_notify(t->sock, NNG_PIPE_EV_REM_POST, on_pipe_event, t)) != 0) {
+        log_error("cannot watch connections: %s", nng_strerror(rv));
+        nng_close(t->sock);
+        free(t);
+        return -1;
+    }
 
     t->slots = calloc(o->contexts, sizeof *t->slots);
     t->threads = calloc(o->request_threads, sizeof *t->threads);

@@ -47,6 +47,7 @@ from .errors import (
     WrongKindError,
 )
 from .lr_range import LRRangeResult, lr_range_test
+from .shared_memory import SharedMemory
 from .messages import INHERIT, ClipNorm, Group, Request
 from .results import (
     JoinResult,
@@ -69,6 +70,7 @@ from .results import (
     SessionInfo,
     SessionSummary,
     SlotDecl,
+    SharedStepResult,
     StepResult,
     SwitchResult,
 )
@@ -112,6 +114,8 @@ __all__ = [
     "Hparams",
     "SessionSummary",
     "StepResult",
+    "SharedStepResult",
+    "SharedMemory",
     "SwitchResult",
     "PluginLoad",
     # Every exception class, as errors.py lists them (one list to keep).

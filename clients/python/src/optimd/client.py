@@ -25,9 +25,11 @@ from .results import (
     Session,
     SessionInfo,
     SessionSummary,
+    SharedStepResult,
     StepResult,
     SwitchResult,
 )
+from .shared_memory import SharedMemory
 from .transport import Transport
 from .wire import HparamValue, decode_reply, encode_request
 
@@ -330,6 +332,47 @@ class Client:
         """Removes ``worker`` from the session; a push of it that waits is
         answered with :class:`~optimd.UnknownWorkerError`."""
         result: JoinResult = self.send(messages.leave(session, worker))
+        return result
+
+    # -- shared memory (a client on the daemon's host, over ipc://) -------
+
+    def shared_memory(self, session: Session, names: Iterable[str] | None = None) -> SharedMemory:
+        """Puts the named parameters (default: all) and their gradients in a
+        new shared-memory segment the daemon maps, so that
+        :meth:`SharedMemory.step` moves no tensor bytes through the socket.
+        This client must be connected over ``ipc://``; see
+        :class:`~optimd.SharedMemory`."""
+        return SharedMemory(self, session, names)
+
+    def shm_attach(
+        self, session: Session, segment: str, size: int, layout: Mapping[str, tuple[int, int]]
+    ) -> int:
+        """The raw ``shm_attach``: maps segment ``segment`` (a POSIX shm name
+        of a file of ``size`` bytes this process owns, mode 0600) with each
+        parameter's (param, grad) byte offsets; returns how many it laid
+        out. :meth:`shared_memory` does all of this for you."""
+        result: int = self.send(messages.shm_attach(session, segment, size, layout))
+        return result
+
+    def shm_step(
+        self,
+        session: Session,
+        names: Iterable[str] | None = None,
+        *,
+        seq: int | None = None,
+        client: str | None = None,
+        clip_value: float | None = None,
+        clip_norm: ClipNormSpec | None = None,
+    ) -> SharedStepResult:
+        """The raw ``shm_step``: a step with the gradients in the attached
+        segment, the new parameters written back there."""
+        result: SharedStepResult = self.send(messages.shm_step(
+            session, names, seq=seq, client=client, clip_value=clip_value, clip_norm=clip_norm))
+        return result
+
+    def shm_detach(self, session: Session) -> bool:
+        """Unmaps the session's segment on the daemon; False if none was."""
+        result: bool = self.send(messages.shm_detach(session))
         return result
 
     def observe(self, session: Session, metric: float, group: str | None = None) -> ObserveResult:

@@ -35,6 +35,7 @@ from .results import (
     Session,
     SessionInfo,
     SessionSummary,
+    SharedStepResult,
     StepResult,
     SwitchResult,
     PluginLoad,
@@ -74,6 +75,9 @@ __all__ = [
     "import_into",
     "unregister",
     "pull",
+    "shm_attach",
+    "shm_step",
+    "shm_detach",
 ]
 
 
@@ -305,13 +309,28 @@ def step(
     fields = {**_session_fields(session), "grads": _tensors(grads)}
     if worker is not None:
         fields["worker"] = worker
+    _step_options(fields, seq, client, clip_value, clip_norm, return_params)
+    return Request("step", fields)
+
+
+def _step_options(
+    fields: dict[str, Any],
+    seq: int | None,
+    client: str | None,
+    clip_value: float | None,
+    clip_norm: ClipNormSpec | None,
+    return_params: bool | None = None,
+) -> None:
+    """The keys ``step`` and ``shm_step`` share: sequencing and clipping
+    (and ``step``'s ``return``, between them, where it always was)."""
     if seq is not None:
         fields["seq"] = seq
         if client is not None:
             fields["client"] = client
     elif client is not None:
         raise ValueError("client given without seq")
-    fields["return"] = bool(return_params)
+    if return_params is not None:
+        fields["return"] = bool(return_params)
     if clip_value is not None:
         if not clip_value > 0:
             raise ValueError(f"clip_value must be > 0, not {clip_value}")
@@ -323,7 +342,38 @@ def step(
             fields["clip_norm"] = ClipNorm(**clip_norm).to_wire()
         else:
             fields["clip_norm"] = ClipNorm(float(clip_norm)).to_wire()
-    return Request("step", fields)
+
+
+def shm_attach(
+    session: Session, segment: str, size: int, layout: Mapping[str, tuple[int, int]]
+) -> Request:
+    """``layout`` maps each parameter name to its (param, grad) byte offsets
+    in the segment."""
+    params = {name: {"param": int(p), "grad": int(g)} for name, (p, g) in layout.items()}
+    return Request("shm_attach", {**_session_fields(session), "segment": segment, "size": int(size),
+                                  "params": params})
+
+
+def shm_step(
+    session: Session,
+    names: Iterable[str] | None = None,
+    *,
+    seq: int | None = None,
+    client: str | None = None,
+    clip_value: float | None = None,
+    clip_norm: ClipNormSpec | None = None,
+) -> Request:
+    fields = _session_fields(session)
+    if names is not None:
+        if isinstance(names, str):
+            raise TypeError("shm_step: names is an iterable of names, not one str")
+        fields["names"] = list(names)
+    _step_options(fields, seq, client, clip_value, clip_norm)
+    return Request("shm_step", fields)
+
+
+def shm_detach(session: Session) -> Request:
+    return Request("shm_detach", _session_fields(session))
 
 
 def observe(session: Session, metric: float, group: str | None = None) -> Request:
@@ -436,6 +486,20 @@ def _import(reply: dict[str, Any]) -> Any:
     return _imported(reply) if "imported" in reply else ImportResult.from_reply(reply)
 
 
+def _count_in(reply: dict[str, Any], op: str, key: str) -> int:
+    count = reply.get(key)
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise ProtocolError(f"{op}: the reply has no '{key}' count")
+    return count
+
+
+def _flag(reply: dict[str, Any], op: str, key: str) -> bool:
+    flag = reply.get(key)
+    if not isinstance(flag, bool):
+        raise ProtocolError(f"{op}: the reply has no '{key}' bool")
+    return flag
+
+
 #: op -> the function that turns its success reply map into the typed result
 #: the matching :class:`~optimd.Client` method returns.
 PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
@@ -463,6 +527,9 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "pull": lambda r: tensors_from_reply(r, "pull"),
     "join": JoinResult.from_reply,
     "leave": JoinResult.from_reply,
+    "shm_attach": lambda r: _count_in(r, "shm_attach", "attached"),
+    "shm_step": SharedStepResult.from_reply,
+    "shm_detach": lambda r: _flag(r, "shm_detach", "detached"),
 }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "Hparams",
     "SessionSummary",
     "StepResult",
+    "SharedStepResult",
     "SwitchResult",
     "PluginLoad",
     "Array",
@@ -655,6 +656,26 @@ class StepResult:
             combined=_get(reply, "combined", int, w) if "combined" in reply else None,
             lead=_get(reply, "lead", int, w) if "lead" in reply else None,
             waited=_get(reply, "waited", bool, w) if "waited" in reply else None,
+        )
+
+
+@dataclass(frozen=True)
+class SharedStepResult(StepResult):
+    """The ``shm_step`` reply: a :class:`StepResult` whose ``params`` is always
+    empty (the daemon wrote them into the segment). ``detached`` is true when
+    the segment shrank while the daemon wrote them: the step was applied, the
+    segment is detached, and the values are to be had with ``pull``."""
+
+    detached: bool = False
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> SharedStepResult:
+        w = "shm_step"
+        base = StepResult.from_reply(reply)
+        return cls(
+            steps=base.steps, lr=base.lr, next_lr=base.next_lr, params={}, duplicate=base.duplicate,
+            lrs=base.lrs, next_lrs=base.next_lrs, grad_norm=base.grad_norm, grad_norms=base.grad_norms,
+            detached=_get(reply, "detached", bool, w),
         )
 
 
