@@ -184,6 +184,37 @@ class ClusterTests(unittest.TestCase):
             self.assertLessEqual(held4[url], held3[url])
         self.assertEqual(set().union(*held4.values()), set(SHAPES))
 
+    def test_parallel_steps(self) -> None:
+        """parallel=True asks every server at once: the same results as one
+        server, and a refusal lists every other server as applied."""
+        three = optimd.Cluster([d.url for d in self.daemons[:3]], timeout=60, parallel=True)
+        self.addCleanup(three.close)
+        init = initial_params()
+        s = self.open(three, "parallel")
+        three.register(s, init)
+        ref_client = optimd.Client(self.daemons[3].url, timeout=60)
+        self.addCleanup(ref_client.close)
+        ref = ref_client.open("parallel_ref", "adamw", HPARAMS, scheduler="step", sched_hparams=SCHED)
+        self.addCleanup(ref_client.close_session, ref)
+        ref_client.register(ref, init)
+        rng = np.random.default_rng(5)
+        for step in range(5):
+            grads = gradients(rng, list(SHAPES))
+            got, want = three.step(s, grads, seq=step + 1, client="p"), ref_client.step(ref, grads)
+            self.assertEqual((got.steps, got.lr, got.next_lr), (want.steps, want.lr, want.next_lr))
+            for n in SHAPES:
+                self.assertEqual(got.params[n].tobytes(), want.params[n].tobytes(), f"{n} at step {step + 1}")
+        middle = three.urls[1]
+        bad_name = next(n for n in SHAPES if three.placement(n) == middle)
+        bad = gradients(rng, list(SHAPES))
+        bad[bad_name] = np.full(SHAPES[bad_name][0], np.nan, SHAPES[bad_name][1])
+        with self.assertRaises(optimd.NonfiniteError) as caught:
+            three.step(s, bad, seq=6, client="p")
+        self.assertEqual(caught.exception.url, middle)
+        self.assertEqual(caught.exception.applied, (three.urls[0], three.urls[2]))
+        self.assertEqual({u: i.steps for u, i in three.info(s).items()},
+                         {three.urls[0]: 6, middle: 5, three.urls[2]: 6})
+
     def test_refusing_server(self) -> None:
         three = self.cluster(self.daemons[:3])
         s = self.open(three, "refuse")

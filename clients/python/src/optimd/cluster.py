@@ -20,6 +20,7 @@ servers' gradients; see :class:`Cluster` for what follows from that.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -114,13 +115,17 @@ class Cluster:
       see only each server's share.
     """
 
-    def __init__(self, urls: Sequence[str], **client_kwargs: Any) -> None:
+    def __init__(self, urls: Sequence[str], *, parallel: bool = False, **client_kwargs: Any) -> None:
+        """``parallel``: ``step`` sends to every server at once (one thread
+        each) instead of one after another; see :meth:`step`."""
         urls = tuple(urls)
         if not urls:
             raise ValueError("a cluster needs at least one server URL")
         if len(set(urls)) != len(urls):
             raise ValueError(f"server URLs listed twice: {urls!r}")
         self.urls: tuple[str, ...] = urls
+        self.parallel = parallel
+        self._pool: ThreadPoolExecutor | None = None
         self.clients: dict[str, Client] = {}
         self._client_kwargs = client_kwargs
         try:
@@ -134,6 +139,9 @@ class Cluster:
 
     def close(self) -> None:
         """Closes every connection (sessions stay on the daemons)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for client in self.clients.values():
             client.close()
 
@@ -271,21 +279,49 @@ class Cluster:
         than one server raises ValueError: no server sees the global norm.
         ``worker``: a push by that worker to every server (in the order of
         ``urls``, so the workers of a sync session complete each server's
-        round in turn)."""
+        round in turn).
+
+        With ``parallel=True`` (the constructor's) every server is asked at
+        once, one thread each, and the call takes as long as the slowest
+        server rather than their sum. Every server is then asked even when
+        one refuses: the exception is the first failing server's in the order
+        of ``urls``, and ``applied`` lists every server that applied the step
+        (possibly some after the failing one)."""
         if clip_norm is not None and len(self.urls) > 1:
             raise ValueError(
                 "clip_norm needs the norm over every gradient, and each server sees only its "
                 "own: clip before calling step (or use clip_value) with several servers")
         parts = self.split(grads)
         results: dict[str, StepResult] = {}
-        for url, s in self._each(session):
-            try:
-                results[url] = self.clients[url].step(
-                    s, parts.get(url, {}), return_params=return_params, seq=seq, client=client,
-                    clip_value=clip_value, clip_norm=clip_norm, worker=worker)
-            except (OptimdError, TransportError) as exc:
-                _annotate(exc, url, tuple(results))
-                raise
+
+        def one(url: str, s: Session) -> StepResult:
+            return self.clients[url].step(
+                s, parts.get(url, {}), return_params=return_params, seq=seq, client=client,
+                clip_value=clip_value, clip_norm=clip_norm, worker=worker)
+
+        if self.parallel and len(self.urls) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=len(self.urls), thread_name_prefix="optimd-cluster")
+            futures = [(url, self._pool.submit(one, url, s)) for url, s in self._each(session)]
+            failed: tuple[str, BaseException] | None = None
+            for url, future in futures:
+                exc = future.exception()
+                if exc is None:
+                    results[url] = future.result()
+                elif failed is None:
+                    failed = (url, exc)
+            if failed is not None:
+                url, exc = failed
+                if isinstance(exc, (OptimdError, TransportError)):
+                    _annotate(exc, url, tuple(results))
+                raise exc
+        else:
+            for url, s in self._each(session):
+                try:
+                    results[url] = one(url, s)
+                except (OptimdError, TransportError) as exc:
+                    _annotate(exc, url, tuple(results))
+                    raise
         params: dict[str, Array] = {}
         for result in results.values():
             params.update(result.params)
