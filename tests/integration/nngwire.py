@@ -4,6 +4,7 @@ it is deliberately small and independent of the C client, so the two check
 each other."""
 import ctypes
 import ctypes.util
+import faulthandler
 import os
 import resource
 import shutil
@@ -13,6 +14,10 @@ import tempfile
 import time
 
 import msgpack
+
+# A test that hangs prints every thread's stack and exits before CTest's
+# timeout kills it silently (which would leave no clue where it hung).
+faulthandler.dump_traceback_later(int(os.environ.get("OPTIMD_TEST_WATCHDOG_S", "540")), exit=True)
 
 _lib = ctypes.CDLL(ctypes.util.find_library("nng") or "libnng.so.1")
 
