@@ -22,17 +22,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The success reply of a step up to its own keys (`extra` of them, packed
- * by the caller next): steps, lr, next_lr, duplicate and, where they
- * apply, the per-group lrs and the gradient norm(s). */
-msgpack_packer *pack_step_counters(request *r, const session *s, const step_result *res,
-                                   const step_clip *clip, uint32_t extra)
+/* The keys every step reply has (steps, lr, next_lr, duplicate) and, where
+ * they apply, the per-group lrs and the gradient norm(s); returns how many
+ * pairs it packed. */
+uint32_t pack_step_counter_pairs(msgpack_packer *pk, const session *s, const step_result *res,
+                                 const step_clip *clip)
 {
     /* Per-group lrs only where there is more than one group, and the
      * norm only where the step clipped by norm (duplicates: neither). */
     bool group_lrs = s->n_groups > 1 && !res->duplicate;
     bool norm = clip->max_norm > 0 && !res->duplicate;
-    msgpack_packer *pk = reply_begin(r, 4 + extra + 2 * group_lrs + norm);
     wire_pack_str(pk, "steps");
     msgpack_pack_uint64(pk, res->steps);
     wire_pack_str(pk, "lr");
@@ -64,6 +63,18 @@ msgpack_packer *pack_step_counters(request *r, const session *s, const step_resu
         wire_pack_str(pk, "grad_norm");
         msgpack_pack_double(pk, res->grad_norm);
     }
+    return 4 + 2 * group_lrs + norm;
+}
+
+/* The success reply of a step up to its own keys (`extra` of them, packed
+ * by the caller next). */
+msgpack_packer *pack_step_counters(request *r, const session *s, const step_result *res,
+                                   const step_clip *clip, uint32_t extra)
+{
+    bool group_lrs = s->n_groups > 1 && !res->duplicate;
+    bool norm = clip->max_norm > 0 && !res->duplicate;
+    msgpack_packer *pk = reply_begin(r, 4 + extra + 2 * group_lrs + norm);
+    pack_step_counter_pairs(pk, s, res, clip);
     return pk;
 }
 
@@ -84,7 +95,7 @@ void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool w
             size_t n = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
             bytes += 384 + (rows ? n * (9 + (p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0)) : p->nbytes);
         }
-        nng_msg_reserve(r->w->msg, bytes);
+        reply_reserve(r, bytes);
     }
     msgpack_packer *pk = pack_step_counters(r, s, res, clip, want_params + extra);
     if (want_params) {
@@ -140,6 +151,8 @@ int op_step(request *r)
         rc = worker_push(r, s, grads, want_params, &id, &clip);
     } else if (wire_map_get(r->root, "worker")) {
         rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "session '%s' has no workers: a step names no 'worker'", s->name);
+    } else if (want_params && step_reply_can_stream(s, grads)) {
+        rc = step_streaming_reply(r, s, grads, &id, &clip);
     } else {
         step_result res;
         rc = apply_step(r, s, grads, &id, &clip, &res);
@@ -169,7 +182,7 @@ int op_pull(request *r)
     if (rc == 0) {
         size_t bytes = 256;
         for (size_t i = 0; i < count; i++) bytes += 384 + s->params[idx[i]].nbytes;
-        nng_msg_reserve(r->w->msg, bytes);
+        reply_reserve(r, bytes);
         msgpack_packer *pk = reply_begin(r, 1);
         wire_pack_str(pk, "params");
         msgpack_pack_map(pk, (uint32_t)count);

@@ -37,6 +37,10 @@ typedef struct request {
 
 /* request.c */
 const plugin *request_hold(request *r, plugin *p);
+/* Room for a reply of about `bytes`, asked before anything is packed: a
+ * large one gets a buffer the message cache kept (message_cache.h) rather
+ * than a fresh zero-filled one. */
+void reply_reserve(request *r, size_t bytes);
 msgpack_packer *reply_begin(request *r, uint32_t n_pairs);
 void write_error(wire_writer *w, uint64_t id, const request_error *err);
 session *request_session(request *r);
@@ -77,6 +81,8 @@ int op_observe(request *r);
 int op_switch(request *r);
 
 /* ops_step.c */
+uint32_t pack_step_counter_pairs(msgpack_packer *pk, const session *s, const step_result *res,
+                                 const step_clip *clip);
 msgpack_packer *pack_step_counters(request *r, const session *s, const step_result *res,
                                    const step_clip *clip, uint32_t extra);
 void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool want_params,
@@ -84,6 +90,12 @@ void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool w
 int apply_step(request *r, session *s, const msgpack_object *grads, const step_identity *id,
                const step_clip *clip, step_result *res);
 int op_step(request *r);
+
+/* step_reply.c: a plain step's reply with the parameters written into it
+ * while the step runs. */
+bool step_reply_can_stream(const session *s, const msgpack_object *grads);
+int step_streaming_reply(request *r, session *s, const msgpack_object *grads, const step_identity *id,
+                         const step_clip *clip);
 int op_pull(request *r);
 int op_state(request *r);
 

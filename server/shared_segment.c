@@ -100,66 +100,9 @@ typedef struct copy_job {
     bool bad;                  /* an element was not finite */
 } copy_job;
 
-/* Below this a copy goes through the cache as usual. */
-#define STREAM_MIN ((size_t)256 << 10)
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-
-/* Non-temporal stores for the large copies: tensors here are tens of
- * megabytes, far beyond any cache, and a plain store first reads the line
- * it overwrites; streaming saves that third of the traffic (1.7 ms instead
- * of 2.1 for 40 MB on the machine of docs/performance.md). The check runs
- * on the registers the copy loads anyway. An f64 is not finite when its
- * high half's exponent bits are all ones: lanes 1 and 3 are compared, and
- * lanes 0 and 2 are made to never match (x & 0 is never 1). */
-static void stream_copy(copy_job *j)
-{
-    size_t body = (uintptr_t)j->dst % 16 == 0 ? j->n / 64 * 64 : 0;
-    const __m128i mask = j->elem_size == 8 ? _mm_set_epi32(0x7ff00000, 0, 0x7ff00000, 0) : _mm_set1_epi32(0x7f800000);
-    const __m128i want = j->elem_size == 8 ? _mm_set_epi32(0x7ff00000, 1, 0x7ff00000, 1) : mask;
-    __m128i acc = _mm_setzero_si128();
-    for (size_t i = 0; i < body; i += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(j->src + i));
-        __m128i b = _mm_loadu_si128((const __m128i *)(j->src + i + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(j->src + i + 32));
-        __m128i d = _mm_loadu_si128((const __m128i *)(j->src + i + 48));
-        if (j->elem_size) {
-            acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_and_si128(a, mask), want));
-            acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_and_si128(b, mask), want));
-            acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_and_si128(c, mask), want));
-            acc = _mm_or_si128(acc, _mm_cmpeq_epi32(_mm_and_si128(d, mask), want));
-        }
-        _mm_stream_si128((__m128i *)(j->dst + i), a);
-        _mm_stream_si128((__m128i *)(j->dst + i + 16), b);
-        _mm_stream_si128((__m128i *)(j->dst + i + 32), c);
-        _mm_stream_si128((__m128i *)(j->dst + i + 48), d);
-    }
-    /* Streaming stores are weakly ordered: done before anyone reads them. */
-    _mm_sfence();
-    if (_mm_movemask_epi8(acc)) j->bad = true;
-    memcpy(j->dst + body, j->src + body, j->n - body);
-    if (j->elem_size && !optimd_all_finite(j->dst + body, (j->n - body) / j->elem_size, j->elem_size))
-        j->bad = true;
-}
-#define HAVE_STREAM_COPY 1
-#endif
-
 static void copy_body(copy_job *j)
 {
-#ifdef HAVE_STREAM_COPY
-    if (j->n >= STREAM_MIN) {
-        stream_copy(j);
-        return;
-    }
-#endif
-    /* Checked block by block while each is still in L1. */
-    const size_t block = 16384;
-    for (size_t at = 0; at < j->n; at += block) {
-        size_t len = j->n - at < block ? j->n - at : block;
-        memcpy(j->dst + at, j->src + at, len);
-        if (j->elem_size && !optimd_all_finite(j->dst + at, len / j->elem_size, j->elem_size)) j->bad = true;
-    }
+    if (!optimd_copy_finite(j->dst, j->src, j->n, j->elem_size)) j->bad = true;
 }
 
 static int guarded_copy(const optimd_shared_segment *seg, copy_job *j)

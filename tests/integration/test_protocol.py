@@ -225,6 +225,43 @@ class Sessions(DaemonTest):
         self.assertEqual(self.ok(self.c.call("pull", **dirty, names=[]))["params"], {})
         self.assertEqual(list(self.ok(self.c.call("pull", **dirty, names=["b"]))["params"]), ["b"])
 
+    def test_step_reply_carries_each_updated_parameter(self):
+        # Large (streaming copies, a reused reply buffer), 2-D, f64 and tiny
+        # parameters in one session; each reply must hold exactly the
+        # parameters its step named, as updated (SGD with lr 0.5: one exact
+        # rounding, p - 0.5 g), over several steps so that later replies
+        # reuse earlier buffers, and a retried step must answer with the
+        # parameters as they stand without stepping again.
+        rng = np.random.default_rng(7)
+        p = {"big": rng.standard_normal(300_001).astype(np.float32),
+             "mat": rng.standard_normal((33, 17)).astype(np.float32),
+             "dbl": rng.standard_normal(1000),
+             "one": np.array([2.5], np.float32)}
+        s = self.open("reply", hparams={"lr": 0.5})
+        self.ok(self.c.call("register", **s, params={k: tensor(v) for k, v in p.items()}))
+        plans = [["big", "mat", "dbl", "one"], ["dbl", "big"], ["one"], ["mat", "big", "one", "dbl"]]
+        for i, names in enumerate(plans):
+            g = {k: (rng.standard_normal(p[k].shape) * 3).astype(p[k].dtype) for k in names}
+            r = self.ok(self.c.call("step", **s, grads={k: tensor(g[k]) for k in names}, seq=i + 1, client="c"))
+            for k in names:
+                p[k] = (p[k] - p[k].dtype.type(0.5) * g[k]).astype(p[k].dtype)
+            self.assertEqual(list(r["params"]), names)
+            for k in names:
+                got = array(r["params"][k])
+                self.assertEqual(got.dtype, p[k].dtype)
+                self.assertEqual(got.shape, p[k].shape)
+                np.testing.assert_array_equal(got, p[k], err_msg=f"step {i + 1}, '{k}'")
+            self.assertEqual((r["steps"], r["lr"], r["duplicate"]), (i + 1, 0.5, False))
+            again = self.ok(self.c.call("step", **s, grads={k: tensor(g[k] + 1) for k in names},
+                                        seq=i + 1, client="c"))
+            self.assertTrue(again["duplicate"])
+            self.assertEqual(again["steps"], i + 1)
+            for k in names:
+                np.testing.assert_array_equal(array(again["params"][k]), p[k], err_msg=f"retry {i + 1}, '{k}'")
+        pulled = self.ok(self.c.call("pull", **s))["params"]
+        for k in p:
+            np.testing.assert_array_equal(array(pulled[k]), p[k])
+
     def test_state_returns_every_allocated_slot(self):
         s = self.open("slots", "adam", hparams={"lr": 0.1, "amsgrad": True})
         self.ok(self.c.call("register", **s, params={"w": tensor(np.zeros(3, np.float32)),
@@ -271,6 +308,11 @@ class Sessions(DaemonTest):
         self.ok(self.c.call("register", **s, params={"w": tensor(np.ones(2, np.float32))}))
         r = self.ok(self.c.call("step", **s, grads={"w": tensor(np.ones(2, np.float32))}))
         self.assertEqual(r["lr"], 0.2)
+
+
+class SessionsWithoutMessageCache(Sessions):
+    """The same, with every reply in a fresh buffer (--message-cache 0)."""
+    extra_args = ("--message-cache", "0")
 
 
 class Scheduler(DaemonTest):
