@@ -213,7 +213,6 @@ int main(int argc, char **argv)
     if (srv.plugins.count == 0)
         log_warn("no plugins loaded: every 'open' will fail until plugins are installed");
     session_table_init(&srv.sessions, opts.max_sessions);
-    message_cache_init(&srv.messages, (size_t)opts.message_cache);
     if (compute_pool_start(&srv.pool, opts.compute_threads) != 0) {
         log_error("cannot start compute threads");
         return 1;
@@ -289,7 +288,6 @@ int main(int argc, char **argv)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     session_table_clear(&srv.sessions);
-    message_cache_destroy(&srv.messages);
     compute_pool_stop(srv.pool);
     plugin_registry_unload(&srv.plugins);
     store_close(&srv.store);

@@ -126,7 +126,6 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
     }
     for (size_t i = 0; i < r.n_held; i++) plugin_unref(r.held[i]);
     free(r.held);
-    reply = w.msg;   /* reply_reserve may have swapped it for a kept one */
     if (ticket->park && !r.err.code) {
         /* Parked: the message stays with the transport, the reply comes later. */
         nng_msg_free(reply);
@@ -140,6 +139,6 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
         write_error(&w, r.id, &r.err);
     }
     metrics_record(r.op, r.err.code, metrics_now_ns() - started, len, nng_msg_len(reply));
-    message_cache_give(&srv->messages, request_msg);
+    nng_msg_free(request_msg);
     return reply;
 }

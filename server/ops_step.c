@@ -95,7 +95,7 @@ void pack_step_reply(request *r, session *s, const msgpack_object *grads, bool w
             size_t n = rows && rows->type == MSGPACK_OBJECT_ARRAY ? rows->via.array.size : 0;
             bytes += 384 + (rows ? n * (9 + (p->shape[0] ? p->nbytes / (size_t)p->shape[0] : 0)) : p->nbytes);
         }
-        reply_reserve(r, bytes);
+        nng_msg_reserve(r->w->msg, bytes);
     }
     msgpack_packer *pk = pack_step_counters(r, s, res, clip, want_params + extra);
     if (want_params) {
@@ -182,7 +182,7 @@ int op_pull(request *r)
     if (rc == 0) {
         size_t bytes = 256;
         for (size_t i = 0; i < count; i++) bytes += 384 + s->params[idx[i]].nbytes;
-        reply_reserve(r, bytes);
+        nng_msg_reserve(r->w->msg, bytes);
         msgpack_packer *pk = reply_begin(r, 1);
         wire_pack_str(pk, "params");
         msgpack_pack_map(pk, (uint32_t)count);

@@ -58,7 +58,7 @@ int op_export(request *r)
     }
     session_unlock(s);
     if (rc == 0) {
-        reply_reserve(r, len + 64);
+        nng_msg_reserve(r->w->msg, len + 64);
         msgpack_packer *pk = reply_begin(r, 1);
         wire_pack_str(pk, "snapshot");
         msgpack_pack_bin(pk, len);

@@ -45,7 +45,6 @@ static const option_def defs[] = {
     {"ready-file", "FILE", "write the first bound URL to FILE once serving"},
     {"log-level", "LEVEL", "debug, info, warn or error (default info)"},
     {"log-format", "text|json", "one text line, or one JSON object, per event (default text)"},
-    {"message-cache", "BYTES", "large request buffers kept for reuse as replies (default 67108864; 0: none)"},
     {"max-in-flight", "N", "most requests one connection may have in flight (default 16)"},
     {"validator", "PATH", "optimd-validate, run on every plugin file before it is loaded"},
     {"admin-token", "TOKEN", "allows the admin ops (reload, load) (default: $OPTIMD_ADMIN_TOKEN)"},
@@ -161,8 +160,6 @@ static int apply(options *o, const char *name, const char *v, const char *source
         if (parse_u64(source, name, v, 0, UINT64_MAX, &o->max_session_bytes)) return -1;
     } else if (strcmp(name, "max-total-bytes") == 0) {
         if (parse_u64(source, name, v, 0, UINT64_MAX, &o->max_total_bytes)) return -1;
-    } else if (strcmp(name, "message-cache") == 0) {
-        if (parse_u64(source, name, v, 0, 1ull << 40, &o->message_cache)) return -1;
     } else if (strcmp(name, "threads") == 0) {
         if (parse_u64(source, name, v, 1, 256, &n)) return -1;
         o->request_threads = (uint32_t)n;
@@ -269,7 +266,6 @@ int options_parse(options *o, int argc, char **argv)
     o->max_total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page / 4 * 3 : 0;
     o->request_threads = 4;
     o->max_in_flight = 16;
-    o->message_cache = 64ull << 20;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     o->compute_threads = cores > 1 ? (uint32_t)(cores - 1) : 0;
     o->contexts = 64;

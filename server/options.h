@@ -34,7 +34,6 @@ typedef struct options {
     int log_level;
     bool log_json;             /* --log-format json */
     uint32_t max_in_flight;    /* requests one connection (pipe) may have at once */
-    uint64_t message_cache;    /* bytes of request buffers kept to reuse as replies */
     const char *validator;     /* optimd-validate for new plugin files; NULL: none */
     const char *admin_token;   /* NULL or "": admin ops refused */
     bool watch_plugins;        /* reload on changes in the plugin directories */

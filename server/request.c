@@ -39,21 +39,6 @@ const plugin *request_hold(request *r, plugin *p)
     return p;
 }
 
-void reply_reserve(request *r, size_t bytes)
-{
-    nng_msg *m = r->w->msg;
-    if (nng_msg_capacity(m) >= bytes) return;
-    if (bytes >= MESSAGE_CACHE_MIN && nng_msg_len(m) == 0) {
-        nng_msg *kept = message_cache_take(&r->srv->messages, bytes);
-        if (kept) {
-            nng_msg_free(m);
-            r->w->msg = kept;
-            return;
-        }
-    }
-    nng_msg_reserve(m, bytes);
-}
-
 /* Writes the success envelope; the handler then packs n_pairs more. */
 msgpack_packer *reply_begin(request *r, uint32_t n_pairs)
 {

@@ -37,10 +37,6 @@ typedef struct request {
 
 /* request.c */
 const plugin *request_hold(request *r, plugin *p);
-/* Room for a reply of about `bytes`, asked before anything is packed: a
- * large one gets a buffer the message cache kept (message_cache.h) rather
- * than a fresh zero-filled one. */
-void reply_reserve(request *r, size_t bytes);
 msgpack_packer *reply_begin(request *r, uint32_t n_pairs);
 void write_error(wire_writer *w, uint64_t id, const request_error *err);
 session *request_session(request *r);

@@ -5,7 +5,6 @@
 #define OPTIMD_SERVER_SERVER_H
 
 #include "compute_pool.h"
-#include "message_cache.h"
 #include "options.h"
 #include "plugin_registry.h"
 #include "session_table.h"
@@ -21,7 +20,6 @@ typedef struct server {
     session_table sessions;
     compute_pool *pool;
     store store;
-    message_cache messages;    /* request buffers, reused for large replies */
 } server;
 
 /* How the transport hands a request to server_handle, and what the handler

@@ -1,16 +1,15 @@
 /* A step's reply with the updated parameters written into it while the
  * step runs. The reply of a dense step of tens of megabytes used to cost
- * three more passes after the update: the daemon's scan of each updated
- * parameter for NaN and infinity, a zero-filled reply buffer, and the copy
- * into it. Here the reply's layout is written first, with a hole of the
- * right size where each parameter's bytes go, and the step's `updated`
- * hook (session.h) copies each parameter into its hole as soon as the
- * plugin is done with it, checking it in the same pass; the buffer comes
- * from the message cache. What the client receives is the same map as the
- * one pack_step_reply writes, with `params` before the counters (their
- * values are known only after the step) and so a map32 header whose count
- * is filled in at the end: msgpack lets an encoder choose a longer form,
- * and every decoder reads it (docs/protocol.md, "Replies"). */
+ * two more passes after the update: the daemon's scan of each updated
+ * parameter for NaN and infinity, and the copy into the reply. Here the
+ * reply's layout is written first, with a hole of the right size where
+ * each parameter's bytes go, and the step's `updated` hook (session.h)
+ * copies each parameter into its hole as soon as the plugin is done with
+ * it, checking it in the same pass. What the client receives is the same
+ * map as the one pack_step_reply writes, with `params` before the counters
+ * (their values are known only after the step) and so a map32 header whose
+ * count is filled in at the end: msgpack lets an encoder choose a longer
+ * form, and every decoder reads it (docs/protocol.md, section 2). */
 #include "request.h"
 
 #include "finite.h"
@@ -66,7 +65,7 @@ static int lay_out(request *r, session *s, const msgpack_object *grads, reply_ho
         int64_t idx = session_find_param(s, key->via.str.ptr, key->via.str.size);
         bytes += 384 + s->params[idx].nbytes;
     }
-    reply_reserve(r, bytes);
+    nng_msg_reserve(r->w->msg, bytes);
     nng_msg *msg = r->w->msg;
     static const unsigned char map32[5] = {0xdf, 0, 0, 0, 0};
     if (nng_msg_append(msg, map32, sizeof map32) != 0) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");

@@ -88,7 +88,6 @@ static void reset_sessions(int first)
 {
     if (!first) session_table_clear(&srv.sessions);
     session_table_init(&srv.sessions, 64);
-    if (first) message_cache_init(&srv.messages, 1 << 20);
 
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);

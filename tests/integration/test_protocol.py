@@ -310,11 +310,6 @@ class Sessions(DaemonTest):
         self.assertEqual(r["lr"], 0.2)
 
 
-class SessionsWithoutMessageCache(Sessions):
-    """The same, with every reply in a fresh buffer (--message-cache 0)."""
-    extra_args = ("--message-cache", "0")
-
-
 class Scheduler(DaemonTest):
     def test_step_lr_sequence(self):
         s = self.open("sched", hparams={"lr": 1.0}, scheduler="step", sched_hparams={"step_size": 2, "gamma": 0.5})
