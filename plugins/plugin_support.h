@@ -26,13 +26,20 @@
  * stay vector-aligned for the SIMD kernels that will come later). */
 #define PLUG_PARALLEL_GRAIN ((int64_t)16384)
 
-/* Marks a kernel to be compiled twice, for x86-64-v3 (AVX2 + FMA: fmaf()
- * becomes one instruction and loops vectorise) and for the baseline, with
- * the dynamic loader picking one at load time. Results are bit-identical
- * either way: fma, sqrt and the four operations are correctly rounded on
- * every path, and the plugins build with -ffp-contract=off. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PLUG_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
+/* Marks a kernel to be compiled three times, for x86-64-v4 (AVX-512),
+ * x86-64-v3 (AVX2 + FMA: fmaf() becomes one instruction and loops
+ * vectorise) and the baseline, with the dynamic loader picking the best the
+ * CPU has at load time. Results are bit-identical on every path: fma, sqrt
+ * and the four operations are correctly rounded, the plugins build with
+ * -ffp-contract=off, and without -ffast-math no reduction is reordered.
+ * The tests prove it by building each path alone (OPTIMD_PLUGIN_ISA, see
+ * plugins/CMakeLists.txt) and holding each to torch. */
+#if defined(OPTIMD_PLUGIN_ISA_BASELINE)
+#define PLUG_KERNEL
+#elif defined(OPTIMD_PLUGIN_ISA_V3)
+#define PLUG_KERNEL __attribute__((target("arch=x86-64-v3")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PLUG_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PLUG_KERNEL
 #endif

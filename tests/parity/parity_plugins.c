@@ -1084,6 +1084,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "parity_plugins: set OPTIMD_PLUGIN_DIR\n");
         return 1;
     }
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    /* The AVX2-only copies of the plugins (plugins/CMakeLists.txt) would
+     * die of SIGILL on a CPU without it. */
+    const char *isa = getenv("OPTIMD_PLUGIN_ISA");
+    __builtin_cpu_init();
+    if (isa && strcmp(isa, "v3") == 0 && !__builtin_cpu_supports("x86-64-v3")) {
+        printf("parity_plugins: this CPU cannot run x86-64-v3 code; skipped\n");
+        return 77;
+    }
+#endif
     static loaded_plugin plugins[MAX_PLUGINS];
     int n_plugins = load_plugins(plugin_dir, plugins, MAX_PLUGINS);
     if (n_plugins < 0) return 1;
