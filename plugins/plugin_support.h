@@ -9,6 +9,7 @@
 #ifndef OPTIMD_PLUGIN_SUPPORT_H
 #define OPTIMD_PLUGIN_SUPPORT_H
 
+#include <optimd/kernel.h>
 #include <optimd/plugin.h>
 
 #include <math.h>
@@ -18,31 +19,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* Tensors up to this many elements are updated on the calling thread:
- * handing them to the worker pool costs more than it saves. */
-#define PLUG_PARALLEL_MIN_NUMEL ((int64_t)65536)
-
-/* Smallest chunk handed to one worker (a multiple of 16, so chunk borders
- * stay vector-aligned for the SIMD kernels that will come later). */
-#define PLUG_PARALLEL_GRAIN ((int64_t)16384)
-
-/* Marks a kernel to be compiled three times, for x86-64-v4 (AVX-512),
- * x86-64-v3 (AVX2 + FMA: fmaf() becomes one instruction and loops
- * vectorise) and the baseline, with the dynamic loader picking the best the
- * CPU has at load time. Results are bit-identical on every path: fma, sqrt
- * and the four operations are correctly rounded, the plugins build with
- * -ffp-contract=off, and without -ffast-math no reduction is reordered.
- * The tests prove it by building each path alone (OPTIMD_PLUGIN_ISA, see
- * plugins/CMakeLists.txt) and holding each to torch. */
-#if defined(OPTIMD_PLUGIN_ISA_BASELINE)
-#define PLUG_KERNEL
-#elif defined(OPTIMD_PLUGIN_ISA_V3)
-#define PLUG_KERNEL __attribute__((target("arch=x86-64-v3")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PLUG_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PLUG_KERNEL
-#endif
+/* The SDK's kernel helpers (optimd/kernel.h), under the names the plugins
+ * were written with. plugins/CMakeLists.txt builds ISA-pinned copies by
+ * defining OPTIMD_KERNEL_ISA_V3 or OPTIMD_KERNEL_ISA_BASELINE. */
+#define PLUG_PARALLEL_MIN_NUMEL OPTIMD_PARALLEL_MIN
+#define PLUG_PARALLEL_GRAIN OPTIMD_PARALLEL_GRAIN
+#define PLUG_KERNEL OPTIMD_KERNEL
 
 /* Upper bound of "unbounded" numeric hyperparameters. The ABI wants finite
  * ranges; torch itself has no upper limit on lr, eps, weight_decay, ... */
@@ -111,20 +93,14 @@ static inline bool plug_dtype_supported(uint32_t dtype)
     return dtype == OPTIMD_DTYPE_F32 || dtype == OPTIMD_DTYPE_F64;
 }
 
-/* Runs `fn` over [0, numel): on the calling thread for small tensors (or a
- * host without parallel_for), on the host's workers otherwise. Callers pass
- * elementwise kernels, so how the range is split never changes a result. */
+/* Runs `fn` over [0, numel), split across the host's workers when large;
+ * callers pass elementwise kernels, so the split never changes a result. */
 static inline optimd_status plug_for_each_range(const optimd_host *host,
                                                 int64_t numel,
                                                 optimd_range_fn fn,
                                                 void *ctx)
 {
-    if (numel <= 0) return OPTIMD_OK;
-    if (numel <= PLUG_PARALLEL_MIN_NUMEL || !PLUG_HOST_HAS(host, parallel_for)) {
-        fn(ctx, 0, numel);
-        return OPTIMD_OK;
-    }
-    return host->parallel_for(host->call, numel, PLUG_PARALLEL_GRAIN, fn, ctx);
+    return optimd_run_ranges(host, numel, fn, ctx);
 }
 
 static inline bool plug_tensor_ok(const optimd_tensor *t)

@@ -25,9 +25,9 @@
 #include <math.h>
 
 /* One rounding of a*b+c, and the square root, in the operands' type. */
-#define TORCH_FMA(a, b, c) _Generic((a), float: fmaf, default: fma)((a), (b), (c))
-#define TORCH_SQRT(x) _Generic((x), float: sqrtf, default: sqrt)(x)
-#define TORCH_ABS(x) _Generic((x), float: fabsf, default: fabs)(x)
+#define TORCH_FMA(a, b, c) OPTIMD_FMA(a, b, c)
+#define TORCH_SQRT(x) OPTIMD_SQRT(x)
+#define TORCH_ABS(x) OPTIMD_ABS(x)
 
 /* avg.mul_(beta).add_(x, alpha=one_minus_beta): a running mean. */
 #define TORCH_EMA(avg, x, beta, one_minus_beta)                              \

@@ -10,6 +10,7 @@
  * Every operation is rounded in the parameter's dtype, in the order written
  * above, so a client can reproduce a step exactly.
  */
+#include <optimd/kernel.h>
 #include <optimd/plugin.h>
 
 #include <stddef.h>
@@ -36,11 +37,6 @@ static const optimd_slot_def slots[SLOT_COUNT] = {
                               .enabled_by = NULL},
 };
 
-/* Below this many elements, handing work to the host's threads costs more
- * than it saves. */
-#define PARALLEL_MIN ((int64_t)65536)
-#define PARALLEL_GRAIN ((int64_t)16384)
-
 /* Shared, read-only, by the chunks of one step. */
 typedef struct job {
     void *param;
@@ -49,7 +45,9 @@ typedef struct job {
     double lr, momentum;
 } job;
 
-static void update_f32(void *user, int64_t begin, int64_t end)
+/* OPTIMD_KERNEL (optimd/kernel.h): compiled for AVX-512, AVX2 and baseline
+ * x86-64, the loader picking one; the same bits on each. */
+OPTIMD_KERNEL static void update_f32(void *user, int64_t begin, int64_t end)
 {
     const job *j = user;
     float *p = j->param, *m = j->m;
@@ -63,7 +61,7 @@ static void update_f32(void *user, int64_t begin, int64_t end)
     }
 }
 
-static void update_f64(void *user, int64_t begin, int64_t end)
+OPTIMD_KERNEL static void update_f64(void *user, int64_t begin, int64_t end)
 {
     const job *j = user;
     double *p = j->param, *m = j->m;
@@ -97,10 +95,8 @@ static optimd_status step(const optimd_host *host, const optimd_step_args *args)
              .lr = args->hparams[HP_LR],
              .momentum = args->hparams[HP_MOMENTUM]};
     optimd_range_fn fn = dtype == OPTIMD_DTYPE_F32 ? update_f32 : update_f64;
-    int64_t n = args->param->numel;
-    if (n >= PARALLEL_MIN) return host->parallel_for(host->call, n, PARALLEL_GRAIN, fn, &j);
-    fn(&j, 0, n);
-    return OPTIMD_OK;
+    /* Large tensors are split across the host's threads. */
+    return optimd_run_ranges(host, args->param->numel, fn, &j);
 }
 
 /*
