@@ -27,6 +27,7 @@
 static _Atomic(const char *) op_names[MAX_OPS];
 static atomic_uint_fast64_t requests[MAX_OPS + 1][MAX_CODES];
 static atomic_uint_fast64_t bytes_in, bytes_out;
+static atomic_uint_fast64_t unaligned_count, unaligned_bytes;
 
 /* Step latency buckets, upper bounds in ns; the last counter is +Inf. */
 static const int64_t bucket_ns[] = {100000,    250000,    500000,     1000000,    2500000,    5000000,
@@ -59,6 +60,12 @@ static size_t op_slot(const char *op)
         if (name == op || strcmp(name, op) == 0) return i;
     }
     return UNKNOWN_OP;
+}
+
+void metrics_unaligned_gradient(size_t bytes)
+{
+    atomic_fetch_add_explicit(&unaligned_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&unaligned_bytes, bytes, memory_order_relaxed);
 }
 
 void metrics_record(const char *op, int code, int64_t elapsed_ns, size_t in, size_t out)
@@ -151,6 +158,13 @@ static void render_requests(text *t)
     family(t, "optimd_reply_bytes_total", "counter", "Bytes of replies sent.");
     put(t, "optimd_reply_bytes_total %llu\n",
         (unsigned long long)atomic_load_explicit(&bytes_out, memory_order_relaxed));
+    family(t, "optimd_unaligned_gradients_total", "counter",
+           "Gradients copied before the step because they were not aligned in the request.");
+    put(t, "optimd_unaligned_gradients_total %llu\n",
+        (unsigned long long)atomic_load_explicit(&unaligned_count, memory_order_relaxed));
+    family(t, "optimd_unaligned_gradient_bytes_total", "counter", "Bytes of those gradients.");
+    put(t, "optimd_unaligned_gradient_bytes_total %llu\n",
+        (unsigned long long)atomic_load_explicit(&unaligned_bytes, memory_order_relaxed));
 }
 
 static void render_step_latency(text *t)

@@ -22,6 +22,11 @@ int64_t metrics_now_ns(void);
  * `code` its result (0: ok). Any thread. */
 void metrics_record(const char *op, int code, int64_t elapsed_ns, size_t bytes_in, size_t bytes_out);
 
+/* A gradient the step had to copy before the plugin could read it, because
+ * it did not lie at a multiple of its element size in the message (a
+ * client that does not pad, docs/protocol.md §3). Any thread. */
+void metrics_unaligned_gradient(size_t bytes);
+
 /* Starts serving GET /metrics on `hostport` ("127.0.0.1:9464",
  * "[::1]:9464", "localhost:9464") on `loop`. NULL: metrics off, returns 0.
  * -1 (logged) when the address is bad or cannot be bound. Loop thread. */

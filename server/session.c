@@ -5,6 +5,7 @@
 #include "grad_clip.h"
 
 #include "finite.h"
+#include "metrics.h"
 #include "hparams.h"
 #include "host.h"
 #include "log.h"
@@ -1042,7 +1043,9 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         size_t esize = wire_dtype_size(pg->g.dtype);
         /* Clipping writes the gradient; the received one stays as logged. */
         bool clipping = clip && (clip->value > 0 || clip->max_norm > 0);
-        if (!pg->sparse && (clipping || ((uintptr_t)pg->g.data % esize) != 0)) {
+        bool unaligned = ((uintptr_t)pg->g.data % esize) != 0;
+        if (!pg->sparse && unaligned) metrics_unaligned_gradient(pg->g.nbytes);
+        if (!pg->sparse && (clipping || unaligned)) {
             pg->aligned_copy = aligned_alloc(64, (pg->g.nbytes + 63) / 64 * 64 + 64);
             if (!pg->aligned_copy) {
                 rc = fail(err, OPTIMD_E_NOMEM, "out of memory");

@@ -300,6 +300,35 @@ class Metrics(unittest.TestCase):
             rc, log = md.stop()
         self.assertEqual(rc, 0, log)
 
+    def test_unaligned_gradients_are_counted(self):
+        # The daemon's receive buffer holds REQ's 4-byte request ID, then
+        # the body: data at body offset o lies at 4 + o from a 16-byte
+        # boundary. A pad key shifts it (docs/protocol.md §3).
+        md = MetricsDaemon()
+        try:
+            c = Counting(md.daemon.url, new_tally())
+            r = c.call("open", session="u", optimizer="sgd", hparams={"lr": 0.5})
+            s = {"session": "u", "token": r["token"]}
+            g = np.ones(50_000, np.float32)
+            self.assertTrue(c.call("register", **s, params={"w": tensor(g)})["ok"])
+            fams = md.scrape()
+            self.assertEqual(one(fams, "optimd_unaligned_gradients_total"), 0)
+            copied = 0
+            for k in range(8):
+                t = {"dtype": "f32", "shape": [len(g)], "pad": b"\0" * k, "data": g.tobytes()}
+                body = msgpack.packb({"v": 1, "id": 7, "op": "step", **s, "grads": {"w": t}}, use_bin_type=True)
+                offset = body.index(g.tobytes())
+                self.assertTrue(c.raw(body, "step")["ok"])
+                copied += (4 + offset) % 4 != 0
+                fams = md.scrape()
+                self.assertEqual(one(fams, "optimd_unaligned_gradients_total"), copied, (k, offset))
+                self.assertEqual(one(fams, "optimd_unaligned_gradient_bytes_total"), copied * g.nbytes)
+            self.assertEqual(copied, 6)     # 2 of 8 offsets are multiples of 4
+            c.close()
+        finally:
+            rc, log = md.stop()
+        self.assertEqual(rc, 0, log)
+
     def test_http_edges(self):
         md = MetricsDaemon()
         try:

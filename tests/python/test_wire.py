@@ -78,6 +78,53 @@ class EncodeTensor(unittest.TestCase):
             wire.encode_request("x", 1, {"h": object()})
 
 
+class EncodeRequestParts(unittest.TestCase):
+    def test_same_map_as_msgpack_with_large_tensors_aligned_and_not_copied(self) -> None:
+        big = np.arange(wire.LARGE_BIN // 4 + 3, dtype=np.float32)
+        just = np.zeros(wire.LARGE_BIN // 8, np.float64)          # exactly LARGE_BIN bytes
+        below = np.ones(wire.LARGE_BIN // 4 - 1, np.float32)
+        many = {f"t{i}": wire.encode_tensor(np.full(3, i, np.float32)) for i in range(20)}   # map16
+        cases = [
+            {},
+            {"session": "s", "token": "0" * 32, "grads": {"w": wire.encode_tensor(big)}},
+            {"grads": {"a": wire.encode_tensor(below), "b": wire.encode_tensor(just),
+                       "c": wire.encode_tensor(big)}, "seq": 2 ** 40, "client": "é", "return": False,
+             "clip_norm": {"max_norm": 1.5, "norm_type": 2.0}, "h": {"lr": np.float32(0.25)}},
+            {"params": many, "names": ["a", "b"], "raw": b"\x00" * wire.LARGE_BIN, "none": None},
+        ]
+        for extra in range(8):       # shifts every offset: every padding length comes up
+            for fields in cases:
+                fields = dict(fields, client="x" * extra)
+                with self.subTest(keys=sorted(fields), extra=extra):
+                    parts = wire.encode_request_parts("step", 77, fields)
+                    message = b"".join(bytes(p) for p in parts)
+                    self.assertEqual(message, wire.encode_request("step", 77, fields))
+                    # The map msgpack itself writes, plus a pad key in each
+                    # tensor map whose data is large.
+                    want = msgpack.unpackb(msgpack.packb({"v": 1, "id": 77, "op": "step", **fields},
+                                                         use_bin_type=True, default=lambda o: o.item()))
+                    got = msgpack.unpackb(message)
+                    for tensors in (got.get("grads", {}), got.get("params", {})):
+                        for t in tensors.values():
+                            if len(t["data"]) >= wire.LARGE_BIN:
+                                self.assertEqual(set(t["pad"]), set() if not t["pad"] else {0})
+                                del t["pad"]
+                            self.assertNotIn("pad", t)
+                    self.assertEqual(got, want)
+                    # Each large tensor sits where 4 + its offset is a
+                    # multiple of 16, and is the caller's own memory.
+                    offset = 0
+                    for p in parts:
+                        if isinstance(p, memoryview) and "raw" not in fields:
+                            self.assertEqual((4 + offset) % 16, 0, offset)
+                        offset += memoryview(p).nbytes
+        parts = wire.encode_request_parts("step", 1, cases[2])
+        large = [p for p in parts if isinstance(p, memoryview)]
+        self.assertEqual(len(large), 2)              # just and big; below is packed with the rest
+        self.assertTrue(np.shares_memory(np.frombuffer(large[0], np.uint8), just))
+        self.assertTrue(np.shares_memory(np.frombuffer(large[1], np.uint8), big))
+
+
 class DecodeTensor(unittest.TestCase):
     def test_round_trip_is_a_read_only_view(self) -> None:
         for dtype in DTYPES:

@@ -1,5 +1,6 @@
 #include "wire.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,18 +108,40 @@ bool wire_tensor_arg_ok(const optimd_named_tensor *t, size_t *nbytes,
     return true;
 }
 
+/* The daemon reads a tensor where it lies in the request when it is
+ * aligned in its receive buffer, which is 16-byte aligned and holds REQ's
+ * 4-byte request ID before the body (docs/protocol.md §3): large tensors
+ * get a `pad` key that puts `data` where 4 + its offset is a multiple of
+ * 16. Small ones are not worth the bytes. */
+#define WIRE_PAD_FROM ((size_t)64 << 10)
+#define WIRE_ALIGN 16
+#define WIRE_REQ_HEADER 4
+
 void wire_pack_tensor(msgpack_packer *pk, const optimd_named_tensor *t,
                       size_t nbytes)
 {
-    msgpack_pack_map(pk, 3);
+    const wire_writer *w = pk->data;
+    bool pad = nbytes >= WIRE_PAD_FROM && nbytes <= UINT32_MAX;
+    msgpack_pack_map(pk, pad ? 4 : 3);
     wire_pack_str(pk, "dtype");
     wire_pack_str(pk, dtype_name(t->dtype));
     wire_pack_str(pk, "shape");
     msgpack_pack_array(pk, t->ndim);
     for (uint32_t i = 0; i < t->ndim; i++)
         msgpack_pack_uint64(pk, (uint64_t)t->shape[i]);
+    if (pad) {
+        /* "pad" (4 bytes), its bin8 header (2), k bytes, "data" (5) and
+         * the bin32 header (5), then the tensor. */
+        static const unsigned char zeros[WIRE_ALIGN];
+        size_t at = nng_msg_len(w->msg) + 4 + 2 + 5 + 5;
+        size_t k = (WIRE_ALIGN - (WIRE_REQ_HEADER + at) % WIRE_ALIGN) % WIRE_ALIGN;
+        wire_pack_str(pk, "pad");
+        msgpack_pack_bin(pk, k);
+        msgpack_pack_bin_body(pk, zeros, k);
+    }
     wire_pack_str(pk, "data");
     msgpack_pack_bin(pk, nbytes);
+    assert(!pad || w->failed || (WIRE_REQ_HEADER + nng_msg_len(w->msg)) % WIRE_ALIGN == 0);
 #if WIRE_HOST_BIG_ENDIAN
     /* The bin header already carries the total length, so the body may go
      * out in swapped chunks without touching the caller's buffer. */

@@ -132,7 +132,7 @@ class Client:
         """Sends a request built by :mod:`optimd.messages` and returns its
         typed result (what the method of the same op returns)."""
         request_id = self._next_id()
-        payload = request.encode(request_id)
+        payload = request.encode_parts(request_id)
         return self._transport.roundtrip(
             payload, lambda buf: messages.parse_reply(request.op, buf, request_id))
 

@@ -43,7 +43,7 @@ from .results import (
     state_from_reply,
     tensors_from_reply,
 )
-from .wire import HparamValue, decode_reply, encode_request, encode_tensor
+from .wire import HparamValue, decode_reply, encode_request, encode_request_parts, encode_tensor
 
 __all__ = [
     "Request",
@@ -179,6 +179,11 @@ class Request:
     def encode(self, request_id: int) -> bytes:
         """The message bytes: ``{v: 1, id, op}`` plus the fields."""
         return encode_request(self.op, request_id, self.fields)
+
+    def encode_parts(self, request_id: int) -> list[Any]:
+        """The same bytes as buffers to write one after another, large
+        tensors not copied (:func:`optimd.wire.encode_request_parts`)."""
+        return encode_request_parts(self.op, request_id, self.fields)
 
 
 def _session_fields(session: Session) -> dict[str, Any]:

@@ -21,6 +21,14 @@ import pynng
 
 from .errors import RequestTimeout, TransportError
 
+try:
+    # pynng's cffi bindings, to fill an NNG message in place (see
+    # _message); pynng documents Message(nng_msg *) as a constructor.
+    from pynng._nng import ffi as _ffi
+    from pynng._nng import lib as _lib
+except ImportError:  # pragma: no cover - a pynng without them
+    _ffi = _lib = None
+
 __all__ = ["Transport"]
 
 _T = TypeVar("_T")
@@ -105,6 +113,27 @@ _TLS_HINT = ("; over TLS this is also what a refused handshake looks like: does 
              "tls_server_name, and does the daemon accept this client's certificate?")
 
 
+def _message(parts: list[Any]) -> pynng.Message:
+    """One NNG message holding ``parts`` back to back. Each part is copied
+    once, into the message itself: b"".join would copy a tensor once more
+    and pynng's send once more again (40 MB each for a 10M-parameter
+    step)."""
+    if _ffi is None:
+        return pynng.Message(b"".join(parts))
+    size = sum(memoryview(p).nbytes for p in parts)
+    msg_p = _ffi.new("nng_msg **")
+    rv = _lib.nng_msg_alloc(msg_p, size)
+    if rv != 0:
+        raise TransportError(f"cannot allocate a message of {size} bytes (NNG error {rv})")
+    body = _ffi.buffer(_lib.nng_msg_body(msg_p[0]), size)
+    at = 0
+    for part in parts:
+        n = memoryview(part).nbytes
+        body[at:at + n] = part
+        at += n
+    return pynng.Message(msg_p[0])
+
+
 class Transport:
     """One REQ socket dialled to ``url``.
 
@@ -159,8 +188,9 @@ class Transport:
         """The socket's ``req:resend-time`` in ms; -1 (infinite) means off."""
         return int(self._socket.resend_time)
 
-    def roundtrip(self, payload: bytes, decode: Callable[[Any], _T]) -> _T:
-        """Sends ``payload`` and returns ``decode(reply)``.
+    def roundtrip(self, payload: bytes | list[Any], decode: Callable[[Any], _T]) -> _T:
+        """Sends ``payload`` (bytes, or buffers to send one after another as
+        one message) and returns ``decode(reply)``.
 
         ``decode`` gets a buffer over the received NNG message that is valid
         only during the call, so the reply is decoded without copying it out
@@ -172,7 +202,10 @@ class Transport:
             raise TransportError(f"{self.url}: {exc}") from exc
         try:
             try:
-                ctx.send(payload)
+                if isinstance(payload, list):
+                    ctx.send_msg(_message(payload))
+                else:
+                    ctx.send(payload)
                 msg = ctx.recv_msg()
             except pynng.Timeout as exc:
                 raise RequestTimeout(f"{self.url}: no reply within the timeout{self._hint}") from exc

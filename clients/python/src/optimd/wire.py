@@ -5,7 +5,9 @@ Nothing here does I/O, so it can be tested and reused on its own.
 
 Copies: an outgoing tensor is handed to msgpack as a view of the array's
 memory (no copy unless the array is not C-contiguous little-endian), and
-msgpack writes it once into the message. An incoming tensor becomes an array
+msgpack writes it once into the message. :func:`encode_request_parts` does
+better for large tensors: it leaves them out of what msgpack writes, so that
+the transport copies them once, straight into the NNG message. An incoming tensor becomes an array
 with :func:`numpy.frombuffer` over the ``bytes`` msgpack made of it: no copy
 beyond msgpack's own, and the array is **read-only** (``.copy()`` it to write).
 """
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_DIMS",
     "HparamValue",
     "encode_request",
+    "encode_request_parts",
     "decode_reply",
     "encode_tensor",
     "decode_tensor",
@@ -55,10 +58,91 @@ def _pack_default(obj: object) -> object:
 
 
 def encode_request(op: str, request_id: int, fields: Mapping[str, object]) -> bytes:
-    """One request message: ``{v: 1, id, op}`` plus ``fields``."""
+    """One request message: ``{v: 1, id, op}`` plus ``fields`` (a large
+    tensor's ``data`` aligned as :func:`encode_request_parts` says)."""
+    return b"".join(encode_request_parts(op, request_id, fields))
+
+
+#: A bin value at least this long is a part of its own in encode_request_parts,
+#: and a tensor's ``data`` this long is aligned.
+LARGE_BIN: Final = 1 << 16
+#: The daemon receives a request as NNG's buffer holding REQ's 4-byte request
+#: ID and then the body, the buffer's start 16-byte aligned: ``data`` at an
+#: offset where 4 + offset is a multiple of 16 is read in place, anywhere
+#: else it is copied first (docs/protocol.md §3, ``pad``).
+_REQ_HEADER: Final = 4
+_ALIGN: Final = 16
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    if n < 1 << 16:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def _bin_header(n: int) -> bytes:
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def encode_request_parts(op: str, request_id: int, fields: Mapping[str, object]) -> list[Any]:
+    """The message of :func:`encode_request`, byte for byte, as a list of
+    buffers to be written one after another: msgpack's bytes for everything
+    but large bin values (:data:`LARGE_BIN` or more, a tensor's ``data``),
+    which appear as themselves, not copied. A tensor map with such ``data``
+    gets a ``pad`` key before it, sized so that the daemon can read the
+    tensor where it lies in the message."""
     body: dict[str, object] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op}
     body.update(fields)
-    return msgpack.packb(body, use_bin_type=True, default=_pack_default)  # type: ignore[no-any-return]
+    parts: list[Any] = []
+    small = bytearray()
+    flushed = 0
+
+    def large(view: memoryview) -> None:
+        nonlocal small, flushed
+        small += _bin_header(view.nbytes)
+        parts.append(bytes(small))
+        flushed += len(small)
+        small = bytearray()
+        parts.append(view)
+        flushed += view.nbytes
+
+    def walk(obj: object) -> None:
+        nonlocal small
+        data = obj.get("data") if isinstance(obj, dict) else None
+        if (isinstance(data, (bytes, bytearray, memoryview)) and memoryview(data).nbytes >= LARGE_BIN
+                and "dtype" in obj and "pad" not in obj):
+            assert isinstance(obj, dict)
+            small += _map_header(len(obj) + 1)
+            for key, value in obj.items():
+                if key != "data":
+                    small += msgpack.packb(key, use_bin_type=True)
+                    walk(value)
+            # "pad" (4 bytes), its bin8 header (2), k bytes, "data" (5) and
+            # the bin32 header (5), then the tensor.
+            at = flushed + len(small) + 4 + 2 + 5 + 5
+            k = -(_REQ_HEADER + at) % _ALIGN
+            small += b"\xa3pad" + _bin_header(k) + bytes(k) + b"\xa4data"
+            large(memoryview(data).cast("B"))
+        elif isinstance(obj, dict):
+            small += _map_header(len(obj))
+            for key, value in obj.items():
+                small += msgpack.packb(key, use_bin_type=True, default=_pack_default)
+                walk(value)
+        elif isinstance(obj, (bytes, bytearray, memoryview)) and memoryview(obj).nbytes >= LARGE_BIN:
+            large(memoryview(obj).cast("B"))
+        else:
+            small += msgpack.packb(obj, use_bin_type=True, default=_pack_default)
+
+    walk(body)
+    if small:
+        parts.append(bytes(small))
+    return parts
 
 
 def decode_reply(message: Any, request_id: int) -> dict[str, Any]:
