@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math"
+	"net/http"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -458,6 +464,113 @@ func TestLargeTensor(t *testing.T) {
 	for i, v := range w {
 		if v != values[i]-1 {
 			t.Fatalf("w[%d] = %g, want %g", i, v, values[i]-1)
+		}
+	}
+}
+
+// scrapeCounter reads one unlabelled sample from the daemon's metrics
+// endpoint (the URL its log names).
+func scrapeCounter(t *testing.T, d *daemontest.Daemon, name string) float64 {
+	t.Helper()
+	re := regexp.MustCompile(`metrics on (http://\S+/metrics)`)
+	var url string
+	for deadline := time.Now().Add(10 * time.Second); url == "" && time.Now().Before(deadline); {
+		if m := re.FindStringSubmatch(d.Log()); m != nil {
+			url = m[1]
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if url == "" {
+		t.Fatalf("no metrics address in the daemon's log:\n%s", d.Log())
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in the metrics:\n%s", name, body)
+	return 0
+}
+
+// TestLargeTensorsAligned: steps with several large tensors (f32 and f64,
+// of sizes that shift each other's offsets), then with small ones beside
+// them, sent with client ids of 16 lengths so that every pad length comes
+// up, give the exact SGD result; and the daemon copies none of the large
+// gradients to align them (optimd_unaligned_gradients_total stays 0 while
+// only large ones are sent: a small one is sent as it comes).
+func TestLargeTensorsAligned(t *testing.T) {
+	d := daemontest.Start(t, "--metrics-listen", "127.0.0.1:0")
+	c, err := optimd.Dial(d.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := testCtx(t)
+
+	large := map[string]int{"a": 1<<14 + 1, "c": 100003, "e": 1 << 16}
+	mixed := map[string]int{"a": 1<<14 + 1, "b": 3, "c": 100003, "d": 1<<14 - 1, "e": 1 << 16}
+	f64 := map[string]bool{"c": true}
+	initial := func(i int) float64 { return float64(i%1000) - 500 }
+	grad := func(k int) func(i int) float64 {
+		return func(i int) float64 { return float64((i+k)%7) - 3 }
+	}
+	for _, sizes := range []map[string]int{large, mixed} {
+		mk := func(name string, f func(i int) float64) optimd.Tensor {
+			v := make([]float64, sizes[name])
+			for i := range v {
+				v[i] = f(i)
+			}
+			if f64[name] {
+				return optimd.FromFloat64(v)
+			}
+			return optimd.FromFloat32(toF32(v))
+		}
+		o := try(c.Open(ctx, fmt.Sprintf("aligned%d", len(sizes)), "sgd",
+			&optimd.OpenOptions{Hparams: optimd.Hparams{"lr": 0.5}})).must(t)
+		params := map[string]optimd.Tensor{}
+		want := map[string][]float64{}
+		for name := range sizes {
+			params[name] = mk(name, initial)
+			want[name] = try(params[name].Float64s()).must(t)
+		}
+		try(c.Register(ctx, o.Session, params)).must(t)
+		for k := 1; k <= 16; k++ {
+			grads := map[string]optimd.Tensor{}
+			for name := range sizes {
+				grads[name] = mk(name, grad(k))
+			}
+			res := try(c.Step(ctx, o.Session, grads, &optimd.StepOptions{Seq: 1, Client: strings.Repeat("w", k)})).must(t)
+			if res.Duplicate || res.Steps != uint64(k) {
+				t.Fatalf("step %d: %+v", k, res)
+			}
+			for name, w := range want {
+				for i := range w {
+					w[i] -= 0.5 * grad(k)(i)
+				}
+				got := try(res.Params[name].Float64s()).must(t)
+				if !slices.Equal(got, w) {
+					t.Fatalf("step %d: %s differs from the SGD result", k, name)
+				}
+			}
+		}
+		if len(sizes) == len(large) {
+			if n := scrapeCounter(t, d, "optimd_unaligned_gradients_total"); n != 0 {
+				t.Errorf("the daemon copied %g large gradients to align them", n)
+			}
 		}
 	}
 }

@@ -17,6 +17,8 @@ const maxDepth = 32
 
 // encodeMap encodes m as one msgpack map. Keys are sorted so that the same
 // request always has the same bytes, and integers take their shortest form.
+// It writes into one bytes.Buffer from the message's first byte, so a
+// tensor's EncodeMsgpack finds its body offset in the buffer's length.
 func encodeMap(m map[string]any) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)

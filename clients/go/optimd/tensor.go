@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // DType is a tensor's element type, named as on the wire.
@@ -150,17 +152,74 @@ func (t Tensor) Float64s() ([]float64, error) {
 	return nil, fmt.Errorf("unknown dtype %q", string(t.DType))
 }
 
+// padFrom is the size from which a tensor's data is aligned on the wire:
+// the daemon receives a request into a 16-byte aligned buffer that holds
+// REQ's 4-byte request ID and then the body, and reads data in place
+// where 4 + its body offset is a multiple of 16, copying it first
+// elsewhere (docs/protocol.md §3, pad). Smaller tensors are not worth the
+// bytes.
+const (
+	padFrom   = 64 << 10
+	padAlign  = 16
+	reqHeader = 4
+)
+
+// wireTensor is a tensor as the protocol's map, encoded by EncodeMsgpack.
+type wireTensor struct{ t Tensor }
+
 // wire is the tensor as the protocol's map.
-func (t Tensor) wire() map[string]any {
-	shape := t.Shape
+func (t Tensor) wire() wireTensor { return wireTensor{t} }
+
+// offsetWriter is what encodeMap writes to: its length so far is the
+// offset of the next byte in the message body.
+type offsetWriter interface{ Len() int }
+
+// EncodeMsgpack writes {data, dtype, shape} (sorted, as the other maps of a
+// request) for a tensor under padFrom bytes, and {dtype, shape, pad, data}
+// for a larger one, pad being the zeros that put data's first byte where
+// the daemon can read it in place.
+func (w wireTensor) EncodeMsgpack(enc *msgpack.Encoder) error {
+	shape := w.t.Shape
 	if shape == nil {
 		shape = []uint64{}
 	}
-	data := t.Data
+	data := w.t.Data
 	if data == nil {
 		data = []byte{}
 	}
-	return map[string]any{"dtype": string(t.DType), "shape": shape, "data": data}
+	dtype := string(w.t.DType)
+	ow, known := enc.Writer().(offsetWriter)
+	if len(data) < padFrom || uint64(len(data)) > math.MaxUint32 || !known {
+		if err := enc.EncodeMapLen(3); err != nil {
+			return err
+		}
+		return encodeEntries(enc, "data", data, "dtype", dtype, "shape", shape)
+	}
+	if err := enc.EncodeMapLen(4); err != nil {
+		return err
+	}
+	if err := encodeEntries(enc, "dtype", dtype, "shape", shape); err != nil {
+		return err
+	}
+	// "pad" (4 bytes), its bin8 header (2), k bytes, "data" (5) and the
+	// bin32 header (5), then the data.
+	at := ow.Len() + 4 + 2 + 5 + 5
+	k := (padAlign - (reqHeader+at)%padAlign) % padAlign
+	var zeros [padAlign]byte
+	return encodeEntries(enc, "pad", zeros[:k], "data", data)
+}
+
+// encodeEntries writes map entries: key, value, key, value...
+func encodeEntries(enc *msgpack.Encoder, kv ...any) error {
+	for i := 0; i+1 < len(kv); i += 2 {
+		if err := enc.EncodeString(kv[i].(string)); err != nil {
+			return err
+		}
+		if err := enc.Encode(kv[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // tensorFromWire checks a decoded tensor map strictly.

@@ -697,10 +697,140 @@ export const requests = {
 // numbers this client sends are safe integers).
 const encoder = new Encoder({ ignoreUndefined: true });
 
-/** The msgpack bytes of a request with envelope `{v: 1, id, op}`. */
+/** Tensor data of this many bytes or more is aligned on the wire. */
+export const PAD_FROM = 64 * 1024;
+// The daemon receives a request into a 16-byte aligned buffer that holds
+// REQ's 4-byte request ID and then the body, and reads a tensor's data in
+// place where 4 + its body offset is a multiple of 16, copying it first
+// elsewhere (docs/protocol.md §3, `pad`).
+const ALIGN = 16;
+const REQ_HEADER = 4;
+const ZEROS = new Uint8Array(ALIGN);
+
+/**
+ * Writes a request from its first byte on, so that the offset of the next
+ * byte is known when a tensor's `data` comes: small values are msgpack'd by
+ * @msgpack/msgpack into one growing buffer, large tensor data is kept as
+ * itself and copied once, into the finished message.
+ */
+class RequestWriter {
+  private head = new Uint8Array(256);
+  private pos = 0;
+  private readonly parts: Uint8Array[] = [];
+  private flushed = 0;
+
+  /** Offset in the message of the next byte written. */
+  get offset(): number {
+    return this.flushed + this.pos;
+  }
+
+  bytes(b: Uint8Array): void {
+    if (this.pos + b.length > this.head.length) {
+      const grown = new Uint8Array(Math.max(2 * this.head.length, this.pos + b.length));
+      grown.set(this.head.subarray(0, this.pos));
+      this.head = grown;
+    }
+    this.head.set(b, this.pos);
+    this.pos += b.length;
+  }
+
+  byte(b: number): void {
+    this.bytes(Uint8Array.of(b));
+  }
+
+  /** One value as @msgpack/msgpack writes it. */
+  value(v: unknown): void {
+    this.bytes(encoder.encodeSharedRef(v));
+  }
+
+  /** Bytes that follow as themselves, not copied until finish(). */
+  large(b: Uint8Array): void {
+    if (this.pos > 0) {
+      this.parts.push(this.head.subarray(0, this.pos));
+      this.flushed += this.pos;
+      this.head = new Uint8Array(256);
+      this.pos = 0;
+    }
+    this.parts.push(b);
+    this.flushed += b.length;
+  }
+
+  finish(): Uint8Array {
+    if (this.parts.length === 0) return this.head.slice(0, this.pos);
+    const out = new Uint8Array(this.offset);
+    let at = 0;
+    for (const p of [...this.parts, this.head.subarray(0, this.pos)]) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+}
+
+function mapHeader(w: RequestWriter, n: number): void {
+  if (n < 16) w.byte(0x80 | n);
+  else if (n < 0x10000) w.bytes(Uint8Array.of(0xde, n >>> 8, n & 0xff));
+  else w.bytes(Uint8Array.of(0xdf, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff));
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || ArrayBuffer.isView(v)) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+/** A tensor map as encodeTensor makes it, with data large enough to pad. */
+function isLargeTensor(v: Record<string, unknown>): v is { dtype: string; shape: unknown; data: Uint8Array } {
+  const keys = Object.keys(v);
+  const data = v["data"];
+  return keys.length === 3 && keys[0] === "dtype" && keys[1] === "shape" && keys[2] === "data" &&
+    typeof v["dtype"] === "string" && data instanceof Uint8Array &&
+    data.byteLength >= PAD_FROM && data.byteLength <= 0xffffffff;
+}
+
+/** v as @msgpack/msgpack (ignoreUndefined) would write it, but with each
+ * large tensor as {dtype, shape, pad, data}, pad being the zeros that put
+ * data's first byte where the daemon can read it in place. */
+function writeValue(w: RequestWriter, v: unknown): void {
+  if (!isPlainObject(v)) {
+    w.value(v);
+    return;
+  }
+  if (isLargeTensor(v)) {
+    mapHeader(w, 4);
+    w.value("dtype");
+    w.value(v.dtype);
+    w.value("shape");
+    w.value(v.shape);
+    // "pad" (4 bytes), its bin8 header (2), k bytes, "data" (5) and the
+    // bin32 header (5), then the data.
+    const at = w.offset + 4 + 2 + 5 + 5;
+    const k = (ALIGN - ((REQ_HEADER + at) % ALIGN)) % ALIGN;
+    w.value("pad");
+    w.value(ZEROS.subarray(0, k));
+    w.value("data");
+    const n = v.data.byteLength;
+    w.bytes(Uint8Array.of(0xc6, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff));
+    w.large(v.data);
+    return;
+  }
+  const keys = Object.keys(v).filter((k) => v[k] !== undefined);
+  mapHeader(w, keys.length);
+  for (const k of keys) {
+    w.value(k);
+    writeValue(w, v[k]);
+  }
+}
+
+/** The msgpack bytes of a request with envelope `{v: 1, id, op}`. A tensor
+ * with {@link PAD_FROM} bytes of data or more carries a `pad` key before its
+ * data so that the daemon reads it in place (docs/protocol.md §3); all else
+ * is as @msgpack/msgpack writes it. */
 export function encodeRequest(req: Request, id: number): Uint8Array {
   if (!Number.isSafeInteger(id) || id < 0) throw new RangeError("a request id must be a safe non-negative integer");
-  return encoder.encode({ v: PROTOCOL_VERSION, id, op: req.op, ...req.fields });
+  const w = new RequestWriter();
+  writeValue(w, { v: PROTOCOL_VERSION, id, op: req.op, ...req.fields });
+  return w.finish();
 }
 
 // ----------------------------------------------------------------- replies

@@ -385,6 +385,58 @@ test("large tensors (4 Mi elements) round-trip", async () => {
   await client.closeSession(s);
 });
 
+test("large tensors at every pad length: exact SGD results, none copied by the daemon", async () => {
+  // A daemon of its own, for a metrics counter no other test moves.
+  const d = await Daemon.start("--metrics-listen", "127.0.0.1:0");
+  const c = new Client(d.url, { timeoutMs: 30000 });
+  try {
+    const sizes: Record<string, [number, "f32" | "f64"]> = {
+      a: [16385, "f32"], c: [100003, "f64"], e: [65536, "f32"], // 64 KiB and more: padded
+      b: [3, "f32"], d: [16383, "f32"], // small: as they come
+    };
+    const make = (names: string[], f: (i: number) => number) => {
+      const out: Record<string, ReturnType<typeof tensor>> = {};
+      for (const name of names) {
+        const [n, kind] = sizes[name]!;
+        const a = kind === "f32" ? new Float32Array(n) : new Float64Array(n);
+        for (let i = 0; i < n; i++) a[i] = f(i);
+        out[name] = tensor(a);
+      }
+      return out;
+    };
+    const init = (i: number) => (i % 1000) - 500;
+    const grad = (k: number) => (i: number) => ((i + k) % 7) - 3;
+    const run = async (session: string, names: string[], steps: number) => {
+      const s = await c.open(session, "sgd", { hparams: { lr: 0.5 } });
+      await c.register(s, make(names, init));
+      for (let k = 1; k <= steps; k++) {
+        const r = await c.step(s, make(names, grad(k)));
+        for (const name of names) {
+          const p = r.params![name]!.data;
+          for (let i = 0; i < p.length; i++) {
+            let want = init(i);
+            for (let j = 1; j <= k; j++) want -= 0.5 * grad(j)(i);
+            if (p[i] !== want) assert.fail(`${session} step ${k}: ${name}[${i}] = ${p[i]}, want ${want}`);
+          }
+        }
+      }
+    };
+    // Session names of 1 to 16 characters shift grads through every
+    // offset mod 16, so every pad length comes up.
+    for (let n = 1; n <= 16; n++) await run("p".repeat(n), ["a", "c", "e"], 2);
+    const m = /metrics on (http:\/\/\S+\/metrics)/.exec(d.log());
+    assert.ok(m, `no metrics address in the log:\n${d.log()}`);
+    const text = await (await fetch(m[1]!)).text();
+    const line = text.split("\n").find((l) => l.startsWith("optimd_unaligned_gradients_total "));
+    assert.equal(line, "optimd_unaligned_gradients_total 0", "the daemon copied large gradients to align them");
+    await run("mixed", ["a", "b", "c", "d", "e"], 3);
+  } finally {
+    c.close();
+    const log = d.log();
+    assert.equal(await d.stop(), 0, log);
+  }
+});
+
 test("two parameter groups: per-group lr and schedule in info and step", async () => {
   // default: lr 0.1 halved after every step (StepLR step_size 1); head: lr
   // 0.5 and no scheduler. SGD, so each parameter moves by exactly lr * g.

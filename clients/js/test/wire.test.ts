@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { encode } from "@msgpack/msgpack";
+import { decode, encode } from "@msgpack/msgpack";
 import {
   ProtocolError,
   ServerError,
@@ -15,6 +15,7 @@ import {
   parseReply,
   requests,
   tensor,
+  type Tensor,
 } from "../src/index.js";
 import { readMsgpack } from "./msgpack_typed.js";
 import { hex } from "./support.js";
@@ -218,4 +219,201 @@ test("group lrs, grad norms, observe and unknown slot shapes in replies", () => 
       groups: [{ name: "default", scheduler: null, hparams: {}, sched_hparams: {}, base_lr: 1, lr: 1 }] }), "hparams"],
   ];
   for (const [what, bytes, op] of invalid) assert.throws(() => parseReply(op, bytes, 4), ProtocolError, what);
+});
+
+// --------------------------------------------------- large tensors padded
+
+/** The protocol page's threshold, written out so that the test pins it. */
+const PAD_SIZE = 65536;
+
+interface WireTensor {
+  keys: string[];
+  dataAt: number;
+  dataLen: number;
+  pad?: Uint8Array;
+  padCode?: number;
+}
+
+/** Where each tensor of a request's `field` map lies in its bytes: keys in
+ * order, the offset of data's first byte, the pad. A msgpack walk of its
+ * own, written for the kinds a request holds. */
+function tensorLayout(b: Uint8Array, field: string): Map<string, WireTensor> {
+  let pos = 0;
+  const u = (n: number) => {
+    let v = 0;
+    for (let i = 0; i < n; i++) v = v * 256 + b[pos++]!;
+    return v;
+  };
+  // [kind, length] of the header at pos, pos moved past it.
+  const header = (): ["map" | "arr" | "str" | "bin" | "scalar", number] => {
+    const c = b[pos++]!;
+    if (c <= 0x7f || c >= 0xe0 || c === 0xc0 || c === 0xc2 || c === 0xc3) return ["scalar", 0];
+    if (c >= 0x80 && c <= 0x8f) return ["map", c & 0x0f];
+    if (c >= 0x90 && c <= 0x9f) return ["arr", c & 0x0f];
+    if (c >= 0xa0 && c <= 0xbf) return ["str", c & 0x1f];
+    switch (c) {
+      case 0xc4: return ["bin", u(1)];
+      case 0xc5: return ["bin", u(2)];
+      case 0xc6: return ["bin", u(4)];
+      case 0xd9: return ["str", u(1)];
+      case 0xda: return ["str", u(2)];
+      case 0xdb: return ["str", u(4)];
+      case 0xdc: return ["arr", u(2)];
+      case 0xdd: return ["arr", u(4)];
+      case 0xde: return ["map", u(2)];
+      case 0xdf: return ["map", u(4)];
+      case 0xca: case 0xce: case 0xd2: pos += 4; return ["scalar", 0];
+      case 0xcb: case 0xcf: case 0xd3: pos += 8; return ["scalar", 0];
+      case 0xcc: case 0xd0: pos += 1; return ["scalar", 0];
+      case 0xcd: case 0xd1: pos += 2; return ["scalar", 0];
+    }
+    throw new Error(`msgpack code 0x${c.toString(16)} at ${pos - 1}`);
+  };
+  const skip = (): void => {
+    const [kind, n] = header();
+    if (kind === "str" || kind === "bin") pos += n;
+    else if (kind === "arr") for (let i = 0; i < n; i++) skip();
+    else if (kind === "map") for (let i = 0; i < 2 * n; i++) skip();
+  };
+  const str = (): string => {
+    const [kind, n] = header();
+    assert.equal(kind, "str");
+    pos += n;
+    return new TextDecoder().decode(b.subarray(pos - n, pos));
+  };
+  const out = new Map<string, WireTensor>();
+  const [top, n] = header();
+  assert.equal(top, "map");
+  for (let i = 0; i < n; i++) {
+    if (str() !== field) {
+      skip();
+      continue;
+    }
+    const [, nt] = header();
+    for (let j = 0; j < nt; j++) {
+      const name = str();
+      const [kind, nk] = header();
+      assert.equal(kind, "map");
+      const t: WireTensor = { keys: [], dataAt: -1, dataLen: -1 };
+      for (let k = 0; k < nk; k++) {
+        const key = str();
+        t.keys.push(key);
+        if (key !== "data" && key !== "pad") {
+          skip();
+          continue;
+        }
+        const code = b[pos]!;
+        const [bk, len] = header();
+        assert.equal(bk, "bin", `${name}.${key}`);
+        if (key === "data") {
+          t.dataAt = pos;
+          t.dataLen = len;
+        } else {
+          t.pad = b.subarray(pos, pos + len);
+          t.padCode = code;
+        }
+        pos += len;
+      }
+      out.set(name, t);
+    }
+  }
+  assert.equal(pos, b.length, "the request is one msgpack map");
+  return out;
+}
+
+/** n elements whose bytes are not all alike. */
+function filled(kind: "f32" | "f64", n: number, seed: number, shape?: number[]) {
+  const a = kind === "f32" ? new Float32Array(n) : new Float64Array(n);
+  for (let i = 0; i < n; i++) a[i] = ((i * 7 + seed) % 1000) - 500.25;
+  return tensor(a, shape);
+}
+
+/** Steps with `grads` for session names of 1 to 16 characters (every
+ * offset mod 16 for the tensors that follow): each tensor of 64 KiB or more
+ * is {dtype, shape, pad, data} with data where 4 + its offset is a multiple
+ * of 16 and a bin8 pad of at most 15 zeros, each smaller one is as before,
+ * and the message decodes as the unpadded one but for the pad keys. The
+ * pad lengths seen. */
+function checkPadded(grads: Record<string, Tensor>): Set<number> {
+  const seen = new Set<number>();
+  for (let n = 1; n <= 16; n++) {
+    const req = requests.step({ session: "s".repeat(n), token: TOKEN }, grads, { seq: 2, client: "c".repeat(n - 1) });
+    const got = encodeRequest(req, 99);
+    const layout = tensorLayout(got, "grads");
+    assert.equal(layout.size, Object.keys(grads).length);
+    for (const [name, g] of Object.entries(grads)) {
+      const t = layout.get(name)!;
+      const bytes = new Uint8Array(g.data.buffer, g.data.byteOffset, g.data.byteLength);
+      assert.equal(t.dataLen, bytes.length, name);
+      assert.ok(Buffer.from(got.subarray(t.dataAt, t.dataAt + t.dataLen)).equals(bytes), `${name}: data is the tensor's bytes`);
+      if (bytes.length < PAD_SIZE) {
+        assert.deepEqual(t.keys, ["dtype", "shape", "data"], `small ${name}`);
+        continue;
+      }
+      assert.deepEqual(t.keys, ["dtype", "shape", "pad", "data"], `large ${name}`);
+      assert.equal((4 + t.dataAt) % 16, 0, `session of ${n}: ${name} data at body offset ${t.dataAt}`);
+      assert.equal(t.padCode, 0xc4, `${name}: pad is bin8`);
+      assert.ok(t.pad!.length <= 15 && t.pad!.every((x) => x === 0), `${name}: pad ${hex(t.pad!)}`);
+      assert.equal(got[t.dataAt - 5], 0xc6, `${name}: data is bin32`);
+      seen.add(t.pad!.length);
+    }
+    // Decoded, it is the unpadded message (@msgpack/msgpack on the same
+    // object, as this client sent it before) with pad keys added.
+    const unpadded = encode({ v: 1, id: 99, op: "step", ...req.fields }, { ignoreUndefined: true });
+    const mine = decode(got) as { grads: Record<string, Record<string, unknown>> };
+    for (const [name, t] of Object.entries(mine.grads)) {
+      const large = grads[name]!.data.byteLength >= PAD_SIZE;
+      assert.equal("pad" in t, large, `${name}: pad key`);
+      if (large) {
+        assert.ok(t["pad"] instanceof Uint8Array && t["pad"].every((x) => x === 0));
+        delete t["pad"];
+      }
+    }
+    assert.deepEqual(mine, decode(unpadded), `session of ${n}`);
+  }
+  return seen;
+}
+
+const allPadLengths = (seen: Set<number>) =>
+  assert.deepEqual([...seen].sort((a, b) => a - b), Array.from({ length: 16 }, (_, i) => i));
+
+test("one large tensor: its data aligned for the daemon at every offset", () => {
+  allPadLengths(checkPadded({ w: filled("f32", PAD_SIZE / 4, 1) }));
+});
+
+test("large tensors of several sizes beside small ones: each large one aligned", () => {
+  allPadLengths(checkPadded({
+    "a.big": filled("f32", PAD_SIZE / 4 + 1, 2),
+    "b.small": filled("f32", 3, 3),
+    "c.big64": filled("f64", 12345, 4),
+    "d.under": filled("f32", PAD_SIZE / 4 - 1, 5),
+    "e.scalar": filled("f64", 1, 6, []),
+    "f.big": filled("f32", 7 * 3001, 7, [7, 3001]),
+    "g.empty": filled("f32", 0, 8),
+  }));
+  // register pads too.
+  const reg = encodeRequest(requests.register(s, { w: filled("f64", PAD_SIZE, 1) }, { group: "g" }), 1);
+  const w = tensorLayout(reg, "params").get("w")!;
+  assert.deepEqual(w.keys, ["dtype", "shape", "pad", "data"]);
+  assert.equal((4 + w.dataAt) % 16, 0);
+});
+
+test("requests without a large tensor have @msgpack/msgpack's bytes", () => {
+  const small = { w: filled("f32", 10, 1), v: filled("f64", PAD_SIZE / 8 - 1, 2), s: filled("f32", 1, 3, []) };
+  const reqs = [
+    requests.step(s, small, { seq: 1, client: "me", clip_norm: { max_norm: 1, norm_type: Infinity } }),
+    requests.register(s, small, { group: "g" }),
+    requests.hello({ client: undefined }),
+    requests.open("run1", "sgd", {
+      hparams: { lr: 0.5, nesterov: true },
+      groups: [{ name: "head", scheduler: null }, { name: "body", hparams: { lr: 0.25 }, scheduler: "plateau" }],
+      workers: { mode: "sync", count: 2 },
+    }),
+    requests.pull(s),
+    requests.import(new Uint8Array(PAD_SIZE * 2), { session: "x" }),
+  ];
+  for (const req of reqs) {
+    const want = encode({ v: 1, id: 2 ** 40, op: req.op, ...req.fields }, { ignoreUndefined: true });
+    assert.equal(hex(encodeRequest(req, 2 ** 40)), hex(want), req.op);
+  }
 });

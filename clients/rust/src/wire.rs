@@ -20,6 +20,15 @@ pub const PROTOCOL_VERSION: u64 = 1;
 // iovec per tensor costs more than copying a few hundred bytes.
 const INLINE_MAX: usize = 512;
 
+/// Tensor data of this many bytes or more is aligned in a request: the
+/// daemon receives a request into a 16-byte aligned buffer that holds REQ's
+/// 4-byte request ID and then the body, and reads a tensor's data in place
+/// where 4 + its body offset is a multiple of 16, copying it first
+/// elsewhere (docs/protocol.md §3, `pad`).
+pub const PAD_FROM: usize = 64 << 10;
+const ALIGN: usize = 16;
+const REQ_HEADER: usize = 4;
+
 /// An encoded request: msgpack bytes, except that large tensor data is
 /// borrowed from the caller and spliced in where it belongs, so sending it
 /// copies nothing.
@@ -248,14 +257,29 @@ impl<'a> Message<'a> {
         Ok(())
     }
 
+    /// A tensor map. One with [`PAD_FROM`] bytes of data or more is
+    /// `{dtype, shape, pad, data}`, `pad` being the zeros that put the first
+    /// data byte where the daemon reads it in place; a smaller one is
+    /// `{dtype, shape, data}`.
     fn tensor(&mut self, t: &TensorRef<'a>) -> Result<()> {
-        self.map(3)?;
+        let nbytes = t.bytes().len();
+        let pad = nbytes >= PAD_FROM && u32::try_from(nbytes).is_ok();
+        self.map(if pad { 4 } else { 3 })?;
         self.str("dtype")?;
         self.str(t.dtype().as_str())?;
         self.str("shape")?;
         self.array(t.shape().len())?;
         for &d in t.shape() {
             self.uint(d);
+        }
+        if pad {
+            // "pad" (4 bytes), its bin8 header (2), k bytes, "data" (5) and
+            // the bin32 header (5), then the data.
+            let at = self.len() + 4 + 2 + 5 + 5;
+            let k = (ALIGN - (REQ_HEADER + at) % ALIGN) % ALIGN;
+            self.str("pad")?;
+            enc::write_bin_len(&mut self.head, k as u32).expect("Vec write");
+            self.head.extend_from_slice(&[0u8; ALIGN][..k]);
         }
         self.str("data")?;
         match t.borrowed_bytes() {
