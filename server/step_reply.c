@@ -123,7 +123,7 @@ int step_streaming_reply(request *r, session *s, const msgpack_object *grads, co
      * parameters as they stand. */
     unsigned char *body = nng_msg_body(h.msg);
     for (size_t i = 0; i < s->n_params; i++)
-        if (h.offset[i] != SIZE_MAX && !h.filled[i])
+        if (h.offset[i] != SIZE_MAX && !h.filled[i] && s->params[i].nbytes)
             memcpy(body + h.offset[i], s->params[i].data, s->params[i].nbytes);
     uint32_t pairs = 4 + pack_step_counter_pairs(&r->w->pk, s, &res, clip);
     body = nng_msg_body(h.msg);
