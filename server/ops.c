@@ -104,7 +104,7 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
     wire_writer w;
     wire_writer_init(&w, reply);
     request r = {.srv = srv, .w = &w, .raw = nng_msg_body(request_msg), .raw_len = nng_msg_len(request_msg),
-                 .ticket = ticket, .pipe = nng_msg_get_pipe(request_msg)};
+                 .request_msg = request_msg, .ticket = ticket, .pipe = nng_msg_get_pipe(request_msg)};
     ticket->park = false;
     ticket->deadline = 0;
     size_t len = nng_msg_len(request_msg);
@@ -126,6 +126,10 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
     }
     for (size_t i = 0; i < r.n_held; i++) plugin_unref(r.held[i]);
     free(r.held);
+    /* A step may have made the request's own message its reply
+     * (step_reply.c); request_msg is NULL then. */
+    reply = w.msg;
+    request_msg = r.request_msg;
     if (ticket->park && !r.err.code) {
         /* Parked: the message stays with the transport, the reply comes later. */
         nng_msg_free(reply);
@@ -139,6 +143,6 @@ nng_msg *server_handle(server *srv, nng_msg *request_msg, request_ticket *ticket
         write_error(&w, r.id, &r.err);
     }
     metrics_record(r.op, r.err.code, metrics_now_ns() - started, len, nng_msg_len(reply));
-    nng_msg_free(request_msg);
+    if (request_msg) nng_msg_free(request_msg);
     return reply;
 }

@@ -22,6 +22,10 @@ typedef struct request {
     server *srv;
     const void *raw;           /* the request as received, for the log */
     size_t raw_len;
+    /* The message `raw` is the body of. A handler may take it over as its
+     * reply once nothing reads the request any more: it then sets this to
+     * NULL and w->msg to it. */
+    nng_msg *request_msg;
     const msgpack_object *root;
     uint64_t id;
     wire_writer *w;

@@ -262,6 +262,71 @@ class Sessions(DaemonTest):
         for k in p:
             np.testing.assert_array_equal(array(pulled[k]), p[k])
 
+    def test_step_reply_written_over_the_request(self):
+        # A dense step's reply can be the request's own message: each
+        # parameter over its gradient, the msgpack between the tensors
+        # rewritten to fill each gap exactly (slack of 0 to 5 bytes by
+        # longer encodings, 6 or more by a pad key), the envelope and
+        # counters in front. The requests here are built by hand so that
+        # every slack comes up; the reply must decode to the right values
+        # with its counters before `params` (the in-place layout; the other
+        # has them after) and a pad wherever the slack was 6 or more.
+        rng = np.random.default_rng(11)
+        shapes = [(70_000,), (300, 7), (5,), (40_000,), (3, 2, 2), (1,), (17,), (20_000,)]
+        names = [f"p{i}" for i in range(len(shapes))]
+        p = {n: rng.standard_normal(sh).astype(np.float32 if i % 3 else np.float64)
+             for i, (n, sh) in enumerate(zip(names, shapes))}
+        s = self.open("over" * 10, hparams={"lr": 0.5})       # a long name: room in front
+        self.ok(self.c.call("register", **s, params={k: tensor(v) for k, v in p.items()}))
+
+        def entry(name, a, slack):
+            """One gradient's key and tensor map, `slack` bytes longer than
+            the shortest encoding."""
+            extra = {1: b"", 2: b"\xa0\xc0", 3: b"\xa1x\xc0", 4: b"\xa2xy\xc0", 5: b"\xa3xyz\xc0"}
+            dt = {np.dtype(np.float32): b"f32", np.dtype(np.float64): b"f64"}[a.dtype]
+            head = msgpack.packb(name)
+            if slack == 0 or slack == 1:
+                head += b"\x83"
+            elif slack <= 5:
+                head += b"\x84" + extra[slack]
+            else:
+                head += b"\x84" + msgpack.packb("pad") + msgpack.packb(b"\0" * (slack - 6 - (1 if slack - 6 >= 256 else 0)),
+                                                                      use_bin_type=True)
+            head += msgpack.packb("dtype") + (b"\xd9\x03" + dt if slack == 1 else msgpack.packb(dt.decode()))
+            head += msgpack.packb("shape") + msgpack.packb(list(a.shape))
+            head += msgpack.packb("data") + msgpack.packb(a.tobytes(), use_bin_type=True)
+            return head
+
+        slacks = [0, 1, 2, 3, 4, 5, 6, 7, 21, 300]
+        for step in range(len(slacks)):
+            g = {k: (rng.standard_normal(v.shape) * 2).astype(v.dtype) for k, v in p.items()}
+            order = names[step % len(names):] + names[:step % len(names)]
+            grads = b"".join(entry(k, g[k], slacks[(step + i) % len(slacks)]) for i, k in enumerate(order))
+            front = msgpack.packb({"v": 1, "id": 9, "op": "step", **s})
+            # The envelope's map gets three more keys: grads, seq, client.
+            body = bytes([front[0] + 3]) + front[1:] + msgpack.packb("grads") + bytes([0x80 | len(order)]) + grads
+            body += msgpack.packb("seq") + msgpack.packb(step + 1) + msgpack.packb("client") + msgpack.packb("c")
+            raw = self.c.roundtrip_bytes(body)
+            keys = [k for k, _ in msgpack.unpackb(raw, object_pairs_hook=list, raw=False)]
+            self.assertEqual(keys[:4], ["v", "id", "ok", "steps"], msgpack.unpackb(raw, raw=False))
+            self.assertEqual(keys[-1], "params", keys)
+            r = msgpack.unpackb(raw, raw=False)
+            self.assertTrue(r["ok"], r)
+            self.assertEqual((r["id"], r["steps"], r["duplicate"]), (9, step + 1, False))
+            self.assertEqual(list(r["params"]), order)
+            for i, k in enumerate(order):
+                p[k] = (p[k] - p[k].dtype.type(0.5) * g[k]).astype(p[k].dtype)
+                np.testing.assert_array_equal(array(r["params"][k]), p[k], err_msg=f"step {step + 1} '{k}'")
+                if i > 0:
+                    self.assertEqual("pad" in r["params"][k], slacks[(step + i) % len(slacks)] >= 6)
+            again = msgpack.unpackb(self.c.roundtrip_bytes(body), raw=False)   # the same seq: a duplicate
+            self.assertTrue(again["duplicate"])
+            for k in order:
+                np.testing.assert_array_equal(array(again["params"][k]), p[k])
+        pulled = self.ok(self.c.call("pull", **s))["params"]
+        for k in p:
+            np.testing.assert_array_equal(array(pulled[k]), p[k])
+
     def test_state_returns_every_allocated_slot(self):
         s = self.open("slots", "adam", hparams={"lr": 0.1, "amsgrad": True})
         self.ok(self.c.call("register", **s, params={"w": tensor(np.zeros(3, np.float32)),
