@@ -32,6 +32,12 @@ clang -std=c11 -g -O1 -D_GNU_SOURCE \
   -lnng -lmsgpackc -o "$out/fuzz_decode"
 /usr/bin/python3 "$src/tests/fuzz/make_corpus.py" "$out/seeds"
 mkdir -p "$out/corpus" "$out/corpus-decode"
+# The fuzzers run in $out: a relative plugin directory (make fuzz passes
+# BUILD/plugins) must not change meaning there.
+if [ -n "${OPTIMD_PLUGIN_DIR:-}" ]; then
+  OPTIMD_PLUGIN_DIR=$(cd "$OPTIMD_PLUGIN_DIR" && pwd)
+  export OPTIMD_PLUGIN_DIR
+fi
 cd "$out"
 # A fifth of the time for the decoder alone, the rest for the whole handler.
 decode_seconds=$(( seconds / 5 > 1 ? seconds / 5 : 1 ))
