@@ -56,51 +56,6 @@ static bool copy_into_reply(void *ctx, const session *s, size_t index)
     return optimd_copy_finite_parallel(h->pool, dst, p->data, (size_t)p->numel, esize);
 }
 
-/* The envelope and the parameters' map with a hole for each one's bytes. */
-static int lay_out(request *r, session *s, const msgpack_object *grads, reply_holes *h)
-{
-    size_t bytes = 512 + 64 * (size_t)s->n_groups;
-    for (uint32_t i = 0; i < grads->via.map.size; i++) {
-        const msgpack_object *key = &grads->via.map.ptr[i].key;
-        int64_t idx = session_find_param(s, key->via.str.ptr, key->via.str.size);
-        bytes += 384 + s->params[idx].nbytes;
-    }
-    nng_msg_reserve(r->w->msg, bytes);
-    nng_msg *msg = r->w->msg;
-    static const unsigned char map32[5] = {0xdf, 0, 0, 0, 0};
-    if (nng_msg_append(msg, map32, sizeof map32) != 0) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
-    msgpack_packer *pk = &r->w->pk;
-    wire_pack_str(pk, "v");
-    msgpack_pack_int(pk, OPTIMD_PROTOCOL_VERSION);
-    wire_pack_str(pk, "id");
-    msgpack_pack_uint64(pk, r->id);
-    wire_pack_str(pk, "ok");
-    msgpack_pack_true(pk);
-    wire_pack_str(pk, "params");
-    msgpack_pack_map(pk, grads->via.map.size);
-    for (uint32_t i = 0; i < grads->via.map.size; i++) {
-        const msgpack_object *key = &grads->via.map.ptr[i].key;
-        size_t idx = (size_t)session_find_param(s, key->via.str.ptr, key->via.str.size);
-        const param *p = &s->params[idx];
-        wire_pack_str(pk, s->names[idx]);
-        msgpack_pack_map(pk, 3);
-        wire_pack_str(pk, "dtype");
-        wire_pack_str(pk, wire_dtype_name(p->dtype));
-        wire_pack_str(pk, "shape");
-        msgpack_pack_array(pk, p->ndim);
-        for (uint32_t d = 0; d < p->ndim; d++) msgpack_pack_uint64(pk, (uint64_t)p->shape[d]);
-        wire_pack_str(pk, "data");
-        msgpack_pack_bin(pk, p->nbytes);
-        if (r->w->failed) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory writing the reply");
-        /* The hole: bytes the copy overwrites, never read before. */
-        h->offset[idx] = nng_msg_len(msg);
-        if (nng_msg_realloc(msg, h->offset[idx] + p->nbytes) != 0)
-            return fail(&r->err, OPTIMD_E_NOMEM, "out of memory writing the reply");
-    }
-    h->msg = msg;
-    return 0;
-}
-
 /* ---- the request's own buffer as the reply ----------------------------
  *
  * Better than a fresh reply buffer (NNG zero-fills every buffer it
@@ -208,6 +163,61 @@ static size_t entry_length(const session *s, size_t idx)
     return b.len;
 }
 
+/* The start of a step reply: a map32 header whose count set_pair_count
+ * fills in once the keys are known, then v, id and ok. */
+static void begin_envelope(wire_writer *w, uint64_t id)
+{
+    static const unsigned char map32[5] = {0xdf, 0, 0, 0, 0};
+    if (nng_msg_append(w->msg, map32, sizeof map32) != 0) w->failed = 1;
+    wire_pack_str(&w->pk, "v");
+    msgpack_pack_int(&w->pk, OPTIMD_PROTOCOL_VERSION);
+    wire_pack_str(&w->pk, "id");
+    msgpack_pack_uint64(&w->pk, id);
+    wire_pack_str(&w->pk, "ok");
+    msgpack_pack_true(&w->pk);
+}
+
+/* `envelope` points at begin_envelope's map32 header. */
+static void set_pair_count(unsigned char *envelope, uint32_t pairs)
+{
+    envelope[1] = (unsigned char)(pairs >> 24);
+    envelope[2] = (unsigned char)(pairs >> 16);
+    envelope[3] = (unsigned char)(pairs >> 8);
+    envelope[4] = (unsigned char)pairs;
+}
+
+/* A fresh reply: the envelope and the parameters' map with a hole for each
+ * one's bytes; the counters follow after the step. */
+static int lay_out(request *r, session *s, const msgpack_object *grads, reply_holes *h)
+{
+    size_t bytes = 512 + 64 * (size_t)s->n_groups;
+    for (uint32_t i = 0; i < grads->via.map.size; i++) {
+        const msgpack_object *key = &grads->via.map.ptr[i].key;
+        int64_t idx = session_find_param(s, key->via.str.ptr, key->via.str.size);
+        bytes += 384 + s->params[idx].nbytes;
+    }
+    nng_msg_reserve(r->w->msg, bytes);
+    nng_msg *msg = r->w->msg;
+    begin_envelope(r->w, r->id);
+    wire_pack_str(&r->w->pk, "params");
+    msgpack_pack_map(&r->w->pk, grads->via.map.size);
+    if (r->w->failed) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory writing the reply");
+    for (uint32_t i = 0; i < grads->via.map.size; i++) {
+        const msgpack_object *key = &grads->via.map.ptr[i].key;
+        size_t idx = (size_t)session_find_param(s, key->via.str.ptr, key->via.str.size);
+        size_t at = nng_msg_len(msg), len = entry_length(s, idx);
+        /* The entry, then the hole: bytes the copy overwrites, never read
+         * before. */
+        if (nng_msg_realloc(msg, at + len + s->params[idx].nbytes) != 0)
+            return fail(&r->err, OPTIMD_E_NOMEM, "out of memory writing the reply");
+        span entry = {(unsigned char *)nng_msg_body(msg) + at, 0};
+        put_entry(&entry, s, idx, 0);
+        h->offset[idx] = at + len;
+    }
+    h->msg = msg;
+    return 0;
+}
+
 /* Where the request's gradients lie. */
 typedef struct in_place {
     uint32_t n;
@@ -256,14 +266,7 @@ static int finish_in_place(request *r, const session *s, const in_place *ip, con
     if (nng_msg_alloc(&head, 0) != 0) return fail(&r->err, OPTIMD_E_NOMEM, "out of memory");
     wire_writer front;
     wire_writer_init(&front, head);
-    static const unsigned char map32[5] = {0xdf, 0, 0, 0, 0};
-    nng_msg_append(head, map32, sizeof map32);
-    wire_pack_str(&front.pk, "v");
-    msgpack_pack_int(&front.pk, OPTIMD_PROTOCOL_VERSION);
-    wire_pack_str(&front.pk, "id");
-    msgpack_pack_uint64(&front.pk, r->id);
-    wire_pack_str(&front.pk, "ok");
-    msgpack_pack_true(&front.pk);
+    begin_envelope(&front, r->id);
     uint32_t pairs = 4 + pack_step_counter_pairs(&front.pk, s, res, clip);
     wire_pack_str(&front.pk, "params");
     msgpack_pack_map(&front.pk, ip->n);
@@ -283,10 +286,7 @@ static int finish_in_place(request *r, const session *s, const in_place *ip, con
     memcpy(body + start, nng_msg_body(head), nng_msg_len(head));
     span b = {body + start + nng_msg_len(head), 0};
     put_entry(&b, s, ip->param[0], 0);
-    body[start + 1] = (unsigned char)(pairs >> 24);
-    body[start + 2] = (unsigned char)(pairs >> 16);
-    body[start + 3] = (unsigned char)(pairs >> 8);
-    body[start + 4] = (unsigned char)pairs;
+    set_pair_count(body + start, pairs);
     nng_msg_free(head);
     size_t end = ip->at[ip->n - 1] + s->params[ip->param[ip->n - 1]].nbytes;
     nng_msg_chop(msg, nng_msg_len(msg) - end);
@@ -340,11 +340,7 @@ int step_streaming_reply(request *r, session *s, const msgpack_object *grads, co
         goto out;
     }
     uint32_t pairs = 4 + pack_step_counter_pairs(&r->w->pk, s, &res, clip);
-    body = nng_msg_body(h.msg);
-    body[1] = (unsigned char)(pairs >> 24);
-    body[2] = (unsigned char)(pairs >> 16);
-    body[3] = (unsigned char)(pairs >> 8);
-    body[4] = (unsigned char)pairs;
+    set_pair_count(nng_msg_body(h.msg), pairs);
 out:
     free(h.offset);
     free(h.filled);
