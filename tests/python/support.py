@@ -89,6 +89,34 @@ class DaemonTestCase(unittest.TestCase):
             raise AssertionError(f"optimd exited {status}; its log:\n{cls.daemon.log()}")
 
 
+class DaemonsTestCase(unittest.TestCase):
+    """``DAEMONS`` daemons for the whole class (several servers of one
+    cluster); the class fails if any does not stop cleanly."""
+
+    DAEMONS = 4
+    daemons: list[Daemon]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.daemons = []
+        try:
+            for _ in range(cls.DAEMONS):
+                cls.daemons.append(Daemon())
+        except BaseException:
+            cls.tearDownClass()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        failed = []
+        for d in cls.daemons:
+            status = d.stop()
+            if status != 0:
+                failed.append(f"optimd exited {status}; its log:\n{d.log()}")
+        if failed:
+            raise AssertionError("\n".join(failed))
+
+
 class FakeServer:
     """A REP socket on a free port, served by a thread: each request goes to
     ``answer(request_bytes)``, which returns the reply bytes or None (no

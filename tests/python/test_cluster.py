@@ -12,7 +12,7 @@ import numpy as np
 
 import optimd
 
-from support import Daemon
+from support import DaemonsTestCase
 
 SHAPES = {
     "embed.weight": ((17, 6), np.float32),
@@ -49,29 +49,7 @@ def independent_placement(name: str, urls) -> str:
     return max(urls, key=lambda u: (weight(u), u))
 
 
-class ClusterTests(unittest.TestCase):
-    daemons: list[Daemon]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.daemons = []
-        try:
-            for _ in range(4):
-                cls.daemons.append(Daemon())
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        failed = []
-        for d in cls.daemons:
-            status = d.stop()
-            if status != 0:
-                failed.append(f"optimd exited {status}; its log:\n{d.log()}")
-        if failed:
-            raise AssertionError("\n".join(failed))
-
+class ClusterTests(DaemonsTestCase):
     def cluster(self, daemons) -> optimd.Cluster:
         c = optimd.Cluster([d.url for d in daemons], timeout=60)
         self.addCleanup(c.close)

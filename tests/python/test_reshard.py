@@ -13,7 +13,7 @@ import numpy as np
 
 import optimd
 
-from support import Daemon
+from support import DaemonsTestCase
 
 SHAPES = {f"layer{i}.{kind}": ((4, 3) if kind == "weight" else (3,), np.float32 if i % 3 else np.float64)
           for i in range(8) for kind in ("weight", "bias")}
@@ -41,29 +41,7 @@ def gradients(step: int) -> dict[str, np.ndarray]:
             if (i + step) % 5}
 
 
-class ReshardTests(unittest.TestCase):
-    daemons: list[Daemon]
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.daemons = []
-        try:
-            for _ in range(4):
-                cls.daemons.append(Daemon())
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        failed = []
-        for d in cls.daemons:
-            status = d.stop()
-            if status != 0:
-                failed.append(f"optimd exited {status}; its log:\n{d.log()}")
-        if failed:
-            raise AssertionError("\n".join(failed))
-
+class ReshardTests(DaemonsTestCase):
     def urls(self, *which: int) -> list[str]:
         return [self.daemons[i].url for i in which]
 
