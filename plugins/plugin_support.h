@@ -284,6 +284,12 @@ static inline optimd_status plug_check_hparam_values(const optimd_host *host,
  */
 #define PLUG_DEFINE_OPTIMIZER(id_, version_, description_, hparams_, slots_, \
                               check_, step_)                                 \
+    PLUG_DEFINE_OPTIMIZER_FLAGS(id_, version_, description_, hparams_,       \
+                                slots_, check_, step_, 0u)
+
+/* The same with `flags` (OPTIMD_OPTIMIZER_ELEMENTWISE, docs/abi.md §6). */
+#define PLUG_DEFINE_OPTIMIZER_FLAGS(id_, version_, description_, hparams_,   \
+                                    slots_, check_, step_, flags_)           \
     static const optimd_optimizer plug_optimizer_table = {                   \
         .struct_size = sizeof(optimd_optimizer),                             \
         .n_hparams = PLUG_ARRAY_LEN(hparams_),                               \
@@ -293,6 +299,7 @@ static inline optimd_status plug_check_hparam_values(const optimd_host *host,
         .slots = (slots_),                                                   \
         .check_hparams = (check_),                                           \
         .step = (step_),                                                     \
+        .flags = (flags_),                                                   \
     };                                                                       \
     OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {                 \
         .abi_major = OPTIMD_ABI_MAJOR,                                       \

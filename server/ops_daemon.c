@@ -8,6 +8,7 @@
 #include "metrics.h"
 #include "session_transfer.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -104,7 +105,7 @@ int op_plugins(request *r)
         const plugin *p = list[i];
         const optimd_optimizer *o = p->desc->optimizer;
         bool is_opt = p->desc->kind == OPTIMD_KIND_OPTIMIZER;
-        msgpack_pack_map(pk, is_opt ? 7 : 5);
+        msgpack_pack_map(pk, is_opt ? 8 : 5);
         wire_pack_str(pk, "id");
         wire_pack_str(pk, p->desc->id);
         wire_pack_str(pk, "kind");
@@ -139,6 +140,9 @@ int op_plugins(request *r)
         msgpack_pack_array(pk, (uint32_t)f32 + (uint32_t)f64);
         if (f32) wire_pack_str(pk, "f32");
         if (f64) wire_pack_str(pk, "f64");
+        wire_pack_str(pk, "sliced");
+        if (sliced_step_supported(p)) msgpack_pack_true(pk);
+        else msgpack_pack_false(pk);
     }
     plugin_registry_release_list(list, n);
     return 0;

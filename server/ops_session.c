@@ -8,6 +8,7 @@
 #include "metrics.h"
 #include "session_transfer.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -409,7 +410,9 @@ int op_info(request *r)
     session_lock(s);
     /* A client that keeps its id across restarts resumes its numbering. */
     const client_seq *cs = client ? session_client(s, client, client_len, false) : NULL;
-    msgpack_packer *pk = reply_begin(r, (client ? 14 : 13) + (s->workers != NULL) + pack_composite(NULL, &s->groups[0]));
+    msgpack_packer *pk = reply_begin(r, (client ? 14 : 13) + (s->workers != NULL) + pack_composite(NULL, &s->groups[0]) +
+                                            sliced_step_pack_info(NULL, s));
+    sliced_step_pack_info(pk, s);
     if (s->workers) {
         wire_pack_str(pk, "workers");
         pack_workers(pk, s);

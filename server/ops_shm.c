@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "session_transfer.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -111,7 +112,8 @@ int op_shm_step(request *r)
         log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
     step_result res;
     bool detached = false;
-    int rc = optimd_shm_step(s, names, r->root, &id, &clip, r->srv->pool, &r->srv->store, &res, &detached,
+    int rc = session_refuse_if_pending(s, "shm_step", &r->err);
+    if (rc == 0) rc = optimd_shm_step(s, names, r->root, &id, &clip, r->srv->pool, &r->srv->store, &res, &detached,
                              &r->err);
     if (rc == 0 && !res.duplicate) store_compact_if_large(&r->srv->store, s);
     if (rc == 0) {

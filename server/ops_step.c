@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "session_transfer.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -128,6 +129,51 @@ int apply_step(request *r, session *s, const msgpack_object *grads, const step_i
     return rc;
 }
 
+/* One part of a sliced step and its reply: the counters, `complete`,
+ * `parts`, and each range the part carried with its new values. */
+static int step_part(request *r, session *s, const msgpack_object *grads, bool want_params,
+                     const step_identity *id, const step_clip *clip, uint32_t index, uint32_t count)
+{
+    store_change change = change_of(r);
+    part_entry *entries;
+    size_t n;
+    part_result res;
+    if (session_step_part(s, grads, id, index, count, clip, r->srv->pool, store_log_change, &change, &entries,
+                          &n, &res, &r->err))
+        return -1;
+    if (res.complete && !res.step.duplicate) store_compact_if_large(&r->srv->store, s);
+    if (want_params) {
+        size_t bytes = 256 + 64 * (size_t)s->n_groups;
+        for (size_t i = 0; i < n; i++)
+            bytes += 384 + (size_t)entries[i].count * wire_dtype_size(s->params[entries[i].index].dtype);
+        nng_msg_reserve(r->w->msg, bytes);
+    }
+    msgpack_packer *pk = pack_step_counters(r, s, &res.step, clip, 2 + want_params);
+    wire_pack_str(pk, "complete");
+    if (res.complete) msgpack_pack_true(pk);
+    else msgpack_pack_false(pk);
+    wire_pack_str(pk, "parts");
+    msgpack_pack_uint32(pk, res.parts);
+    if (want_params) {
+        wire_pack_str(pk, "params");
+        msgpack_pack_map(pk, (uint32_t)n);
+        for (size_t i = 0; i < n; i++) {
+            const param *p = &s->params[entries[i].index];
+            size_t esize = wire_dtype_size(p->dtype);
+            int64_t shape[1] = {entries[i].count};
+            wire_pack_str(pk, s->names[entries[i].index]);
+            msgpack_pack_map(pk, 2);
+            wire_pack_str(pk, "offset");
+            msgpack_pack_uint64(pk, (uint64_t)entries[i].offset);
+            wire_pack_str(pk, "values");
+            wire_pack_tensor(pk, p->dtype, 1, shape, (const char *)p->data + (size_t)entries[i].offset * esize,
+                             (size_t)entries[i].count * esize);
+        }
+    }
+    free(entries);
+    return 0;
+}
+
 int op_step(request *r)
 {
     const msgpack_object *grads;
@@ -140,6 +186,9 @@ int op_step(request *r)
         wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err) ||
         step_clip_parse(r->root, &clip, &r->err))
         return -1;
+    bool sliced;
+    uint32_t part_index = 0, part_count = 0;
+    if (sliced_step_parse_part(r->root, &sliced, &part_index, &part_count, &r->err)) return -1;
     session *s = request_session(r);
     if (!s) return -1;
     session_lock(s);
@@ -147,11 +196,16 @@ int op_step(request *r)
     if (session_follow_upgrades(s, &r->srv->plugins, &r->err) > 0 && store_save_locked(&r->srv->store, s) != 0)
         log_error("session %s: cannot snapshot it after a plugin upgrade", s->name);
     int rc;
-    if (s->workers) {
+    if (sliced && s->workers) {
+        rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "session '%s' has workers: its steps cannot be sent in parts",
+                  s->name);
+    } else if (sliced) {
+        rc = step_part(r, s, grads, want_params, &id, &clip, part_index, part_count);
+    } else if (s->workers) {
         rc = worker_push(r, s, grads, want_params, &id, &clip);
     } else if (wire_map_get(r->root, "worker")) {
         rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "session '%s' has no workers: a step names no 'worker'", s->name);
-    } else if (want_params && step_reply_can_stream(s, grads)) {
+    } else if (want_params && !s->pending_step && step_reply_can_stream(s, grads)) {
         rc = step_streaming_reply(r, s, grads, &id, &clip);
     } else {
         step_result res;

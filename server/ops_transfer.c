@@ -7,6 +7,7 @@
 #include "metrics.h"
 #include "session_transfer.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "transport.h"
 #include "workers.h"
@@ -49,7 +50,8 @@ int op_export(request *r)
     size_t len = 0;
     bool *keep = NULL;
     session_lock(s);
-    int rc = export_selection(r, s, &keep);
+    int rc = session_refuse_if_pending(s, "export", &r->err);
+    if (rc == 0) rc = export_selection(r, s, &keep);
     if (rc == 0) {
         FILE *f = open_memstream(&buf, &len);
         rc = f ? snapshot_write_some(s, keep, f) : -1;
@@ -91,7 +93,8 @@ static int import_into(request *r, const msgpack_object *snap)
     session_lock(s);
     param_adoption a;
     int rc = s->closed ? fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "session '%s' was closed meanwhile", s->name)
-                       : session_adopt_prepare(s, from, &a, &r->err);
+                       : session_refuse_if_pending(s, "import into it", &r->err);
+    if (rc == 0) rc = session_adopt_prepare(s, from, &a, &r->err);
     if (rc == 0 && check_memory_adding(r, s, a.adding_bytes) != 0) {
         session_adopt_end(s, &a, false);
         rc = -1;
@@ -173,7 +176,8 @@ int op_unregister(request *r)
     size_t *idx = NULL, count = 0;
     bool *keep = NULL;
     int rc = s->closed ? fail(&r->err, OPTIMD_E_UNKNOWN_SESSION, "session '%s' was closed meanwhile", s->name)
-                       : resolve_names(r, s, &idx, &count);
+                       : session_refuse_if_pending(s, "unregister", &r->err);
+    if (rc == 0) rc = resolve_names(r, s, &idx, &count);
     /* A sync round in progress holds parameter indexes that removal would shift. */
     if (rc == 0 && count > 0 && s->workers && s->workers->round_pushes)
         rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "session '%s' has a sync round in progress; unregister "

@@ -105,6 +105,9 @@ static bool check_optimizer(const char *path, plugin *p)
     p->hparams = o->hparams;
     p->n_hparams = o->n_hparams;
     if (o->struct_size >= offsetof(optimd_optimizer, migrate) + sizeof o->migrate) p->opt_migrate = o->migrate;
+    /* 1.1 plugins had a reserved 0 there; bits this host does not know are ignored. */
+    if (p->desc->abi_minor >= 2 && o->struct_size >= offsetof(optimd_optimizer, flags) + sizeof o->flags)
+        p->opt_flags = o->flags & OPTIMD_OPTIMIZER_ELEMENTWISE;
     p->lr_index = find_key(o->hparams, o->n_hparams, "lr", 2);
     if (p->lr_index < 0 || o->hparams[p->lr_index].type != OPTIMD_HP_FLOAT) {
         refuse("plugin %s: an optimizer must declare a float hyperparameter 'lr'", path);

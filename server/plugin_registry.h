@@ -33,6 +33,7 @@ typedef struct plugin {
     uint32_t n_sched_state;
     /* Optimizers, ABI 1.1 (NULL for a 1.0 plugin). */
     optimd_status (*opt_migrate)(const optimd_host *, const optimd_migrate_args *);
+    uint32_t opt_flags;                /* ABI 1.2 OPTIMD_OPTIMIZER_* bits it declares; 0 before */
     void *handle;                      /* from dlopen */
     char *path;                        /* the file it came from */
     uint64_t generation;               /* load order, unique in a daemon */

@@ -10,6 +10,7 @@
 #include "host.h"
 #include "log.h"
 #include "shm_attachment.h"
+#include "sliced_step.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -183,6 +184,7 @@ static void param_release(const session *s, param *p)
 static void session_destroy(session *s)
 {
     optimd_shm_detach(s);
+    sliced_step_free(s->pending_step);
     for (size_t i = 0; i < s->n_params; i++) {
         param_release(s, &s->params[i]);
         free(s->names[i]);
@@ -976,6 +978,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
             return 0;
         }
     }
+    if (session_refuse_if_pending(s, "a whole step", err)) return -1;
     if (s->stopped[0])
         return fail(err, OPTIMD_E_PLUGIN, "session '%s' is stopped (%s): switch it to another optimizer, "
                     "load a fixed plugin version, or close it", s->name, s->stopped);
@@ -1012,6 +1015,11 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         }
         p->mark = serial;
         pend[i].p = p;
+        if (kv->val.type == MSGPACK_OBJECT_MAP && wire_map_get(&kv->val, "offset")) {
+            rc = fail(err, OPTIMD_E_BAD_REQUEST, "'%s': a range gradient {offset, values} belongs in a part of a "
+                      "sliced step ('part')", s->names[idx]);
+            break;
+        }
         if (kv->val.type == MSGPACK_OBJECT_MAP && wire_map_get(&kv->val, "rows")) {
             if ((rc = decode_sparse(s, &pend[i], &kv->val, s->names[idx], err))) break;
             continue;
@@ -1151,8 +1159,21 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         p->steps++;
         if (s->lookahead_k && p->steps % s->lookahead_k == 0) lookahead_sync(s, p);
     }
-    s->steps++;
     s->version++;
+    session_count_step(s, cs, id ? id->seq : 0, res, err);
+out:
+    if (pend)
+        for (uint32_t i = 0; i < n; i++) pending_free(&pend[i], o->n_slots);
+    free(pend);
+    free(hp);
+    free(slot_views);
+    free(layouts);
+    return rc;
+}
+
+void session_count_step(session *s, client_seq *cs, uint64_t seq, step_result *res, request_error *err)
+{
+    s->steps++;
     for (uint32_t gi = 0; gi < s->n_groups; gi++) {
         param_group *g = &s->groups[gi];
         res->lrs[gi] = g->lr;
@@ -1167,19 +1188,11 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     res->steps = s->steps;
     res->next_lr = res->next_lrs[0];
     if (cs) {
-        cs->seq = id->seq;
+        cs->seq = seq;
         cs->steps = res->steps;
         cs->lr = res->lr;
         cs->next_lr = res->next_lr;
     }
-out:
-    if (pend)
-        for (uint32_t i = 0; i < n; i++) pending_free(&pend[i], o->n_slots);
-    free(pend);
-    free(hp);
-    free(slot_views);
-    free(layouts);
-    return rc;
 }
 
 /* clip_grad_value_, then clip_grad_norm_ over the whole request or per
@@ -1238,6 +1251,7 @@ static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, cons
 int session_set_hparams(session *s, const msgpack_object *map, int group, session_commit_fn commit,
                         void *ctx, request_error *err)
 {
+    if (session_refuse_if_pending(s, "set_hparams", err)) return -1;
     /* Every group the request names is checked before any changes. */
     uint32_t first = group < 0 ? 0 : (uint32_t)group, last = group < 0 ? s->n_groups : (uint32_t)group + 1;
     const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
@@ -1266,6 +1280,7 @@ int session_set_hparams(session *s, const msgpack_object *map, int group, sessio
 int session_observe(session *s, double metric, int group, session_commit_fn commit, void *ctx,
                     request_error *err)
 {
+    if (session_refuse_if_pending(s, "observe", err)) return -1;
     uint32_t first = group < 0 ? 0 : (uint32_t)group, last = group < 0 ? s->n_groups : (uint32_t)group + 1;
     uint32_t observing = 0;
     for (uint32_t gi = first; gi < last; gi++) observing += s->groups[gi].sched && s->groups[gi].sched->sched_observe;

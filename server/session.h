@@ -170,6 +170,10 @@ typedef struct session {
      * or NULL; see shm_attachment.h. */
     struct optimd_shm_attachment *shm;
 
+    /* A sliced step between its first and last part (sliced_step.h), or
+     * NULL. While there is one, nothing else may change the session. */
+    struct sliced_step *pending_step;
+
     param *params;             /* registration order */
     char **names;              /* names[i] is params[i]'s name */
     size_t n_params;
@@ -294,6 +298,11 @@ typedef struct step_extras {
 int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
                  const step_extras *extras, compute_pool *pool, session_commit_fn commit, void *ctx,
                  step_result *res, request_error *err);
+
+/* Counts a step that was applied: the session's step count, each group's
+ * scheduler (its lrs before and after into `res`), and `seq` in `cs` (may
+ * be NULL). The caller counted the change in `version`. */
+void session_count_step(session *s, client_seq *cs, uint64_t seq, step_result *res, request_error *err);
 
 /* Mutable hyperparameters of `group` (-1: every group); "lr" also becomes
  * the next step's lr. */

@@ -6,6 +6,7 @@
 #include "hparams.h"
 #include "host.h"
 #include "log.h"
+#include "sliced_step.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@ int session_migrate_optimizer(session *s, const plugin *to, const msgpack_object
     const plugin *from = s->opt;
     const optimd_optimizer *fo = from->desc->optimizer, *tn = to->desc->optimizer;
     if (rep) memset(rep, 0, sizeof *rep);
+    if (session_refuse_if_pending(s, "switch", err)) return -1;
     /* Phase 1: everything new is made aside; nothing changes on failure. */
     uint32_t n_hp = to->n_hparams ? to->n_hparams : 1;
     double *hp = calloc((size_t)s->n_groups * n_hp, sizeof *hp);
@@ -240,6 +242,8 @@ static int migrate_scheduler(const plugin *from, double **hp, const plugin *to, 
 int session_follow_upgrades(session *s, plugin_registry *reg, request_error *err)
 {
     int moved = 0;
+    /* Every range of a step runs on one version: the move waits for its last part. */
+    if (s->pending_step) return 0;
     plugin *cur = plugin_registry_get(reg, s->opt->desc->id, strlen(s->opt->desc->id));
     if (cur && cur != s->opt) {
         /* Copied: the old version may be unloaded by the move. */

@@ -4,6 +4,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "sliced_step.h"
 #include "snapshot.h"
 #include "wire.h"
 #include "wal.h"
@@ -113,6 +114,9 @@ static void empty_log(session *s)
 static int save_locked(store *st, session *s)
 {
     if (s->closed || s->version == s->saved_version) return 0;
+    /* A snapshot of a half-applied step could not be resumed: the log
+     * keeps its parts until the last one is in. */
+    if (s->pending_step) return 0;
     if (write_snapshot(st, s, NULL) != 0) {
         log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
         return -1;
@@ -124,6 +128,11 @@ static int save_locked(store *st, session *s)
 
 int store_save_some(store *st, session *s, const bool *keep)
 {
+    if (s->pending_step) {
+        log_error("session %s: not snapshotted while a sliced step is pending", s->name);
+        errno = EBUSY;
+        return -1;
+    }
     if (write_snapshot(st, s, keep) != 0) {
         int e = errno;
         log_error("session %s: snapshot failed: %s", s->name, strerror(e));
@@ -295,8 +304,22 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
         wire_get_uint(req, "seq", false, &id.seq, &err);
         wire_get_str(req, "client", false, &id.client, &id.client_len, &err);
         step_result res;
-        if (step_clip_parse(req, &clip, &err) == 0)
-            result = session_step(s, map, &id, &clip, NULL, rc->pool, NULL, NULL, &res, &err);
+        bool sliced = false;
+        uint32_t part_index = 0, part_count = 0;
+        if (step_clip_parse(req, &clip, &err) == 0 &&
+            sliced_step_parse_part(req, &sliced, &part_index, &part_count, &err) == 0) {
+            if (sliced) {
+                part_entry *entries;
+                size_t n_entries;
+                part_result pres;
+                result = session_step_part(s, map, &id, part_index, part_count, &clip, rc->pool, NULL, NULL,
+                                           &entries, &n_entries, &pres, &err);
+                if (result == 0) free(entries);
+                res = pres.step;
+            } else {
+                result = session_step(s, map, &id, &clip, NULL, rc->pool, NULL, NULL, &res, &err);
+            }
+        }
         /* A sync round's combined step: the sequence numbers of its pushes. */
         const msgpack_object *seqs = wire_map_get(req, "seqs");
         for (uint32_t i = 0; result == 0 && seqs && seqs->type == MSGPACK_OBJECT_ARRAY && i < seqs->via.array.size; i++) {

@@ -96,5 +96,6 @@ static optimd_status adadelta_step(const optimd_host *host, const optimd_step_ar
                             &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("adadelta", "1.0.0", "Adadelta, as torch.optim.Adadelta 1.13",
-                      adadelta_hparams, adadelta_slots, NULL, adadelta_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("adadelta", "1.0.0", "Adadelta, as torch.optim.Adadelta 1.13",
+                            adadelta_hparams, adadelta_slots, NULL, adadelta_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -102,6 +102,7 @@ static optimd_status adagrad_step(const optimd_host *host,
                             &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("adagrad", "1.0.0",
-                      "Adagrad with lr decay and initial accumulator, as torch.optim.Adagrad 1.13",
-                      adagrad_hparams, adagrad_slots, NULL, adagrad_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("adagrad", "1.0.0",
+                            "Adagrad with lr decay and initial accumulator, as torch.optim.Adagrad 1.13",
+                            adagrad_hparams, adagrad_slots, NULL, adagrad_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

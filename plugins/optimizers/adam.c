@@ -32,6 +32,7 @@ static const optimd_optimizer adam_optimizer = {
     .slots = adam_slots,
     .check_hparams = NULL, /* no rule spans several keys */
     .step = adam_plugin_step,
+    .flags = OPTIMD_OPTIMIZER_ELEMENTWISE,
 };
 
 OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {

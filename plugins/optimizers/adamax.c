@@ -95,6 +95,7 @@ static optimd_status adamax_step(const optimd_host *host, const optimd_step_args
                             (torch_kernel_pair){adamax_kernel_f32, adamax_kernel_f64}, &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("adamax", "1.0.0",
-                      "Adamax (infinity-norm Adam), as torch.optim.Adamax 1.13",
-                      adamax_hparams, adamax_slots, NULL, adamax_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("adamax", "1.0.0",
+                            "Adamax (infinity-norm Adam), as torch.optim.Adamax 1.13",
+                            adamax_hparams, adamax_slots, NULL, adamax_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

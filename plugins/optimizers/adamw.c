@@ -33,6 +33,7 @@ static const optimd_optimizer adamw_optimizer = {
     .slots = adam_slots,
     .check_hparams = NULL, /* no rule spans several keys */
     .step = adamw_plugin_step,
+    .flags = OPTIMD_OPTIMIZER_ELEMENTWISE,
 };
 
 OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {

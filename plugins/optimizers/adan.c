@@ -174,6 +174,7 @@ static optimd_status adan_step(const optimd_host *host, const optimd_step_args *
                             &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("adan", "1.0.0",
-                      "Adan (adaptive Nesterov momentum), sail-sg/Adan single-tensor order",
-                      adan_hparams, adan_slots, NULL, adan_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("adan", "1.0.0",
+                            "Adan (adaptive Nesterov momentum), sail-sg/Adan single-tensor order",
+                            adan_hparams, adan_slots, NULL, adan_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -182,6 +182,7 @@ static optimd_status ademamix_step(const optimd_host *host, const optimd_step_ar
                             (torch_kernel_pair){ademamix_kernel_f32, ademamix_kernel_f64}, &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("ademamix", "1.0.0",
-                      "AdEMAMix (fast and slow gradient EMAs), apple/ml-ademamix order",
-                      ademamix_hparams, ademamix_slots, NULL, ademamix_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("ademamix", "1.0.0",
+                            "AdEMAMix (fast and slow gradient EMAs), apple/ml-ademamix order",
+                            ademamix_hparams, ademamix_slots, NULL, ademamix_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -118,5 +118,6 @@ static optimd_status asgd_step(const optimd_host *host, const optimd_step_args *
     return OPTIMD_OK;
 }
 
-PLUG_DEFINE_OPTIMIZER("asgd", "1.0.0", "Averaged SGD, as torch.optim.ASGD 1.13",
-                      asgd_hparams, asgd_slots, NULL, asgd_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("asgd", "1.0.0", "Averaged SGD, as torch.optim.ASGD 1.13",
+                            asgd_hparams, asgd_slots, NULL, asgd_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -93,6 +93,7 @@ static optimd_status lion_step(const optimd_host *host, const optimd_step_args *
                             &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("lion", "1.0.0",
-                      "Lion (sign momentum, decoupled weight decay), lucidrains/lion-pytorch order",
-                      lion_hparams, lion_slots, NULL, lion_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("lion", "1.0.0",
+                            "Lion (sign momentum, decoupled weight decay), lucidrains/lion-pytorch order",
+                            lion_hparams, lion_slots, NULL, lion_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

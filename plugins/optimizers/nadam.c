@@ -131,6 +131,7 @@ static optimd_status nadam_step(const optimd_host *host, const optimd_step_args 
     return st;
 }
 
-PLUG_DEFINE_OPTIMIZER("nadam", "1.0.0",
-                      "NAdam (Nesterov Adam) with torch 1.13's single-tensor rule, as torch.optim.NAdam 1.13",
-                      nadam_hparams, nadam_slots, NULL, nadam_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("nadam", "1.0.0",
+                            "NAdam (Nesterov Adam) with torch 1.13's single-tensor rule, as torch.optim.NAdam 1.13",
+                            nadam_hparams, nadam_slots, NULL, nadam_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -126,6 +126,7 @@ static optimd_status radam_step(const optimd_host *host, const optimd_step_args 
     return torch_run_kernel(host, args, kernel, &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("radam", "1.0.0",
-                      "RAdam (rectified Adam), as torch.optim.RAdam 1.13",
-                      radam_hparams, radam_slots, NULL, radam_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("radam", "1.0.0",
+                            "RAdam (rectified Adam), as torch.optim.RAdam 1.13",
+                            radam_hparams, radam_slots, NULL, radam_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

@@ -150,6 +150,7 @@ static optimd_status rmsprop_step(const optimd_host *host, const optimd_step_arg
     return torch_run_kernel(host, args, rmsprop_kernels[centered + 2 * momentum], &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("rmsprop", "1.0.0",
-                      "RMSprop, centered and with momentum, as torch.optim.RMSprop 1.13",
-                      rmsprop_hparams, rmsprop_slots, NULL, rmsprop_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("rmsprop", "1.0.0",
+                            "RMSprop, centered and with momentum, as torch.optim.RMSprop 1.13",
+                            rmsprop_hparams, rmsprop_slots, NULL, rmsprop_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

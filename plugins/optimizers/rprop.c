@@ -133,5 +133,6 @@ static optimd_status rprop_step(const optimd_host *host, const optimd_step_args 
                             (torch_kernel_pair){rprop_kernel_f32, rprop_kernel_f64}, &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("rprop", "1.0.0", "Rprop, as torch.optim.Rprop 1.13",
-                      rprop_hparams, rprop_slots, rprop_check_hparams, rprop_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("rprop", "1.0.0", "Rprop, as torch.optim.Rprop 1.13",
+                            rprop_hparams, rprop_slots, rprop_check_hparams, rprop_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

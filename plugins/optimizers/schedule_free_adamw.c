@@ -164,6 +164,7 @@ static optimd_status sf_step(const optimd_host *host, const optimd_step_args *ar
     return torch_run_kernel(host, args, (torch_kernel_pair){sf_kernel_f32, sf_kernel_f64}, &job);
 }
 
-PLUG_DEFINE_OPTIMIZER("schedule_free_adamw", "1.0.0",
-                      "Schedule-Free AdamW (parameter = y; evaluate at state slot x)", sf_hparams,
-                      sf_slots, sf_check_hparams, sf_step);
+PLUG_DEFINE_OPTIMIZER_FLAGS("schedule_free_adamw", "1.0.0",
+                            "Schedule-Free AdamW (parameter = y; evaluate at state slot x)", sf_hparams,
+                            sf_slots, sf_check_hparams, sf_step,
+                            OPTIMD_OPTIMIZER_ELEMENTWISE);

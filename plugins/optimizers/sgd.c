@@ -184,6 +184,7 @@ static const optimd_optimizer sgd_optimizer = {
     .slots = sgd_slots,
     .check_hparams = sgd_check_hparams,
     .step = sgd_step,
+    .flags = OPTIMD_OPTIMIZER_ELEMENTWISE,
 };
 
 OPTIMD_EXPORT const optimd_plugin_desc optimd_plugin = {

@@ -1192,6 +1192,12 @@ static void check_plugins(const optimd_plugin_info *list, size_t n,
         else
             for (size_t j = 0; j < dtypes->n; j++)
                 expect_str("dtypes[]", p->dtypes[j], &dtypes->items[j]);
+        const jv *sliced = rk(&k, "sliced");
+        bool want_sliced = sliced && sliced->t == J_BOOL && sliced->b;
+        if (sliced && sliced->t != J_BOOL)
+            mismatch("'%s' sliced: not a bool in the vector", p->id);
+        else if ((p->sliced != 0) != want_sliced)
+            mismatch("'%s' sliced: %d", p->id, p->sliced);
         rk_done(&k);
     }
 }

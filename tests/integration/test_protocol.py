@@ -62,7 +62,7 @@ class Envelope(DaemonTest):
         self.assertEqual(r["id"], 42)
         self.assertEqual(r["server"], "optimd")
         self.assertEqual(r["protocol"], 1)
-        self.assertEqual(r["abi"], [1, 1])
+        self.assertEqual(r["abi"], [1, 2])
 
     def test_not_msgpack(self):
         for payload in (b"\xc1", b"", b"\x92\x01", b"\x81\xa1v"):

@@ -12,6 +12,8 @@
  *                        far off, and one 1 ulp off where bit-exact is asked)
  *   BROKEN_VECTOR_KEY    a test vector names an hparam the plugin lacks
  *   BROKEN_VECTOR_SLOTS  a test vector gives a slot the plugin lacks
+ *   BROKEN_ELEMENTWISE   declares element-wise updates, but its update
+ *                        depends on the tensor's length
  * The BROKEN_VECTOR* builds also declare correct vectors (bit-exact, within
  * a ulp tolerance, within an absolute tolerance), which must pass.
  */
@@ -50,6 +52,9 @@ static optimd_status step(const optimd_host *host, const optimd_step_args *args)
     lr *= 1.0 + 1e-3 * calls++;
 #endif
     int64_t n = args->param->numel;
+#ifdef BROKEN_ELEMENTWISE
+    lr *= (double)n / 64.0;
+#endif
     if (args->param->dtype == OPTIMD_DTYPE_F32) {
         float *p = args->param->data;
         const float *g = args->grad->data;
@@ -108,6 +113,9 @@ static const optimd_optimizer optimizer = {
     .slots = NULL,
     .check_hparams = NULL,
     .step = step,
+#ifdef BROKEN_ELEMENTWISE
+    .flags = OPTIMD_OPTIMIZER_ELEMENTWISE,
+#endif
 #ifdef HAS_VECTORS
     .n_test_vectors = sizeof vectors / sizeof vectors[0],
     .test_vectors = vectors,

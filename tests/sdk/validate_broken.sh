@@ -49,6 +49,9 @@ expect "$broken/broken_segv.so" 1 \
     "FAIL  crash: the plugin crashed with SIGSEGV during step on f32 data"
 expect "$broken/broken_abort.so" 1 \
     "FAIL  crash: the plugin crashed with SIGABRT during step on f32 data"
+expect "$broken/broken_elementwise.so" 1 \
+    "PASS  determinism[f32]" \
+    "FAIL  elementwise[f32]: declares OPTIMD_OPTIMIZER_ELEMENTWISE, but on f32 [67] data one step in three ranges differs from the whole step"
 expect "$broken/broken_nondet.so" 1 \
     "FAIL  determinism[f32]: the same steps on the same f32 [67] data gave different bytes"
 # Declared test vectors: each reported on its own, the correct ones passing

@@ -58,7 +58,7 @@ PIN_AT(optimd_optimizer, check_hparams, 32);
 PIN_AT(optimd_optimizer, step, 40);
 PIN_AT(optimd_optimizer, migrate, 48);         /* 1.1 */
 PIN_AT(optimd_optimizer, n_test_vectors, 56);  /* 1.1 */
-PIN_AT(optimd_optimizer, reserved2, 60);       /* 1.1 */
+PIN_AT(optimd_optimizer, flags, 60);           /* 1.2 (1.1: reserved2, 0) */
 PIN_AT(optimd_optimizer, test_vectors, 64);    /* 1.1 */
 PIN_AT(optimd_migrate_args, hparams, 8);       /* 1.1 */
 PIN_AT(optimd_migrate_args, from_id, 16);

@@ -822,7 +822,115 @@ static bool run_sequence(const char *check, const optimd_optimizer *o, const dou
 
 /* Steps (with the given hyperparameters) on every declared dtype and every
  * shape; then state restore, determinism and chunking invariance. */
-static void check_optimizer_steps(const optimd_optimizer *o, const double *hp, const char *variant)
+#if OPTIMD_ABI_MINOR >= 2
+/* The next step of `s` run as three calls on uneven ranges of its
+ * elements, as a host runs a sliced step (docs/abi.md §6): 1-D views of
+ * the parameter, gradient and like-parameter slots, the same `step` in each
+ * call, and the scalar slots put back before each range. */
+static optimd_status run_step_in_ranges(const optimd_optimizer *o, const double *hp, pstate *s,
+                                        const buf *grad, char *why, size_t why_len)
+{
+    int64_t n = s->param.t.numel;
+    int64_t cuts[4] = {0, n / 3 + 1, n - n / 4, n};
+    void **before = calloc(s->n_slots ? s->n_slots : 1, sizeof *before);
+    optimd_tensor *views = calloc(s->n_slots ? s->n_slots : 1, sizeof *views);
+    for (uint32_t i = 0; i < s->n_slots; i++) {
+        if (o->slots[i].shape != OPTIMD_SLOT_SCALAR || !s->slot_views[i].data) continue;
+        before[i] = malloc(s->slots[i].bytes);
+        memcpy(before[i], s->slot_views[i].data, s->slots[i].bytes);
+    }
+    s->step++;
+    optimd_status st = OPTIMD_OK;
+    for (int r = 0; r < 3 && st == OPTIMD_OK; r++) {
+        int64_t len = cuts[r + 1] - cuts[r], shape[1] = {len}, strides[1] = {1};
+        optimd_tensor pv = s->param.t, gv = grad->t;
+        pv.ndim = gv.ndim = 1;
+        pv.numel = gv.numel = len;
+        pv.shape = gv.shape = shape;
+        pv.strides = gv.strides = strides;
+        pv.data = (char *)s->param.t.data + (size_t)cuts[r] * dtype_size(pv.dtype);
+        gv.data = (char *)grad->t.data + (size_t)cuts[r] * dtype_size(gv.dtype);
+        for (uint32_t i = 0; i < s->n_slots; i++) {
+            views[i] = s->slot_views[i];
+            if (before[i]) memcpy(s->slot_views[i].data, before[i], s->slots[i].bytes);
+            if (o->slots[i].shape != OPTIMD_SLOT_LIKE_PARAM) continue;
+            views[i].ndim = 1;
+            views[i].numel = len;
+            views[i].shape = shape;
+            views[i].strides = strides;
+            if (views[i].data) views[i].data = (char *)views[i].data + (size_t)cuts[r] * dtype_size(views[i].dtype);
+        }
+        host_ctx h;
+        host_begin(&h, 0);
+        optimd_step_args a;
+        memset(&a, 0, sizeof a);
+        a.struct_size = sizeof a;
+        a.n_hparams = o->n_hparams;
+        a.hparams = hp;
+        a.step = s->step;
+        a.param = &pv;
+        a.grad = &gv;
+        a.slots = views;
+        a.n_slots = s->n_slots;
+        st = o->step(&h.table, &a);
+        if (st != OPTIMD_OK) snprintf(why, why_len, "%s", error_text(&h));
+        host_end(&h);
+    }
+    for (uint32_t i = 0; i < s->n_slots; i++) free(before[i]);
+    free(before);
+    free(views);
+    return st;
+}
+
+/* OPTIMD_OPTIMIZER_ELEMENTWISE: stepping in ranges gives the whole step's bits. */
+static void check_elementwise(const optimd_optimizer *o, const double *hp, uint32_t dtype, const char *variant)
+{
+    char check[64];
+    snprintf(check, sizeof check, "elementwise[%s%s]", dtype_name(dtype), variant);
+    phase("steps in ranges on %s data%s", dtype_name(dtype), variant);
+    for (uint32_t i = 0; i < o->n_slots; i++) {
+        if (o->slots[i].shape == OPTIMD_SLOT_ROWS || o->slots[i].shape == OPTIMD_SLOT_COLS) {
+            fail(check, "declares OPTIMD_OPTIMIZER_ELEMENTWISE but has the factored slot '%s': rows/cols "
+                 "statistics are not element-wise; drop the flag", o->slots[i].key);
+            return;
+        }
+    }
+    for (size_t c = 0; c < N_SHAPES; c++) {
+        if (shapes[c].ndim == 0) continue;
+        pstate a, b;
+        if (!run_sequence(check, o, hp, dtype, &shapes[c], 0, 57 + c, &a, false)) {
+            pstate_free(&a);
+            return;
+        }
+        pstate_copy(&b, &a, o, hp);
+        buf grad;
+        buf_init(&grad, dtype, shapes[c].ndim, shapes[c].shape, 0);
+        rng_state = 123 + c;
+        buf_fill(&grad);
+        char why[300] = "";
+        optimd_status sa = run_step(o, hp, &a, &grad, 0, why, sizeof why);
+        optimd_status sb = sa == OPTIMD_OK ? run_step_in_ranges(o, hp, &b, &grad, why, sizeof why) : sa;
+        bool same = sa == OPTIMD_OK && sb == OPTIMD_OK && pstate_equal(&a, &b);
+        char sh[64];
+        describe_shape(&shapes[c], sh, sizeof sh);
+        if (sa != OPTIMD_OK || sb != OPTIMD_OK)
+            fail(check, "on %s %s data, a step failed: %s", dtype_name(dtype), sh, why);
+        else if (!same)
+            fail(check, "declares OPTIMD_OPTIMIZER_ELEMENTWISE, but on %s %s data one step in three ranges "
+                 "differs from the whole step (parameter or a slot): the update must be element-wise and "
+                 "scalar slots must not depend on the tensors' values (docs/abi.md §6), or drop the flag",
+                 dtype_name(dtype), sh);
+        buf_free(&grad);
+        pstate_free(&a);
+        pstate_free(&b);
+        if (!same) return;
+    }
+    pass(check, "a step in three ranges gives the whole step's bits on every shape");
+}
+#endif
+
+static void check_optimizer_steps(const optimd_optimizer *o, const double *hp, const char *variant,
+                                  bool elementwise)
 {
     for (uint32_t dtype = OPTIMD_DTYPE_F32; dtype <= OPTIMD_DTYPE_F64; dtype++) {
         if (!(o->dtypes & (1u << dtype))) continue;
@@ -905,6 +1013,11 @@ static void check_optimizer_steps(const optimd_optimizer *o, const double *hp, c
             if (rb) pstate_free(&d);
         }
         if (det) pass(check, "same inputs give the same bytes, however parallel_for is chunked");
+#if OPTIMD_ABI_MINOR >= 2
+        if (elementwise) check_elementwise(o, hp, dtype, variant);
+#else
+        (void)elementwise;
+#endif
     }
 }
 
@@ -1500,7 +1613,11 @@ static void check_optimizer(const optimd_plugin_desc *d)
         host_end(&h);
         pass("check_hparams", "accepts the default hyperparameters");
     }
-    check_optimizer_steps(o, hp, "");
+    bool elementwise = false;
+#if OPTIMD_ABI_MINOR >= 2
+    elementwise = d->abi_minor >= 2 && (o->flags & OPTIMD_OPTIMIZER_ELEMENTWISE);
+#endif
+    check_optimizer_steps(o, hp, "", elementwise);
 
     /* Bool switches often change the slot layout (amsgrad) or the kernel:
      * step with every bool on too, if check_hparams allows it. */
@@ -1519,7 +1636,7 @@ static void check_optimizer(const optimd_plugin_desc *d)
             allowed = o->check_hparams(&h.table, hp, o->n_hparams) == OPTIMD_OK;
             host_end(&h);
         }
-        if (allowed) check_optimizer_steps(o, hp, ", bools on");
+        if (allowed) check_optimizer_steps(o, hp, ", bools on", elementwise);
     }
     free(hp);
     check_test_vectors(o);

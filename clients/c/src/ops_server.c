@@ -291,6 +291,13 @@ static int read_plugin(optimd_client *c, const msgpack_object *e, size_t i,
                                          k);
         }
     }
+    /* Absent from daemons before it existed: not sliced. */
+    const msgpack_object *sliced = wire_map_get(e, "sliced");
+    if (sliced && sliced->type != MSGPACK_OBJECT_BOOLEAN)
+        return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                           "reply to 'plugins': '%s': 'sliced' is not a bool",
+                           p->id);
+    p->sliced = sliced && sliced->via.boolean;
     return 0;
 }
 

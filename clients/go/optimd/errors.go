@@ -26,6 +26,7 @@ const (
 	CodeLimit          Code = 23
 	CodeUnknownWorker  Code = 24
 	CodeTimeout        Code = 25
+	CodeStepPending    Code = 26
 	CodeUnknownParam   Code = 30
 	CodeParamExists    Code = 31
 	CodeBadTensor      Code = 32
@@ -54,6 +55,7 @@ var codeNames = map[Code]string{
 	CodeLimit:          "LIMIT",
 	CodeUnknownWorker:  "UNKNOWN_WORKER",
 	CodeTimeout:        "TIMEOUT",
+	CodeStepPending:    "STEP_PENDING",
 	CodeUnknownParam:   "UNKNOWN_PARAM",
 	CodeParamExists:    "PARAM_EXISTS",
 	CodeBadTensor:      "BAD_TENSOR",
@@ -121,6 +123,7 @@ var (
 	ErrLimit          error = codeError{CodeLimit}
 	ErrUnknownWorker  error = codeError{CodeUnknownWorker}
 	ErrTimeout        error = codeError{CodeTimeout}
+	ErrStepPending    error = codeError{CodeStepPending}
 	ErrUnknownParam   error = codeError{CodeUnknownParam}
 	ErrParamExists    error = codeError{CodeParamExists}
 	ErrBadTensor      error = codeError{CodeBadTensor}

@@ -109,6 +109,9 @@ type PluginInfo struct {
 	Hparams     []HparamDecl `json:"hparams"`
 	Slots       []SlotDecl   `json:"slots"`  // optimizers only; nil for a scheduler
 	DTypes      []DType      `json:"dtypes"` // optimizers only; nil for a scheduler
+	// Optimizers only: whether its steps may be sent in parts (sliced steps,
+	// docs/protocol.md). nil for a scheduler or a daemon that does not say.
+	Sliced *bool `json:"sliced,omitempty"`
 }
 
 // Plugin kinds.
@@ -193,6 +196,13 @@ func parsePlugin(m map[string]any) (PluginInfo, error) {
 		for i, n := range names {
 			p.DTypes[i] = DType(n)
 		}
+	}
+	if _, ok := m["sliced"]; ok {
+		sliced, err := getBool(m, "sliced")
+		if err != nil {
+			return p, err
+		}
+		p.Sliced = &sliced
 	}
 	return p, nil
 }

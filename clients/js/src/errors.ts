@@ -26,6 +26,7 @@ export const ErrorCode = {
   LIMIT: 23,
   UNKNOWN_WORKER: 24,
   TIMEOUT: 25,
+  STEP_PENDING: 26,
   UNKNOWN_PARAM: 30,
   PARAM_EXISTS: 31,
   BAD_TENSOR: 32,

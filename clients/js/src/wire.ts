@@ -72,6 +72,8 @@ export interface PluginInfo {
   slots?: SlotDecl[];
   /** Optimizers only (absent when the reply has none). */
   dtypes?: Dtype[];
+  /** Optimizers only: its steps may be sent in parts (sliced steps, docs/protocol.md). */
+  sliced?: boolean;
 }
 
 export interface PluginsResult {
@@ -1082,6 +1084,7 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
       if (p.present("dtypes")) {
         info.dtypes = p.array("dtypes").map((d): Dtype => (d === "f32" || d === "f64" ? d : p.fail("dtypes", "a list of f32/f64")));
       }
+      if (p.present("sliced")) info.sliced = p.bool("sliced");
       return info;
     }),
   }),

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     Limit = 23,
     UnknownWorker = 24,
     Timeout = 25,
+    StepPending = 26,
     UnknownParam = 30,
     ParamExists = 31,
     BadTensor = 32,
@@ -37,7 +38,7 @@ pub enum ErrorCode {
     Storage = 53,
 }
 
-const CODES: [(ErrorCode, &str); 25] = [
+const CODES: [(ErrorCode, &str); 26] = [
     (ErrorCode::Malformed, "MALFORMED"),
     (ErrorCode::BadRequest, "BAD_REQUEST"),
     (ErrorCode::UnknownOp, "UNKNOWN_OP"),
@@ -54,6 +55,7 @@ const CODES: [(ErrorCode, &str); 25] = [
     (ErrorCode::Limit, "LIMIT"),
     (ErrorCode::UnknownWorker, "UNKNOWN_WORKER"),
     (ErrorCode::Timeout, "TIMEOUT"),
+    (ErrorCode::StepPending, "STEP_PENDING"),
     (ErrorCode::UnknownParam, "UNKNOWN_PARAM"),
     (ErrorCode::ParamExists, "PARAM_EXISTS"),
     (ErrorCode::BadTensor, "BAD_TENSOR"),

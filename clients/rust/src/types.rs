@@ -771,6 +771,9 @@ pub struct PluginInfo {
     pub slots: Option<Vec<SlotDecl>>,
     /// Optimizers only.
     pub dtypes: Option<Vec<String>>,
+    /// Optimizers only: its steps may be sent in parts (sliced steps,
+    /// docs/protocol.md). None where the daemon does not say.
+    pub sliced: Option<bool>,
 }
 
 /// Reply of `open`.

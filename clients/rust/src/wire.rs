@@ -979,6 +979,11 @@ pub mod reply {
             Some((Value::Array(a), dp)) => Some(a.into_iter().map(|v| as_str(v, &dp)).collect::<Result<_>>()?),
             Some((_, dp)) => return Err(bad(&dp, "not an array")),
         };
+        let sliced = match f.opt("sliced") {
+            None => None,
+            Some((Value::Boolean(b), _)) => Some(b),
+            Some((_, p)) => return Err(bad(&p, "not a bool")),
+        };
         Ok(PluginInfo {
             id: f.str("id")?,
             kind: f.str("kind")?,
@@ -987,6 +992,7 @@ pub mod reply {
             hparams,
             slots,
             dtypes,
+            sliced,
         })
     }
 

@@ -411,6 +411,9 @@ fn parse(op: &str, bytes: &[u8], id: u64) -> optimd::Result<Json> {
                     if let Some(d) = &p.dtypes {
                         o.push(("dtypes", Json::Array(d.iter().map(|x| s(x)).collect())));
                     }
+                    if let Some(b) = p.sliced {
+                        o.push(("sliced", Json::Bool(b)));
+                    }
                     obj(o)
                 })
                 .collect();

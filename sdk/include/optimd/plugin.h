@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define OPTIMD_ABI_MAJOR 1u
-#define OPTIMD_ABI_MINOR 1u
+#define OPTIMD_ABI_MINOR 2u
 
 /* Name of the one symbol a plugin exports (dlsym this string). */
 #define OPTIMD_PLUGIN_SYMBOL "optimd_plugin"
@@ -290,9 +290,19 @@ typedef struct optimd_optimizer {
     /* Optional (0 and NULL). Known-answer tests of `step`, checked by
      * optimd-validate and ignored by the daemon. */
     uint32_t n_test_vectors;
-    uint32_t reserved2;              /* 0 */
+    /* ---- ABI 1.2 (was `reserved2`, 0, in 1.1): OPTIMD_OPTIMIZER_* bits.
+     * The host reads it only from a plugin that declares abi_minor >= 2. */
+    uint32_t flags;
     const optimd_test_vector *test_vectors;
 } optimd_optimizer;
+
+/* `flags` bit: the update is element-wise, so the host may run `step` on
+ * any range of a parameter's elements (a sliced step; docs/abi.md §6):
+ * element i of the parameter and of every like-parameter slot after the
+ * step depends only on element i of the parameter, the gradient and those
+ * slots before it, the hyperparameters and `step`; scalar slots change in
+ * a way that does not depend on the tensors' values; no ROWS/COLS slots. */
+#define OPTIMD_OPTIMIZER_ELEMENTWISE (1u << 0)
 
 /* ------------------------------------------------------------ scheduler -- */
 

@@ -36,6 +36,7 @@ typedef enum optimd_error_code {
     OPTIMD_E_LIMIT = 23,           /* a limit of protocol.md §5 */
     OPTIMD_E_UNKNOWN_WORKER = 24,  /* a worker that has not joined the session */
     OPTIMD_E_TIMEOUT = 25,         /* a sync round or a bounded wait ran out of time */
+    OPTIMD_E_STEP_PENDING = 26,    /* a sliced step is between its first and last part */
     OPTIMD_E_UNKNOWN_PARAM = 30,
     OPTIMD_E_PARAM_EXISTS = 31,
     OPTIMD_E_BAD_TENSOR = 32,      /* dtype, shape or byte length wrong */
@@ -68,6 +69,7 @@ static inline const char *optimd_error_code_name(int code)
     case OPTIMD_E_LIMIT: return "LIMIT";
     case OPTIMD_E_UNKNOWN_WORKER: return "UNKNOWN_WORKER";
     case OPTIMD_E_TIMEOUT: return "TIMEOUT";
+    case OPTIMD_E_STEP_PENDING: return "STEP_PENDING";
     case OPTIMD_E_UNKNOWN_PARAM: return "UNKNOWN_PARAM";
     case OPTIMD_E_PARAM_EXISTS: return "PARAM_EXISTS";
     case OPTIMD_E_BAD_TENSOR: return "BAD_TENSOR";

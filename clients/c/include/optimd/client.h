@@ -241,6 +241,8 @@ typedef struct optimd_plugin_info {
     size_t n_slots;
     char **dtypes;             /* optimizers: "f32", "f64" they update */
     size_t n_dtypes;
+    int sliced;                /* optimizers: 1 if its steps may be sent in
+                                * parts (docs/protocol.md, sliced steps) */
 } optimd_plugin_info;
 
 /* A per-parameter state slot an optimizer declares (`state` returns them
