@@ -66,8 +66,11 @@ class Catalog(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.c.close()
-        cls.d.stop()
+        # Nonzero under LeakSanitizer when a pending step's memory leaked.
+        rc = cls.d.stop()
+        log = cls.d.read_log()
         cls.d.cleanup()
+        assert rc == 0, log[-3000:]
 
     def open(self, name, optimizer, hp, init):
         r = self.c.call("open", session=name, optimizer=optimizer, hparams=hp)
@@ -154,8 +157,10 @@ class PendingStep(unittest.TestCase):
 
     def tearDown(self):
         self.c.close()
-        self.d.stop()
+        rc = self.d.stop()
+        log = self.d.read_log()
         self.d.cleanup()
+        self.assertEqual(rc, 0, log[-3000:])
 
     def part(self, index, count, grads, seq=1, client="a", **extra):
         return self.c.call("step", **self.s, seq=seq, client=client, part={"index": index, "count": count},
@@ -298,9 +303,11 @@ class Durable(unittest.TestCase):
             got = {n: array(t) for n, t in c.call("pull", **s)["params"].items()}
             c.close()
         finally:
-            d.stop()
+            rc = d.stop()
+            log = d.read_log()
             d.cleanup()
             shutil.rmtree(state, ignore_errors=True)
+        self.assertEqual(rc, 0, log[-3000:])
         ref = Daemon()
         try:
             c = Req(ref.url)
