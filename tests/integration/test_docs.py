@@ -49,6 +49,13 @@ class OptimizersDoc(unittest.TestCase):
                     self.assertEqual(h["key"] in bold, h["mutable"],
                                      "%s.%s: bold means mutable" % (p["id"], h["key"]))
         self.assertEqual(sorted(set(rows) - {p["id"] for p in plugins}), [], "rows for no plugin")
+        # The "Sliced steps" section names exactly the optimizers that take them.
+        with open(DOC) as f:
+            text = f.read()
+        section = text.split("## Sliced steps", 1)[1].split("These are:", 1)[1].split("Parity:", 1)[0]
+        named = re.findall(r"`([a-z0-9_]+)`", section)
+        self.assertEqual(named, sorted(named), "keep the list sorted")
+        self.assertEqual(set(named), {p["id"] for p in plugins if p.get("sliced")})
 
 
 if __name__ == "__main__":
