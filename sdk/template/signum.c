@@ -141,6 +141,9 @@ static const optimd_optimizer optimizer = {
     .check_hparams = NULL,
     .step = step,
     .migrate = NULL,
+    /* Signum updates each element from that element alone: clients may
+     * send its steps in parts (docs/abi.md §6). */
+    .flags = OPTIMD_OPTIMIZER_ELEMENTWISE,
     .n_test_vectors = sizeof test_vectors / sizeof test_vectors[0],
     .test_vectors = test_vectors,
 };
