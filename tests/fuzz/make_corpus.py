@@ -28,6 +28,13 @@ seeds = [
     {"op": "register", **s, "params": {"z": f32(1, 2)}},
     {"op": "step", **s, "grads": {"w": f32(0.1, 0.2, 0.3, 0.4), "m": f64m}},
     {"op": "step", **s, "grads": {"w": f32(1, 1, 1, 1)}, "return": False},
+    # A sliced step in two parts (the second completes it), and a retry.
+    {"op": "step", **s, "seq": 7, "client": "f", "part": {"index": 0, "count": 2},
+     "grads": {"w": {"offset": 0, "values": f32(0.1, 0.2)}}},
+    {"op": "step", **s, "seq": 7, "client": "f", "part": {"index": 1, "count": 2}, "clip_value": 0.5,
+     "grads": {"w": {"offset": 2, "values": f32(0.3, 0.4)}, "m": f64m}},
+    {"op": "step", **s, "seq": 7, "client": "f", "part": {"index": 0, "count": 2},
+     "grads": {"w": {"offset": 0, "values": f32(0.1, 0.2)}}},
     {"op": "pull", **s, "names": ["w", "m"]},
     {"op": "pull", **s},
     {"op": "close", "session": "nope", "token": "0" * 32},
