@@ -539,9 +539,16 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
             break;
         }
     }
-    st->received[index] = 1;
-    st->applied++;
-    s->version++;
+    if (rc) {
+        /* The session is stopped, and a switch or a fixed plugin version
+         * takes it on from here: a pending step would refuse both. */
+        s->pending_step = NULL;
+        sliced_step_free(st);
+    } else {
+        st->received[index] = 1;
+        st->applied++;
+        s->version++;
+    }
     if (rc == 0 && st->applied == st->count) {
         if (!cs) {
             cs = session_client(s, id->client, id->client_len, true);
