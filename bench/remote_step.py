@@ -2,10 +2,15 @@
 shared memory (ipc, tensors in a segment the daemon maps: no tensor bytes
 through the socket), against torch 1.13's local step on the same data and
 against an NNG echo of the same bytes (the transport bound), in one run.
+The "sliced" rows send the same step as a sliced step (docs/protocol.md,
+``step``): parts of BENCH_PART_ELEMENTS elements (default: N/4, between
+64Ki and 1M), BENCH_PARTS_IN_FLIGHT (default 2) of them in flight, so that
+the daemon updates one part while the next is on the wire.
 Prints median ms and ratios. Run by bench/remote.sh with the test
 virtualenv's python.
 
 usage: remote_step.py BUILD_DIR [N...]"""
+import itertools
 import os
 import statistics
 import subprocess
@@ -23,6 +28,14 @@ import optimd
 build = sys.argv[1]
 sizes = [int(a) for a in sys.argv[2:]] or [1_000_000, 10_000_000]
 RUNS = 11
+IN_FLIGHT = int(os.environ.get("BENCH_PARTS_IN_FLIGHT", "2"))
+
+
+def part_elements(n):
+    """Elements per part of a sliced step of n elements."""
+    if "BENCH_PART_ELEMENTS" in os.environ:
+        return int(os.environ["BENCH_PART_ELEMENTS"])
+    return max(1 << 16, min(1_000_000, n // 4))
 
 
 def median_ms(fn, runs=RUNS):
@@ -86,6 +99,12 @@ try:
                 rows.append(("optimd %s step" % label, median_ms(lambda: c.step(sess, {"w": g}))))
                 rows.append(("optimd %s no return" % label,
                              median_ms(lambda: c.step(sess, {"w": g}, return_params=False))))
+                # The same step in parts: a fresh seq each time (a repeated
+                # one would be answered as a duplicate).
+                seqs = itertools.count(1)
+                rows.append(("optimd %s sliced" % label, median_ms(lambda: c.step(
+                    sess, {"w": g}, seq=next(seqs), client="bench", part_elements=part_elements(n),
+                    parts_in_flight=IN_FLIGHT))))
                 c.close_session(sess)
         with optimd.Client(ipc, timeout=120) as c:
             sess = c.open("bench-shm-%d" % n, "adamw", {"lr": 1e-3, "weight_decay": 1e-2}, durability="none")
@@ -97,6 +116,9 @@ try:
                 rows.append(("optimd shm step", median_ms(shm.step)))
             c.close_session(sess)
         rows.append(("nng echo tcp (bound)", t_echo))
+        parts = -(-n // part_elements(n))
+        print("# N=%d: sliced = %d parts of %d elements, %d in flight"
+              % (n, parts, part_elements(n), IN_FLIGHT))
         for what, ms in rows:
             print("%-10d %-22s %10.2f %7.2fx %9.2fx" % (n, what, ms, ms / t_torch, ms / t_echo))
 finally:

@@ -39,6 +39,7 @@ EXPECTED = {
     23: ("LIMIT", optimd.LimitError),
     24: ("UNKNOWN_WORKER", optimd.UnknownWorkerError),
     25: ("TIMEOUT", optimd.WorkerTimeoutError),
+    26: ("STEP_PENDING", optimd.StepPendingError),
     30: ("UNKNOWN_PARAM", optimd.UnknownParamError),
     31: ("PARAM_EXISTS", optimd.ParamExistsError),
     32: ("BAD_TENSOR", optimd.BadTensorError),

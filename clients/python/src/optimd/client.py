@@ -8,10 +8,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
+import numpy as np
 import numpy.typing as npt
 
 from . import messages
-from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, Request, ScheduleSpec
+from .errors import ProtocolError
+from .messages import ClipNormSpec, GroupSpec, LookaheadSpec, PartGrad, Request, ScheduleSpec
 from .results import (
     JoinResult,
     Workers,
@@ -26,12 +28,14 @@ from .results import (
     SessionInfo,
     SessionSummary,
     SharedStepResult,
+    StepPartResult,
     StepResult,
     SwitchResult,
+    range_from_reply,
 )
 from .shared_memory import SharedMemory
 from .transport import Transport
-from .wire import HparamValue, decode_reply, encode_request
+from .wire import HparamValue, check_reply, contiguous_array, decode_reply, encode_request, unpack_views
 
 __all__ = ["Client", "DEFAULT_URL"]
 
@@ -134,7 +138,7 @@ class Client:
         request_id = self._next_id()
         payload = request.encode_parts(request_id)
         return self._transport.roundtrip(
-            payload, lambda buf: messages.parse_reply(request.op, buf, request_id))
+            payload, lambda buf: messages.parse_reply(request.reply_kind, buf, request_id))
 
     # -- daemon ops -------------------------------------------------------
 
@@ -291,6 +295,8 @@ class Client:
         clip_value: float | None = None,
         clip_norm: ClipNormSpec | None = None,
         worker: str | None = None,
+        part_elements: int | None = None,
+        parts_in_flight: int = 2,
     ) -> StepResult:
         """Applies one optimizer step with ``grads`` (a subset of the
         registered parameters; each with its parameter's dtype and shape).
@@ -316,11 +322,141 @@ class Client:
         a ``bounded`` worker too far ahead returns once the slowest caught up.
         Either may wait up to the session's ``timeout_ms``: give the client a
         ``timeout`` longer than that.
+
+        **Sliced** (``part_elements``): the step goes as several messages
+        (docs/protocol.md, ``step``, "Sliced steps"), so that the daemon
+        updates one part while the next is on the wire. The gradients, taken
+        in order as if concatenated, are cut into parts of ``part_elements``
+        elements (:func:`optimd.messages.slice_grads`: small tensors whole,
+        ranges of the ones a cut crosses, nothing copied), and up to
+        ``parts_in_flight`` parts are in flight at once on this connection
+        (at most the daemon's ``--max-in-flight``, 16 by default). The
+        result is that of the same step sent whole, bit for bit: counters and
+        lrs from the part that completed the step, ``params`` assembled from
+        every part's reply (``duplicate`` when every part was one). A sliced
+        step needs ``seq`` (``ValueError`` without it); ``clip_norm`` and
+        ``worker`` cannot be combined with it (``ValueError``), nor can a
+        session with workers or Lookahead or an optimizer that is not
+        element-wise (:class:`~optimd.BadRequestError` from the daemon). A
+        part the daemon refuses raises its error once the parts in flight
+        have been answered; the parts applied before it stay applied, and the
+        session has a *pending* step that refuses other steps and changes
+        (:class:`~optimd.StepPendingError`) until it is complete.
+        **Retrying** after such an error, or after a
+        :class:`~optimd.TransportError`: send the same step again, with the
+        same ``seq``, ``client``, gradients and ``part_elements`` (so that it
+        is cut into the same parts). The parts the daemon had applied are
+        answered as duplicates, with their elements' current values, and the
+        others are applied, so the step completes exactly once; when it had
+        completed before, every part is a duplicate and so is the result.
         """
+        if part_elements is not None:
+            if clip_norm is not None:
+                raise ValueError("clip_norm cannot be used with a sliced step (part_elements): "
+                                 "it needs every gradient at once; clip_value can")
+            if worker is not None:
+                raise ValueError("a session with workers takes no sliced steps (part_elements)")
+            if seq is None:
+                raise ValueError("a sliced step (part_elements) needs seq, the step's sequence number "
+                                 "in this client's numbering (and a client id): every part carries it, "
+                                 "and a retry with the same seq completes a step that was cut short")
+            return self._sliced_step(session, grads, part_elements, parts_in_flight,
+                                     return_params=return_params, seq=seq, client=client,
+                                     clip_value=clip_value)
         result: StepResult = self.send(messages.step(
             session, grads, return_params=return_params, seq=seq, client=client,
             clip_value=clip_value, clip_norm=clip_norm, worker=worker))
         return result
+
+    def step_part(
+        self,
+        session: Session,
+        grads: Mapping[str, PartGrad],
+        *,
+        index: int,
+        count: int,
+        seq: int,
+        client: str | None = None,
+        return_params: bool = True,
+        clip_value: float | None = None,
+    ) -> StepPartResult:
+        """Sends one part of a sliced step (docs/protocol.md, ``step``,
+        "Sliced steps"): part ``index`` of ``count`` of step ``seq`` of
+        ``client``. A gradient is a whole array or a range ``(offset,
+        values)``: ``values`` (1-D, the parameter's dtype) is the gradient of
+        the parameter's elements ``offset`` on, in C order. The daemon checks
+        that the parts fit together (no element twice; none missing when the
+        last one arrives). :meth:`step` with ``part_elements`` cuts and sends
+        a whole step; this is the one message, for a caller that cuts its
+        own."""
+        result: StepPartResult = self.send(messages.step_part(
+            session, grads, index=index, count=count, seq=seq, client=client,
+            return_params=return_params, clip_value=clip_value))
+        return result
+
+    def _sliced_step(
+        self,
+        session: Session,
+        grads: Mapping[str, npt.ArrayLike],
+        part_elements: int,
+        parts_in_flight: int,
+        *,
+        return_params: bool,
+        seq: int,
+        client: str | None,
+        clip_value: float | None,
+    ) -> StepResult:
+        if isinstance(parts_in_flight, bool) or not isinstance(parts_in_flight, int) or parts_in_flight < 1:
+            raise ValueError(f"parts_in_flight must be an int >= 1, not {parts_in_flight!r}")
+        arrays = {name: contiguous_array(g) for name, g in grads.items()}
+        requests = messages.step_parts(session, arrays, part_elements=part_elements, seq=seq,
+                                       client=client, return_params=return_params, clip_value=clip_value)
+        # The parameters' new values, filled in as the parts' replies come:
+        # each reply is unpacked with its tensors left where they lie in the
+        # received message (wire.unpack_views) and copied from there, once.
+        out = {name: np.empty(a.shape, a.dtype) for name, a in arrays.items()} if return_params else {}
+        flat = {name: a.reshape(-1) for name, a in out.items()}
+        filled = dict.fromkeys(out, 0)
+
+        def decode(buffer: Any, request_id: int) -> StepPartResult:
+            reply = check_reply(unpack_views(buffer), request_id)
+            params = reply.pop("params", None)
+            if params is not None:
+                if not isinstance(params, dict):
+                    raise ProtocolError("step part: 'params' is not a map")
+                for name, value in params.items():
+                    offset, values = range_from_reply(value, f"step part: parameter {name!r}")
+                    target = flat.get(name)
+                    if (target is None or values.dtype != target.dtype
+                            or offset + values.size > target.size):
+                        raise ProtocolError(f"step part: {name!r} came back as {values.size} "
+                                            f"{values.dtype} elements at offset {offset}")
+                    target[offset:offset + values.size] = values
+                    filled[name] += values.size
+            return StepPartResult.from_reply(reply)
+
+        def exchanges() -> Any:
+            for request in requests:
+                request_id = self._next_id()
+                yield (request.encode_parts(request_id),
+                       lambda buffer, rid=request_id: decode(buffer, rid))
+
+        replies = self._transport.pipeline(exchanges(), parts_in_flight)
+        done = [r for r in replies if r.complete]
+        if not done:
+            raise ProtocolError(f"sliced step: no part of {len(replies)} reported the step complete")
+        # The part that completed it (a retry of a complete step has only
+        # duplicates; then the last).
+        final = next((r for r in reversed(done) if not r.duplicate), done[-1])
+        for name, count in filled.items():
+            if count != flat[name].size:
+                raise ProtocolError(f"sliced step: the replies held {count} of the "
+                                    f"{flat[name].size} elements of {name!r}")
+        for array in out.values():
+            array.flags.writeable = False
+        return StepResult(steps=final.steps, lr=final.lr, next_lr=final.next_lr, params=out,
+                          duplicate=all(r.duplicate for r in replies),
+                          lrs=final.lrs, next_lrs=final.next_lrs)
 
     def join(self, session: Session, worker: str) -> JoinResult:
         """Makes ``worker`` a member of a session opened with ``workers`` (its

@@ -36,6 +36,7 @@ __all__ = [
     "LimitError",
     "UnknownWorkerError",
     "WorkerTimeoutError",
+    "StepPendingError",
     "UnknownParamError",
     "ParamExistsError",
     "BadTensorError",
@@ -176,6 +177,15 @@ class WorkerTimeoutError(OptimdError):
     CODE = 25
 
 
+class StepPendingError(OptimdError):
+    """26 STEP_PENDING: the session has a sliced step that is not complete
+    yet (another client's, or this one's under another ``seq``); the request
+    changed nothing. Send it again once the step's last part is in
+    (``Client.info`` shows the pending step as ``pending_step``)."""
+
+    CODE = 26
+
+
 class UnknownParamError(OptimdError):
     """30 UNKNOWN_PARAM: a parameter name that is not registered."""
 
@@ -250,6 +260,7 @@ ERROR_CLASSES: Final[dict[int, type[OptimdError]]] = {
         LimitError,
         UnknownWorkerError,
         WorkerTimeoutError,
+        StepPendingError,
         UnknownParamError,
         ParamExistsError,
         BadTensorError,

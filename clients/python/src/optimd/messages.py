@@ -15,10 +15,12 @@ everything else is left to the daemon, whose error names the problem.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Union
 
+import numpy as np
 import numpy.typing as npt
 
 from .errors import ProtocolError
@@ -37,13 +39,21 @@ from .results import (
     SessionSummary,
     SharedStepResult,
     StepResult,
+    StepPartResult,
     SwitchResult,
     PluginLoad,
     snapshot_from_reply,
     state_from_reply,
     tensors_from_reply,
 )
-from .wire import HparamValue, decode_reply, encode_request, encode_request_parts, encode_tensor
+from .wire import (
+    HparamValue,
+    contiguous_array,
+    decode_reply,
+    encode_request,
+    encode_request_parts,
+    encode_tensor,
+)
 
 __all__ = [
     "Request",
@@ -63,6 +73,10 @@ __all__ = [
     "close",
     "register",
     "step",
+    "step_part",
+    "step_parts",
+    "slice_grads",
+    "MAX_PARTS",
     "observe",
     "switch",
     "reload",
@@ -171,10 +185,18 @@ ClipNormSpec = Union[ClipNorm, float, Mapping[str, Any]]
 @dataclass(frozen=True)
 class Request:
     """One request before it has an id: the op and its keys (tensors already
-    as tensor maps, viewing the caller's arrays)."""
+    as tensor maps, viewing the caller's arrays). ``reply_as`` names the
+    :data:`PARSERS` entry for its reply when that is not ``op``'s (a part of
+    a sliced step is a ``step`` whose reply is parsed as ``"step_part"``)."""
 
     op: str
     fields: dict[str, Any]
+    reply_as: str | None = None
+
+    @property
+    def reply_kind(self) -> str:
+        """The key of :data:`PARSERS` that parses this request's reply."""
+        return self.reply_as if self.reply_as is not None else self.op
 
     def encode(self, request_id: int) -> bytes:
         """The message bytes: ``{v: 1, id, op}`` plus the fields."""
@@ -316,6 +338,109 @@ def step(
         fields["worker"] = worker
     _step_options(fields, seq, client, clip_value, clip_norm, return_params)
     return Request("step", fields)
+
+
+#: Most parts one sliced step may have (docs/protocol.md, ``step``).
+MAX_PARTS: Final = 65536
+
+#: A gradient in one part of a sliced step: a whole tensor, or a range
+#: ``(offset, values)`` of a parameter's elements in C order.
+PartGrad = Union[npt.ArrayLike, "tuple[int, npt.ArrayLike]"]
+
+
+def _part_grads(grads: Mapping[str, PartGrad]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in grads.items():
+        if isinstance(value, tuple):
+            if len(value) != 2:
+                raise TypeError(f"gradient {name!r}: a range is (offset, values), not {len(value)} items")
+            offset, values = value
+            if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+                raise TypeError(f"gradient {name!r}: a range's offset is an int >= 0, not {offset!r}")
+            out[name] = {"offset": int(offset), "values": encode_tensor(values)}
+        else:
+            out[name] = encode_tensor(value)
+    return out
+
+
+def step_part(
+    session: Session,
+    grads: Mapping[str, PartGrad],
+    *,
+    index: int,
+    count: int,
+    seq: int,
+    client: str | None = None,
+    return_params: bool = True,
+    clip_value: float | None = None,
+) -> Request:
+    """One part of a sliced step (docs/protocol.md, ``step``, "Sliced
+    steps"): part ``index`` of ``count``, of the step ``seq`` (required) of
+    ``client``. Each gradient is a whole tensor or a range ``(offset,
+    values)``: ``values`` (1-D, the parameter's dtype) is the gradient of
+    elements ``offset`` on, in C order. Nothing here checks that the parts
+    fit together: the daemon does. The reply parses as a
+    :class:`~optimd.StepPartResult`."""
+    fields = {**_session_fields(session), "grads": _part_grads(grads),
+              "part": {"index": int(index), "count": int(count)}}
+    _step_options(fields, seq, client, clip_value, None, return_params)
+    return Request("step", fields, reply_as="step_part")
+
+
+def slice_grads(
+    grads: Mapping[str, npt.ArrayLike], part_elements: int
+) -> list[dict[str, PartGrad]]:
+    """The parts of a sliced step: the gradients, taken in order as if
+    concatenated (flattened in C order), cut into consecutive parts of
+    ``part_elements`` elements (the last one shorter). A tensor that lies
+    within one part is there whole; one that a cut crosses is sent as ranges
+    ``(offset, values)``, 1-D views of its memory (nothing is copied unless a
+    gradient is not C-contiguous little-endian, which is made so once).
+    Tensors with no elements go whole into the part being filled. When the
+    gradients have more than ``part_elements`` × :data:`MAX_PARTS` elements
+    the parts are made larger, so that there are at most :data:`MAX_PARTS`.
+    ``grads`` with no elements at all give one part."""
+    if isinstance(part_elements, bool) or not isinstance(part_elements, (int, np.integer)) or part_elements < 1:
+        raise ValueError(f"part_elements must be an int >= 1, not {part_elements!r}")
+    arrays = {name: contiguous_array(value) for name, value in grads.items()}
+    total = sum(a.size for a in arrays.values())
+    size = max(int(part_elements), math.ceil(total / MAX_PARTS))
+    parts: list[dict[str, PartGrad]] = [{}]
+    room = size
+    for name, array in arrays.items():
+        n = array.size
+        if n == 0:
+            parts[-1][name] = array
+            continue
+        flat = array.reshape(-1)
+        at = 0
+        while at < n:
+            if room == 0:
+                parts.append({})
+                room = size
+            take = min(n - at, room)
+            parts[-1][name] = array if take == n else (at, flat[at:at + take])
+            at += take
+            room -= take
+    return parts
+
+
+def step_parts(
+    session: Session,
+    grads: Mapping[str, npt.ArrayLike],
+    *,
+    part_elements: int,
+    seq: int,
+    client: str | None = None,
+    return_params: bool = True,
+    clip_value: float | None = None,
+) -> list[Request]:
+    """A whole step as the parts of a sliced step (:func:`slice_grads`),
+    each a :func:`step_part` request, in order."""
+    parts = slice_grads(grads, part_elements)
+    return [step_part(session, part, index=i, count=len(parts), seq=seq, client=client,
+                      return_params=return_params, clip_value=clip_value)
+            for i, part in enumerate(parts)]
 
 
 def _step_options(
@@ -519,6 +644,8 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "close": lambda r: None,
     "register": _registered,
     "step": StepResult.from_reply,
+    # Not an op: a part of a sliced step is a "step" whose reply is this.
+    "step_part": StepPartResult.from_reply,
     "observe": ObserveResult.from_reply,
     "switch": SwitchResult.from_reply,
     "reload": _list_of("plugins", PluginLoad.from_reply),
@@ -543,7 +670,9 @@ def parse_reply(op: str, message: Any, request_id: int) -> Any:
     a request of ``op`` whose id was ``request_id``. Raises the
     :class:`~optimd.OptimdError` subclass of an error reply and
     :class:`~optimd.ProtocolError` for anything that is not a valid reply;
-    an op this client does not know gives the reply map itself."""
+    an op this client does not know gives the reply map itself. ``op`` may
+    also be ``"step_part"`` (a part of a sliced step; see
+    :attr:`Request.reply_kind`)."""
     reply = decode_reply(message, request_id)
     parser = PARSERS.get(op)
     return reply if parser is None else parser(reply)

@@ -30,6 +30,9 @@ __all__ = [
     "Hparams",
     "SessionSummary",
     "StepResult",
+    "StepPartResult",
+    "PendingStep",
+    "range_from_reply",
     "SharedStepResult",
     "SwitchResult",
     "PluginLoad",
@@ -234,7 +237,10 @@ class SlotDecl:
 @dataclass(frozen=True)
 class PluginInfo:
     """One loaded plugin, from ``plugins``. ``slots`` and ``dtypes`` are empty
-    for schedulers."""
+    for schedulers. ``sliced`` (optimizers) says whether its steps may be sent
+    in parts (it declares element-wise updates; ``Client.step`` with
+    ``part_elements``); ``None`` for a scheduler or a daemon that does not
+    say."""
 
     id: str
     kind: Literal["optimizer", "scheduler"]
@@ -243,6 +249,7 @@ class PluginInfo:
     hparams: tuple[HparamDecl, ...]
     slots: tuple[SlotDecl, ...]
     dtypes: tuple[str, ...]
+    sliced: bool | None = None
 
     def hparam(self, key: str) -> HparamDecl:
         """The declaration of ``key`` (KeyError if the plugin has none)."""
@@ -267,6 +274,7 @@ class PluginInfo:
             hparams=tuple(HparamDecl.from_reply(h) for h in _get(d, "hparams", list, w)),
             slots=tuple(SlotDecl.from_reply(s) for s in d.get("slots") or ()),
             dtypes=tuple(str(t) for t in d.get("dtypes") or ()),
+            sliced=_get(d, "sliced", bool, w) if "sliced" in d else None,
         )
 
 
@@ -523,6 +531,29 @@ class Hparams:
 
 
 @dataclass(frozen=True)
+class PendingStep:
+    """A sliced step that has not received all its parts (``info``'s
+    ``pending_step``): the ``client`` and ``seq`` it was sent under, its
+    number of parts and how many of them were applied. Until the last part is
+    in, the session refuses other steps and changes with
+    :class:`~optimd.StepPendingError`; sending the step again with the same
+    ``seq`` completes it."""
+
+    client: str
+    seq: int
+    count: int
+    applied: int
+
+    @classmethod
+    def from_reply(cls, d: Any) -> PendingStep:
+        w = "pending_step"
+        if not isinstance(d, dict):
+            raise ProtocolError(f"{w} is not a map")
+        return cls(client=_get(d, "client", str, w), seq=_get(d, "seq", int, w),
+                   count=_get(d, "count", int, w), applied=_get(d, "applied", int, w))
+
+
+@dataclass(frozen=True)
 class SessionInfo(Hparams):
     """The ``info`` (and ``attach``) reply. ``client_seq`` is the highest
     ``seq`` applied for the ``client`` named in the ``info`` request (``None``
@@ -539,6 +570,9 @@ class SessionInfo(Hparams):
     client_seq: int | None = None
     lookahead: Lookahead | None = None
     workers: WorkersInfo | None = None
+    #: The sliced step the session is in the middle of (docs/protocol.md,
+    #: ``step``, "Sliced steps"); ``None`` when there is none.
+    pending_step: PendingStep | None = None
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any], what: str = "info") -> SessionInfo:
@@ -561,6 +595,8 @@ class SessionInfo(Hparams):
             client_seq=_get(reply, "client_seq", int, what) if "client_seq" in reply else None,
             lookahead=None if reply.get("lookahead") is None else Lookahead.from_reply(reply["lookahead"]),
             workers=None if reply.get("workers") is None else WorkersInfo.from_reply(reply["workers"]),
+            pending_step=(None if reply.get("pending_step") is None
+                          else PendingStep.from_reply(reply["pending_step"])),
         )
 
 
@@ -676,6 +712,62 @@ class SharedStepResult(StepResult):
             steps=base.steps, lr=base.lr, next_lr=base.next_lr, params={}, duplicate=base.duplicate,
             lrs=base.lrs, next_lrs=base.next_lrs, grad_norm=base.grad_norm, grad_norms=base.grad_norms,
             detached=_get(reply, "detached", bool, w),
+        )
+
+
+def range_from_reply(value: Any, what: str) -> tuple[int, Array]:
+    """A parameter in the reply to a part of a sliced step: ``{offset,
+    values}`` as (offset, read-only 1-D array); a whole tensor map (offset
+    0) is accepted too."""
+    if isinstance(value, dict) and "offset" in value:
+        offset = _get(value, "offset", int, what)
+        values = decode_tensor(value.get("values"), f"{what}: values")
+        if offset < 0 or values.ndim != 1:
+            raise ProtocolError(f"{what}: a range at offset {offset} with {values.ndim} dimensions")
+        return offset, values
+    return 0, decode_tensor(value, what).reshape(-1)
+
+
+@dataclass(frozen=True)
+class StepPartResult:
+    """The reply to one part of a sliced step (``Client.step_part``).
+
+    ``complete`` is true when this part completed the step (or the step was
+    complete before it); ``parts`` is the number of the step's parts applied
+    so far. Until the step is complete, ``steps`` does not count it and
+    ``next_lr`` equals ``lr``. ``params`` maps each parameter the part named
+    to ``(offset, values)``: the new values (a read-only 1-D array) of the
+    elements it carried, from element ``offset`` on in C order; empty with
+    ``return_params=False``. ``duplicate`` is true for a part that had been
+    applied before (its values are then the current ones)."""
+
+    steps: int
+    lr: float
+    next_lr: float
+    complete: bool
+    parts: int
+    params: dict[str, tuple[int, Array]]
+    duplicate: bool = False
+    lrs: dict[str, float] = field(default_factory=dict)
+    next_lrs: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> StepPartResult:
+        w = "step part"
+        params: dict[str, tuple[int, Array]] = {}
+        if "params" in reply:
+            for name, value in _get(reply, "params", dict, w).items():
+                params[str(name)] = range_from_reply(value, f"{w}: parameter {name!r}")
+        return cls(
+            steps=_get(reply, "steps", int, w),
+            lr=_float(reply, "lr", w),
+            next_lr=_float(reply, "next_lr", w),
+            complete=_get(reply, "complete", bool, w),
+            parts=_get(reply, "parts", int, w),
+            params=params,
+            duplicate=_get(reply, "duplicate", bool, w) if "duplicate" in reply else False,
+            lrs=_float_map(reply, "lrs", w) if "lrs" in reply else {},
+            next_lrs=_float_map(reply, "next_lrs", w) if "next_lrs" in reply else {},
         )
 
 

@@ -5,7 +5,9 @@
   reply surfaces as :class:`~optimd.TransportError`, never as a second step.
 * no receive size limit (NNG's default of 1 MiB would drop large replies);
 * every request runs in its own NNG context, so one socket serves several
-  threads, each with its own request in flight;
+  threads, each with its own request in flight, and one thread can keep
+  several requests in flight (:meth:`Transport.pipeline`, the parts of a
+  sliced step);
 * a ``tls+tcp://`` URL gets a client TLS configuration (pynng.TLSConfig):
   the CA that must have issued the daemon's certificate, optionally this
   client's own certificate and key, and the name the daemon's certificate
@@ -14,12 +16,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, Union
 
 import pynng
 
-from .errors import RequestTimeout, TransportError
+from .errors import OptimdError, RequestTimeout, TransportError
 
 try:
     # pynng's cffi bindings, to fill an NNG message in place (see
@@ -32,6 +35,9 @@ except ImportError:  # pragma: no cover - a pynng without them
 __all__ = ["Transport"]
 
 _T = TypeVar("_T")
+
+#: What a request is sent as: bytes, or buffers to send back to back.
+Payload = Union[bytes, "list[Any]"]
 
 #: NNG_DURATION_INFINITE
 _INFINITE = -1
@@ -188,7 +194,43 @@ class Transport:
         """The socket's ``req:resend-time`` in ms; -1 (infinite) means off."""
         return int(self._socket.resend_time)
 
-    def roundtrip(self, payload: bytes | list[Any], decode: Callable[[Any], _T]) -> _T:
+    def _context(self) -> Any:
+        try:
+            return self._socket.new_context()
+        except pynng.NNGException as exc:
+            raise TransportError(f"{self.url}: {exc}") from exc
+
+    def _send(self, ctx: Any, payload: Payload) -> None:
+        try:
+            if isinstance(payload, list):
+                ctx.send_msg(_message(payload))
+            else:
+                ctx.send(payload)
+        except pynng.Timeout as exc:
+            raise RequestTimeout(f"{self.url}: no reply within the timeout{self._hint}") from exc
+        except pynng.NNGException as exc:
+            raise TransportError(f"{self.url}: {exc}{self._hint}") from exc
+
+    def _receive(self, ctx: Any, decode: Callable[[Any], _T]) -> _T:
+        try:
+            msg = ctx.recv_msg()
+        except pynng.Timeout as exc:
+            raise RequestTimeout(f"{self.url}: no reply within the timeout{self._hint}") from exc
+        except pynng.NNGException as exc:
+            raise TransportError(f"{self.url}: {exc}{self._hint}") from exc
+        # Message._buffer is pynng's documented view of the message body
+        # (see pynng.Message); .bytes is the copying fallback.
+        buffer = getattr(msg, "_buffer", None)
+        return decode(buffer if buffer is not None else msg.bytes)
+
+    @staticmethod
+    def _close(ctx: Any) -> None:
+        try:
+            ctx.close()
+        except pynng.NNGException:
+            pass  # the socket was closed under us; the context went with it
+
+    def roundtrip(self, payload: Payload, decode: Callable[[Any], _T]) -> _T:
         """Sends ``payload`` (bytes, or buffers to send one after another as
         one message) and returns ``decode(reply)``.
 
@@ -196,30 +238,67 @@ class Transport:
         only during the call, so the reply is decoded without copying it out
         of NNG first.
         """
+        ctx = self._context()
         try:
-            ctx = self._socket.new_context()
-        except pynng.NNGException as exc:
-            raise TransportError(f"{self.url}: {exc}") from exc
-        try:
-            try:
-                if isinstance(payload, list):
-                    ctx.send_msg(_message(payload))
-                else:
-                    ctx.send(payload)
-                msg = ctx.recv_msg()
-            except pynng.Timeout as exc:
-                raise RequestTimeout(f"{self.url}: no reply within the timeout{self._hint}") from exc
-            except pynng.NNGException as exc:
-                raise TransportError(f"{self.url}: {exc}{self._hint}") from exc
-            # Message._buffer is pynng's documented view of the message body
-            # (see pynng.Message); .bytes is the copying fallback.
-            buffer = getattr(msg, "_buffer", None)
-            return decode(buffer if buffer is not None else msg.bytes)
+            self._send(ctx, payload)
+            return self._receive(ctx, decode)
         finally:
-            try:
-                ctx.close()
-            except pynng.NNGException:
-                pass  # the socket was closed under us; the context went with it
+            self._close(ctx)
+
+    def pipeline(self, exchanges: Iterable[tuple[Payload, Callable[[Any], _T]]],
+                 window: int) -> list[_T]:
+        """Sends each ``(payload, decode)`` of ``exchanges`` as
+        :meth:`roundtrip` does, in order, keeping up to ``window`` requests in
+        flight at once (each in its own NNG context), and returns the
+        ``decode(reply)`` of each, in order.
+
+        The next payload is taken from ``exchanges`` only when it is to be
+        sent, so it may be built lazily. The requests go out on the one
+        connection in order: while the daemon works on one, the next is on
+        the wire and this thread decodes the replies that came back.
+
+        When a reply is an error reply (``decode`` raises
+        :class:`~optimd.OptimdError`), nothing more is sent, the replies of
+        the requests still in flight are waited for (their results, and their
+        errors, dropped), and the first such error is raised. A transport
+        failure (``decode`` raising :class:`~optimd.TransportError` included)
+        is raised at once; the requests still in flight are abandoned, so
+        whether they were applied is unknown.
+        """
+        if window < 1:
+            raise ValueError(f"window must be at least 1, not {window}")
+        pending = iter(exchanges)
+        in_flight: deque[tuple[Any, Callable[[Any], _T]]] = deque()
+        results: list[_T] = []
+        error: OptimdError | None = None
+        exhausted = False
+        try:
+            while True:
+                while error is None and not exhausted and len(in_flight) < window:
+                    item = next(pending, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    payload, decode = item
+                    ctx = self._context()
+                    in_flight.append((ctx, decode))
+                    self._send(ctx, payload)
+                if not in_flight:
+                    break
+                ctx, decode = in_flight[0]
+                try:
+                    results.append(self._receive(ctx, decode))
+                except OptimdError as exc:
+                    if error is None:
+                        error = exc
+                in_flight.popleft()
+                self._close(ctx)
+        finally:
+            for ctx, _ in in_flight:
+                self._close(ctx)
+        if error is not None:
+            raise error
+        return results
 
     def close(self) -> None:
         """Closes the socket; requests in flight fail with TransportError."""

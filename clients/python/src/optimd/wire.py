@@ -10,11 +10,15 @@ better for large tensors: it leaves them out of what msgpack writes, so that
 the transport copies them once, straight into the NNG message. An incoming tensor becomes an array
 with :func:`numpy.frombuffer` over the ``bytes`` msgpack made of it: no copy
 beyond msgpack's own, and the array is **read-only** (``.copy()`` it to write).
+:func:`unpack_views` unpacks a reply leaving its large bins as views of the
+received message, for tensors that are copied elsewhere at once (the parts of
+a sliced step, assembled into whole arrays).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from typing import Any, Final, Union
 
@@ -31,8 +35,11 @@ __all__ = [
     "encode_request",
     "encode_request_parts",
     "decode_reply",
+    "check_reply",
+    "unpack_views",
     "encode_tensor",
     "decode_tensor",
+    "contiguous_array",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -156,6 +163,12 @@ def decode_reply(message: Any, request_id: int) -> dict[str, Any]:
         reply = msgpack.unpackb(message, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"the reply is not msgpack: {exc}") from exc
+    return check_reply(reply, request_id)
+
+
+def check_reply(reply: Any, request_id: int) -> dict[str, Any]:
+    """:func:`decode_reply` for a reply already unpacked (by msgpack, or by
+    :func:`unpack_views`)."""
     if not isinstance(reply, dict):
         raise ProtocolError(f"the reply is a {type(reply).__name__}, not a map")
     if reply.get("v") != PROTOCOL_VERSION:
@@ -180,6 +193,124 @@ def decode_reply(message: Any, request_id: int) -> dict[str, Any]:
     return reply
 
 
+_FLOAT32: Final = struct.Struct(">f")
+_FLOAT64: Final = struct.Struct(">d")
+
+
+def unpack_views(message: Any, min_view: int = LARGE_BIN) -> Any:
+    """One msgpack value from ``message`` (any buffer), as
+    :func:`msgpack.unpackb` with ``raw=False`` gives it, except that a bin
+    of ``min_view`` bytes or more is a :class:`memoryview` of ``message``
+    rather than a copy: valid only as long as ``message`` is. For replies
+    whose tensors are copied once more anyway (the parts of a sliced step,
+    assembled into whole arrays), so that they are not copied twice.
+    Raises :class:`~optimd.ProtocolError` for anything that is not one
+    msgpack value, for ext types and for map keys other than str and bin
+    (which msgpack's default ``strict_map_key`` refuses too)."""
+    view = memoryview(message).cast("B")
+    end = len(view)
+
+    def need(at: int, n: int) -> int:
+        if at + n > end:
+            raise ProtocolError("the reply is not msgpack: truncated")
+        return at + n
+
+    def uint(at: int, n: int) -> tuple[int, int]:
+        nxt = need(at, n)
+        return int.from_bytes(view[at:nxt], "big"), nxt
+
+    def value(at: int, depth: int) -> tuple[Any, int]:
+        if depth > 64:
+            raise ProtocolError("the reply is not msgpack: nested too deep")
+        at = need(at, 1)
+        b = view[at - 1]
+        if b <= 0x7F:
+            return b, at
+        if b >= 0xE0:
+            return b - 0x100, at
+        if 0x80 <= b <= 0x8F:
+            return container(at, b & 0x0F, True, depth)
+        if 0x90 <= b <= 0x9F:
+            return container(at, b & 0x0F, False, depth)
+        if 0xA0 <= b <= 0xBF:
+            return text(at, b & 0x1F)
+        if b == 0xC0:
+            return None, at
+        if b == 0xC2:
+            return False, at
+        if b == 0xC3:
+            return True, at
+        if 0xC4 <= b <= 0xC6:
+            n, at = uint(at, 1 << (b - 0xC4))
+            nxt = need(at, n)
+            return (view[at:nxt] if n >= min_view else bytes(view[at:nxt])), nxt
+        if b == 0xCA:
+            nxt = need(at, 4)
+            return _FLOAT32.unpack_from(view, at)[0], nxt
+        if b == 0xCB:
+            nxt = need(at, 8)
+            return _FLOAT64.unpack_from(view, at)[0], nxt
+        if 0xCC <= b <= 0xCF:
+            return uint(at, 1 << (b - 0xCC))
+        if 0xD0 <= b <= 0xD3:
+            n = 1 << (b - 0xD0)
+            nxt = need(at, n)
+            return int.from_bytes(view[at:nxt], "big", signed=True), nxt
+        if 0xD9 <= b <= 0xDB:
+            n, at = uint(at, 1 << (b - 0xD9))
+            return text(at, n)
+        if b in (0xDC, 0xDD):
+            n, at = uint(at, 2 if b == 0xDC else 4)
+            return container(at, n, False, depth)
+        if b in (0xDE, 0xDF):
+            n, at = uint(at, 2 if b == 0xDE else 4)
+            return container(at, n, True, depth)
+        raise ProtocolError(f"the reply is not msgpack this client reads: type byte 0x{b:02x}")
+
+    def text(at: int, n: int) -> tuple[str, int]:
+        nxt = need(at, n)
+        try:
+            return str(view[at:nxt], "utf-8"), nxt
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"the reply is not msgpack: {exc}") from exc
+
+    def container(at: int, n: int, is_map: bool, depth: int) -> tuple[Any, int]:
+        if is_map:
+            out: dict[Any, Any] = {}
+            for _ in range(n):
+                key, at = value(at, depth + 1)
+                if not isinstance(key, (str, bytes)):   # msgpack's strict_map_key
+                    raise ProtocolError(f"the reply is not msgpack this client reads: a {type(key).__name__} key")
+                out[key], at = value(at, depth + 1)
+            return out, at
+        items = []
+        for _ in range(n):
+            item, at = value(at, depth + 1)
+            items.append(item)
+        return items, at
+
+    if end == 0:
+        raise ProtocolError("the reply is not msgpack: empty")
+    result, at = value(0, 0)
+    if at != end:
+        raise ProtocolError(f"the reply is not msgpack: {end - at} bytes after the value")
+    return result
+
+
+def contiguous_array(value: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]:
+    """``value`` as a C-contiguous little-endian float32 or float64 array of
+    at most :data:`MAX_DIMS` dimensions: the array itself (or a view of it)
+    when it already is one, else one copy. Other dtypes raise
+    :class:`TypeError`, more dimensions :class:`ValueError`."""
+    array = np.asarray(value)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
+        raise TypeError(f"optimd tensors are float32 or float64, not {array.dtype}")
+    if array.ndim > MAX_DIMS:
+        raise ValueError(f"a tensor has at most {MAX_DIMS} dimensions, not {array.ndim}")
+    # Not ascontiguousarray: it turns a 0-dim array into a 1-dim one.
+    return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+
+
 def encode_tensor(value: npt.ArrayLike) -> dict[str, object]:
     """A tensor map for an f32 or f64 array (any array-like: numpy arrays,
     CPU torch tensors, nested lists of floats).
@@ -189,13 +320,7 @@ def encode_tensor(value: npt.ArrayLike) -> dict[str, object]:
     dtypes raise :class:`TypeError` (the daemon requires the parameter's own
     dtype, so nothing is converted silently).
     """
-    array = np.asarray(value)
-    if array.dtype.kind != "f" or array.dtype.itemsize not in (4, 8):
-        raise TypeError(f"optimd tensors are float32 or float64, not {array.dtype}")
-    if array.ndim > MAX_DIMS:
-        raise ValueError(f"a tensor has at most {MAX_DIMS} dimensions, not {array.ndim}")
-    # Not ascontiguousarray: it turns a 0-dim array into a 1-dim one.
-    array = np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")
+    array = contiguous_array(value)
     return {
         "dtype": _DTYPE_NAMES[array.dtype],
         "shape": list(array.shape),
@@ -206,7 +331,8 @@ def encode_tensor(value: npt.ArrayLike) -> dict[str, object]:
 
 
 def decode_tensor(value: Any, what: str = "tensor") -> npt.NDArray[np.floating[Any]]:
-    """A read-only array viewing a received tensor map's ``data``."""
+    """A read-only array viewing a received tensor map's ``data`` (bytes,
+    or a memoryview from :func:`unpack_views`)."""
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} is not a tensor map")
     dtype = _WIRE_DTYPES.get(value.get("dtype"))  # type: ignore[arg-type]
@@ -220,8 +346,11 @@ def decode_tensor(value: Any, what: str = "tensor") -> npt.NDArray[np.floating[A
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise ProtocolError(f"{what} has shape {shape!r}")
-    if not isinstance(data, bytes):
+    if not isinstance(data, (bytes, memoryview)):
         raise ProtocolError(f"{what} has no binary data")
-    if len(data) != dtype.itemsize * math.prod(shape):
-        raise ProtocolError(f"{what}: {len(data)} bytes for shape {shape} of {value['dtype']}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    nbytes = data.nbytes if isinstance(data, memoryview) else len(data)
+    if nbytes != dtype.itemsize * math.prod(shape):
+        raise ProtocolError(f"{what}: {nbytes} bytes for shape {shape} of {value['dtype']}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    array.flags.writeable = False   # already so over bytes; a memoryview may be writable
+    return array
