@@ -4,7 +4,9 @@
 
 #include "finite.h"
 #include "host.h"
+#include "json.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <optimd/protocol.h>
 #include <stdio.h>
@@ -488,6 +490,7 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
         size_t esize = wire_dtype_size(p->dtype);
         size_t bytes = (size_t)entries[j].count * esize;
         bool unaligned = ((uintptr_t)entries[j].values % esize) != 0;
+        if (unaligned) metrics_unaligned_gradient(bytes);
         if (unaligned || clip->value > 0) {
             copies[j] = aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
             if (!copies[j]) rc = -1;
@@ -575,5 +578,171 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
 answered:
     *entries_out = entries;
     *n_out = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ snapshots -- */
+
+void sliced_step_write_manifest(FILE *f, const session *s)
+{
+    const sliced_step *st = s->pending_step;
+    if (!st) return;
+    fputs(",\"pending_step\":{\"client\":", f);
+    json_write_string(f, st->client, st->client_len);
+    fprintf(f, ",\"seq\":%llu,\"count\":%u,\"received\":[", (unsigned long long)st->seq, st->count);
+    bool first = true;
+    for (uint32_t i = 0; i < st->count; i++) {
+        if (!st->received[i]) continue;
+        fprintf(f, first ? "%u" : ",%u", i);
+        first = false;
+    }
+    fputs("],\"params\":[", f);
+    for (size_t i = 0; i < st->n_params; i++) {
+        const touched *t = &st->params[i];
+        const param *p = &s->params[t->index];
+        fputs(i ? ",{\"name\":" : "{\"name\":", f);
+        json_write_string(f, s->names[t->index], strlen(s->names[t->index]));
+        fputs(",\"ranges\":[", f);
+        for (size_t r = 0; r < t->n_ranges; r++)
+            fprintf(f, "%s[%lld,%lld]", r ? "," : "", (long long)t->ranges[r].begin, (long long)t->ranges[r].end);
+        /* Scalar slots before the step, as the bytes' hex: exact. */
+        fputs("],\"scalars_before\":[", f);
+        for (uint32_t k = 0; k < st->n_slots; k++) {
+            if (k) fputc(',', f);
+            if (!t->scalars_before[k]) {
+                fputs("null", f);
+                continue;
+            }
+            slot_layout l;
+            session_slot_layout(s, p, k, &l);
+            fputc('"', f);
+            for (size_t b = 0; b < l.nbytes; b++) fprintf(f, "%02x", ((const unsigned char *)t->scalars_before[k])[b]);
+            fputc('"', f);
+        }
+        fputs("]}", f);
+    }
+    fputs("]}", f);
+}
+
+bool sliced_step_manifest_touches(const json_value *v, const char *name)
+{
+    const json_value *params = v ? json_get(v, "params") : NULL;
+    const char *pname;
+    for (size_t i = 0; params && params->type == JSON_ARRAY && i < params->count; i++)
+        if (json_get_string(&params->items[i], "name", &pname) && strcmp(pname, name) == 0) return true;
+    return false;
+}
+
+static int hex_bytes(const json_value *v, void *out, size_t n)
+{
+    if (!v || v->type != JSON_STRING || v->string_len != 2 * n) return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned hi, lo;
+        if (sscanf(v->string + 2 * i, "%1x%1x", &hi, &lo) != 2) return -1;
+        ((unsigned char *)out)[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+static int restore_param(session *s, sliced_step *st, const json_value *e, char *why, size_t cap)
+{
+    const char *name;
+    const json_value *ranges = json_get(e, "ranges"), *scalars = json_get(e, "scalars_before");
+    if (!json_get_string(e, "name", &name) || !ranges || ranges->type != JSON_ARRAY || !scalars ||
+        scalars->type != JSON_ARRAY || scalars->count != st->n_slots) {
+        snprintf(why, cap, "a parameter of the pending step is malformed");
+        return -1;
+    }
+    int64_t idx = session_find_param(s, name, strlen(name));
+    if (idx < 0 || find_touched(st, (size_t)idx)) {
+        snprintf(why, cap, "the pending step names '%s', which the session has not or twice", name);
+        return -1;
+    }
+    param *p = &s->params[idx];
+    touched *t = &st->params[st->n_params];
+    memset(t, 0, sizeof *t);
+    t->index = (size_t)idx;
+    t->ranges = calloc(ranges->count + 1, sizeof *t->ranges);
+    t->scalars_before = calloc(st->n_slots ? st->n_slots : 1, sizeof *t->scalars_before);
+    st->n_params++;
+    if (!t->ranges || !t->scalars_before || (!p->slots && st->n_slots)) {
+        snprintf(why, cap, "out of memory, or '%s' has no state", name);
+        return -1;
+    }
+    int64_t at = 0;
+    for (size_t r = 0; r < ranges->count; r++) {
+        const json_value *rv = &ranges->items[r];
+        if (rv->type != JSON_ARRAY || rv->count != 2 || rv->items[0].type != JSON_NUMBER ||
+            rv->items[1].type != JSON_NUMBER || rv->items[0].number < (double)at ||
+            rv->items[1].number <= rv->items[0].number || rv->items[1].number > (double)p->numel) {
+            snprintf(why, cap, "the pending step's ranges of '%s' are malformed", name);
+            return -1;
+        }
+        t->ranges[r] = (range){(int64_t)rv->items[0].number, (int64_t)rv->items[1].number};
+        t->covered += t->ranges[r].end - t->ranges[r].begin;
+        at = t->ranges[r].end;
+        t->n_ranges++;
+    }
+    const optimd_optimizer *o = s->opt->desc->optimizer;
+    for (uint32_t k = 0; k < st->n_slots; k++) {
+        const json_value *sv = &scalars->items[k];
+        if (sv->type == JSON_NULL) continue;
+        slot_layout l;
+        session_slot_layout(s, p, k, &l);
+        t->scalars_before[k] = o->slots[k].shape == OPTIMD_SLOT_SCALAR && p->slots[k] ? malloc(l.nbytes) : NULL;
+        if (!t->scalars_before[k] || hex_bytes(sv, t->scalars_before[k], l.nbytes)) {
+            snprintf(why, cap, "the pending step's saved scalar '%s' of '%s' is malformed", o->slots[k].key, name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int sliced_step_restore(session *s, const json_value *v, char *why, size_t why_cap)
+{
+    if (!v) return 0;
+    const char *client;
+    double seq, count;
+    const json_value *received = json_get(v, "received"), *params = json_get(v, "params");
+    const json_value *cv = json_get(v, "client");
+    if (v->type != JSON_OBJECT || !json_get_string(v, "client", &client) || !json_get_number(v, "seq", &seq) ||
+        !json_get_number(v, "count", &count) || !received || received->type != JSON_ARRAY || !params ||
+        params->type != JSON_ARRAY || cv->string_len > CLIENT_ID_MAX || seq < 1 || count < 1 ||
+        count > SLICED_MAX_PARTS || received->count >= count || !sliced_step_supported(s->opt)) {
+        snprintf(why, why_cap, "its pending sliced step is malformed (or its optimizer takes none)");
+        return -1;
+    }
+    sliced_step *st = calloc(1, sizeof *st);
+    if (st) {
+        st->received = calloc((size_t)count, 1);
+        st->params = calloc(params->count + 1, sizeof *st->params);
+    }
+    if (!st || !st->received || !st->params) {
+        sliced_step_free(st);
+        snprintf(why, why_cap, "out of memory");
+        return -1;
+    }
+    memcpy(st->client, cv->string, cv->string_len);
+    st->client_len = cv->string_len;
+    st->seq = (uint64_t)seq;
+    st->count = (uint32_t)count;
+    st->n_slots = s->opt->desc->optimizer->n_slots;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < received->count; i++) {
+        const json_value *iv = &received->items[i];
+        if (iv->type != JSON_NUMBER || iv->number < 0 || iv->number >= count || st->received[(size_t)iv->number]) {
+            snprintf(why, why_cap, "the pending step's parts are malformed");
+            rc = -1;
+        } else {
+            st->received[(size_t)iv->number] = 1;
+            st->applied++;
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < params->count; i++) rc = restore_param(s, st, &params->items[i], why, why_cap);
+    if (rc) {
+        sliced_step_free(st);
+        return -1;
+    }
+    s->pending_step = st;
     return 0;
 }

@@ -14,6 +14,8 @@
 
 #include "session.h"
 
+#include <stdio.h>
+
 #define SLICED_MAX_PARTS 65536
 
 typedef struct sliced_step sliced_step;
@@ -61,5 +63,16 @@ uint32_t sliced_step_pack_info(msgpack_packer *pk, const session *s);
 bool sliced_step_supported(const plugin *opt);
 
 void sliced_step_free(sliced_step *st);
+
+/* Snapshots (snapshot.c): the session's pending step as the manifest's
+ * `,"pending_step":{...}` (nothing when there is none), and back. */
+struct json_value;
+void sliced_step_write_manifest(FILE *f, const session *s);
+/* Rebuilds s->pending_step from the manifest's value, after the session's
+ * parameters and slots are restored. -1 with `why` when it is malformed. */
+int sliced_step_restore(session *s, const struct json_value *v, char *why, size_t why_cap);
+/* Whether the manifest's pending step touched parameter `name` (its slots
+ * exist even before its first complete step). */
+bool sliced_step_manifest_touches(const struct json_value *v, const char *name);
 
 #endif

@@ -3,6 +3,7 @@
 #include "hparams.h"
 #include "json.h"
 #include "log.h"
+#include "sliced_step.h"
 #include "workers.h"
 
 #include <errno.h>
@@ -147,7 +148,10 @@ static void write_manifest(FILE *f, const session *s, const bool *keep)
         json_write_string(f, s->names[i], strlen(s->names[i]));
         fprintf(f, ",\"steps\":%llu,\"group\":%u}", (unsigned long long)p->steps, p->group);
     }
-    fputs("]}", f);
+    fputc(']', f);
+    /* A selection (export) is never taken while a step is pending. */
+    if (!keep) sliced_step_write_manifest(f, s);
+    fputc('}', f);
 }
 
 static void write_entry(FILE *f, bool *first, const char *prefix, const char *name, const char *slot,
@@ -560,7 +564,7 @@ static session *restore(reader *r, const json_value *man, plugin_registry *reg, 
             goto fail_out;
         }
         p->group = (uint32_t)pgroup;
-        if (p->steps == 0) continue;
+        if (p->steps == 0 && !sliced_step_manifest_touches(json_get(man, "pending_step"), pname)) continue;
         if (s->lookahead_k) {
             snprintf(key, sizeof key, "lookahead/%s", pname);
             const void *slow = find_tensor(r, key, p->dtype, p->numel, NULL, NULL);
@@ -595,6 +599,7 @@ static session *restore(reader *r, const json_value *man, plugin_registry *reg, 
             }
         }
     }
+    if (sliced_step_restore(s, json_get(man, "pending_step"), r->why, r->why_cap)) goto fail_out;
     s->version = s->saved_version = (uint64_t)version;
     return s;
 fail_out:

@@ -114,9 +114,6 @@ static void empty_log(session *s)
 static int save_locked(store *st, session *s)
 {
     if (s->closed || s->version == s->saved_version) return 0;
-    /* A snapshot of a half-applied step could not be resumed: the log
-     * keeps its parts until the last one is in. */
-    if (s->pending_step) return 0;
     if (write_snapshot(st, s, NULL) != 0) {
         log_error("session %s: snapshot failed: %s", s->name, strerror(errno));
         return -1;

@@ -329,6 +329,10 @@ class Durable(unittest.TestCase):
     def test_sigterm_while_pending(self):
         self.run_case("interval", "term")
 
+    def test_sigterm_while_pending_snapshots_only(self):
+        # No log: the snapshot taken at shutdown holds the pending step.
+        self.run_case("none", "term")
+
 
 if __name__ == "__main__":
     unittest.main()
