@@ -38,6 +38,7 @@ static const op_entry ops[] = {
     {"switch", op_switch},     {"drop", op_drop},         {"shutdown", op_shutdown},
     {"join", op_join},         {"leave", op_leave},       {"unregister", op_unregister},
     {"shm_attach", op_shm_attach}, {"shm_step", op_shm_step}, {"shm_detach", op_shm_detach},
+    {"abandon_step", op_abandon_step},
 };
 
 static int dispatch(request *r, const msgpack_object *root)

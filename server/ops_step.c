@@ -174,6 +174,29 @@ static int step_part(request *r, session *s, const msgpack_object *grads, bool w
     return 0;
 }
 
+int op_abandon_step(request *r)
+{
+    step_identity id = {"", 0, 0};
+    if (wire_get_uint(r->root, "seq", true, &id.seq, &r->err) ||
+        wire_get_str(r->root, "client", false, &id.client, &id.client_len, &r->err))
+        return -1;
+    session *s = request_session(r);
+    if (!s) return -1;
+    session_lock(s);
+    store_change change = change_of(r);
+    part_result res;
+    int rc = session_abandon_step(s, &id, store_log_change, &change, &res, &r->err);
+    if (rc == 0) {
+        step_clip none = {0};
+        msgpack_packer *pk = pack_step_counters(r, s, &res.step, &none, 1);
+        wire_pack_str(pk, "parts");
+        msgpack_pack_uint32(pk, res.parts);
+    }
+    session_unlock(s);
+    session_unref(s);
+    return rc;
+}
+
 int op_step(request *r)
 {
     const msgpack_object *grads;

@@ -98,6 +98,7 @@ int step_streaming_reply(request *r, session *s, const msgpack_object *grads, co
                          const step_clip *clip);
 int op_pull(request *r);
 int op_state(request *r);
+int op_abandon_step(request *r);
 
 /* ops_workers.c */
 void workers_abandon(session *s, const char *why);

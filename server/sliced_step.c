@@ -581,6 +581,30 @@ answered:
     return 0;
 }
 
+int session_abandon_step(session *s, const step_identity *id, session_commit_fn commit, void *ctx,
+                         part_result *res, request_error *err)
+{
+    memset(res, 0, sizeof *res);
+    sliced_step *st = s->pending_step;
+    if (!st) return fail(err, OPTIMD_E_BAD_REQUEST, "session '%s' has no pending step", s->name);
+    if (st->seq != id->seq || st->client_len != id->client_len || memcmp(st->client, id->client, id->client_len))
+        return fail(err, OPTIMD_E_BAD_REQUEST, "the pending step is client '%.*s', seq %llu: name it to abandon it",
+                    (int)st->client_len, st->client, (unsigned long long)st->seq);
+    client_seq *cs = session_client(s, id->client, id->client_len, true);
+    if (!cs) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    if (commit && commit(ctx, s, err)) return -1;
+    log_warn("session %s: sliced step %llu of client '%.*s' abandoned with %u of %u parts applied", s->name,
+             (unsigned long long)st->seq, (int)st->client_len, st->client, st->applied, st->count);
+    for (size_t i = 0; i < st->n_params; i++) s->params[st->params[i].index].steps++;
+    res->parts = st->applied;
+    s->pending_step = NULL;
+    sliced_step_free(st);
+    s->version++;
+    session_count_step(s, cs, id->seq, &res->step, err);
+    res->complete = true;
+    return 0;
+}
+
 /* ------------------------------------------------------------ snapshots -- */
 
 void sliced_step_write_manifest(FILE *f, const session *s)

@@ -45,6 +45,13 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
                       void *ctx, part_entry **entries, size_t *n_entries, part_result *res,
                       request_error *err);
 
+/* Ends the pending step of (id->client, id->seq) as it stands, for a
+ * client that cannot send its remaining parts: the ranges applied stay
+ * applied, and the step counts as a complete one (step counts, scheduler,
+ * seq) so that its parts are duplicates from now on. */
+int session_abandon_step(session *s, const step_identity *id, session_commit_fn commit, void *ctx,
+                         part_result *res, request_error *err);
+
 /* A step request's optional `part: {index, count}`; *present false when
  * absent. BAD_REQUEST when malformed. */
 int sliced_step_parse_part(const msgpack_object *req, bool *present, uint32_t *index, uint32_t *count,

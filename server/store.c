@@ -342,6 +342,12 @@ static int replay_record(void *ctx, uint64_t version, const void *request, size_
             else if (op_len == 5 && w) result = (worker_leave(s->workers, w), 0);
             if (result == 0) s->version++;
         }
+    } else if (op_len == 12 && memcmp(op, "abandon_step", 12) == 0) {
+        step_identity id = {"", 0, 0};
+        part_result pres;
+        if (wire_get_uint(req, "seq", true, &id.seq, &err) == 0 &&
+            wire_get_str(req, "client", false, &id.client, &id.client_len, &err) == 0)
+            result = session_abandon_step(s, &id, NULL, NULL, &pres, &err);
     } else if (op_len == 7 && memcmp(op, "observe", 7) == 0) {
         double metric;
         if (wire_get_number(req, "metric", true, &metric, &err) == 0 &&

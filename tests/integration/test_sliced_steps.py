@@ -244,6 +244,33 @@ class PendingStep(unittest.TestCase):
         # Now a plain step is welcome again.
         self.assertTrue(self.c.call("step", **self.s, grads={"v": tensor(self.g["v"])})["ok"])
 
+    def test_abandon_ends_the_pending_step_as_it_stands(self):
+        r = self.c.call("abandon_step", **self.s, seq=1, client="a")
+        self.assertEqual(r["code"], 2, r)
+        self.assertIn("no pending step", r["message"])
+        self.assertTrue(self.part(0, 3, {"w": self.rng("w", 0, 4)})["ok"])
+        half = self.pull()
+        for seq, client in ((2, "a"), (1, "b")):
+            r = self.c.call("abandon_step", **self.s, seq=seq, client=client)
+            self.assertEqual(r["code"], 2, r)
+            self.assertIn("client 'a', seq 1", r["message"])
+        r = self.c.call("abandon_step", **self.s, seq=1, client="a")
+        self.assertTrue(r["ok"], r)
+        self.assertEqual((r["steps"], r["parts"], r["lr"], r["next_lr"]), (1, 1, 0.001, 0.0005))
+        info = self.c.call("info", **self.s, client="a")
+        self.assertNotIn("pending_step", info)
+        self.assertEqual(info["client_seq"], 1)
+        self.assertEqual([p["steps"] for p in info["params"]], [1, 0])   # w touched, v not
+        now = self.pull()
+        for n in now:
+            self.assertEqual(now[n].tobytes(), half[n].tobytes(), n)
+        np.testing.assert_array_equal(now["w"][4:], self.init["w"][4:])
+        # Its other parts are duplicates now; the next step is welcome.
+        r = self.part(1, 3, {"w": self.rng("w", 4, 10)})
+        self.assertTrue(r["duplicate"] and r["complete"], r)
+        np.testing.assert_array_equal(self.pull()["w"][4:], self.init["w"][4:])
+        self.assertTrue(self.c.call("step", **self.s, grads={"v": tensor(self.g["v"])})["ok"])
+
     def test_part_needs_seq_and_a_plain_optimizer_setting(self):
         r = self.c.call("step", **self.s, grads={"w": self.rng("w", 4, 7)})
         self.assertEqual(r["code"], 2, r)
@@ -328,6 +355,34 @@ class Durable(unittest.TestCase):
 
     def test_sigterm_while_pending(self):
         self.run_case("interval", "term")
+
+    def test_abandon_is_logged(self):
+        state = tempfile.mkdtemp(prefix="optimd-sliced-")
+        init = np.arange(12, dtype=np.float64)
+        try:
+            d = Daemon(state_dir=state)
+            c = Req(d.url)
+            s = {"session": "a", "token": c.call("open", session="a", optimizer="adam", durability="always")["token"]}
+            c.call("register", **s, params={"w": tensor(init)})
+            r = c.call("step", **s, seq=3, part={"index": 1, "count": 2},
+                       grads={"w": {"offset": 6, "values": tensor(np.ones(6))}})
+            self.assertTrue(r["ok"], r)
+            self.assertTrue(c.call("abandon_step", **s, seq=3)["ok"])
+            before = c.call("pull", **s)["params"]["w"]["data"]
+            c.close()
+            d.kill()
+            d.cleanup()
+            d = Daemon(state_dir=state)
+            c = Req(d.url)
+            info = c.call("info", **s, client="")
+            self.assertNotIn("pending_step", info)
+            self.assertEqual((info["steps"], info["client_seq"]), (1, 3))
+            self.assertEqual(c.call("pull", **s)["params"]["w"]["data"], before)
+            c.close()
+            self.assertEqual(d.stop(), 0)
+            d.cleanup()
+        finally:
+            shutil.rmtree(state, ignore_errors=True)
 
     def test_sigterm_while_pending_snapshots_only(self):
         # No log: the snapshot taken at shutdown holds the pending step.

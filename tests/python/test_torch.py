@@ -91,6 +91,37 @@ class Parity(TorchTestCase):
             lambda m: self.remote(m.parameters(), "adamw", lr=1e-2, weight_decay=0.1),
             lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1, foreach=False))
 
+    def test_adamw_in_parts(self) -> None:
+        # 13 elements a part: the 8x16 weight is cut across parts, and each
+        # part carries pieces of up to three tensors.
+        opt, _ = self.assertParity(
+            lambda m: self.remote(m.parameters(), "adamw", lr=1e-2, weight_decay=0.1, part_elements=13),
+            lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1, foreach=False), steps=8)
+        with optimd.Client(self.daemon.url) as c:
+            info = c.info(opt._remotes[0].session, client=RemoteOptimizer.SEQ_CLIENT)
+        self.assertEqual((info.steps, info.client_seq, info.pending_step), (8, 8, None))
+
+    def test_parts_need_an_element_wise_optimizer(self) -> None:
+        with self.assertRaisesRegex(ValueError, "sliced"):
+            RemoteOptimizer(mlp().parameters(), "lamb", server=self.daemon.url, part_elements=100)
+
+    def test_a_step_left_pending_is_abandoned_by_the_next_optimizer(self) -> None:
+        model = mlp()
+        opt = self.remote(model.parameters(), "adamw", lr=1e-2, part_elements=50)
+        train(model, opt, steps=2)
+        session = opt._remotes[0].session
+        with optimd.Client(self.daemon.url) as c:
+            # A step whose sender died after its first part.
+            c.step_part(session, {"0.0": (0, torch.ones(10).numpy())}, index=0, count=3, seq=3,
+                        client=RemoteOptimizer.SEQ_CLIENT)
+            self.assertIsNotNone(c.info(session).pending_step)
+        opt._remotes[0].seq = None     # as a new optimizer on the session would start
+        with self.assertWarnsRegex(UserWarning, "abandoning sliced step 3, left with 1 of 3 parts"):
+            train(model, opt, steps=1)
+        with optimd.Client(self.daemon.url) as c:
+            info = c.info(session, client=RemoteOptimizer.SEQ_CLIENT)
+        self.assertEqual((info.steps, info.client_seq, info.pending_step), (4, 4, None))
+
     def test_adamw_with_betas_and_amsgrad(self) -> None:
         self.assertParity(
             lambda m: self.remote(m.parameters(), "adamw", lr=3e-3, betas=(0.8, 0.99), eps=1e-6,

@@ -511,6 +511,16 @@ class Client:
         result: bool = self.send(messages.shm_detach(session))
         return result
 
+    def abandon_step(self, session: Session, seq: int, client: str | None = None) -> StepResult:
+        """Ends the session's pending sliced step (``info(...).pending_step``,
+        sent as ``seq`` by ``client``) as it stands, for a client that cannot
+        send its remaining parts: the elements its parts updated stay
+        updated, the others are not, and it counts as a step (its other parts
+        are duplicates from now on). Returns the step count and lrs after it.
+        A way to unblock a session, not to step: see docs/protocol.md."""
+        result: StepResult = self.send(messages.abandon_step(session, seq, client))
+        return result
+
     def observe(self, session: Session, metric: float, group: str | None = None) -> ObserveResult:
         """Reports a metric (e.g. a validation loss) to the schedulers that
         take one (``plateau``), of ``group`` or of every group; returns the

@@ -77,6 +77,7 @@ __all__ = [
     "step_parts",
     "slice_grads",
     "MAX_PARTS",
+    "abandon_step",
     "observe",
     "switch",
     "reload",
@@ -513,6 +514,13 @@ def observe(session: Session, metric: float, group: str | None = None) -> Reques
     return Request("observe", fields)
 
 
+def abandon_step(session: Session, seq: int, client: str | None = None) -> Request:
+    fields: dict[str, Any] = {**_session_fields(session), "seq": int(seq)}
+    if client is not None:
+        fields["client"] = client
+    return Request("abandon_step", fields)
+
+
 def switch(session: Session, optimizer: str, hparams: Mapping[str, HparamValue] | None = None) -> Request:
     fields = {**_session_fields(session), "optimizer": optimizer}
     if hparams:
@@ -646,6 +654,7 @@ PARSERS: Final[dict[str, Callable[[dict[str, Any]], Any]]] = {
     "step": StepResult.from_reply,
     # Not an op: a part of a sliced step is a "step" whose reply is this.
     "step_part": StepPartResult.from_reply,
+    "abandon_step": StepResult.from_reply,
     "observe": ObserveResult.from_reply,
     "switch": SwitchResult.from_reply,
     "reload": _list_of("plugins", PluginLoad.from_reply),
