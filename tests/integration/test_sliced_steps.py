@@ -5,7 +5,9 @@ same step sent whole, with the parts in any order and ranges cutting
 tensors anywhere; the pending step's rules (what waits, what is refused,
 duplicates, gaps, overlaps); and a pending step that survives kill -9 and
 SIGTERM. Run by CTest with /usr/bin/python3."""
+import os
 import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -270,6 +272,25 @@ class PendingStep(unittest.TestCase):
         self.assertTrue(r["duplicate"] and r["complete"], r)
         np.testing.assert_array_equal(self.pull()["w"][4:], self.init["w"][4:])
         self.assertTrue(self.c.call("step", **self.s, grads={"v": tensor(self.g["v"])})["ok"])
+
+    def test_optimctl_shows_and_abandons_the_pending_step(self):
+        def optimctl(command, *args):
+            return subprocess.run([os.environ["OPTIMD_OPTIMCTL"], "--server", self.d.url, command, "p", *args,
+                                   "--token", self.s["token"]], capture_output=True, text=True, timeout=60)
+        self.assertTrue(self.part(1, 4, {"w": self.rng("w", 2, 9)}, client="w7", seq=12)["ok"])
+        r = optimctl("info")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("pending_step client w7 seq 12 parts 1 of 4\n", r.stdout)
+        r = optimctl("abandon-step", "12")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("BAD_REQUEST", r.stderr)
+        self.assertIn("client 'w7', seq 12", r.stderr)
+        r = optimctl("abandon-step", "12", "--client", "w7")
+        self.assertEqual((r.returncode, r.stdout), (0, "steps 1\n"), r.stderr)
+        r = optimctl("info")
+        self.assertNotIn("pending_step", r.stdout)
+        self.assertIn("steps 1\n", r.stdout)
+        self.assertEqual(optimctl("abandon-step", "x").returncode, 2)
 
     def test_part_needs_seq_and_a_plain_optimizer_setting(self):
         r = self.c.call("step", **self.s, grads={"w": self.rng("w", 4, 7)})

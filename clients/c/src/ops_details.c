@@ -54,6 +54,7 @@ void optimd_session_details_free(optimd_session_details *d)
     for (size_t i = 0; i < d->n_groups; i++) group_info_clear(&d->groups[i]);
     free(d->groups);
     workers_info_free(d->workers);
+    free(d->pending_client);
     free(d);
 }
 
@@ -360,6 +361,28 @@ int read_details(optimd_client *c, const client_reply *rep, bool full,
         const msgpack_object *workers = wire_map_get(root, "workers");
         if (workers && (rv = read_workers(c, op, workers, &d->workers)))
             goto fail;
+        const msgpack_object *pending = wire_map_get(root, "pending_step");
+        if (pending && pending->type != MSGPACK_OBJECT_NIL) {
+            if (pending->type != MSGPACK_OBJECT_MAP ||
+                !wire_map_get(pending, "seq") ||
+                !wire_as_uint(wire_map_get(pending, "seq"), &d->pending_seq) ||
+                !wire_map_get(pending, "count") ||
+                !wire_as_uint(wire_map_get(pending, "count"),
+                              &d->pending_count) ||
+                !wire_map_get(pending, "applied") ||
+                !wire_as_uint(wire_map_get(pending, "applied"),
+                              &d->pending_applied)) {
+                rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,
+                                 "reply to '%s': 'pending_step' is malformed",
+                                 op);
+                goto fail;
+            }
+            if ((rv = dup_str(c, op, "'pending_step.client'",
+                              wire_map_get(pending, "client"), false,
+                              &d->pending_client)))
+                goto fail;
+            d->has_pending_step = 1;
+        }
         if (cs) {
             if (!wire_as_uint(cs, &d->client_seq)) {
                 rv = client_fail(c, OPTIMD_CLIENT_E_PROTOCOL,

@@ -671,6 +671,42 @@ int optimd_client_observe(optimd_client *c, const optimd_session *s,
     return rv;
 }
 
+typedef struct req_abandon {
+    uint64_t seq;
+    const char *client;
+} req_abandon;
+
+static void pack_abandon(msgpack_packer *pk, const void *arg)
+{
+    const req_abandon *a = arg;
+    wire_pack_str(pk, "seq");
+    msgpack_pack_uint64(pk, a->seq);
+    wire_pack_str(pk, "client");
+    wire_pack_str(pk, a->client);
+}
+
+int optimd_client_abandon_step(optimd_client *c, const optimd_session *s,
+                               uint64_t seq, const char *client,
+                               uint64_t *steps)
+{
+    if (!c) return OPTIMD_CLIENT_E_ARG;
+    client_begin_call(c);
+    int rv = client_session_ok(c, s);
+    if (rv) return rv;
+    req_abandon a = {seq, client ? client : ""};
+    /* A repeat would find no pending step: sent at most once. */
+    client_call call = {.op = "abandon_step", .s = s, .n_keys = 2,
+                        .size_hint = 160, .pack = pack_abandon, .arg = &a,
+                        .retry = CLIENT_RETRY_UNSENT};
+    client_reply rep;
+    if ((rv = client_call_run(c, &call, &rep))) return rv;
+    uint64_t n = 0;
+    rv = reply_uint(c, &rep, "steps", &n);
+    client_reply_free(&rep);
+    if (rv == 0 && steps) *steps = n;
+    return rv;
+}
+
 int optimd_client_close(optimd_client *c, const optimd_session *s)
 {
     if (!c) return OPTIMD_CLIENT_E_ARG;

@@ -49,6 +49,8 @@ static const char main_usage[] =
     "                             (plateau); prints the next lr\n"
     "  close NAME [--token TOKEN | --token-file FILE]\n"
     "                             close a session and drop its state\n"
+    "  abandon-step NAME SEQ [--client ID] [--token TOKEN | --token-file FILE]\n"
+    "                             end a pending sliced step as it stands\n"
     "  join NAME WORKER [--token TOKEN | --token-file FILE]\n"
     "                             make WORKER a member of a session with\n"
     "                             workers; prints its rank\n"
@@ -161,6 +163,14 @@ static const char observe_usage[] =
     "to every group's that takes one. Prints \"lr X\", the next lr of G\n"
     "(else of the default group), then \"group NAME lr X\" for each group\n"
     "when the session has more than one. The token is found as for info.\n";
+static const char abandon_usage[] =
+    "usage: optimctl abandon-step NAME SEQ [--client ID]\n"
+    "                [--token TOKEN | --token-file FILE]\n"
+    "Ends the session's pending sliced step (info shows it: \"pending_step\n"
+    "client ID seq SEQ ...\") for a client that died before sending all its\n"
+    "parts: the elements its parts updated stay updated, the others are not,\n"
+    "and it counts as a step. Prints \"steps N\", the step count after it.\n"
+    "The token is found as for info.\n";
 static const char close_usage[] =
     "usage: optimctl close NAME [--token TOKEN | --token-file FILE]\n"
     "The token comes from where info reads it; a token file read is "
@@ -381,6 +391,11 @@ static int cmd_info(const cli *cli, int argc, char **argv)
         if (d->has_lookahead)
             printf("lookahead k=%lld alpha=%.9g\n",
                    (long long)d->lookahead_k, d->lookahead_alpha);
+        if (d->has_pending_step)
+            printf("pending_step client %s seq %llu parts %llu of %llu\n",
+                   d->pending_client, (unsigned long long)d->pending_seq,
+                   (unsigned long long)d->pending_applied,
+                   (unsigned long long)d->pending_count);
         for (size_t i = 0; i < d->n_groups; i++)
             printf("group %s lr %.9g base_lr %.9g params %llu "
                    "scheduler %s\n",
@@ -454,6 +469,43 @@ static int cmd_observe(const cli *cli, int argc, char **argv)
     return rv;
 }
 
+static int cmd_abandon(const cli *cli, int argc, char **argv)
+{
+    /* NAME and the token options go on to cli_session_args; SEQ and
+     * --client are this command's. */
+    char **rest = calloc((size_t)argc + 1, sizeof *rest);
+    if (!rest) return cli_fail("out of memory");
+    int n_rest = 0, positional = 0, rv = CLI_OK;
+    const char *client = "", *seq_text = NULL, *value;
+    for (int i = 0; i < argc && rv == CLI_OK; i++) {
+        int got = cli_option(argc, argv, &i, "--client", &value);
+        if (got < 0) rv = cli_usage_error(cli, "--client needs an id");
+        else if (got) client = value;
+        else if (argv[i][0] != '-' && positional++ == 1) seq_text = argv[i];
+        else rest[n_rest++] = argv[i];
+    }
+    uint64_t seq = 0;
+    optimd_session s;
+    optimd_client *c = NULL;
+    char path[4096];
+    if (rv == CLI_OK && !seq_text) rv = cli_usage_error(cli, "no SEQ given");
+    if (rv == CLI_OK && (!cli_parse_u64(seq_text, &seq) || seq == 0))
+        rv = cli_usage_error(cli, "SEQ '%s' is not a positive integer", seq_text);
+    if (rv == CLI_OK)
+        rv = cli_session_args(cli, n_rest, rest, &s, path, sizeof path);
+    if (rv == CLI_OK) rv = cli_connect(cli, &c);
+    if (rv == CLI_OK) {
+        uint64_t steps;
+        if (optimd_client_abandon_step(c, &s, seq, client, &steps) != 0)
+            rv = daemon_error(c);
+        else
+            printf("steps %llu\n", (unsigned long long)steps);
+    }
+    optimd_client_free(c);
+    free(rest);
+    return rv;
+}
+
 static int cmd_close(const cli *cli, int argc, char **argv)
 {
     optimd_session s;
@@ -485,6 +537,7 @@ static const command commands[] = {
     {"info", cmd_info, info_usage},
     {"observe", cmd_observe, observe_usage},
     {"close", cmd_close, close_usage},
+    {"abandon-step", cmd_abandon, abandon_usage},
     {"join", cmd_join, join_usage},
     {"leave", cmd_leave, leave_usage},
     {"switch", cmd_switch, switch_usage},

@@ -388,6 +388,15 @@ int optimd_client_open_ex(optimd_client *c, const char *name,
 int optimd_client_attach(optimd_client *c, const optimd_session *s);
 int optimd_client_close(optimd_client *c, const optimd_session *s);
 
+/* Ends the session's pending sliced step (sent as `seq` by `client`; NULL
+ * for "") as it stands, for a client that lost its gradients: the elements
+ * its parts updated stay updated, and it counts as a step. `steps` (may be
+ * NULL) gets the session's step count after it. docs/protocol.md,
+ * abandon_step. */
+int optimd_client_abandon_step(optimd_client *c, const optimd_session *s,
+                               uint64_t seq, const char *client,
+                               uint64_t *steps);
+
 int optimd_client_register(optimd_client *c, const optimd_session *s,
                            const optimd_named_tensor *params, size_t n);
 
@@ -651,6 +660,13 @@ typedef struct optimd_session_details {
     /* A session with workers: its settings and members; NULL otherwise
      * (and from hparams and set_hparams). */
     struct optimd_workers_info *workers;
+    /* A sliced step between its first and last part (docs/protocol.md,
+     * step): who sent it, its parts and how many are in. */
+    int32_t has_pending_step;
+    char *pending_client;
+    uint64_t pending_seq;
+    uint64_t pending_count;
+    uint64_t pending_applied;
 } optimd_session_details;
 
 void optimd_session_details_free(optimd_session_details *d);
