@@ -36,6 +36,10 @@ struct sliced_step {
     unsigned char *received;   /* count flags */
     touched *params;
     size_t n_params;
+    /* where[i]: 1 + the position in params of s->params[i], or 0; a part
+     * naming thousands of small tensors finds each in constant time. */
+    uint32_t *where;
+    size_t n_where;
 };
 
 static void touched_free(touched *t, uint32_t n_slots)
@@ -51,6 +55,7 @@ void sliced_step_free(sliced_step *st)
     for (size_t i = 0; i < st->n_params; i++) touched_free(&st->params[i], st->n_slots);
     free(st->params);
     free(st->received);
+    free(st->where);
     free(st);
 }
 
@@ -112,9 +117,23 @@ int sliced_step_parse_part(const msgpack_object *req, bool *present, uint32_t *i
 
 static touched *find_touched(const sliced_step *st, size_t index)
 {
-    for (size_t i = 0; st && i < st->n_params; i++)
-        if (st->params[i].index == index) return &st->params[i];
-    return NULL;
+    if (!st || index >= st->n_where || !st->where[index]) return NULL;
+    return &st->params[st->where[index] - 1];
+}
+
+/* Records that params[pos] is s->params[index]. -1: no memory. */
+static int note_touched(sliced_step *st, size_t index, size_t pos)
+{
+    if (index >= st->n_where) {
+        size_t n = index + 1 > 2 * st->n_where ? index + 1 : 2 * st->n_where;
+        uint32_t *w = realloc(st->where, n * sizeof *w);
+        if (!w) return -1;
+        memset(w + st->n_where, 0, (n - st->n_where) * sizeof *w);
+        st->where = w;
+        st->n_where = n;
+    }
+    st->where[index] = (uint32_t)pos + 1;
+    return 0;
 }
 
 /* Whether [begin, end) meets a range already applied. */
@@ -249,11 +268,12 @@ static int reserve(sliced_step *st, const session *s, const part_entry *entries,
         t->index = entries[j].index;
         t->ranges = malloc(sizeof *t->ranges);
         t->scalars_before = calloc(o->n_slots ? o->n_slots : 1, sizeof *t->scalars_before);
-        if (!t->ranges || !t->scalars_before) {
+        if (!t->ranges || !t->scalars_before || note_touched(st, t->index, st->n_params)) {
             touched_free(t, st->n_slots);
+            if (t->index < st->n_where) st->where[t->index] = 0;
             return -1;
         }
-        /* Not yet applied: no ranges, nothing saved. Kept, so a retry finds it. */
+        /* No range yet: drop_untouched removes it if the part fails. */
         st->n_params++;
     }
     return 0;
@@ -264,10 +284,13 @@ static void drop_untouched(sliced_step *st)
 {
     size_t kept = 0;
     for (size_t i = 0; i < st->n_params; i++) {
-        if (st->params[i].n_ranges == 0 && st->params[i].covered == 0) {
+        size_t index = st->params[i].index;
+        if (st->params[i].n_ranges == 0) {
             touched_free(&st->params[i], st->n_slots);
+            st->where[index] = 0;
             continue;
         }
+        st->where[index] = (uint32_t)kept + 1;
         st->params[kept++] = st->params[i];
     }
     st->n_params = kept;
@@ -689,7 +712,8 @@ static int restore_param(session *s, sliced_step *st, const json_value *e, char 
     t->ranges = calloc(ranges->count + 1, sizeof *t->ranges);
     t->scalars_before = calloc(st->n_slots ? st->n_slots : 1, sizeof *t->scalars_before);
     st->n_params++;
-    if (!t->ranges || !t->scalars_before || (!p->slots && st->n_slots)) {
+    if (!t->ranges || !t->scalars_before || (!p->slots && st->n_slots) ||
+        note_touched(st, t->index, st->n_params - 1)) {
         snprintf(why, cap, "out of memory, or '%s' has no state", name);
         return -1;
     }

@@ -292,6 +292,40 @@ class PendingStep(unittest.TestCase):
         self.assertIn("steps 1\n", r.stdout)
         self.assertEqual(optimctl("abandon-step", "x").returncode, 2)
 
+    def test_many_tensors_and_one_registered_while_pending(self):
+        rng = np.random.default_rng(3)
+        names = [f"t{i}" for i in range(300)]
+        init = {n: rng.standard_normal(3).astype(np.float32) for n in names}
+        grads = {n: rng.standard_normal(3).astype(np.float32) for n in names}
+        late = {"late": np.full(4, 0.5, np.float32)}
+        sessions = {}
+        for name in ("cut", "whole"):
+            r = self.c.call("open", session=name, optimizer="nadam")
+            sessions[name] = {"session": name, "token": r["token"]}
+            self.assertTrue(self.c.call("register", **sessions[name],
+                                        params={n: tensor(v) for n, v in init.items()})["ok"])
+        cut = sessions["cut"]
+        # Part 0: every other tensor whole, and the first element of the rest.
+        part0 = {n: tensor(grads[n]) if i % 2 else {"offset": 0, "values": tensor(grads[n][:1])}
+                 for i, n in enumerate(names)}
+        r = self.c.call("step", **cut, seq=1, part={"index": 0, "count": 2}, grads=part0)
+        self.assertTrue(r["ok"], r)
+        self.assertTrue(self.c.call("register", **cut, params={"late": tensor(late["late"])})["ok"])
+        part1 = {n: {"offset": 1, "values": tensor(grads[n][1:])} for i, n in enumerate(names) if i % 2 == 0}
+        part1["late"] = tensor(np.ones(4, np.float32))
+        r = self.c.call("step", **cut, seq=1, part={"index": 1, "count": 2}, grads=part1)
+        self.assertTrue(r["complete"], r)
+        whole = sessions["whole"]
+        self.c.call("register", **whole, params={"late": tensor(late["late"])})
+        r = self.c.call("step", **whole, grads={**{n: tensor(g) for n, g in grads.items()},
+                                                "late": tensor(np.ones(4, np.float32))})
+        self.assertTrue(r["ok"], r)
+        a = self.c.call("state", **cut)["state"]
+        b = self.c.call("state", **whole)["state"]
+        self.assertEqual(a, b)
+        pa, pb = self.c.call("pull", **cut)["params"], self.c.call("pull", **whole)["params"]
+        self.assertEqual(pa, pb)
+
     def test_part_needs_seq_and_a_plain_optimizer_setting(self):
         r = self.c.call("step", **self.s, grads={"w": self.rng("w", 4, 7)})
         self.assertEqual(r["code"], 2, r)
