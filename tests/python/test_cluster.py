@@ -128,6 +128,26 @@ class ClusterTests(DaemonsTestCase):
         self.assertEqual({i.steps for i in three.info(s).values()}, {STEPS + 3})
         self.assertEqual(b.steps, STEPS + 3)
 
+    def test_sliced_steps_on_three_servers(self) -> None:
+        three = self.cluster(self.daemons[:3])
+        init = initial_params()
+        ref_client = optimd.Client(self.daemons[3].url, timeout=60)
+        self.addCleanup(ref_client.close)
+        ref = ref_client.open("sliced-ref", "adamw", HPARAMS, scheduler="step", sched_hparams=SCHED)
+        self.addCleanup(ref_client.close_session, ref)
+        ref_client.register(ref, init)
+        s = self.open(three, "sliced")
+        three.register(s, init)
+        rng = np.random.default_rng(5)
+        for step in range(1, 5):
+            grads = gradients(rng, SHAPES)
+            got = three.step(s, grads, seq=step, client="c", part_elements=37, parts_in_flight=3)
+            want = ref_client.step(ref, grads)
+            self.assertEqual((got.steps, got.lr, got.next_lr), (want.steps, want.lr, want.next_lr))
+            for n in SHAPES:
+                self.assertEqual(got.params[n].tobytes(), want.params[n].tobytes(), f"{n} at step {step}")
+        self.assertEqual({i.pending_step for i in three.info(s).values()}, {None})
+
     def test_adding_a_server_moves_only_what_it_takes_over(self) -> None:
         three = self.cluster(self.daemons[:3])
         four = self.cluster(self.daemons[:4])

@@ -271,6 +271,8 @@ class Cluster:
         clip_value: float | None = None,
         clip_norm: ClipNormSpec | None = None,
         worker: str | None = None,
+        part_elements: int | None = None,
+        parts_in_flight: int = 2,
     ) -> ClusterStepResult:
         """One step on every server with its share of ``grads``; the updated
         parameters come back merged. ``seq``/``client`` go to every server
@@ -286,7 +288,9 @@ class Cluster:
         server rather than their sum. Every server is then asked even when
         one refuses: the exception is the first failing server's in the order
         of ``urls``, and ``applied`` lists every server that applied the step
-        (possibly some after the failing one)."""
+        (possibly some after the failing one). ``part_elements`` and
+        ``parts_in_flight`` send each server's share as a sliced step
+        (:meth:`Client.step <optimd.Client.step>`; needs ``seq``)."""
         if clip_norm is not None and len(self.urls) > 1:
             raise ValueError(
                 "clip_norm needs the norm over every gradient, and each server sees only its "
@@ -297,7 +301,8 @@ class Cluster:
         def one(url: str, s: Session) -> StepResult:
             return self.clients[url].step(
                 s, parts.get(url, {}), return_params=return_params, seq=seq, client=client,
-                clip_value=clip_value, clip_norm=clip_norm, worker=worker)
+                clip_value=clip_value, clip_norm=clip_norm, worker=worker, part_elements=part_elements,
+                parts_in_flight=parts_in_flight)
 
         if self.parallel and len(self.urls) > 1:
             if self._pool is None:
