@@ -154,49 +154,87 @@ func (c *Client) Close() error {
 // Pull, ...) are Do plus parsing. The call returns when the reply arrives,
 // ctx is done, or the client's Timeout passes.
 func (c *Client) Do(ctx context.Context, r *Request) ([]byte, error) {
+	f, err := c.send(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return f.wait()
+}
+
+// inflight is a request sent on its own REQ context whose reply has not
+// been read yet. Several can be in flight on one socket at once (a sliced
+// step pipelines its parts this way).
+type inflight struct {
+	r       *Request
+	ctx     context.Context
+	mctx    mangos.Context
+	release func()
+}
+
+// send is the first half of Do: it gives r a fresh id, encodes it and
+// hands it to a new REQ context, returning once it is sent (in the order
+// of the calls, for calls from one goroutine). The caller must call wait.
+func (c *Client) send(ctx context.Context, r *Request) (*inflight, error) {
+	cancel := context.CancelFunc(func() {})
 	if c.timeout > 0 {
 		if _, ok := ctx.Deadline(); !ok {
-			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, c.timeout)
-			defer cancel()
 		}
 	}
 	if err := ctx.Err(); err != nil {
+		cancel()
 		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
 	}
 	r.ID = c.lastID.Add(1)
 	body, err := r.Encode()
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("optimd: %s: encode: %w", r.Op, err)
 	}
 	mctx, err := c.sock.OpenContext()
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
 	}
-	defer mctx.Close()
 	if err := mctx.SetOption(mangos.OptionRetryTime, time.Duration(0)); err != nil {
+		mctx.Close()
+		cancel()
 		return nil, err
 	}
 	// Closing the REQ context wakes a blocked Send or Recv, so a cancelled
 	// or expired ctx ends the call at once.
 	stop := context.AfterFunc(ctx, func() { mctx.Close() })
-	defer stop()
+	f := &inflight{r: r, ctx: ctx, mctx: mctx, release: func() {
+		stop()
+		mctx.Close()
+		cancel()
+	}}
+	if err := mctx.Send(body); err != nil {
+		err = f.wrap(err)
+		f.release()
+		return nil, err
+	}
+	return f, nil
+}
 
-	reply, err := exchange(mctx, body)
+// wait is the second half of Do: the reply to the request send sent.
+func (f *inflight) wait() ([]byte, error) {
+	defer f.release()
+	reply, err := f.mctx.Recv()
 	if err != nil {
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, fmt.Errorf("optimd: %s: %w", r.Op, ctxErr)
-		}
-		return nil, fmt.Errorf("optimd: %s: %w", r.Op, err)
+		return nil, f.wrap(err)
 	}
 	return reply, nil
 }
 
-func exchange(mctx mangos.Context, body []byte) ([]byte, error) {
-	if err := mctx.Send(body); err != nil {
-		return nil, err
+// wrap names the op in a transport error, or gives the context's error
+// when the context ended the call. Call it before release, which cancels
+// the context of the client's Timeout.
+func (f *inflight) wrap(err error) error {
+	if ctxErr := f.ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("optimd: %s: %w", f.r.Op, ctxErr)
 	}
-	return mctx.Recv()
+	return fmt.Errorf("optimd: %s: %w", f.r.Op, err)
 }
 
 // call is Do followed by parse.

@@ -80,6 +80,16 @@ type StepOptions struct {
 	// A sync push returns when its round is applied, a bounded one may
 	// wait for the slowest member: either up to the session's TimeoutMS.
 	Worker string
+	// PartElements > 0 makes Step send the step in parts of about that
+	// many elements (a sliced step, docs/protocol.md "Sliced steps"; see
+	// SliceGrads and Client.Step), so that the daemon updates one part
+	// while the next is on the wire. It needs Seq; it cannot go with
+	// ClipNorm or Worker. Request builders and StepPart ignore it.
+	PartElements int
+	// PartsInFlight is how many parts of a sliced step are sent before
+	// the first reply is awaited (at most the daemon's --max-in-flight, 16
+	// by default); 0 means DefaultPartsInFlight.
+	PartsInFlight int
 }
 
 // ClipNorm configures norm clipping of a step's gradients.
@@ -133,6 +143,12 @@ func NewStepRequest(s Session, grads map[string]Tensor, opts *StepOptions) *Requ
 	}
 	r := sessionRequest("step", s)
 	r.Args["grads"] = tensorMapToWire(grads)
+	stepOptionArgs(r, opts)
+	return r
+}
+
+// stepOptionArgs puts the keys of opts in a step request (a part's too).
+func stepOptionArgs(r *Request, opts *StepOptions) {
 	// Sent even when true, so that a capture of the request says what the
 	// client asked for.
 	r.Args["return"] = !opts.NoReturn
@@ -158,7 +174,6 @@ func NewStepRequest(s Session, grads map[string]Tensor, opts *StepOptions) *Requ
 	if opts.Worker != "" {
 		r.Args["worker"] = opts.Worker
 	}
-	return r
 }
 
 // getLRMap reads an optional map from group name to float; absent gives
@@ -242,7 +257,34 @@ func ParseStepReply(id uint64, b []byte) (*StepResult, error) {
 
 // Step applies one optimizer step with the given gradients. opts may be
 // nil.
+//
+// With opts.PartElements > 0 the step is sliced: the gradients, taken in
+// the order of their names as if concatenated, are cut into parts of
+// PartElements elements (SliceGrads: a tensor within one part goes whole,
+// one that a cut crosses as ranges of its bytes, nothing copied), and
+// opts.PartsInFlight parts at a time are in flight on this connection, sent
+// in order on REQ contexts of the one socket. The result is that of the
+// same step sent whole, bit for bit: the counters and lrs of the part that
+// completed the step, Params assembled from every part's reply (nil with
+// NoReturn), Duplicate when every part was one. It needs opts.Seq and
+// refuses ClipNorm and Worker before sending anything; a session with
+// workers or Lookahead, or an optimizer that is not element-wise
+// (PluginInfo.Sliced), is ErrBadRequest from the daemon.
+//
+// A part that fails ends the sliced step with its error (the lowest
+// part's, when several fail) once the parts in flight are answered; no
+// further part is sent. The parts applied before it stay applied, and the
+// session has a pending step (SessionInfo.PendingStep) that refuses other
+// steps and changes with ErrStepPending until it is complete. To complete
+// it, call Step again with the same Seq, Client, gradients and
+// PartElements (so that it is cut into the same parts): the parts the
+// daemon applied are answered as duplicates and the others applied, so
+// the step completes exactly once. A client that lost the gradients ends
+// it with AbandonStep.
 func (c *Client) Step(ctx context.Context, s Session, grads map[string]Tensor, opts *StepOptions) (*StepResult, error) {
+	if opts != nil && opts.PartElements != 0 {
+		return c.slicedStep(ctx, s, grads, opts)
+	}
 	return call(ctx, c, NewStepRequest(s, grads, opts), ParseStepReply)
 }
 

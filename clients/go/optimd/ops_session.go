@@ -284,6 +284,43 @@ type SessionInfo struct {
 	// Workers are the settings, members and round of a session opened
 	// with workers; nil otherwise.
 	Workers *WorkersInfo `json:"workers"`
+	// PendingStep is the sliced step the session is in the middle of; nil
+	// when there is none.
+	PendingStep *PendingStep `json:"pending_step"`
+}
+
+// PendingStep is a sliced step that has not received all its parts
+// (docs/protocol.md, step, "Sliced steps"): the Client and Seq it was
+// sent under, its number of parts and how many of them were applied.
+// Until the last part is in, the session refuses other steps and changes
+// with ErrStepPending; sending the step again with the same Seq completes
+// it, Client.AbandonStep ends it as it stands.
+type PendingStep struct {
+	Client  string `json:"client"`
+	Seq     uint64 `json:"seq"`
+	Count   uint64 `json:"count"`
+	Applied uint64 `json:"applied"`
+}
+
+// parsePendingStep reads info's pending_step: absent or nil when none.
+func parsePendingStep(m map[string]any) (*PendingStep, error) {
+	if v, ok := m["pending_step"]; !ok || v == nil {
+		return nil, nil
+	}
+	pm, err := getMap(m, "pending_step")
+	if err != nil {
+		return nil, err
+	}
+	var p PendingStep
+	if p.Client, err = getString(pm, "client"); err != nil {
+		return nil, fmt.Errorf("pending_step: %w", err)
+	}
+	for key, dst := range map[string]*uint64{"seq": &p.Seq, "count": &p.Count, "applied": &p.Applied} {
+		if *dst, err = getUint(pm, key); err != nil {
+			return nil, fmt.Errorf("pending_step: %w", err)
+		}
+	}
+	return &p, nil
 }
 
 // GroupInfo describes one parameter group.
@@ -514,6 +551,9 @@ func parseSessionInfo(m map[string]any) (*SessionInfo, error) {
 		return nil, err
 	}
 	if res.Workers, err = parseOptWorkers(m); err != nil {
+		return nil, err
+	}
+	if res.PendingStep, err = parsePendingStep(m); err != nil {
 		return nil, err
 	}
 	return &res, nil
