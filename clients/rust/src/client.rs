@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::sp::{parse_url, Address, Pipe, TlsConfig};
-use crate::tensor::{Tensor, TensorRef};
+use crate::tensor::{Dtype, Tensor, TensorRef};
 use crate::types::*;
-use crate::wire::{reply, request, Message};
+use crate::wire::{reply, request, slice_grads, Message};
 
 /// The daemon's default address.
 pub const DEFAULT_URL: &str = "tcp://127.0.0.1:7878";
@@ -19,7 +19,9 @@ pub const DEFAULT_URL: &str = "tcp://127.0.0.1:7878";
 /// and the next call dials again; the failed call itself is not re-sent
 /// (an unsequenced `step` sent twice is applied twice).
 ///
-/// For several requests in flight, use several clients.
+/// For several requests in flight, use several clients (a sliced step,
+/// [`Client::step`] with [`StepOptions::part_elements`], is the one call
+/// that keeps several of its own in flight on the connection).
 pub struct Client {
     addr: Address,
     tls: Option<TlsConfig>,
@@ -149,6 +151,177 @@ impl Client {
         out
     }
 
+    /// `count` round trips on the one connection, up to `window` requests in
+    /// flight at once: `build(id, i)` makes request `i` (when it is to be
+    /// sent, in order), `parse(reply, id, i)` checks its reply; the results
+    /// come back in request order whatever the order of the replies. Each
+    /// request is bounded by the timeout from when it is sent.
+    ///
+    /// An error reply ([`Error::Server`]) stops the sending; the replies of
+    /// the requests in flight are still read (their results dropped, their
+    /// errors too unless from an earlier request), so that the connection
+    /// stays in step, and the error of the earliest request that had one is
+    /// returned. Any other error (a transport or protocol error, a request
+    /// that cannot be built) is returned at once and drops the connection:
+    /// whether the requests still in flight were applied is unknown.
+    fn pipeline<'a, T>(
+        &mut self,
+        count: usize,
+        window: usize,
+        mut build: impl FnMut(u64, usize) -> Result<Message<'a>>,
+        mut parse: impl FnMut(&[u8], u64, usize) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let window = window.max(1);
+        let mut results: Vec<Option<T>> = (0..count).map(|_| None).collect();
+        // (SP id on the wire, index, envelope id, deadline), oldest first.
+        let mut in_flight: Vec<(u32, usize, u64, Instant)> = Vec::with_capacity(window);
+        let mut refused: Option<(usize, Error)> = None;
+        let mut next = 0;
+        let max_recv = self.max_recv;
+        loop {
+            while refused.is_none() && next < count && in_flight.len() < window {
+                let id = self.next_id();
+                let msg = match build(id, next) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if !in_flight.is_empty() {
+                            self.pipe = None;
+                        }
+                        return Err(e);
+                    }
+                };
+                let deadline = Instant::now() + self.timeout;
+                let sp_id = self.next_sp_id;
+                self.next_sp_id = self.next_sp_id.wrapping_add(1);
+                match self.ensure_pipe(deadline).and_then(|p| p.send(sp_id, &msg, deadline)) {
+                    Ok(wire_id) => in_flight.push((wire_id, next, id, deadline)),
+                    Err(e) => {
+                        self.pipe = None;
+                        return Err(e);
+                    }
+                }
+                next += 1;
+            }
+            let Some(deadline) = in_flight.iter().map(|r| r.3).min() else { break };
+            let pipe = self.pipe.as_mut().expect("a request is in flight on it");
+            let (rid, body) = match pipe.recv(deadline, max_recv) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.pipe = None;
+                    return Err(e);
+                }
+            };
+            // A reply to none of these is a late one to a request given up
+            // on earlier: dropped, as NNG's REQ does.
+            let Some(at) = in_flight.iter().position(|r| r.0 == rid) else { continue };
+            let (_, index, id, _) = in_flight.remove(at);
+            match parse(&body, id, index) {
+                Ok(r) => results[index] = Some(r),
+                Err(e @ Error::Server { .. }) => {
+                    if refused.as_ref().is_none_or(|(i, _)| index < *i) {
+                        refused = Some((index, e));
+                    }
+                }
+                Err(e) => {
+                    self.pipe = None;
+                    return Err(e);
+                }
+            }
+        }
+        if let Some((_, e)) = refused {
+            return Err(e);
+        }
+        Ok(results.into_iter().map(|r| r.expect("every request was answered")).collect())
+    }
+
+    /// A step sent in parts; see [`Client::step`].
+    fn sliced_step(&mut self, s: &Session, grads: &[(&str, TensorRef<'_>)], o: &StepOptions) -> Result<StepResult> {
+        let part_elements = o.part_elements.expect("a sliced step");
+        if o.seq.is_none_or(|seq| seq == 0) {
+            return Err(Error::invalid(
+                "a sliced step (part_elements) needs seq, the step's sequence number in this client's numbering \
+                 (StepOptions::seq): every part carries it, and a retry with the same seq completes a step that \
+                 was cut short",
+            ));
+        }
+        if o.clip_norm.is_some() {
+            return Err(Error::invalid(
+                "clip_norm cannot be used with a sliced step (part_elements): it needs every gradient at once; \
+                 clip_value can",
+            ));
+        }
+        if o.worker.is_some() {
+            return Err(Error::invalid("a session with workers takes no sliced steps (part_elements)"));
+        }
+        let window = o.parts_in_flight.unwrap_or(2);
+        if window == 0 {
+            return Err(Error::invalid("parts_in_flight must be at least 1"));
+        }
+        let parts = slice_grads(grads, part_elements)?;
+        let count = parts.len() as u32;
+        let part_options = StepOptions { part_elements: None, parts_in_flight: None, ..o.clone() };
+
+        // The parameters' new values, filled in from the parts' replies.
+        let want = o.return_params != Some(false);
+        let mut out: BTreeMap<&str, Assembly> = BTreeMap::new();
+        if want {
+            for (name, t) in grads {
+                out.insert(
+                    name,
+                    Assembly { dtype: t.dtype(), shape: t.shape().to_vec(), numel: t.numel(), data: None, filled: 0 },
+                );
+            }
+        }
+        let replies = self.pipeline(
+            parts.len(),
+            window,
+            |id, i| request::step_part(id, s, &parts[i], i as u32, count, &part_options),
+            |bytes, id, _| {
+                let mut r = reply::step_part(bytes, id)?;
+                if let (true, Some(params)) = (want, r.params.take()) {
+                    for (name, range) in params {
+                        let a = out.get_mut(name.as_str()).ok_or_else(|| {
+                            Error::protocol(format!("step part: the reply has {name:?}, which the step did not name"))
+                        })?;
+                        a.put(&name, range)?;
+                    }
+                }
+                Ok(r)
+            },
+        )?;
+        // The part that completed the step (a retry of a complete step has
+        // only duplicates: then the last).
+        let done: Vec<&StepPartResult> = replies.iter().filter(|r| r.complete).collect();
+        let last = done.iter().rev().find(|r| !r.duplicate).or(done.last()).copied().ok_or_else(|| {
+            Error::protocol(format!("sliced step: no part of {} reported the step complete", replies.len()))
+        })?;
+        let params = if want {
+            let mut params = BTreeMap::new();
+            for (name, a) in out {
+                params.insert(name.to_owned(), a.finish(name)?);
+            }
+            Some(params)
+        } else {
+            None
+        };
+        Ok(StepResult {
+            steps: last.steps,
+            lr: last.lr,
+            next_lr: last.next_lr,
+            duplicate: replies.iter().all(|r| r.duplicate),
+            lrs: last.lrs.clone(),
+            next_lrs: last.next_lrs.clone(),
+            grad_norm: None,
+            params,
+            worker: None,
+            pushes: None,
+            staleness: None,
+            combined: None,
+            lead: None,
+            waited: None,
+        })
+    }
+
     /// `hello`: who the daemon is. `client` is free text for its log.
     pub fn hello(&mut self, client: Option<&str>) -> Result<Hello> {
         self.call(|id| request::hello(id, client), reply::hello)
@@ -221,8 +394,76 @@ impl Client {
     /// `step`: one optimizer update with these gradients. In a session with
     /// workers, a push by [`StepOptions::worker`]; a sync push returns when its
     /// round is applied (see [`Client::join`] on timeouts).
+    ///
+    /// **Sliced** ([`StepOptions::part_elements`]): the step goes as several
+    /// messages (docs/protocol.md, `step`, "Sliced steps"), so that the
+    /// daemon updates one part while the next is on the wire. The
+    /// gradients, taken in order as if concatenated, are cut into parts of
+    /// `part_elements` elements ([`wire::slice_grads`](crate::wire::slice_grads):
+    /// small tensors whole, ranges of the ones a cut crosses, nothing
+    /// copied), and up to [`StepOptions::parts_in_flight`] parts (default 2)
+    /// are in flight at once on this connection, pipelined: the next part
+    /// is written while the daemon works on the previous one, and the
+    /// replies are matched to their parts by request id in whatever order
+    /// they come. Keep it at most the daemon's `--max-in-flight` (16 by
+    /// default), beyond which parts are refused with `LIMIT`. The result is
+    /// that of the same step sent whole, bit for bit: counters and lrs from
+    /// the part that completed the step, `params` assembled from every
+    /// part's reply (`duplicate` when every part was one; no `grad_norm` or
+    /// worker fields). A sliced step needs `seq` ([`StepOptions::seq`]);
+    /// `clip_norm` and `worker` cannot be combined with it
+    /// ([`Error::Invalid`], nothing sent), nor can a session with workers or
+    /// Lookahead or an optimizer that is not element-wise
+    /// ([`PluginInfo::sliced`]; `BAD_REQUEST` from the daemon).
+    ///
+    /// A part the daemon refuses makes the call return its error once the
+    /// parts in flight have been answered (no later part is sent); the parts
+    /// applied before it stay applied, and the session has a *pending* step
+    /// ([`SessionInfo::pending_step`]) that refuses other steps and changes
+    /// with [`ErrorCode::StepPending`](crate::ErrorCode::StepPending) until
+    /// it is complete. **Retrying** after such an error, or after a
+    /// transport error: send the same step again, with the same `seq`,
+    /// `client`, gradients and `part_elements` (so that it is cut into the
+    /// same parts). The parts the daemon had applied are answered as
+    /// duplicates, with their elements' current values, and the others are
+    /// applied, so the step completes exactly once. A client that cannot
+    /// send the rest ends it with [`Client::abandon_step`].
     pub fn step(&mut self, s: &Session, grads: &[(&str, TensorRef<'_>)], options: &StepOptions) -> Result<StepResult> {
+        if options.part_elements.is_some() {
+            return self.sliced_step(s, grads, options);
+        }
         self.call(|id| request::step(id, s, grads, options), reply::step)
+    }
+
+    /// One part of a sliced step: part `index` of `count` (1 to 65536) of
+    /// the step `options.seq` (required) of `options.client`, with
+    /// `options`' `return_params` and `clip_value`. Each gradient is a whole
+    /// tensor or a range ([`PartGrad`]). The daemon checks that the parts
+    /// fit together (no element twice; none missing when the last one
+    /// arrives) and applies each part as it arrives; the step counts when
+    /// its last part is in, whatever the order. [`Client::step`] with
+    /// [`StepOptions::part_elements`] cuts and sends a whole step; this is
+    /// the one message, for a caller that cuts its own.
+    pub fn step_part(
+        &mut self,
+        s: &Session,
+        grads: &[(&str, PartGrad<'_>)],
+        index: u32,
+        count: u32,
+        options: &StepOptions,
+    ) -> Result<StepPartResult> {
+        self.call(|id| request::step_part(id, s, grads, index, count, options), reply::step_part)
+    }
+
+    /// `abandon_step`: ends the session's pending sliced step
+    /// ([`SessionInfo::pending_step`], sent as `seq` by `client`; None:
+    /// `""`) as it stands, for a client that cannot send its remaining
+    /// parts: the elements its parts updated stay updated, the others are
+    /// not, and it counts as a step (its other parts are duplicates from
+    /// now on). A way to unblock a session, not to step. No pending step,
+    /// or another `seq`/`client`: `BAD_REQUEST`.
+    pub fn abandon_step(&mut self, s: &Session, seq: u64, client: Option<&str>) -> Result<Abandoned> {
+        self.call(|id| request::abandon_step(id, s, seq, client), reply::abandon_step)
     }
 
     /// `pull`: current parameter values (all when `names` is None).
@@ -311,6 +552,57 @@ impl Client {
     /// exits 0.
     pub fn shutdown(&mut self, admin_token: &str) -> Result<()> {
         self.call(|id| request::shutdown(id, admin_token), reply::empty)
+    }
+}
+
+/// A parameter's new values, put together from the ranges of a sliced
+/// step's replies.
+struct Assembly {
+    dtype: Dtype,
+    shape: Vec<u64>,
+    numel: usize,
+    data: Option<Vec<u8>>,
+    filled: usize,
+}
+
+impl Assembly {
+    fn put(&mut self, name: &str, r: ParamRange) -> Result<()> {
+        let n = r.values.numel();
+        let fits = usize::try_from(r.offset).ok().filter(|&o| o <= self.numel && n <= self.numel - o);
+        let offset = match fits {
+            Some(o) if r.values.dtype() == self.dtype => o,
+            _ => {
+                return Err(Error::protocol(format!(
+                    "step part: {name:?} came back as {n} {} elements at offset {}, for a {} tensor of {} elements",
+                    r.values.dtype().as_str(),
+                    r.offset,
+                    self.dtype.as_str(),
+                    self.numel
+                )))
+            }
+        };
+        self.filled += n;
+        let size = self.dtype.size();
+        match &mut self.data {
+            // The whole tensor in one range: its bytes are the result.
+            None if n == self.numel => self.data = Some(r.values.into_bytes()),
+            data => {
+                let buf = data.get_or_insert_with(|| vec![0; self.numel * size]);
+                buf[offset * size..(offset + n) * size].copy_from_slice(r.values.bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, name: &str) -> Result<Tensor> {
+        if self.filled != self.numel {
+            return Err(Error::protocol(format!(
+                "sliced step: the replies held {} of the {} elements of {name:?}",
+                self.filled, self.numel
+            )));
+        }
+        let data = self.data.unwrap_or_default();
+        Tensor::from_bytes(self.dtype, self.shape, data).map_err(|e| Error::protocol(format!("{name:?}: {e}")))
     }
 }
 

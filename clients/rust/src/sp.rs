@@ -11,6 +11,13 @@
 //! and that many bytes (ipc:// puts a message-type byte 0x01 before the
 //! length). A REQ message starts with a 32-bit big-endian request id whose
 //! high bit is set; REP sends it back at the start of the reply.
+//!
+//! Several requests may be in flight on one connection, each under its own
+//! id ([`Pipe::send`], then [`Pipe::recv`] until each id is answered): the
+//! daemon's REP socket serves them in parallel contexts (up to its
+//! `--max-in-flight`) and its replies may come in any order. A sliced step
+//! uses this; every other call has one request in flight
+//! ([`Pipe::request`]).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -364,6 +371,19 @@ impl Pipe {
     /// Replies to other ids (a request given up on earlier) are dropped, as
     /// NNG's REQ does. `max_recv` bounds a reply's size (0: no bound).
     pub(crate) fn request(&mut self, id: u32, msg: &Message<'_>, deadline: Instant, max_recv: u64) -> Result<Vec<u8>> {
+        let id = self.send(id, msg, deadline)?;
+        loop {
+            let (rid, body) = self.recv(deadline, max_recv)?;
+            if rid == id {
+                return Ok(body);
+            }
+        }
+    }
+
+    /// Sends `msg` as request `id` without waiting for its reply; returns
+    /// the id as it went on the wire (high bit set), which
+    /// [`recv`](Self::recv) returns with the reply.
+    pub(crate) fn send(&mut self, id: u32, msg: &Message<'_>, deadline: Instant) -> Result<u32> {
         let id = id | 0x8000_0000;
         let len = (msg.len() as u64 + 4).to_be_bytes();
         let mut head = Vec::with_capacity(13);
@@ -376,33 +396,34 @@ impl Pipe {
         slices.push(IoSlice::new(&head));
         slices.extend(msg.slices());
         self.write_all(&mut slices, deadline)?;
+        Ok(id)
+    }
 
-        loop {
-            let mut hdr = [0u8; 9];
-            let hdr = if self.ipc { &mut hdr[..] } else { &mut hdr[..8] };
-            self.read_exact(hdr, deadline)?;
-            if self.ipc && hdr[0] != 1 {
-                return Err(Error::protocol(format!("ipc message type {} (expected 1)", hdr[0])));
-            }
-            let n = u64::from_be_bytes(hdr[hdr.len() - 8..].try_into().expect("8 bytes"));
-            if n < 4 {
-                return Err(Error::protocol("reply shorter than its request id"));
-            }
-            if max_recv > 0 && n - 4 > max_recv {
-                return Err(Error::protocol(format!("reply of {} bytes exceeds the limit of {max_recv}", n - 4)));
-            }
-            let mut rid = [0u8; 4];
-            self.read_exact(&mut rid, deadline)?;
-            let n = usize::try_from(n - 4).map_err(|_| Error::protocol("reply too large for this machine"))?;
-            let mut body = Vec::with_capacity(n.min(READ_CHUNK));
-            while body.len() < n {
-                let at = body.len();
-                body.resize(at + (n - at).min(READ_CHUNK.max(at)), 0);
-                self.read_exact(&mut body[at..], deadline)?;
-            }
-            if u32::from_be_bytes(rid) == id {
-                return Ok(body);
-            }
+    /// The next reply on the connection, whichever request it answers:
+    /// its request id and body.
+    pub(crate) fn recv(&mut self, deadline: Instant, max_recv: u64) -> Result<(u32, Vec<u8>)> {
+        let mut hdr = [0u8; 9];
+        let hdr = if self.ipc { &mut hdr[..] } else { &mut hdr[..8] };
+        self.read_exact(hdr, deadline)?;
+        if self.ipc && hdr[0] != 1 {
+            return Err(Error::protocol(format!("ipc message type {} (expected 1)", hdr[0])));
         }
+        let n = u64::from_be_bytes(hdr[hdr.len() - 8..].try_into().expect("8 bytes"));
+        if n < 4 {
+            return Err(Error::protocol("reply shorter than its request id"));
+        }
+        if max_recv > 0 && n - 4 > max_recv {
+            return Err(Error::protocol(format!("reply of {} bytes exceeds the limit of {max_recv}", n - 4)));
+        }
+        let mut rid = [0u8; 4];
+        self.read_exact(&mut rid, deadline)?;
+        let n = usize::try_from(n - 4).map_err(|_| Error::protocol("reply too large for this machine"))?;
+        let mut body = Vec::with_capacity(n.min(READ_CHUNK));
+        while body.len() < n {
+            let at = body.len();
+            body.resize(at + (n - at).min(READ_CHUNK.max(at)), 0);
+            self.read_exact(&mut body[at..], deadline)?;
+        }
+        Ok((u32::from_be_bytes(rid), body))
     }
 }

@@ -171,6 +171,32 @@ impl<'a> TensorRef<'a> {
         &self.data
     }
 
+    /// Number of elements (1 for a scalar, shape `[]`).
+    pub fn numel(&self) -> usize {
+        self.data.len() / self.dtype.size()
+    }
+
+    /// Elements `offset .. offset + len` in C order (row-major, as the bytes
+    /// lie) as a 1-D tensor over the same memory: a range of a sliced step
+    /// ([`PartGrad::Range`](crate::PartGrad::Range)). Nothing is copied
+    /// where this tensor borrows its bytes (always, on little-endian hosts).
+    pub fn flat_range(&self, offset: usize, len: usize) -> Result<TensorRef<'a>> {
+        let numel = self.numel();
+        if offset > numel || len > numel - offset {
+            return Err(Error::invalid(format!(
+                "elements {offset}..{} are beyond the tensor's {numel}",
+                offset as u128 + len as u128
+            )));
+        }
+        let size = self.dtype.size();
+        let (from, to) = (offset * size, (offset + len) * size);
+        let data = match self.data {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[from..to]),
+            Cow::Owned(ref v) => Cow::Owned(v[from..to].to_vec()),
+        };
+        Ok(TensorRef { dtype: self.dtype, shape: Cow::Owned(vec![len as u64]), data })
+    }
+
     /// The caller's bytes with their full lifetime, when they are borrowed
     /// (always, on little-endian hosts).
     pub(crate) fn borrowed_bytes(&self) -> Option<&'a [u8]> {

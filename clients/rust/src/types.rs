@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::tensor::{Dtype, Tensor};
+use crate::tensor::{Dtype, Tensor, TensorRef};
 
 /// A hyperparameter value: what `open`, `set_hparams` take and `info`,
 /// `hparams` return.
@@ -618,6 +618,12 @@ pub struct StepOptions {
     /// `worker`: the member pushing, in a session opened with workers
     /// (where every step is a push; see [`Client::join`](crate::Client::join)).
     pub worker: Option<String>,
+    /// Not a key: send the step in parts of about this many elements (a
+    /// sliced step, see [`Client::step`](crate::Client::step)); needs `seq`.
+    pub part_elements: Option<u64>,
+    /// Not a key: how many parts of a sliced step are in flight at once
+    /// (default 2; at most the daemon's `--max-in-flight`, 16 by default).
+    pub parts_in_flight: Option<usize>,
 }
 
 impl StepOptions {
@@ -650,6 +656,68 @@ impl StepOptions {
     pub fn worker(mut self, name: &str) -> StepOptions {
         self.worker = Some(name.to_owned());
         self
+    }
+
+    /// A sliced step: the gradients cut into parts of `n` elements (≥ 1),
+    /// sent with up to [`parts_in_flight`](Self::parts_in_flight) in flight
+    /// ([`Client::step`](crate::Client::step)). Needs [`seq`](Self::seq).
+    ///
+    /// ```no_run
+    /// # use optimd::{Client, StepOptions, TensorRef};
+    /// # fn main() -> optimd::Result<()> {
+    /// # let mut client = Client::connect("tcp://127.0.0.1:7878")?;
+    /// # let s = optimd::Session::new("run1", "0".repeat(32));
+    /// # let g = vec![0.1f32; 1 << 22];
+    /// # let grads = [("w", TensorRef::vec_f32(&g))];
+    /// let opts = StepOptions::new()
+    ///     .seq("trainer", 42)        // required: every part carries it
+    ///     .part_elements(1 << 20)    // about 1M elements a part
+    ///     .parts_in_flight(2);       // the default
+    /// let r = client.step(&s, &grads, &opts)?; // the same StepResult, bit for bit, as a whole step
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn part_elements(mut self, n: u64) -> StepOptions {
+        self.part_elements = Some(n);
+        self
+    }
+
+    /// Parts of a sliced step in flight at once (≥ 1; default 2).
+    pub fn parts_in_flight(mut self, n: usize) -> StepOptions {
+        self.parts_in_flight = Some(n);
+        self
+    }
+}
+
+/// A gradient in one part of a sliced step ([`Client::step_part`](crate::Client::step_part);
+/// docs/protocol.md, `step`, "Sliced steps").
+#[derive(Clone, Debug)]
+pub enum PartGrad<'a> {
+    /// The parameter's whole gradient, as in a plain step.
+    Whole(TensorRef<'a>),
+    /// The gradient of the parameter's elements `offset ..` in C order:
+    /// `values` is 1-D, of the parameter's dtype, with at least one element
+    /// ([`TensorRef::flat_range`] cuts one from a whole gradient).
+    Range { offset: u64, values: TensorRef<'a> },
+}
+
+impl<'a> PartGrad<'a> {
+    pub fn range(offset: u64, values: TensorRef<'a>) -> PartGrad<'a> {
+        PartGrad::Range { offset, values }
+    }
+
+    /// The first element it covers and how many.
+    pub fn span(&self) -> (u64, u64) {
+        match self {
+            PartGrad::Whole(t) => (0, t.numel() as u64),
+            PartGrad::Range { offset, values } => (*offset, values.numel() as u64),
+        }
+    }
+}
+
+impl<'a> From<TensorRef<'a>> for PartGrad<'a> {
+    fn from(t: TensorRef<'a>) -> PartGrad<'a> {
+        PartGrad::Whole(t)
     }
 }
 
@@ -850,6 +918,24 @@ pub struct SessionInfo {
     /// The settings, members and round of a session opened with workers;
     /// None otherwise.
     pub workers: Option<WorkersInfo>,
+    /// The sliced step in progress (some of its parts applied, not all);
+    /// None when there is none.
+    pub pending_step: Option<PendingStep>,
+}
+
+/// A sliced step that has not received all its parts (`info`'s
+/// `pending_step`). Until its last part is in, the session refuses other
+/// steps and changes with [`ErrorCode::StepPending`](crate::ErrorCode::StepPending);
+/// sending the step again with the same `seq` completes it, and
+/// [`Client::abandon_step`](crate::Client::abandon_step) ends it as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingStep {
+    /// The `client` and `seq` it was sent under.
+    pub client: String,
+    pub seq: u64,
+    /// Its number of parts, and how many of them were applied.
+    pub count: u64,
+    pub applied: u64,
 }
 
 impl SessionInfo {
@@ -940,6 +1026,48 @@ impl StepResult {
     pub fn next_lr_of(&self, group: &str) -> Option<f64> {
         group_lr(&self.next_lrs, self.next_lr, group)
     }
+}
+
+/// New values of a parameter's elements `offset ..` (C order): what a part
+/// of a sliced step returns for each parameter it named. `values` is 1-D.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamRange {
+    pub offset: u64,
+    pub values: Tensor,
+}
+
+/// Reply to one part of a sliced step ([`Client::step_part`](crate::Client::step_part)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepPartResult {
+    /// The session's steps: the step counts only once it is complete.
+    pub steps: u64,
+    pub lr: f64,
+    /// Equals `lr` while the step is not complete.
+    pub next_lr: f64,
+    /// This part had been applied before (its values are the current ones).
+    pub duplicate: bool,
+    /// This part completed the step, or the step was complete before it.
+    pub complete: bool,
+    /// The step's parts applied so far.
+    pub parts: u64,
+    /// Per group, with more than one group, as in [`StepResult`].
+    pub lrs: Option<GroupLrs>,
+    pub next_lrs: Option<GroupLrs>,
+    /// Each parameter the part named: the new values of the elements it
+    /// carried. None when the request said `return: false`.
+    pub params: Option<BTreeMap<String, ParamRange>>,
+}
+
+/// Reply of `abandon_step`: the session's counters after the step it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Abandoned {
+    pub steps: u64,
+    pub lr: f64,
+    pub next_lr: f64,
+    pub lrs: Option<GroupLrs>,
+    pub next_lrs: Option<GroupLrs>,
+    /// The parts that had been applied.
+    pub parts: u64,
 }
 
 fn group_lr(map: &Option<GroupLrs>, default: f64, group: &str) -> Option<f64> {

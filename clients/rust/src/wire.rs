@@ -29,6 +29,61 @@ pub const PAD_FROM: usize = 64 << 10;
 const ALIGN: usize = 16;
 const REQ_HEADER: usize = 4;
 
+/// Most parts one sliced step may have (docs/protocol.md, `step`).
+pub const MAX_PARTS: u32 = 65536;
+
+/// The parts of a sliced step: the gradients, taken in order as if
+/// concatenated (each flattened in C order), cut into consecutive parts of
+/// `part_elements` elements (the last one shorter). A gradient that lies
+/// within one part is there whole; one that a cut crosses goes as ranges
+/// `{offset, values}`, 1-D views of its memory (nothing is copied on a
+/// little-endian host). Gradients with no elements go whole into the part
+/// being filled. When there are more than `part_elements` × [`MAX_PARTS`]
+/// elements the parts are made larger, so that there are at most
+/// [`MAX_PARTS`]; gradients with no elements at all make one part. A name
+/// given twice, or `part_elements` 0, is [`Error::Invalid`].
+#[allow(clippy::type_complexity)]
+pub fn slice_grads<'n, 'a>(
+    grads: &[(&'n str, TensorRef<'a>)],
+    part_elements: u64,
+) -> Result<Vec<Vec<(&'n str, PartGrad<'a>)>>> {
+    if part_elements == 0 {
+        return Err(Error::invalid("part_elements must be at least 1"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((name, _)) = grads.iter().find(|(name, _)| !seen.insert(*name)) {
+        return Err(Error::invalid(format!("gradient {name:?} given twice")));
+    }
+    let total: u64 = grads.iter().map(|(_, t)| t.numel() as u64).sum();
+    let size = part_elements.max(total.div_ceil(MAX_PARTS as u64));
+    let mut parts = vec![Vec::new()];
+    let mut room = size;
+    for (name, t) in grads {
+        let n = t.numel() as u64;
+        if n == 0 {
+            parts.last_mut().expect("one part at least").push((*name, PartGrad::Whole(t.clone())));
+            continue;
+        }
+        let mut at = 0;
+        while at < n {
+            if room == 0 {
+                parts.push(Vec::new());
+                room = size;
+            }
+            let take = (n - at).min(room);
+            let g = if take == n {
+                PartGrad::Whole(t.clone())
+            } else {
+                PartGrad::Range { offset: at, values: t.flat_range(at as usize, take as usize)? }
+            };
+            parts.last_mut().expect("one part at least").push((*name, g));
+            at += take;
+            room -= take;
+        }
+    }
+    Ok(parts)
+}
+
 /// An encoded request: msgpack bytes, except that large tensor data is
 /// borrowed from the caller and spliced in where it belongs, so sending it
 /// copies nothing.
@@ -304,6 +359,26 @@ impl<'a> Message<'a> {
         Ok(())
     }
 
+    /// A part's `grads`: whole tensors, and ranges as `{offset, values}`
+    /// (`values` padded as any tensor is).
+    fn part_grads(&mut self, gs: &[(&str, PartGrad<'a>)]) -> Result<()> {
+        self.map(gs.len())?;
+        for (name, g) in gs {
+            self.str(name)?;
+            match g {
+                PartGrad::Whole(t) => self.tensor(t)?,
+                PartGrad::Range { offset, values } => {
+                    self.map(2)?;
+                    self.str("offset")?;
+                    self.uint(*offset);
+                    self.str("values")?;
+                    self.tensor(values)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn names(&mut self, names: &[&str]) -> Result<()> {
         self.array(names.len())?;
         for n in names {
@@ -503,7 +578,7 @@ pub mod request {
         Ok(m)
     }
 
-    pub fn step<'a>(id: u64, s: &Session, grads: &[(&str, TensorRef<'a>)], o: &StepOptions) -> Result<Message<'a>> {
+    fn check_seq(o: &StepOptions) -> Result<()> {
         if let Some(seq) = o.seq {
             if seq > 1u64 << 53 {
                 return Err(Error::invalid("seq above 2^53"));
@@ -511,6 +586,20 @@ pub mod request {
         }
         if o.client.as_ref().is_some_and(|c| c.len() > 64) {
             return Err(Error::invalid("client id longer than 64 bytes"));
+        }
+        Ok(())
+    }
+
+    /// One plain `step` message. Options of a sliced step
+    /// (`part_elements`, `parts_in_flight`) are [`Error::Invalid`] here:
+    /// [`Client::step`](crate::Client::step) sends those, as
+    /// [`step_part`] messages.
+    pub fn step<'a>(id: u64, s: &Session, grads: &[(&str, TensorRef<'a>)], o: &StepOptions) -> Result<Message<'a>> {
+        check_seq(o)?;
+        if o.part_elements.is_some() || o.parts_in_flight.is_some() {
+            return Err(Error::invalid(
+                "part_elements and parts_in_flight make a sliced step, which Client::step sends as step_part messages",
+            ));
         }
         let mut m = Message::new();
         let extra = 1
@@ -546,6 +635,85 @@ pub mod request {
         if let Some(w) = &o.worker {
             m.str("worker")?;
             m.str(w)?;
+        }
+        Ok(m)
+    }
+
+    /// Part `index` of `count` of a sliced step (docs/protocol.md, `step`,
+    /// "Sliced steps"): `seq` (required) and `client`, `return_params` and
+    /// `clip_value` from `o`. `clip_norm`, `worker`, `part_elements` and
+    /// `parts_in_flight` have no place in a part ([`Error::Invalid`]).
+    /// Nothing here checks that the parts fit together: the daemon does.
+    pub fn step_part<'a>(
+        id: u64,
+        s: &Session,
+        grads: &[(&str, PartGrad<'a>)],
+        index: u32,
+        count: u32,
+        o: &StepOptions,
+    ) -> Result<Message<'a>> {
+        check_seq(o)?;
+        let seq = match o.seq {
+            Some(seq) if seq > 0 => seq,
+            _ => {
+                return Err(Error::invalid(
+                    "a part of a sliced step needs seq (StepOptions::seq): every part carries it, and a retry \
+                     with the same seq completes a step that was cut short",
+                ))
+            }
+        };
+        if o.clip_norm.is_some() {
+            return Err(Error::invalid(
+                "clip_norm cannot be used with a sliced step (it needs every gradient at once)",
+            ));
+        }
+        if o.worker.is_some() {
+            return Err(Error::invalid("a session with workers takes no sliced steps"));
+        }
+        if o.part_elements.is_some() || o.parts_in_flight.is_some() {
+            return Err(Error::invalid("part_elements and parts_in_flight are for Client::step, not for one part"));
+        }
+        let mut m = Message::new();
+        let extra =
+            3 + o.return_params.is_some() as usize + o.client.is_some() as usize + o.clip_value.is_some() as usize;
+        m.envelope(id, "step", Some(s), extra)?;
+        m.str("grads")?;
+        m.part_grads(grads)?;
+        m.str("part")?;
+        m.map(2)?;
+        m.str("index")?;
+        m.uint(index.into());
+        m.str("count")?;
+        m.uint(count.into());
+        if let Some(r) = o.return_params {
+            m.str("return")?;
+            m.bool(r);
+        }
+        m.str("seq")?;
+        m.uint(seq);
+        if let Some(c) = &o.client {
+            m.str("client")?;
+            m.str(c)?;
+        }
+        if let Some(v) = o.clip_value {
+            m.str("clip_value")?;
+            m.float(v);
+        }
+        Ok(m)
+    }
+
+    /// `client` None: the daemon's default, `""`.
+    pub fn abandon_step(id: u64, s: &Session, seq: u64, client: Option<&str>) -> Result<Message<'static>> {
+        if seq > 1u64 << 53 {
+            return Err(Error::invalid("seq above 2^53"));
+        }
+        let mut m = Message::new();
+        m.envelope(id, "abandon_step", Some(s), 1 + client.is_some() as usize)?;
+        m.str("seq")?;
+        m.uint(seq);
+        if let Some(c) = client {
+            m.str("client")?;
+            m.str(c)?;
         }
         Ok(m)
     }
@@ -1147,6 +1315,18 @@ pub mod reply {
             None | Some((Value::Nil, _)) => None,
             Some((v, p)) => Some(workers_info(v, &p)?),
         };
+        let pending_step = match f.opt("pending_step") {
+            None | Some((Value::Nil, _)) => None,
+            Some((v, p)) => {
+                let mut ps = Fields::from_value(v, &p)?;
+                Some(PendingStep {
+                    client: ps.str("client")?,
+                    seq: ps.uint("seq")?,
+                    count: ps.uint("count")?,
+                    applied: ps.uint("applied")?,
+                })
+            }
+        };
         Ok(SessionInfo {
             client_seq,
             session: f.str("session")?,
@@ -1169,6 +1349,7 @@ pub mod reply {
                 .collect::<Result<_>>()?,
             groups: groups(&mut f)?,
             workers,
+            pending_step,
         })
     }
 
@@ -1257,6 +1438,58 @@ pub mod reply {
                 Some((Value::Boolean(b), _)) => Some(b),
                 Some((_, p)) => return Err(bad(&p, "not a bool")),
             },
+        })
+    }
+
+    fn param_range(v: Value, p: &str) -> Result<ParamRange> {
+        let mut f = Fields::from_value(v, p)?;
+        let offset = f.uint("offset")?;
+        let (values, vp) = f.req("values")?;
+        let values = as_tensor(values, &vp)?;
+        if values.shape().len() != 1 {
+            return Err(bad(&vp, &format!("shape {:?}, not 1-D", values.shape())));
+        }
+        Ok(ParamRange { offset, values })
+    }
+
+    /// A part of a sliced step.
+    pub fn step_part(bytes: &[u8], id: u64) -> Result<StepPartResult> {
+        let mut f = envelope(bytes, id)?;
+        let params = match f.opt("params") {
+            None => None,
+            Some((v, p)) => {
+                let m = Fields::from_value(v, &p)?;
+                let mut out = BTreeMap::new();
+                for (k, v) in m.map {
+                    let p = format!("{}.{}", m.ctx, k);
+                    let r = param_range(v, &p)?;
+                    out.insert(k, r);
+                }
+                Some(out)
+            }
+        };
+        Ok(StepPartResult {
+            steps: f.uint("steps")?,
+            lr: f.float("lr")?,
+            next_lr: f.float("next_lr")?,
+            duplicate: f.bool("duplicate")?,
+            complete: f.bool("complete")?,
+            parts: f.uint("parts")?,
+            lrs: f.opt_floats("lrs")?,
+            next_lrs: f.opt_floats("next_lrs")?,
+            params,
+        })
+    }
+
+    pub fn abandon_step(bytes: &[u8], id: u64) -> Result<Abandoned> {
+        let mut f = envelope(bytes, id)?;
+        Ok(Abandoned {
+            steps: f.uint("steps")?,
+            lr: f.float("lr")?,
+            next_lr: f.float("next_lr")?,
+            lrs: f.opt_floats("lrs")?,
+            next_lrs: f.opt_floats("next_lrs")?,
+            parts: f.uint("parts")?,
         })
     }
 

@@ -178,6 +178,8 @@ fn build(call: &Json, id: u64, owned: &mut Vec<Tensor>) -> Vec<u8> {
                             clip_value: get("clip_value").map(Json::f64),
                             clip_norm: get("clip_norm").map(clip_norm_from_json),
                             worker: get("worker").map(|s| s.str().to_owned()),
+                            part_elements: None,
+                            parts_in_flight: None,
                         };
                         request::step(id, &s, &refs, &o).map(|m| m.to_vec())
                     };
