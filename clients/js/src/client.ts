@@ -6,13 +6,16 @@
  * client keeps a small pool of connections (`maxConnections`, default 4)
  * and calls made without awaiting the previous one travel in parallel. Two
  * such calls on one session may then reach the daemon in either order;
- * await each `step` before the next when order matters.
+ * await each `step` before the next when order matters. A sliced step
+ * (`step` with `partElements`) keeps several parts in flight the same way,
+ * on several connections.
  */
 import { randomBytes } from "node:crypto";
-import { TransportError } from "./errors.js";
+import { ProtocolError, TimeoutError, TransportError } from "./errors.js";
 import { ReqSocket, type TlsOptions } from "./sp.js";
 import type { Tensor } from "./tensor.js";
 import {
+  type AbandonStepResult,
   type Hello,
   type HparamMap,
   type HparamsResult,
@@ -25,6 +28,7 @@ import {
   type OpenOptions,
   type OpenResult,
   type Op,
+  type PartGrad,
   type PluginInfo,
   type PluginLoad,
   type PullOptions,
@@ -36,6 +40,8 @@ import {
   type SessionRef,
   type SessionSummary,
   type StepOptions,
+  type StepPartOptions,
+  type StepPartResult,
   type StepResult,
   type SwitchOptions,
   type SwitchResult,
@@ -217,8 +223,137 @@ export class Client {
     return (await this.call(requests.register(s, params, opts), call)).registered;
   }
 
+  /**
+   * One optimizer step with `grads` (a subset of the registered parameters,
+   * each with its parameter's dtype and shape).
+   *
+   * **Sliced** (`partElements`): the step goes as several `step` messages
+   * (docs/protocol.md, `step`, "Sliced steps"), so that the daemon updates
+   * one part while the next is on the wire. The gradients, in the order of
+   * their keys, are cut into parts of `partElements` elements
+   * ({@link sliceGrads}: small tensors whole, the ones a cut crosses as
+   * ranges viewing their data). A REQ connection carries one request at a
+   * time, so the parts in flight go on separate connections of the
+   * client's pool: up to `partsInFlight` (default 2) at once, and never
+   * more than `maxConnections`; each part is encoded when it is sent. The
+   * result is that of the same step sent whole, bit for bit: counters and
+   * lrs from the part that completed the step, `params` assembled from
+   * every part's reply into fresh arrays of the gradients' shapes
+   * (`duplicate` when every part was one). The call's `timeoutMs` bounds
+   * the whole step. A sliced step needs `seq` and cannot go with
+   * `clip_norm` or `worker` (TypeError, nothing sent); a session with
+   * workers or Lookahead, or an optimizer that is not element-wise
+   * (`PluginInfo.sliced`), refuses it with ServerError BAD_REQUEST.
+   *
+   * A part that fails stops the sending: the call rejects with its error
+   * once the parts in flight are answered. Parts applied before it stay
+   * applied and the session has a *pending* step that refuses other steps
+   * and changes (ServerError STEP_PENDING, `info(s).pending_step`) until
+   * it is complete. To complete it, send the same step again: same `seq`,
+   * `client`, gradients (keys in the same order) and `partElements`, so
+   * that it is cut into the same parts; the parts already applied answer
+   * as duplicates and the others are applied, so the step completes exactly
+   * once (when it had completed before, every part is a duplicate and so is
+   * the result). A client that lost the gradients ends it with
+   * {@link abandonStep}.
+   */
   step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}, call?: CallOptions): Promise<StepResult> {
+    if (opts.partElements !== undefined) {
+      const window = opts.partsInFlight ?? 2;
+      if (!Number.isSafeInteger(window) || window < 1) throw new RangeError("partsInFlight must be an integer >= 1");
+      const parts = requests.stepParts(s, grads, opts);
+      return this.slicedStep(parts, grads, opts.return !== false, window, call);
+    }
     return this.call(requests.step(s, grads, opts), call);
+  }
+
+  /** Sends one part of a sliced step (docs/protocol.md, `step`, "Sliced
+   * steps"), for a caller that cuts its own parts ({@link sliceGrads} cuts
+   * them as `step` does): part `index` of `count` of step `seq` of
+   * `client`. Each gradient is a whole tensor or a range `{offset, values}`
+   * (`values` 1-D, the parameter's dtype: the gradient of elements `offset`
+   * on, in C order). The daemon checks that the parts fit together (no
+   * element twice; none missing when the last one arrives: BAD_REQUEST,
+   * that part not applied, so it can be sent again corrected). A part
+   * applied before answers `duplicate: true` with the current values. */
+  stepPart(s: SessionRef, grads: Record<string, PartGrad>, opts: StepPartOptions, call?: CallOptions): Promise<StepPartResult> {
+    return this.call(requests.stepPart(s, grads, opts), call);
+  }
+
+  /** Ends the session's pending sliced step (`info(s).pending_step`, sent
+   * as `seq` by `client`, default "") as it stands, for a client that
+   * cannot send its remaining parts: the elements its parts updated stay
+   * updated, the others do not, and it counts as a step (its other parts
+   * are duplicates from now on). A way to unblock a session, not to step.
+   * No pending step, or another seq/client: ServerError BAD_REQUEST. */
+  abandonStep(s: SessionRef, seq: number, client?: string, call?: CallOptions): Promise<AbandonStepResult> {
+    return this.call(requests.abandonStep(s, seq, client), call);
+  }
+
+  private async slicedStep(parts: Array<Request<"step_part">>, grads: Record<string, Tensor>, wantParams: boolean,
+                           window: number, call?: CallOptions): Promise<StepResult> {
+    const timeoutMs = call?.timeoutMs ?? this.timeoutMs;
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : 0;
+    // The parameters' new values, filled in as the parts' replies come.
+    const out: Record<string, Tensor> = {};
+    const filled: Record<string, number> = {};
+    if (wantParams) {
+      for (const [name, g] of Object.entries(grads)) {
+        out[name] = g.dtype === "f32"
+          ? { dtype: "f32", shape: [...g.shape], data: new Float32Array(g.data.length) }
+          : { dtype: "f64", shape: [...g.shape], data: new Float64Array(g.data.length) };
+        filled[name] = 0;
+      }
+    }
+    const assemble = (r: StepPartResult) => {
+      if (!wantParams) return;
+      for (const [name, { offset, values }] of Object.entries(r.params ?? {})) {
+        const t = Object.prototype.hasOwnProperty.call(out, name) ? out[name] : undefined;
+        if (!t || t.dtype !== values.dtype || offset + values.data.length > t.data.length) {
+          throw new ProtocolError(`sliced step: '${name}' came back as ${values.data.length} ${values.dtype} ` +
+                                  `elements at offset ${offset}`);
+        }
+        t.data.set(values.data, offset);
+        filled[name]! += values.data.length;
+      }
+    };
+
+    const replies: StepPartResult[] = [];
+    let next = 0;
+    let failure: { err: unknown } | undefined;
+    const sender = async () => {
+      while (failure === undefined && next < parts.length) {
+        const i = next++;
+        try {
+          const left = deadline > 0 ? deadline - Date.now() : 0;
+          if (deadline > 0 && left <= 0) throw new TimeoutError(`sliced step: no time left for part ${i} of ${parts.length}`);
+          const r = await this.call(parts[i]!, { timeoutMs: left });
+          assemble(r);
+          replies[i] = r;
+        } catch (err) {
+          failure ??= { err };
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(window, parts.length) }, sender));
+    if (failure) throw failure.err;
+
+    // The part that completed the step (a retry of a complete step has
+    // only duplicates, whose counters are the step's: then the last).
+    const done = replies.filter((r) => r.complete);
+    const final = [...done].reverse().find((r) => !r.duplicate) ?? done[done.length - 1];
+    if (!final) throw new ProtocolError(`sliced step: no part of ${parts.length} reported the step complete`);
+    for (const [name, t] of Object.entries(out)) {
+      if (filled[name] !== t.data.length) {
+        throw new ProtocolError(`sliced step: the replies held ${filled[name]} of the ${t.data.length} elements of '${name}'`);
+      }
+    }
+    const result: StepResult = { steps: final.steps, lr: final.lr, next_lr: final.next_lr,
+                                 duplicate: replies.every((r) => r.duplicate) };
+    if (final.lrs) result.lrs = final.lrs;
+    if (final.next_lrs) result.next_lrs = final.next_lrs;
+    if (wantParams) result.params = out;
+    return result;
   }
 
   /** Reports a metric to the schedulers that take one (`plateau`). */

@@ -10,7 +10,7 @@
  */
 import { DecodeError, Decoder, Encoder } from "@msgpack/msgpack";
 import { ProtocolError, ServerError } from "./errors.js";
-import { type Dtype, type Tensor, decodeTensor, encodeTensor } from "./tensor.js";
+import { type Dtype, type Tensor, checkTensor, decodeTensor, encodeTensor } from "./tensor.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -224,6 +224,21 @@ export interface SessionInfo extends HparamsResult, CombinedSchedule {
   client_seq?: number;
   /** Present for a session opened with `workers`. */
   workers?: WorkersInfo;
+  /** Present while the session is in the middle of a sliced step. */
+  pending_step?: PendingStep;
+}
+
+/** A sliced step that has not received all its parts (`info`'s
+ * `pending_step`): the `client` and `seq` it was sent under, its number of
+ * parts and how many of them were applied. Until the last part is in, the
+ * session refuses other steps and changes with ServerError STEP_PENDING
+ * (26); sending the step again with the same `seq` completes it, and
+ * `Client.abandonStep` ends it as it stands. */
+export interface PendingStep {
+  client: string;
+  seq: number;
+  count: number;
+  applied: number;
 }
 
 export type CloseResult = Record<string, never>;
@@ -279,6 +294,53 @@ export interface StepResult {
   waited?: boolean;
 }
 
+/** A run of a parameter's elements in C (row-major) order, as sliced steps
+ * carry them: `values`, a 1-D tensor of the parameter's dtype with n
+ * elements, is the gradient (in a part) or the new value (in a part's
+ * reply) of elements `offset` to `offset + n - 1`. */
+export interface PartRange {
+  offset: number;
+  values: Tensor;
+}
+
+/** A gradient in one part of a sliced step: a whole tensor, as in a plain
+ * step, or a {@link PartRange}. */
+export type PartGrad = Tensor | PartRange;
+
+/** The reply to one part of a sliced step (`Client.stepPart`). */
+export interface StepPartResult {
+  /** As in {@link StepResult}; until the step is complete `steps` does not
+   * count it and `next_lr` equals `lr`. */
+  steps: number;
+  lr: number;
+  next_lr: number;
+  /** A part applied before (known by its index): `params` has the current
+   * values. */
+  duplicate: boolean;
+  lrs?: Record<string, number>;
+  next_lrs?: Record<string, number>;
+  /** This part completed the step, or the step was complete before it. */
+  complete: boolean;
+  /** The step's parts applied so far. */
+  parts: number;
+  /** Each parameter the part named: the new values of the elements it
+   * carried (a whole tensor in the reply comes as offset 0 and its
+   * elements). Absent when the part was sent with `return: false`. */
+  params?: Record<string, PartRange>;
+}
+
+/** The reply to `abandon_step`: the counters of a step reply (the
+ * abandoned step counted) and the parts that had been applied. */
+export interface AbandonStepResult {
+  steps: number;
+  lr: number;
+  next_lr: number;
+  duplicate: boolean;
+  lrs?: Record<string, number>;
+  next_lrs?: Record<string, number>;
+  parts: number;
+}
+
 export interface ObserveResult {
   /** The next lr of the group named in the request, or of the default group. */
   lr: number;
@@ -321,7 +383,8 @@ export interface ReloadResult {
   plugins: PluginLoad[];
 }
 
-/** The result type of each op. */
+/** The result type of each op, and of `step_part`: a `step` request with a
+ * `part` (a sliced step's part), whose reply has more keys ({@link wireOp}). */
 export interface Results {
   hello: Hello;
   plugins: PluginsResult;
@@ -346,15 +409,23 @@ export interface Results {
   shutdown: ShutdownResult;
   join: JoinResult;
   leave: LeaveResult;
+  abandon_step: AbandonStepResult;
+  step_part: StepPartResult;
 }
 
 export type Op = keyof Results;
 
+/** The protocol's ops (`step_part`, a kind of `step`, is not one). */
 export const OPS: readonly Op[] = [
   "hello", "plugins", "open", "attach", "info", "hparams", "set_hparams", "close",
   "sessions", "register", "step", "observe", "pull", "state", "export", "import",
-  "switch", "reload", "load", "drop", "shutdown", "join", "leave",
+  "switch", "reload", "load", "drop", "shutdown", "join", "leave", "abandon_step",
 ];
+
+/** The op a request names on the wire: a sliced step's part is a `step`. */
+export function wireOp(op: Op): string {
+  return op === "step_part" ? "step" : op;
+}
 
 // --------------------------------------------------------------- requests
 
@@ -429,7 +500,37 @@ export interface StepOptions {
   /** The member pushing, in a session with workers (where every step is a
    * push). A sync push resolves when its round is applied. */
   worker?: string;
+  /** Send the step sliced (docs/protocol.md, `step`, "Sliced steps"): the
+   * gradients cut into parts of about this many elements ({@link
+   * sliceGrads}), each a `step` message of its own. Needs `seq`; not with
+   * `clip_norm` or `worker`. Read by `Client.step` and
+   * `requests.stepParts` (not a protocol key: `requests.step` ignores it). */
+  partElements?: number;
+  /** With `partElements`: the most parts in flight at once (default 2),
+   * each on a connection of its own (see `Client.step`). */
+  partsInFlight?: number;
 }
+
+/** The options of one part of a sliced step (`Client.stepPart`). */
+export interface StepPartOptions {
+  /** This part's index, below `count`; each index is sent once. */
+  index: number;
+  /** The step's number of parts, 1 to {@link MAX_PARTS}. */
+  count: number;
+  /** The step's sequence number (required: every part carries it). */
+  seq: number;
+  /** Client id for `seq` (default ""). */
+  client?: string;
+  /** Whether the reply carries the new values of the part's elements
+   * (default true). */
+  return?: boolean;
+  /** Clamp every gradient element to [-clip_value, clip_value] (> 0);
+   * give every part of the step the same. */
+  clip_value?: number;
+}
+
+/** Most parts one sliced step may have (docs/protocol.md, `step`). */
+export const MAX_PARTS = 65536;
 
 export interface PullOptions {
   /** A member's pull: its staleness starts again from 0. */
@@ -571,6 +672,91 @@ function tensorMap(m: Record<string, Tensor>, what: string): Record<string, unkn
   return out;
 }
 
+function isRange(g: PartGrad): g is PartRange {
+  return typeof g === "object" && g !== null && Object.prototype.hasOwnProperty.call(g, "offset");
+}
+
+function partGrads(m: Record<string, PartGrad>, what: string): Record<string, unknown> {
+  if (typeof m !== "object" || m === null || Array.isArray(m)) throw new TypeError(`${what} must be an object`);
+  const out: Record<string, unknown> = {};
+  for (const [k, g] of Object.entries(m)) {
+    if (isRange(g)) {
+      // A plain object: writeValue pads values of 64 KiB or more as it
+      // pads a whole tensor.
+      out[k] = { offset: uint(g.offset, `${what}.${k}.offset`), values: encodeTensor(g.values, `${what}.${k}.values`) };
+    } else {
+      out[k] = encodeTensor(g, `${what}.${k}`);
+    }
+  }
+  return out;
+}
+
+/** The keys `step` and a step part share, in `step`'s order. */
+function stepKeys(fields: Record<string, unknown>, opts: { return?: boolean; seq?: number; client?: string; clip_value?: number }): void {
+  if (opts.return !== undefined) {
+    if (typeof opts.return !== "boolean") throw new TypeError("return must be a boolean");
+    fields["return"] = opts.return;
+  }
+  if (opts.seq !== undefined) {
+    if (!Number.isSafeInteger(opts.seq) || opts.seq < 0) throw new RangeError("seq must be an integer from 0 to 2^53");
+    fields["seq"] = opts.seq;
+  }
+  if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
+  if (opts.clip_value !== undefined) fields["clip_value"] = positive(opts.clip_value, "clip_value");
+}
+
+/** One 1-D tensor over elements `from` to `to - 1` of `t` (not copied). */
+function flatSlice(t: Tensor, from: number, to: number): Tensor {
+  return t.dtype === "f32"
+    ? { dtype: "f32", shape: [to - from], data: t.data.subarray(from, to) }
+    : { dtype: "f64", shape: [to - from], data: t.data.subarray(from, to) };
+}
+
+/**
+ * The parts of a sliced step: the gradients, taken in the order of their
+ * keys and flattened in C order as if concatenated, cut into consecutive
+ * parts of `partElements` elements (the last one shorter). A tensor that
+ * lies within one part is there whole; one that a cut crosses is in each
+ * part it spans as a {@link PartRange} whose values view its data (nothing
+ * is copied). Tensors with no elements go whole into the part being
+ * filled. When the gradients have more than `partElements` × {@link
+ * MAX_PARTS} elements the parts are made larger, so that there are at most
+ * MAX_PARTS; gradients with no elements at all give one part. The same
+ * gradients (keys in the same order) always give the same parts, so a
+ * retry cuts a step as its first attempt did.
+ */
+export function sliceGrads(grads: Record<string, Tensor>, partElements: number): Array<Record<string, PartGrad>> {
+  if (!Number.isSafeInteger(partElements) || partElements < 1) throw new RangeError("partElements must be an integer >= 1");
+  if (typeof grads !== "object" || grads === null || Array.isArray(grads)) throw new TypeError("grads must be an object");
+  const entries = Object.entries(grads);
+  let total = 0;
+  for (const [name, t] of entries) {
+    checkTensor(t, `grads.${name}`);
+    total += t.data.length;
+  }
+  const size = Math.max(partElements, Math.ceil(total / MAX_PARTS));
+  const parts: Array<Record<string, PartGrad>> = [{}];
+  let room = size;
+  for (const [name, t] of entries) {
+    const n = t.data.length;
+    if (n === 0) {
+      parts[parts.length - 1]![name] = t;
+      continue;
+    }
+    for (let at = 0; at < n;) {
+      if (room === 0) {
+        parts.push({});
+        room = size;
+      }
+      const take = Math.min(n - at, room);
+      parts[parts.length - 1]![name] = take === n ? t : { offset: at, values: flatSlice(t, at, at + take) };
+      at += take;
+      room -= take;
+    }
+  }
+  return parts;
+}
+
 function names(n: readonly string[] | undefined): string[] | undefined {
   if (n === undefined) return undefined;
   if (!Array.isArray(n)) throw new TypeError("names must be an array of strings");
@@ -628,21 +814,57 @@ export const requests = {
     if (opts.group !== undefined) fields["group"] = str(opts.group, "group");
     return { op: "register", fields };
   },
+  /** A whole step (`partElements` and `partsInFlight` are ignored: see
+   * {@link requests.stepParts}). */
   step(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions = {}): Request<"step"> {
     const fields: Record<string, unknown> = { ...ref(s), grads: tensorMap(grads, "grads") };
-    if (opts.return !== undefined) {
-      if (typeof opts.return !== "boolean") throw new TypeError("return must be a boolean");
-      fields["return"] = opts.return;
-    }
-    if (opts.seq !== undefined) {
-      if (!Number.isSafeInteger(opts.seq) || opts.seq < 0) throw new RangeError("seq must be an integer from 0 to 2^53");
-      fields["seq"] = opts.seq;
-    }
-    if (opts.client !== undefined) fields["client"] = str(opts.client, "client");
-    if (opts.clip_value !== undefined) fields["clip_value"] = positive(opts.clip_value, "clip_value");
+    stepKeys(fields, opts);
     if (opts.clip_norm !== undefined) fields["clip_norm"] = clipNorm(opts.clip_norm);
     if (opts.worker !== undefined) fields["worker"] = str(opts.worker, "worker");
     return { op: "step", fields };
+  },
+  /** One part of a sliced step: a `step` request with `part: {index,
+   * count}` (sent as op `step`; its reply parses as a `step_part`). Each
+   * gradient is a whole tensor or a range. Nothing here checks that the
+   * parts fit together: the daemon does. */
+  stepPart(s: SessionRef, grads: Record<string, PartGrad>, opts: StepPartOptions): Request<"step_part"> {
+    if (typeof opts !== "object" || opts === null) throw new TypeError("a step part needs {index, count, seq}");
+    if (opts.seq === undefined) throw new TypeError("a step part needs seq, its step's sequence number");
+    const fields: Record<string, unknown> = {
+      ...ref(s),
+      grads: partGrads(grads, "grads"),
+      part: { index: uint(opts.index, "part index"), count: uint(opts.count, "part count") },
+    };
+    stepKeys(fields, opts);
+    return { op: "step_part", fields };
+  },
+  /** A whole step as the parts of a sliced step ({@link sliceGrads} with
+   * `opts.partElements`), in order. Needs `seq`; refuses `clip_norm` and
+   * `worker` (TypeError). */
+  stepParts(s: SessionRef, grads: Record<string, Tensor>, opts: StepOptions): Array<Request<"step_part">> {
+    if (opts.partElements === undefined) throw new TypeError("a sliced step needs partElements");
+    if (opts.seq === undefined) {
+      throw new TypeError("a sliced step (partElements) needs seq, the step's sequence number in this client's " +
+                          "numbering: every part carries it, and a retry with the same seq completes a step cut short");
+    }
+    if (opts.clip_norm !== undefined) {
+      throw new TypeError("clip_norm cannot go with a sliced step (partElements): it needs every gradient at once " +
+                          "(clip_value can)");
+    }
+    if (opts.worker !== undefined) throw new TypeError("a session with workers takes no sliced steps (partElements)");
+    const parts = sliceGrads(grads, opts.partElements);
+    const common: Omit<StepPartOptions, "index" | "count"> = { seq: opts.seq };
+    if (opts.client !== undefined) common.client = opts.client;
+    if (opts.return !== undefined) common.return = opts.return;
+    if (opts.clip_value !== undefined) common.clip_value = opts.clip_value;
+    return parts.map((part, index) => requests.stepPart(s, part, { ...common, index, count: parts.length }));
+  },
+  /** Ends the pending sliced step sent as `seq` by `client`. */
+  abandonStep(s: SessionRef, seq: number, client?: string): Request<"abandon_step"> {
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError("seq must be an integer from 0 to 2^53");
+    const fields: Record<string, unknown> = { ...ref(s), seq };
+    if (client !== undefined) fields["client"] = str(client, "client");
+    return { op: "abandon_step", fields };
   },
   /** `metric` may be NaN (a bad epoch, as torch counts it). */
   observe(s: SessionRef, metric: number, opts: ObserveOptions = {}): Request<"observe"> {
@@ -831,7 +1053,7 @@ function writeValue(w: RequestWriter, v: unknown): void {
 export function encodeRequest(req: Request, id: number): Uint8Array {
   if (!Number.isSafeInteger(id) || id < 0) throw new RangeError("a request id must be a safe non-negative integer");
   const w = new RequestWriter();
-  writeValue(w, { v: PROTOCOL_VERSION, id, op: req.op, ...req.fields });
+  writeValue(w, { v: PROTOCOL_VERSION, id, op: wireOp(req.op), ...req.fields });
   return w.finish();
 }
 
@@ -942,6 +1164,26 @@ class Reader {
     const m = this.map(k);
     const out: Record<string, Tensor> = {};
     for (const [name, t] of Object.entries(m)) out[name] = decodeTensor(t, `${this.what}: '${k}.${name}'`);
+    return out;
+  }
+  /** A map from parameter name to {offset, values} (a step part's reply);
+   * a whole tensor is taken as offset 0 and its elements. */
+  ranges(k: string): Record<string, PartRange> {
+    const m = this.map(k);
+    const out: Record<string, PartRange> = {};
+    for (const [name, v] of Object.entries(m)) {
+      const what = `${this.what}: '${k}.${name}'`;
+      if (isMap(v) && has(v, "offset")) {
+        const offset = uintValue(v["offset"]);
+        if (offset === undefined) throw new ProtocolError(`${what}: 'offset' is not an unsigned integer`);
+        const values = decodeTensor(has(v, "values") ? v["values"] : undefined, `${what}: 'values'`);
+        if (values.shape.length !== 1) throw new ProtocolError(`${what}: 'values' has ${values.shape.length} dimensions, not 1`);
+        out[name] = { offset, values };
+      } else {
+        const t = decodeTensor(v, what);
+        out[name] = { offset: 0, values: { ...t, shape: [t.data.length] } as Tensor };
+      }
+    }
     return out;
   }
   /** Every value of the whole map as a tensor (a `state` entry). */
@@ -1105,9 +1347,7 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   }),
   register: (r) => ({ registered: r.uint("registered") }),
   step: (r) => {
-    const out: StepResult = { steps: r.uint("steps"), lr: r.float("lr"), next_lr: r.float("next_lr"), duplicate: r.bool("duplicate") };
-    if (r.present("lrs")) out.lrs = r.floats("lrs");
-    if (r.present("next_lrs")) out.next_lrs = r.floats("next_lrs");
+    const out: StepResult = stepCounters(r);
     if (r.present("grad_norm")) out.grad_norm = r.float("grad_norm");
     if (r.present("grad_norms")) out.grad_norms = r.floats("grad_norms");
     if (r.present("params")) out.params = r.tensors("params");
@@ -1143,7 +1383,23 @@ const parsers: { [O in Op]: (r: Reader) => Results[O] } = {
   shutdown: () => ({}),
   join: (r) => ({ rank: r.uint("rank"), steps: r.uint("steps"), workers: workersInfo(r.sub("workers")) }),
   leave: (r) => ({ steps: r.uint("steps"), workers: workersInfo(r.sub("workers")) }),
+  abandon_step: (r) => ({ ...stepCounters(r), parts: r.uint("parts") }),
+  step_part: (r) => {
+    const out: StepPartResult = { ...stepCounters(r), complete: r.bool("complete"), parts: r.uint("parts") };
+    if (r.present("params")) out.params = r.ranges("params");
+    return out;
+  },
 };
+
+type StepCounters = Pick<StepResult, "steps" | "lr" | "next_lr" | "duplicate" | "lrs" | "next_lrs">;
+
+/** The keys every step reply has (and `lrs`/`next_lrs` when present). */
+function stepCounters(r: Reader): StepCounters {
+  const out: StepCounters = { steps: r.uint("steps"), lr: r.float("lr"), next_lr: r.float("next_lr"), duplicate: r.bool("duplicate") };
+  if (r.present("lrs")) out.lrs = r.floats("lrs");
+  if (r.present("next_lrs")) out.next_lrs = r.floats("next_lrs");
+  return out;
+}
 
 function reloadResult(r: Reader): ReloadResult {
   return {
@@ -1178,6 +1434,10 @@ function sessionInfo(r: Reader): SessionInfo {
   };
   if (r.present("client_seq")) info.client_seq = r.uint("client_seq");
   if (r.present("workers") && !r.isNil("workers")) info.workers = workersInfo(r.sub("workers"));
+  if (r.present("pending_step") && !r.isNil("pending_step")) {
+    const p = r.sub("pending_step");
+    info.pending_step = { client: p.str("client"), seq: p.uint("seq"), count: p.uint("count"), applied: p.uint("applied") };
+  }
   return info;
 }
 
