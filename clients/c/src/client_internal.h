@@ -72,6 +72,15 @@ typedef enum client_retry {
 typedef void (*client_pack_fn)(msgpack_packer *pk, const void *arg);
 
 /* One call of an op, with its retries. */
+/* ops_sliced.c: a step sent in parts of about part_elements elements,
+ * one after another, under `seq`. */
+int client_step_sliced(optimd_client *c, const optimd_session *s,
+                       const optimd_named_tensor *grads, size_t n_grads,
+                       optimd_named_tensor *params_out, size_t n_out,
+                       uint64_t part_elements, double clip_value, uint64_t seq,
+                       optimd_group_value *groups, size_t groups_cap,
+                       optimd_step_result *result);
+
 typedef struct client_call {
     const char *op;
     const optimd_session *s;   /* NULL: the op takes no session keys */

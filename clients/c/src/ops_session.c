@@ -704,6 +704,11 @@ int optimd_client_abandon_step(optimd_client *c, const optimd_session *s,
     rv = reply_uint(c, &rep, "steps", &n);
     client_reply_free(&rep);
     if (rv == 0 && steps) *steps = n;
+    /* This client's own failed sliced step kept its seq for a retry; the
+     * seq is used up now, and the next step must carry a new one. */
+    client_seq *e;
+    if (rv == 0 && strcmp(a.client, c->id) == 0 && client_seq_get(c, s->name, &e) == 0 && e->next == seq)
+        e->next = seq + 1;
     return rv;
 }
 

@@ -329,7 +329,13 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
             o.worker_result = opts->worker_result;
         if (STEP_HAS(opts, worker_wait_ms))
             o.worker_wait_ms = opts->worker_wait_ms;
+        if (STEP_HAS(opts, part_elements))
+            o.part_elements = opts->part_elements;
     }
+    if (o.part_elements && (o.clip_norm > 0 || o.worker))
+        return client_fail(c, OPTIMD_CLIENT_E_ARG,
+                           "a sliced step (part_elements) takes no clip_norm "
+                           "and no worker");
     /* `!(x >= 0)` catches NaN too. */
     if (!(o.clip_value >= 0) || !(o.clip_norm >= 0) || !(o.norm_type >= 0))
         return client_fail(c, OPTIMD_CLIENT_E_ARG,
@@ -375,6 +381,24 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
                            "session '%s': this client used up its 2^53 "
                            "sequence numbers; give it a new id", s->name);
 
+    if (o.part_elements) {
+        uint64_t seq = e->next;
+        rv = client_step_sliced(c, s, grads, n_grads, params_out, n_out,
+                                o.part_elements, o.clip_value, seq, o.groups,
+                                o.groups_cap, result);
+        /* Only a complete step uses the seq up: after a failed part the
+         * step is pending, and calling again with the same gradients (the
+         * same seq) completes it. */
+        if (rv == 0 && client_seq_get(c, s->name, &e) == 0 && e->next == seq)
+            e->next = seq + 1;
+        else if (rv)
+            client_err_append(c, " [sliced step seq %llu of client %s on "
+                              "session '%s': the next step on it carries "
+                              "the same seq, so calling it again with the "
+                              "same gradients completes it]",
+                              (unsigned long long)seq, c->id, s->name);
+        return rv;
+    }
     /* Every attempt of one step carries the same seq: that is what lets
      * the daemon answer a repeat instead of applying it again. Nobody
      * wanting the new values spares the daemon sending them. */
@@ -392,7 +416,9 @@ int optimd_client_step_opts(optimd_client *c, const optimd_session *s,
     rv = client_call_run(c, &call, &rep);
     /* A step whose fate is unknown keeps its seq, so that calling it again
      * cannot apply it twice; any answer uses the seq up. */
-    if (rv != OPTIMD_CLIENT_E_TRANSPORT &&
+    /* STEP_PENDING leaves it too: this client's own failed sliced step
+     * may hold that seq, and a call with its gradients completes it. */
+    if (rv != OPTIMD_CLIENT_E_TRANSPORT && rv != OPTIMD_E_STEP_PENDING &&
         client_seq_get(c, s->name, &e) == 0 && e->next == a.seq)
         e->next = a.seq + 1;
     if (rv == OPTIMD_CLIENT_E_TRANSPORT)

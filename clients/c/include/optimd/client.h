@@ -392,7 +392,8 @@ int optimd_client_close(optimd_client *c, const optimd_session *s);
  * for "") as it stands, for a client that lost its gradients: the elements
  * its parts updated stay updated, and it counts as a step. `steps` (may be
  * NULL) gets the session's step count after it. docs/protocol.md,
- * abandon_step. */
+ * abandon_step. Ending this client's own failed step (client =
+ * optimd_client_id(c)) moves its numbering past that seq. */
 int optimd_client_abandon_step(optimd_client *c, const optimd_session *s,
                                uint64_t seq, const char *client,
                                uint64_t *steps);
@@ -519,6 +520,19 @@ typedef struct optimd_step_options {
      * learned of the session (its open, join, leave or info_ex), or, when
      * it learned nothing, what an `info` request sent first says. */
     uint32_t worker_wait_ms;
+    /* > 0: send the step in parts of about this many elements (a sliced
+     * step, docs/protocol.md `step`): the gradients, in the order given,
+     * are cut into consecutive parts, a tensor a cut crosses going as
+     * element ranges. The daemon applies each part when it arrives; the
+     * parts go one after another on this client's one request at a time,
+     * so what it buys is messages of part_elements elements instead of one
+     * holding the whole step. Needs an element-wise optimizer (the
+     * plugin's `sliced`); not with clip_norm or worker. If a part fails,
+     * the step stays pending on the session with the parts before it
+     * applied, and the client keeps the step's seq: call again with the
+     * same gradients to complete it, or end it with
+     * optimd_client_abandon_step (result->seq names it). 0: one message. */
+    uint64_t part_elements;
 } optimd_step_options;
 
 /* What a worker's step reply adds (protocol.md, **Workers**). Caller
