@@ -62,6 +62,17 @@ static double norm_f64(const double *x, int64_t n, double p)
     return isinf(p) || p == 1.0 ? acc : pow(acc, 1.0 / p);
 }
 
+void grad_clip_value(void *data, uint32_t dtype, int64_t numel, double value)
+{
+    if (dtype == OPTIMD_DTYPE_F32) {
+        float *g = data, v = (float)value;
+        for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -v ? -v : g[k] > v ? v : g[k];
+    } else {
+        double *g = data;
+        for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -value ? -value : g[k] > value ? value : g[k];
+    }
+}
+
 double grad_clip_norm(const void *data, uint32_t dtype, int64_t numel, double p)
 {
     return dtype == OPTIMD_DTYPE_F32 ? norm_f32(data, numel, p) : norm_f64(data, numel, p);

@@ -20,6 +20,9 @@ typedef struct step_clip {
 /* Reads a step request's "clip_value" and "clip_norm" (none: all zero). */
 int step_clip_parse(const msgpack_object *req, step_clip *clip, request_error *err);
 
+/* clip_grad_value_: clamps n elements (optimd_dtype `dtype`) to
+ * [-value, value]. Clamping is exact, so any order gives torch's values. */
+void grad_clip_value(void *data, uint32_t dtype, int64_t numel, double value);
 /* The p-norm of one gradient (optimd_dtype `dtype`), as torch.norm. */
 double grad_clip_norm(const void *data, uint32_t dtype, int64_t numel, double p);
 /* torch.norm(torch.stack(norms), p), in float32 when `f32`. */

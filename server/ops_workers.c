@@ -196,7 +196,6 @@ static int check_sync_grads(request *r, session *s, const msgpack_object *grads,
                       (int)(len > PARAM_NAME_MAX ? PARAM_NAME_MAX : len), name, s->name);
             break;
         }
-        const param *p = &s->params[k];
         if (seen[k]) {
             rc = fail(&r->err, OPTIMD_E_BAD_REQUEST, "gradient for '%s' given twice", s->names[k]);
             break;
@@ -209,13 +208,9 @@ static int check_sync_grads(request *r, session *s, const msgpack_object *grads,
             break;
         }
         wire_tensor g;
-        if ((rc = wire_decode_tensor(&kv->val, s->names[k], &g, &r->err))) break;
-        if (g.dtype != p->dtype || g.ndim != p->ndim || memcmp(g.shape, p->shape, p->ndim * sizeof *p->shape)) {
-            rc = fail(&r->err, OPTIMD_E_BAD_TENSOR,
-                      "gradient for '%s' must be %s with the parameter's shape (%u dims, %lld elements)",
-                      s->names[k], wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
+        if ((rc = wire_decode_tensor(&kv->val, s->names[k], &g, &r->err)) ||
+            (rc = session_check_dense_grad(s, (size_t)k, &g, &r->err)))
             break;
-        }
         if (!session_grad_finite(&g))
             rc = fail(&r->err, OPTIMD_E_NONFINITE, "gradient for '%s' holds NaN or infinity; not counted",
                       s->names[k]);

@@ -609,6 +609,15 @@ bool session_grad_finite(const wire_tensor *g)
     return all_finite(g);
 }
 
+int session_check_dense_grad(const session *s, size_t idx, const wire_tensor *g, request_error *err)
+{
+    const param *p = &s->params[idx];
+    if (g->dtype == p->dtype && g->ndim == p->ndim && memcmp(g->shape, p->shape, p->ndim * sizeof *p->shape) == 0)
+        return 0;
+    return fail(err, OPTIMD_E_BAD_TENSOR, "gradient for '%s' must be %s with the parameter's shape (%u dims, "
+                "%lld elements)", s->names[idx], wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
+}
+
 static bool slot_enabled(const session *s, const param *p, const optimd_slot_def *d)
 {
     if (!d->enabled_by) return true;
@@ -985,9 +994,8 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     const optimd_optimizer *o = s->opt->desc->optimizer;
     uint32_t n = grads->via.map.size;
     pending_grad *pend = calloc(n ? n : 1, sizeof *pend);
-    /* Each group's hyperparameters with its scheduled lr, side by side. */
-    const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
-    double *hp = malloc((size_t)s->n_groups * n_hp * sizeof *hp);
+    uint32_t n_hp;
+    double *hp = session_step_hparams(s, &n_hp);
     optimd_tensor *slot_views = calloc(o->n_slots ? o->n_slots : 1, sizeof *slot_views);
     slot_layout *layouts = calloc(o->n_slots ? o->n_slots : 1, sizeof *layouts);
     int rc = 0;
@@ -1026,14 +1034,7 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
         }
         if ((rc = wire_decode_tensor(&kv->val, s->names[idx], &pend[i].g, err))) break;
         const wire_tensor *g = &pend[i].g;
-        bool same_shape = g->dtype == p->dtype && g->ndim == p->ndim &&
-                          memcmp(g->shape, p->shape, p->ndim * sizeof *p->shape) == 0;
-        if (!same_shape) {
-            rc = fail(err, OPTIMD_E_BAD_TENSOR,
-                      "gradient for '%s' must be %s with the parameter's shape (%u dims, %lld elements)",
-                      s->names[idx], wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
-            break;
-        }
+        if ((rc = session_check_dense_grad(s, (size_t)idx, g, err))) break;
         bool checked = extras && extras->grads_finite;
         if (!checked && !optimd_all_finite_parallel(pool, g->data, (size_t)g->numel, wire_dtype_size(g->dtype)))
             rc = fail(err, OPTIMD_E_NONFINITE, "gradient for '%s' holds NaN or infinity; nothing applied",
@@ -1085,10 +1086,6 @@ int session_step(session *s, const msgpack_object *grads, const step_identity *i
     if (clip && clip_gradients(s, pend, n, clip, res)) {
         rc = fail(err, OPTIMD_E_NOMEM, "out of memory for gradient clipping");
         goto out;
-    }
-    for (uint32_t gi = 0; gi < s->n_groups; gi++) {
-        memcpy(hp + (size_t)gi * n_hp, s->groups[gi].hp, s->opt->n_hparams * sizeof *hp);
-        hp[(size_t)gi * n_hp + (size_t)s->opt->lr_index] = s->groups[gi].lr;
     }
     for (uint32_t i = 0; i < n; i++) {
         pending_grad *pg = &pend[i];
@@ -1171,6 +1168,18 @@ out:
     return rc;
 }
 
+double *session_step_hparams(const session *s, uint32_t *stride)
+{
+    const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
+    double *hp = malloc((size_t)s->n_groups * n_hp * sizeof *hp);
+    for (uint32_t gi = 0; hp && gi < s->n_groups; gi++) {
+        memcpy(hp + (size_t)gi * n_hp, s->groups[gi].hp, s->opt->n_hparams * sizeof *hp);
+        hp[(size_t)gi * n_hp + (size_t)s->opt->lr_index] = s->groups[gi].lr;
+    }
+    *stride = n_hp;
+    return hp;
+}
+
 void session_count_step(session *s, client_seq *cs, uint64_t seq, step_result *res, request_error *err)
 {
     s->steps++;
@@ -1200,18 +1209,9 @@ void session_count_step(session *s, client_seq *cs, uint64_t seq, step_result *r
 static int clip_gradients(const session *s, pending_grad *pend, uint32_t n, const step_clip *clip,
                           step_result *res)
 {
-    if (clip->value > 0) {
-        for (uint32_t i = 0; i < n; i++) {
-            int64_t numel = pend[i].g.numel;
-            if (pend[i].g.dtype == OPTIMD_DTYPE_F32) {
-                float *g = pend[i].aligned_copy, v = (float)clip->value;
-                for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -v ? -v : g[k] > v ? v : g[k];
-            } else {
-                double *g = pend[i].aligned_copy, v = clip->value;
-                for (int64_t k = 0; k < numel; k++) g[k] = g[k] < -v ? -v : g[k] > v ? v : g[k];
-            }
-        }
-    }
+    if (clip->value > 0)
+        for (uint32_t i = 0; i < n; i++)
+            grad_clip_value(pend[i].aligned_copy, pend[i].g.dtype, pend[i].g.numel, clip->value);
     if (!(clip->max_norm > 0)) return 0;
     double *norms = malloc((n ? n : 1) * sizeof *norms);
     void **data = malloc((n ? n : 1) * sizeof *data);

@@ -230,6 +230,9 @@ void session_tensor_view(optimd_tensor *v, uint32_t dtype, const param *p, void 
 void session_slot_view(optimd_tensor *v, const slot_layout *l, void *data);
 /* A received gradient holds no NaN or infinity (its bytes may be unaligned). */
 bool session_grad_finite(const wire_tensor *g);
+/* BAD_TENSOR (returns -1) unless a dense gradient has parameter idx's
+ * dtype and shape. */
+int session_check_dense_grad(const session *s, size_t idx, const wire_tensor *g, request_error *err);
 bool session_tensor_finite(const optimd_tensor *t);
 /* Allocates a parameter's zero-filled state slots if it has none yet. */
 int session_ensure_slots(const session *s, param *p);
@@ -298,6 +301,11 @@ typedef struct step_extras {
 int session_step(session *s, const msgpack_object *grads, const step_identity *id, const step_clip *clip,
                  const step_extras *extras, compute_pool *pool, session_commit_fn commit, void *ctx,
                  step_result *res, request_error *err);
+
+/* Each group's optimizer hyperparameters with lr replaced by the group's
+ * scheduled lr, side by side (group g at g * *stride), as a step passes
+ * them to the plugin; malloc'd, NULL when out of memory. */
+double *session_step_hparams(const session *s, uint32_t *stride);
 
 /* Counts a step that was applied: the session's step count, each group's
  * scheduler (its lrs before and after into `res`), and `seq` in `cs` (may

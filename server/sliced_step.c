@@ -175,11 +175,8 @@ static int decode_entry(session *s, const msgpack_object_kv *kv, part_entry *e, 
                         (long long)p->numel);
         e->offset = (int64_t)offset;
     } else {
-        if (wire_decode_tensor(&kv->val, pname, &g, err)) return -1;
-        if (g.dtype != p->dtype || g.ndim != p->ndim || memcmp(g.shape, p->shape, p->ndim * sizeof *p->shape) != 0)
-            return fail(err, OPTIMD_E_BAD_TENSOR,
-                        "gradient for '%s' must be %s with the parameter's shape (%u dims, %lld elements)",
-                        pname, wire_dtype_name(p->dtype), p->ndim, (long long)p->numel);
+        if (wire_decode_tensor(&kv->val, pname, &g, err) || session_check_dense_grad(s, e->index, &g, err))
+            return -1;
         e->offset = 0;
     }
     e->count = g.numel;
@@ -211,35 +208,39 @@ static void first_gap(const touched *t, const part_entry *extra, int64_t numel, 
     }
 }
 
-/* With the part being the step's last: every parameter the step touched is
- * covered whole. */
-static int check_coverage(session *s, const sliced_step *st, const part_entry *entries, size_t n, request_error *err)
+/* BAD_REQUEST naming the first elements of parameter `index` that neither
+ * the ranges applied (t, may be NULL) nor this part's entry (extra, may be
+ * NULL) cover. */
+static int gap_error(session *s, uint64_t seq, size_t index, const touched *t, const part_entry *extra,
+                     request_error *err)
 {
-    for (size_t i = 0; st && i < st->n_params; i++) {
-        const touched *t = &st->params[i];
-        const part_entry *extra = NULL;
-        for (size_t j = 0; j < n; j++)
-            if (entries[j].index == t->index) extra = &entries[j];
-        int64_t numel = s->params[t->index].numel;
-        if (t->covered + (extra ? extra->count : 0) == numel) continue;
-        int64_t b, e;
-        first_gap(t, extra, numel, &b, &e);
-        return fail(err, OPTIMD_E_BAD_REQUEST, "this part would complete step %llu, but '%s' has no gradient for "
-                    "elements %lld to %lld; the part is not applied: send it again with them",
-                    (unsigned long long)st->seq, s->names[t->index], (long long)b, (long long)e - 1);
+    int64_t b, e;
+    first_gap(t, extra, s->params[index].numel, &b, &e);
+    return fail(err, OPTIMD_E_BAD_REQUEST, "this part would complete step %llu, but '%s' has no gradient for "
+                "elements %lld to %lld; the part is not applied: send it again with them",
+                (unsigned long long)seq, s->names[index], (long long)b, (long long)e - 1);
+}
+
+/* With the part being the step's last: every parameter the step touched,
+ * or this part names, is covered whole. */
+static int check_coverage(session *s, const sliced_step *st, uint64_t seq, const part_entry *entries, size_t n,
+                          request_error *err)
+{
+    /* Which touched parameters this part names, by their position in st->params. */
+    unsigned char *named = calloc(st && st->n_params ? st->n_params : 1, 1);
+    if (!named) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    int rc = 0;
+    for (size_t j = 0; j < n && rc == 0; j++) {
+        const touched *t = find_touched(st, entries[j].index);
+        if (t) named[t - st->params] = 1;
+        if ((t ? t->covered : 0) + entries[j].count != s->params[entries[j].index].numel)
+            rc = gap_error(s, seq, entries[j].index, t, &entries[j], err);
     }
-    for (size_t j = 0; j < n; j++) {
-        if (find_touched(st, entries[j].index)) continue;
-        int64_t numel = s->params[entries[j].index].numel;
-        if (entries[j].count == numel) continue;
-        int64_t b, e;
-        first_gap(NULL, &entries[j], numel, &b, &e);
-        return fail(err, OPTIMD_E_BAD_REQUEST, "this part would complete step %llu, but '%s' has no gradient for "
-                    "elements %lld to %lld; the part is not applied: send it again with them",
-                    (unsigned long long)(st ? st->seq : 0), s->names[entries[j].index], (long long)b,
-                    (long long)e - 1);
-    }
-    return 0;
+    for (size_t i = 0; st && i < st->n_params && rc == 0; i++)
+        if (!named[i] && st->params[i].covered != s->params[st->params[i].index].numel)
+            rc = gap_error(s, seq, st->params[i].index, &st->params[i], NULL, err);
+    free(named);
+    return rc;
 }
 
 /* Room for the part's new parameters and ranges, so that applying it
@@ -367,19 +368,6 @@ static const char *step_range(session *s, param *p, const part_entry *e, const v
     return bad;
 }
 
-/* clip_grad_value_ on a copy of a range's gradient: clamping is exact, so
- * any order of the elements gives torch's values. */
-static void clamp(void *g, uint32_t dtype, int64_t n, double v)
-{
-    if (dtype == OPTIMD_DTYPE_F32) {
-        float *x = g, f = (float)v;
-        for (int64_t i = 0; i < n; i++) x[i] = x[i] < -f ? -f : x[i] > f ? f : x[i];
-    } else {
-        double *x = g;
-        for (int64_t i = 0; i < n; i++) x[i] = x[i] < -v ? -v : x[i] > v ? v : x[i];
-    }
-}
-
 static void fill_counters(const session *s, part_result *res)
 {
     for (uint32_t gi = 0; gi < s->n_groups; gi++) res->step.lrs[gi] = res->step.next_lrs[gi] = s->groups[gi].lr;
@@ -393,13 +381,16 @@ static int decode_entries(session *s, const msgpack_object *grads, part_entry **
     uint32_t n = grads->via.map.size;
     part_entry *entries = calloc(n ? n : 1, sizeof *entries);
     if (!entries) return fail(err, OPTIMD_E_NOMEM, "out of memory");
+    /* A name given twice, found as session_step finds it: by the request's mark. */
+    uint64_t serial = ++s->request_serial;
     for (uint32_t i = 0; i < n; i++) {
         if (decode_entry(s, &grads->via.map.ptr[i], &entries[i], err)) goto bad;
-        for (uint32_t j = 0; j < i; j++)
-            if (entries[j].index == entries[i].index) {
-                fail(err, OPTIMD_E_BAD_REQUEST, "'%s' is named twice in one part", s->names[entries[i].index]);
-                goto bad;
-            }
+        param *p = &s->params[entries[i].index];
+        if (p->mark == serial) {
+            fail(err, OPTIMD_E_BAD_REQUEST, "'%s' is named twice in one part", s->names[entries[i].index]);
+            goto bad;
+        }
+        p->mark = serial;
     }
     *out = entries;
     *n_out = n;
@@ -480,7 +471,7 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
                       s->names[e->index]);
     }
     uint32_t applied = st ? st->applied : 0;
-    if (rc == 0 && applied + 1 == count) rc = check_coverage(s, st, entries, n, err);
+    if (rc == 0 && applied + 1 == count) rc = check_coverage(s, st, id->seq, entries, n, err);
     if (rc) {
         free(entries);
         return -1;
@@ -502,8 +493,8 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
         st->count = count;
         st->n_slots = s->opt->desc->optimizer->n_slots;
     }
-    const uint32_t n_hp = s->opt->n_hparams ? s->opt->n_hparams : 1;
-    double *hp = malloc((size_t)s->n_groups * n_hp * sizeof *hp);
+    uint32_t n_hp;
+    double *hp = session_step_hparams(s, &n_hp);
     void **copies = calloc(n ? n : 1, sizeof *copies);
     uint32_t n_slots = s->opt->desc->optimizer->n_slots;
     optimd_tensor *slot_views = calloc(n_slots ? n_slots : 1, sizeof *slot_views);
@@ -537,10 +528,6 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
 
     /* From here on the part is applied. */
     s->pending_step = st;
-    for (uint32_t gi = 0; gi < s->n_groups; gi++) {
-        memcpy(hp + (size_t)gi * n_hp, s->groups[gi].hp, s->opt->n_hparams * sizeof *hp);
-        hp[(size_t)gi * n_hp + (size_t)s->opt->lr_index] = s->groups[gi].lr;
-    }
     for (size_t j = 0; j < n; j++) {
         const part_entry *e = &entries[j];
         param *p = &s->params[e->index];
@@ -550,7 +537,7 @@ int session_step_part(session *s, const msgpack_object *grads, const step_identi
              * than let a later range see this one's scalars. */
             snprintf(s->stopped, sizeof s->stopped, "out of memory in a sliced step on '%.40s'", s->names[e->index]);
         }
-        if (copies[j] && clip->value > 0) clamp(copies[j], p->dtype, e->count, clip->value);
+        if (copies[j] && clip->value > 0) grad_clip_value(copies[j], p->dtype, e->count, clip->value);
         const char *bad = s->stopped[0] ? s->stopped
                                         : step_range(s, p, e, copies[j] ? copies[j] : e->values,
                                                      hp + (size_t)p->group * n_hp, slot_views, pool);

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import unittest
 
+import msgpack
 import numpy as np
 
 from nngwire import Daemon, Req, array, tensor
@@ -330,6 +331,15 @@ class PendingStep(unittest.TestCase):
         r = self.c.call("step", **self.s, grads={"w": self.rng("w", 4, 7)})
         self.assertEqual(r["code"], 2, r)
         self.assertIn("part", r["message"])
+        # One name twice in a part's grads (a msgpack map may repeat a key).
+        pk = msgpack.Packer(use_bin_type=True)
+        fields = {"v": 1, "id": 1, "op": "step", **self.s, "seq": 1, "part": {"index": 0, "count": 2}}
+        body = pk.pack_map_header(len(fields) + 1) + b"".join(pk.pack(k) + pk.pack(v) for k, v in fields.items())
+        body += pk.pack("grads") + pk.pack_map_pairs([("w", self.rng("w", 0, 2)), ("w", self.rng("w", 2, 4))])
+        r = msgpack.unpackb(self.c.roundtrip_bytes(body), raw=False)
+        self.assertEqual(r["code"], 2, r)
+        self.assertIn("'w' is named twice in one part", r["message"])
+        self.assertNotIn("pending_step", self.c.call("info", **self.s))
         r = self.c.call("step", **self.s, part={"index": 0, "count": 1}, grads={"v": tensor(self.g["v"])})
         self.assertEqual(r["code"], 2, r)
         r = self.part(0, 1, {"v": tensor(self.g["v"])}, clip_norm={"max_norm": 1.0})
