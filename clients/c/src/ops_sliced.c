@@ -30,11 +30,6 @@ typedef struct req_part {
     double clip_value;
 } req_part;
 
-static size_t elem_size(int32_t dtype)
-{
-    return dtype == OPTIMD_CLIENT_F64 ? 8 : 4;
-}
-
 static uint64_t numel(const optimd_named_tensor *t)
 {
     uint64_t n = 1;
@@ -98,7 +93,7 @@ static void pack_part(msgpack_packer *pk, const void *arg)
     for (size_t i = 0; i < a->n_pieces; i++) {
         const piece *p = &a->pieces[i];
         const optimd_named_tensor *g = &a->grads[p->grad];
-        size_t es = elem_size(g->dtype);
+        size_t es = wire_dtype_size(g->dtype);
         wire_pack_str(pk, g->name);
         if (p->whole) {
             wire_pack_tensor(pk, g, (size_t)p->count * es);
@@ -160,7 +155,7 @@ static int take_ranges(optimd_client *c, const client_reply *rep, optimd_named_t
                                "names elements beyond its %llu", out[k].name, (unsigned long long)total);
         int64_t shape[1] = {t.shape[0]};
         optimd_named_tensor dst = {out[k].name, out[k].dtype, 1, shape,
-                                   (char *)out[k].data + (size_t)offset * elem_size(out[k].dtype)};
+                                   (char *)out[k].data + (size_t)offset * wire_dtype_size(out[k].dtype)};
         if (!wire_tensor_matches(&t, &dst, why, sizeof why) || !wire_tensor_into(&t, &dst, why, sizeof why))
             return client_fail(c, OPTIMD_CLIENT_E_PROTOCOL, "reply to a part of a sliced step: params['%s']: %s",
                                out[k].name, why);
@@ -212,7 +207,7 @@ int client_step_sliced(optimd_client *c, const optimd_session *s,
         size_t hint = 256;
         for (size_t k = 0; k < a.n_pieces; k++)
             hint += 96 + strlen(grads[a.pieces[k].grad].name) +
-                    (size_t)a.pieces[k].count * elem_size(grads[a.pieces[k].grad].dtype);
+                    (size_t)a.pieces[k].count * wire_dtype_size(grads[a.pieces[k].grad].dtype);
         /* A part sent again is answered as a duplicate: always safe. */
         client_call call = {.op = "step", .s = s, .n_keys = 5 + (clip_value > 0), .size_hint = hint,
                             .pack = pack_part, .arg = &a, .retry = CLIENT_RETRY_ALWAYS};

@@ -14,7 +14,7 @@
 #define WIRE_HOST_BIG_ENDIAN 0
 #endif
 
-static size_t dtype_size(int32_t dtype)
+size_t wire_dtype_size(int32_t dtype)
 {
     switch (dtype) {
     case OPTIMD_CLIENT_F32: return 4;
@@ -70,7 +70,7 @@ bool wire_tensor_arg_ok(const optimd_named_tensor *t, size_t *nbytes,
         snprintf(err, cap, "tensor name is NULL");
         return false;
     }
-    size_t width = dtype_size(t->dtype);
+    size_t width = wire_dtype_size(t->dtype);
     if (!width) {
         snprintf(err, cap, "tensor '%s': dtype %d is neither "
                  "OPTIMD_CLIENT_F32 nor OPTIMD_CLIENT_F64", t->name,
@@ -146,7 +146,7 @@ void wire_pack_tensor(msgpack_packer *pk, const optimd_named_tensor *t,
     /* The bin header already carries the total length, so the body may go
      * out in swapped chunks without touching the caller's buffer. */
     unsigned char chunk[4096];
-    size_t width = dtype_size(t->dtype);
+    size_t width = wire_dtype_size(t->dtype);
     for (size_t at = 0; at < nbytes; at += sizeof chunk) {
         size_t len = nbytes - at < sizeof chunk ? nbytes - at : sizeof chunk;
         memcpy(chunk, (const unsigned char *)t->data + at, len);
@@ -320,7 +320,7 @@ bool wire_read_tensor(const msgpack_object *o, wire_tensor *out, char *err,
         return false;
     }
     out->ndim = shape->via.array.size;
-    size_t n = dtype_size(out->dtype);
+    size_t n = wire_dtype_size(out->dtype);
     bool overflow = false;
     for (uint32_t i = 0; i < out->ndim; i++) {
         uint64_t d;
@@ -363,7 +363,7 @@ bool wire_tensor_matches(const wire_tensor *src,
         wire_format_shape(dst->shape, dst->ndim, want, sizeof want);
         snprintf(err, cap, "got %s %s, the caller's buffer is %s %s",
                  dtype_name(src->dtype), got,
-                 dtype_size(dst->dtype) ? dtype_name(dst->dtype) : "?", want);
+                 wire_dtype_size(dst->dtype) ? dtype_name(dst->dtype) : "?", want);
     }
     return same;
 }
@@ -374,7 +374,7 @@ bool wire_tensor_into(const wire_tensor *src, const optimd_named_tensor *dst,
     if (!wire_tensor_matches(src, dst, err, cap)) return false;
     if (src->nbytes) memcpy(dst->data, src->data, src->nbytes);
 #if WIRE_HOST_BIG_ENDIAN
-    swap_elements(dst->data, src->nbytes, dtype_size(src->dtype));
+    swap_elements(dst->data, src->nbytes, wire_dtype_size(src->dtype));
 #endif
     return true;
 }
@@ -387,7 +387,7 @@ bool wire_tensor_equals(const wire_tensor *src, const optimd_named_tensor *t,
         src->nbytes != nbytes)
         return false;
 #if WIRE_HOST_BIG_ENDIAN
-    size_t width = dtype_size(src->dtype);
+    size_t width = wire_dtype_size(src->dtype);
     const unsigned char *a = src->data, *b = t->data;
     for (size_t at = 0; at < nbytes; at += width)
         for (size_t i = 0; i < width; i++)

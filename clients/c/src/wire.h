@@ -32,6 +32,9 @@ void wire_writer_init(wire_writer *w, nng_msg *msg);
 
 void wire_pack_str(msgpack_packer *pk, const char *s);
 
+/* Bytes per element of OPTIMD_CLIENT_F32 / F64; 0 for another dtype. */
+size_t wire_dtype_size(int32_t dtype);
+
 /* Checks a caller tensor; on success *nbytes is its data size. On failure
  * writes why into err and returns false. */
 bool wire_tensor_arg_ok(const optimd_named_tensor *t, size_t *nbytes,

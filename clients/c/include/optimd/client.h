@@ -531,7 +531,9 @@ typedef struct optimd_step_options {
      * the step stays pending on the session with the parts before it
      * applied, and the client keeps the step's seq: call again with the
      * same gradients to complete it, or end it with
-     * optimd_client_abandon_step (result->seq names it). 0: one message. */
+     * optimd_client_abandon_step (info's pending_seq names it); the
+     * outputs then hold the new values of the parts before the failing
+     * one. 0: one message. */
     uint64_t part_elements;
 } optimd_step_options;
 
